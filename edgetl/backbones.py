@@ -1,0 +1,145 @@
+"""Backbone registry over timm: names, weights, and the preprocessing each one was trained with."""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from edgetl.weights import WeightsSource, WeightsSpec, bundled_checkpoint, load_by_name, load_positional, read_state_dict
+from edgetl_runtime.errors import CheckpointError, UnknownBackboneError
+from edgetl_runtime.preprocess import PreprocessSpec
+
+# Short names for the backbones edgetl is built around; any other timm name works too.
+ALIASES: dict[str, str] = {
+    "mobilenetv2": "mobilenetv2_100",
+    "mobilenetv3_large": "mobilenetv3_large_100",
+    "mobilenetv3_small": "mobilenetv3_small_100",
+    "efficientnet_b0": "efficientnet_b0",
+    "efficientnet_lite0": "efficientnet_lite0",
+    "tf_efficientnet_lite0": "tf_efficientnet_lite0",
+}
+FINETUNED_CONFIG = "edgetl_config.json"
+FINETUNED_WEIGHTS = "model.safetensors"
+
+
+@dataclass
+class Backbone:
+    """A timm feature extractor (``num_classes=0``) with what the rest of the pipeline must know."""
+
+    name: str
+    timm_name: str
+    model: nn.Module
+    spec: PreprocessSpec
+    feature_dim: int
+    weights: str
+    classes: list[str] = field(default_factory=list)
+    head: nn.Linear | None = None  # the fine-tuned classifier, when loaded from a fine-tune run
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``(N, feature_dim)`` for a preprocessed batch ``(N, 3, H, W)``."""
+        return self.model(x)
+
+
+def available_backbones() -> list[str]:
+    """The short names edgetl registers (every other timm model name is accepted as well)."""
+    return sorted(ALIASES)
+
+
+def resolve_name(name: str) -> str:
+    """Registry alias or timm name -> timm architecture name, suggesting close matches on typos."""
+    if name in ALIASES:
+        return ALIASES[name]
+    if name in timm.list_models():
+        return name
+    candidates = sorted(set(ALIASES) | set(timm.list_models()))
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownBackboneError(
+        f"Unknown backbone {name!r}.{hint} edgetl registers {available_backbones()}; "
+        "any name from timm.list_models() works too."
+    )
+
+
+def create_backbone(
+    name: str | Path,
+    weights: str | Path | WeightsSpec = "none",
+    *,
+    num_classes: int = 0,
+    image_size: int | None = None,
+) -> Backbone:
+    """Build a backbone by registry/timm name, or load a fine-tuned run directory.
+
+    Args:
+        name: registry alias, timm model name, or a directory written by ``edgetl finetune``.
+        weights: ``bundled`` (offline ImageNet weights), ``hub`` (timm ``pretrained=True``),
+            ``none`` (random init), or a checkpoint path (.safetensors, or .pt/.pth read with
+            ``weights_only=True``).
+        num_classes: 0 for a feature extractor; 1000 keeps the ImageNet classifier.
+        image_size: override the square input resolution of the preprocessing spec.
+    """
+    if Path(name).is_dir():
+        return load_finetuned(Path(name), image_size=image_size)
+    timm_name = resolve_name(str(name))
+    spec = WeightsSpec.parse(weights)
+    if spec.source is WeightsSource.HUB:
+        model = timm.create_model(timm_name, pretrained=True, num_classes=num_classes)
+    elif spec.source is WeightsSource.BUNDLED:
+        path = bundled_checkpoint(timm_name)
+        model = timm.create_model(timm_name, pretrained=False)
+        load_positional(model, read_state_dict(path), str(path))
+        model.reset_classifier(num_classes)
+    else:
+        model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
+        if spec.source is WeightsSource.PATH:
+            assert spec.path is not None
+            load_by_name(model, read_state_dict(spec.path), str(spec.path))
+    model.eval()
+    preprocess = preprocess_spec_for(model)
+    if image_size is not None:
+        preprocess = preprocess.with_size(image_size)
+    return Backbone(str(name), timm_name, model, preprocess, int(model.num_features), spec.describe())
+
+
+def preprocess_spec_for(model: nn.Module) -> PreprocessSpec:
+    """timm's data config for ``model`` as an edgetl :class:`PreprocessSpec`."""
+    cfg = timm.data.resolve_model_data_config(model)
+    return PreprocessSpec(
+        input_size=tuple(cfg["input_size"][1:]),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        interpolation="bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+    )
+
+
+def load_finetuned(run_dir: Path, image_size: int | None = None) -> Backbone:
+    """Rebuild a backbone (and its fine-tuned classifier) from an ``edgetl finetune`` output directory."""
+    cfg_path, weights_path = run_dir / FINETUNED_CONFIG, run_dir / FINETUNED_WEIGHTS
+    if not cfg_path.is_file() or not weights_path.is_file():
+        raise CheckpointError(
+            f"{run_dir} is not a fine-tuned checkpoint: expected {FINETUNED_CONFIG} and {FINETUNED_WEIGHTS} inside. "
+            "Pass the --output directory of `edgetl finetune`."
+        )
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        timm_name, classes = cfg["timm_name"], list(cfg["classes"])
+        spec = PreprocessSpec.from_dict(cfg["preprocess"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{cfg_path} is corrupt or from another tool: {exc}") from exc
+    state = read_state_dict(weights_path)
+    model = timm.create_model(timm_name, pretrained=False, num_classes=0)
+    load_by_name(model, {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}, str(weights_path))
+    head = nn.Linear(int(model.num_features), len(classes))
+    head.load_state_dict({k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")})
+    model.eval()
+    head.eval()
+    if image_size is not None:
+        spec = spec.with_size(image_size)
+    weights = f"finetuned:{run_dir}"
+    return Backbone(str(cfg.get("name", timm_name)), timm_name, model, spec, int(model.num_features), weights, classes, head)

@@ -1,0 +1,211 @@
+"""The one preprocessing spec shared by host and device, implemented in numpy.
+
+The host trains with this spec (through a torch twin in ``edgetl.transforms``) and writes it into
+the bundle manifest; the device replays it here. Resizing reproduces the separable, antialiased
+filters of PIL and ``torch.nn.functional.interpolate(antialias=True)`` as small weight matrices, so
+host and device agree to float precision rather than to "close enough".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetl_runtime.errors import ConfigError, InputError, raise_all
+
+
+class Interpolation(str, Enum):
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How an image becomes a model input.
+
+    Resize so the shorter side is ``round(size / crop_pct)`` (timm's eval rule), centre-crop to
+    ``size``, scale to [0, 1], then normalise with ``mean``/``std``. Output layout is NCHW RGB float32.
+    """
+
+    input_size: tuple[int, int] = (224, 224)
+    crop_pct: float = 0.875
+    interpolation: Interpolation = Interpolation.BILINEAR
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    channel_order: str = "RGB"
+    layout: str = "NCHW"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "interpolation", _to_interpolation(self.interpolation))
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        problems = []
+        if len(self.input_size) != 2 or min(self.input_size) < 8:
+            problems.append(f"input_size must be (height, width) with both >= 8, got {self.input_size}")
+        if not 0.1 <= self.crop_pct <= 1.0:
+            problems.append(f"crop_pct must lie in [0.1, 1.0], got {self.crop_pct}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            problems.append(f"mean and std need 3 values (RGB), got {self.mean} and {self.std}")
+        if any(not math.isfinite(s) or s <= 0 for s in self.std):
+            problems.append(f"std values must be positive and finite, got {self.std}")
+        if self.channel_order != "RGB" or self.layout != "NCHW":
+            problems.append(f"only RGB / NCHW is supported, got {self.channel_order} / {self.layout}")
+        raise_all(ConfigError, problems, "Invalid PreprocessSpec")
+
+    @property
+    def resize_size(self) -> int:
+        """Length of the shorter side after the resize, before the centre crop."""
+        return int(math.floor(max(self.input_size) / self.crop_pct))
+
+    def with_size(self, size: int) -> PreprocessSpec:
+        """The same spec at another square resolution (handy for fast, low-res runs)."""
+        return PreprocessSpec(
+            input_size=(size, size),
+            crop_pct=self.crop_pct,
+            interpolation=self.interpolation,
+            mean=self.mean,
+            std=self.std,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra")
+        d["interpolation"] = self.interpolation.value
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        known = {"input_size", "crop_pct", "interpolation", "mean", "std", "channel_order", "layout"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"PreprocessSpec got unknown keys {unknown}; expected a subset of {sorted(known)}.")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"PreprocessSpec could not be built from {data!r}: {exc}") from exc
+
+
+def _to_interpolation(value: Interpolation | str) -> Interpolation:
+    try:
+        return Interpolation(value)
+    except ValueError:
+        choices = [i.value for i in Interpolation]
+        raise ConfigError(f"Unknown interpolation {value!r}; choose one of {choices}.") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Antialiased separable resampling (PIL's algorithm, also used by torch's antialias=True path).
+
+
+def _triangle(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+def _cubic(x: npt.NDArray[np.float64], a: float = -0.5) -> npt.NDArray[np.float64]:
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+_FILTERS = {Interpolation.BILINEAR: (_triangle, 1.0), Interpolation.BICUBIC: (_cubic, 2.0)}
+
+
+def resample_matrix(in_size: int, out_size: int, interpolation: Interpolation) -> npt.NDArray[np.float32]:
+    """Weights ``(out_size, in_size)`` such that ``W @ signal`` resizes a 1-D signal with antialiasing."""
+    kernel, support = _FILTERS[interpolation]
+    scale = in_size / out_size
+    filter_scale = max(scale, 1.0)
+    support = support * filter_scale
+    centers = (np.arange(out_size) + 0.5) * scale  # (out,)
+    lo = np.maximum((centers - support + 0.5).astype(np.int64), 0)
+    hi = np.minimum((centers + support + 0.5).astype(np.int64), in_size)
+    src = np.arange(in_size)
+    w = kernel((src[None, :] - centers[:, None] + 0.5) / filter_scale)  # (out, in)
+    w = np.where((src[None, :] >= lo[:, None]) & (src[None, :] < hi[:, None]), w, 0.0)
+    w /= w.sum(axis=1, keepdims=True)
+    return w.astype(np.float32)
+
+
+def _resize_shorter(img: npt.NDArray[np.float32], short: int, interpolation: Interpolation) -> npt.NDArray[np.float32]:
+    h, w = img.shape[:2]
+    if h <= w:
+        new_h, new_w = short, int(short * w / h)
+    else:
+        new_h, new_w = int(short * h / w), short
+    wh = resample_matrix(h, new_h, interpolation)  # (new_h, h)
+    ww = resample_matrix(w, new_w, interpolation)  # (new_w, w)
+    return np.einsum("ij,jkc,lk->ilc", wh, img, ww, optimize=True)  # (new_h, new_w, 3)
+
+
+def _center_crop(img: npt.NDArray[np.float32], size: tuple[int, int]) -> npt.NDArray[np.float32]:
+    h, w = img.shape[:2]
+    th, tw = size
+    if h < th or w < tw:
+        raise InputError(f"Cannot centre-crop {h}x{w} to {th}x{tw}; the resize step should make it larger.")
+    top = int(round((h - th) / 2.0))
+    left = int(round((w - tw) / 2.0))
+    return img[top : top + th, left : left + tw]
+
+
+def as_rgb_uint8(image: npt.ArrayLike, index: int = 0) -> npt.NDArray[np.uint8]:
+    """Validate one image (HxW grayscale, HxWx1 or HxWx3 RGB, uint8) and return it as HxWx3 uint8."""
+    arr = np.asarray(image)
+    where = f"image {index}"
+    if arr.dtype != np.uint8:
+        hint = "convert with (img * 255).round().astype(np.uint8)" if arr.dtype.kind == "f" else "cast to uint8"
+        raise InputError(f"{where} has dtype {arr.dtype}; expected uint8 pixels in 0..255 ({hint}).")
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise InputError(f"{where} has shape {arr.shape}; expected HxW (grayscale) or HxWx3 (RGB).")
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise InputError(f"{where} is empty (shape {arr.shape}).")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    elif arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    return arr
+
+
+def preprocess_one(image: npt.ArrayLike, spec: PreprocessSpec) -> npt.NDArray[np.float32]:
+    """One image -> ``(3, H, W)`` float32 normalised model input."""
+    rgb = as_rgb_uint8(image).astype(np.float32)  # (h, w, 3) in 0..255
+    resized = _resize_shorter(rgb, spec.resize_size, spec.interpolation)
+    cropped = _center_crop(resized, spec.input_size) / np.float32(255.0)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(((cropped - mean) / std).transpose(2, 0, 1), dtype=np.float32)
+
+
+def preprocess_batch(images: list[Any] | npt.NDArray[Any], spec: PreprocessSpec) -> npt.NDArray[np.float32]:
+    """A batch of images of any size -> ``(N, 3, H, W)`` float32, validating each one.
+
+    ``images`` is a list of images, or an array batch ``(N, H, W)`` / ``(N, H, W, C)``.
+    """
+    if isinstance(images, np.ndarray) and images.ndim not in (3, 4):
+        raise InputError(
+            f"An image batch array must be (N, H, W) or (N, H, W, C), got shape {images.shape}; "
+            "wrap a single image in a list."
+        )
+    if len(images) == 0:
+        raise InputError("No images given; pass at least one image.")
+    out = np.empty((len(images), 3, *spec.input_size), dtype=np.float32)
+    for i, img in enumerate(images):
+        try:
+            out[i] = preprocess_one(img, spec)
+        except InputError as exc:
+            raise InputError(str(exc).replace("image 0", f"image {i}")) from None
+    return out
+
