@@ -1,0 +1,1 @@
+"""Sub-commands of the ``edgetl`` CLI; each module exposes ``register(subparsers)``."""
