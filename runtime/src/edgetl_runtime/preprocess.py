@@ -146,7 +146,8 @@ def _resize_shorter(img: npt.NDArray[np.float32], short: int, interpolation: Int
         new_h, new_w = int(short * h / w), short
     wh = resample_matrix(h, new_h, interpolation)  # (new_h, h)
     ww = resample_matrix(w, new_w, interpolation)  # (new_w, w)
-    return np.einsum("ij,jkc,lk->ilc", wh, img, ww, optimize=True)  # (new_h, new_w, 3)
+    out: npt.NDArray[np.float32] = np.einsum("ij,jkc,lk->ilc", wh, img, ww, optimize=True)  # (new_h, new_w, 3)
+    return out
 
 
 def _center_crop(img: npt.NDArray[np.float32], size: tuple[int, int]) -> npt.NDArray[np.float32]:

@@ -1,0 +1,139 @@
+"""Read and verify a ``.edgetl`` bundle: a zip whose every member is hash-checked before it is parsed.
+
+Nothing in a bundle is executed or unpickled. A tampered, truncated or hostile archive (zip-slip
+names, symlinks, absurd declared sizes) is refused with a :class:`BundleError` before any member is
+used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetl_runtime.errors import BundleError, BundleIntegrityError
+from edgetl_runtime.manifest import GOLDEN_NAME, HEAD_NAME, MANIFEST_NAME, BEST_ORDER, Manifest, Precision
+
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_MEMBER_BYTES = 2 << 30  # 2 GiB: larger than any mobile backbone, smaller than a zip bomb's claim
+MAX_COMPRESSION_RATIO = 200  # ONNX weights compress ~1.1x; a ratio like this is a bomb, not a model
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle held in memory (members are small: a few MB per model)."""
+
+    path: Path
+    manifest: Manifest
+    members: dict[str, bytes]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Bundle:
+        """Open, check structure, verify every SHA-256, and parse the manifest."""
+        path = Path(path)
+        if not path.is_file():
+            raise BundleError(f"Bundle {path} does not exist or is not a file; pass the .edgetl file `edgetl export` wrote.")
+        try:
+            with zipfile.ZipFile(path) as archive:
+                infos = _checked_infos(archive, path)
+                manifest = Manifest.from_json(_read(archive, infos[MANIFEST_NAME], MAX_MANIFEST_BYTES))
+                _check_member_list(manifest, infos, path)
+                members = {name: _read_verified(archive, infos[name], manifest) for name in manifest.members}
+        except zipfile.BadZipFile as exc:
+            raise BundleError(f"{path} is not a valid bundle ({exc}): truncated or not a zip. Copy it again.") from None
+        return cls(path, manifest, members)
+
+    def model_bytes(self, precision: Precision) -> bytes:
+        return self.members[self.manifest.model_member(precision)]
+
+    def resolve_precision(self, wanted: str | Precision) -> Precision:
+        """``best`` -> the fastest precision shipped (int8 > fp16 > fp32); else the one asked for."""
+        if str(getattr(wanted, "value", wanted)) == "best":
+            return next(p for p in BEST_ORDER if p in self.manifest.precisions)
+        try:
+            precision = Precision(wanted)
+        except ValueError:
+            raise BundleError(f"Unknown precision {wanted!r}; choose best, int8, fp16 or fp32.") from None
+        self.manifest.model_member(precision)  # raises if absent
+        return precision
+
+    def golden(self) -> dict[str, npt.NDArray[np.generic]]:
+        """Fixed inputs and their fp32 features, to re-check any backend against the host."""
+        return _load_npz(self.members[GOLDEN_NAME], GOLDEN_NAME)
+
+    def head_arrays(self) -> dict[str, npt.NDArray[np.generic]] | None:
+        """The host-trained head's arrays, if the bundle ships one."""
+        if HEAD_NAME not in self.members:
+            return None
+        return _load_npz(self.members[HEAD_NAME], HEAD_NAME)
+
+
+def _checked_infos(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.ZipInfo]:
+    infos: dict[str, zipfile.ZipInfo] = {}
+    for info in archive.infolist():
+        name = info.filename
+        pure = PurePosixPath(name)
+        if pure.is_absolute() or ".." in pure.parts or "\\" in name or ":" in name or name.startswith("/"):
+            raise BundleError(f"{path} holds an unsafe member name {name!r} (absolute or escaping the archive); refusing it.")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise BundleError(f"{path} holds a symbolic link {name!r}; bundles contain regular files only.")
+        if name in infos:
+            raise BundleError(f"{path} holds member {name!r} twice; refusing an ambiguous archive.")
+        if info.file_size > MAX_MEMBER_BYTES or info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1024):
+            raise BundleError(
+                f"{path} member {name!r} declares {info.file_size} bytes from {info.compress_size} compressed; "
+                "that is a zip bomb or corruption, refusing it."
+            )
+        infos[name] = info
+    if MANIFEST_NAME not in infos:
+        raise BundleError(f"{path} has no {MANIFEST_NAME}; it is not an edgetl bundle. Re-export it with `edgetl export`.")
+    return infos
+
+
+def _check_member_list(manifest: Manifest, infos: dict[str, zipfile.ZipInfo], path: Path) -> None:
+    listed = set(manifest.members)
+    present = set(infos) - {MANIFEST_NAME}
+    problems = [f"{n} is listed in the manifest but missing" for n in sorted(listed - present)]
+    problems += [f"{n} is in the archive but not in the manifest" for n in sorted(present - listed)]
+    if GOLDEN_NAME not in listed:
+        problems.append(f"{GOLDEN_NAME} is required")
+    if problems:
+        raise BundleError(f"{path} does not match its manifest: " + "; ".join(problems) + ". Re-export the bundle.")
+
+
+def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    if info.file_size > limit:
+        raise BundleError(f"Member {info.filename!r} is {info.file_size} bytes, more than the {limit} allowed.")
+    with archive.open(info) as fh:
+        data = fh.read(limit + 1)  # never trust the declared size alone
+    if len(data) > limit:
+        raise BundleError(f"Member {info.filename!r} inflates past {limit} bytes; refusing it.")
+    return data
+
+
+def _read_verified(archive: zipfile.ZipFile, info: zipfile.ZipInfo, manifest: Manifest) -> bytes:
+    expected = manifest.members[info.filename]
+    data = _read(archive, info, min(MAX_MEMBER_BYTES, expected.size))
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != expected.size or digest != expected.sha256:
+        raise BundleIntegrityError(
+            f"Member {info.filename!r} fails verification: {len(data)} bytes with sha256 {digest[:16]}..., the manifest "
+            f"promises {expected.size} bytes with {expected.sha256[:16]}.... The bundle was modified or damaged; "
+            "do not use it, copy or export it again."
+        )
+    return data
+
+
+def _load_npz(data: bytes, name: str) -> dict[str, npt.NDArray[np.generic]]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise BundleError(f"{name} in the bundle cannot be read as a numpy archive ({exc}); re-export it.") from None

@@ -1,0 +1,377 @@
+"""Device state beside a bundle: enrolled samples and their cached backbone features, in SQLite.
+
+The head is refit from :meth:`FeatureStore.samples` on load, so this database is the only source of
+truth on a device. It uses stdlib ``sqlite3`` in WAL mode with one transaction per enrolment, so a
+crash or power loss never leaves half an enrolment behind, and any SQLite tool can inspect it.
+Features are float32 little-endian BLOBs; nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetl_runtime.errors import InputError, StateError, raise_all
+
+SCHEMA_VERSION = 1
+_CHUNK = 500  # host parameters per statement; stays under SQLITE_MAX_VARIABLE_NUMBER of old SQLite builds.
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE features (key TEXT PRIMARY KEY, vec BLOB NOT NULL);
+CREATE TABLE samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a removed id is never handed out again
+    label TEXT NOT NULL,
+    feature_key TEXT NOT NULL REFERENCES features(key) ON DELETE RESTRICT
+);
+CREATE INDEX samples_label ON samples(label);
+CREATE INDEX samples_feature_key ON samples(feature_key);
+"""
+_FIX_CORRUPT = "delete the state file (enrolments are lost) or restore it from a backup"
+
+
+def _as_float32(array: object, what: str) -> npt.NDArray[np.float32]:
+    try:
+        return np.asarray(array, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InputError(
+            f"{what} must be numeric, got {type(array).__name__} ({exc}). Fix: pass a float array."
+        ) from exc
+
+
+def _as_ids(ids: Sequence[int]) -> list[int]:
+    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+    if bad:
+        raise InputError(f"Sample ids must be ints, got {bad[:10]}. Fix: pass ids returned by add_samples().")
+    return sorted({int(i) for i in ids})
+
+
+class FeatureStore:
+    """SQLite state beside a bundle: enrolled samples (id, label, feature key) and cached features.
+
+    One connection guarded by a re-entrant lock serves every thread: the Learner predicts from
+    several threads while another enrols, and SQLite's in-memory databases cannot be shared across
+    connections anyway. Calls are short, so serialising them costs little.
+
+    Args:
+        path: database file, created if missing; ``None`` keeps the state in memory.
+        bundle_digest: digest of the bundle this state belongs to.
+        feature_dim: length D of every feature vector.
+        preprocess_key: identity of the preprocessing that produced the features.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str] | None, *, bundle_digest: str, feature_dim: int, preprocess_key: str
+    ) -> None:
+        if not isinstance(feature_dim, int) or feature_dim <= 0:
+            raise InputError(f"feature_dim must be a positive int, got {feature_dim!r}")
+        self.path = None if path is None else os.fspath(path)
+        self.bundle_digest = bundle_digest
+        self.feature_dim = feature_dim
+        self.preprocess_key = preprocess_key
+        self._lock = threading.RLock()
+        self._con: sqlite3.Connection | None = None
+        where = self.path or ":memory:"
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly one call.
+            con = sqlite3.connect(where, isolation_level=None, check_same_thread=False, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise StateError(f"Cannot open state database {where!r}: {exc}. Fix: check the directory exists.") from exc
+        try:
+            self._open(con, where)
+        except sqlite3.DatabaseError as exc:
+            con.close()
+            raise StateError(
+                f"State database {where!r} is not a readable SQLite database ({exc}). Fix: {_FIX_CORRUPT}."
+            ) from exc
+        except BaseException:
+            con.close()
+            raise
+        self._con = con
+
+    def _open(self, con: sqlite3.Connection, where: str) -> None:
+        """Check the file, set durability pragmas, then create or verify the schema."""
+        problems = [row[0] for row in con.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise StateError(f"State database {where!r} failed quick_check: {problems[:5]}. Fix: {_FIX_CORRUPT}.")
+        con.execute("PRAGMA journal_mode=WAL")
+        # FULL: in WAL mode NORMAL survives a process crash but may drop the last commits on power loss.
+        # A device can lose power any time, and add_samples promises the enrolment is durable once it
+        # returns, so commits sync by default; cache-only writes relax this (see put_features).
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("PRAGMA foreign_keys=ON")
+        with self._transaction(con):
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not tables - {"sqlite_sequence"}:
+                for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT our transaction
+                    if statement.strip():
+                        con.execute(statement)
+                con.executemany("INSERT INTO meta VALUES (?, ?)", self._expected_meta().items())
+            else:
+                self._check_meta(con, where, tables)
+
+    def _expected_meta(self) -> dict[str, str]:
+        return {
+            "schema_version": str(SCHEMA_VERSION),
+            "bundle_digest": self.bundle_digest,
+            "feature_dim": str(self.feature_dim),
+            "preprocess_key": self.preprocess_key,
+        }
+
+    def _check_meta(self, con: sqlite3.Connection, where: str, tables: set[str]) -> None:
+        """Refuse a database made by another schema, bundle, feature size or preprocessing."""
+        if not {"meta", "features", "samples"} <= tables:
+            raise StateError(
+                f"{where!r} is a SQLite database but not edgetl state (tables: {sorted(tables)}). "
+                "Fix: pass a new state path; do not point the store at another application's database."
+            )
+        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            raise StateError(
+                f"State database {where!r} has schema_version {meta.get('schema_version')!r}, but this "
+                f"edgetl_runtime reads version {SCHEMA_VERSION}. Fix: upgrade edgetl-runtime, or use a new state path."
+            )
+        expected = self._expected_meta()
+        diffs = [
+            f"{k}: database has {meta.get(k)!r}, bundle needs {v!r}" for k, v in expected.items() if meta.get(k) != v
+        ]
+        if diffs:
+            raise StateError(
+                f"State database {where!r} was made for bundle {meta.get('bundle_digest')!r}, not for bundle "
+                f"{self.bundle_digest!r} ({'; '.join(diffs)}). Its cached features do not fit this bundle. "
+                "Fix: use a new state path for this bundle, or delete the old state file (its enrolments are lost)."
+            )
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._con is None:
+            raise StateError("This FeatureStore is closed. Fix: open a new FeatureStore on the same path.")
+        return self._con
+
+    @staticmethod
+    @contextmanager
+    def _transaction(con: sqlite3.Connection, *, durable: bool = True) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception so nothing half-done is kept.
+
+        IMMEDIATE takes the write lock up front, so a second process waits (busy timeout) instead of
+        failing mid-transaction on a lock upgrade.
+        """
+        if not durable:
+            con.execute("PRAGMA synchronous=NORMAL")  # still atomic; may lose this commit on power loss only
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if con.in_transaction:  # some errors (disk full, I/O) already rolled back inside SQLite
+                    con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            if not durable:
+                con.execute("PRAGMA synchronous=FULL")
+
+    def feature_key(self, image_hash: str) -> str:
+        """Cache key of an image's features: the same image under another bundle or preprocessing misses."""
+        # NUL separators keep the three parts from sliding into each other ("ab"+"c" vs "a"+"bc").
+        text = "\0".join((image_hash, self.bundle_digest, self.preprocess_key))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def _decode(self, blob: bytes, key: str) -> npt.NDArray[np.float32]:
+        if len(blob) != 4 * self.feature_dim:
+            raise StateError(
+                f"Cached feature {key!r} has {len(blob)} bytes, expected {4 * self.feature_dim} "
+                f"(feature_dim {self.feature_dim} x float32). Fix: {_FIX_CORRUPT}."
+            )
+        return np.frombuffer(blob, dtype="<f4").astype(np.float32)  # (D,) float32, writable copy
+
+    def get_features(self, keys: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
+        """Look keys up in the cache; returns hits only, each a (D,) float32 array."""
+        unique = list(dict.fromkeys(keys))
+        out: dict[str, npt.NDArray[np.float32]] = {}
+        with self._lock:
+            db = self._db
+            for start in range(0, len(unique), _CHUNK):
+                chunk = unique[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for key, blob in db.execute(f"SELECT key, vec FROM features WHERE key IN ({marks})", chunk):
+                    out[key] = self._decode(blob, key)
+        return out
+
+    def _check_vectors(self, keys: Sequence[object], vectors: npt.NDArray[np.float32], what: str) -> list[str]:
+        """Collect every problem with keys and a (N, D) array, so the caller raises once."""
+        problems = [
+            f"{what} key #{i} must be a non-empty str, got {k!r}"
+            for i, k in enumerate(keys)
+            if not k or not isinstance(k, str)
+        ]
+        if vectors.ndim != 2 or vectors.shape[1] != self.feature_dim:
+            problems.append(f"{what} features have shape {vectors.shape}, expected (N, {self.feature_dim})")
+        elif not np.isfinite(vectors).all():
+            bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+            problems.append(f"{what} features rows {bad[:10].tolist()} contain NaN or inf; expected finite values")
+        return problems
+
+    def _upsert(self, keys: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
+        rows = [(k, v.tobytes()) for k, v in zip(keys, np.asarray(vectors, dtype="<f4"), strict=True)]  # v: (D,) <f4
+        # Upsert, not INSERT OR REPLACE: REPLACE deletes the row first, which a sample referencing it forbids.
+        self._db.executemany("INSERT INTO features VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET vec=excluded.vec", rows)
+
+    def put_features(self, items: Mapping[str, npt.NDArray[np.floating]]) -> None:
+        """Cache features without enrolling them, in one transaction."""
+        if not items:
+            return
+        keys = list(items)
+        problems = []
+        for key, vec in items.items():
+            shape = np.shape(vec)
+            if shape != (self.feature_dim,):
+                problems.append(f"feature for {key!r} has shape {shape}, expected ({self.feature_dim},)")
+        raise_all(InputError, problems, "Cannot cache features")
+        vectors = np.stack([_as_float32(items[k], f"feature for {k!r}") for k in keys])  # (N, D) float32
+        raise_all(InputError, self._check_vectors(keys, vectors, "cached"), "Cannot cache features")
+        with self._lock, self._transaction(self._db, durable=False):  # the cache is derived: losing it costs a rerun
+            self._upsert(keys, vectors)
+
+    def add_samples(self, keys: Sequence[str], labels: Sequence[str], features: npt.NDArray[np.floating]) -> list[int]:
+        """Enrol samples: cache their features and add one sample row per key, all in one transaction.
+
+        Returns:
+            The new sample ids, in the order of ``keys``. On any error nothing is written.
+        """
+        keys, labels = list(keys), list(labels)
+        vectors = _as_float32(features, "enrolment features")  # (N, D) float32
+        problems = self._check_vectors(keys, vectors, "enrolment")
+        if len(labels) != len(keys) or (vectors.ndim >= 1 and vectors.shape[0] != len(keys)):
+            problems.append(
+                f"got {len(keys)} keys, {len(labels)} labels and {vectors.shape[:1]} feature rows; all must match"
+            )
+        problems += [
+            f"label #{i} must be a non-empty str, got {lab!r}"
+            for i, lab in enumerate(labels)
+            if not lab or not isinstance(lab, str)
+        ]
+        raise_all(InputError, problems, "Cannot enrol samples")
+        if not keys:
+            return []
+        with self._lock, self._transaction(self._db):
+            self._upsert(keys, vectors)
+            return [self._insert_sample(key, str(label)) for key, label in zip(keys, labels, strict=True)]
+
+    def _insert_sample(self, key: str, label: str) -> int:
+        row = self._db.execute(
+            "INSERT INTO samples (label, feature_key) VALUES (?, ?) RETURNING id", (label, key)
+        ).fetchone()
+        return int(row[0])
+
+    def remove(self, *, label: str | None = None, ids: Sequence[int] | None = None) -> int:
+        """Remove every sample of ``label``, or the samples with ``ids``; returns how many were removed.
+
+        Cached features stay: they are still valid for this bundle and save a backbone run if re-enrolled.
+        """
+        if (label is None) == (ids is None):
+            raise InputError(f"remove() needs exactly one of label= or ids=, got label={label!r}, ids={ids!r}")
+        with self._lock, self._transaction(self._db):
+            db = self._db
+            if label is not None:
+                removed = db.execute("DELETE FROM samples WHERE label = ?", (label,)).rowcount
+                if removed == 0:
+                    raise InputError(f"Unknown label {label!r}; known labels: {self.labels()}. Fix: pass one of those.")
+                return int(removed)
+            wanted = _as_ids(ids or ())
+            unknown = sorted(set(wanted) - self._existing_ids(wanted))
+            if unknown:
+                raise InputError(
+                    f"Unknown sample ids {unknown[:20]}; {len(self)} samples are enrolled, labels {self.labels()}. "
+                    "Fix: pass ids returned by add_samples() or listed by samples()."
+                )
+            db.executemany("DELETE FROM samples WHERE id = ?", [(i,) for i in wanted])
+            return len(wanted)
+
+    def _existing_ids(self, ids: list[int]) -> set[int]:
+        found: set[int] = set()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in self._db.execute(f"SELECT id FROM samples WHERE id IN ({marks})", chunk))
+        return found
+
+    def samples(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.str_], npt.NDArray[np.float32]]:
+        """All enrolled samples in id order: (ids (N,) int64, labels (N,) str, features (N, D) float32)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT s.id, s.label, f.vec, f.key FROM samples s JOIN features f ON f.key = s.feature_key "
+                "ORDER BY s.id"
+            ).fetchall()
+        for _, _, blob, key in rows:
+            if len(blob) != 4 * self.feature_dim:
+                self._decode(blob, key)  # raises the StateError that names the bad row
+        ids = np.array([r[0] for r in rows], dtype=np.int64)  # (N,)
+        labels = np.array([r[1] for r in rows], dtype=np.str_)  # (N,)
+        flat = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4")  # (N * D,) little-endian
+        feats = flat.astype(np.float32).reshape(len(rows), self.feature_dim)  # (N, D) float32, writable copy
+        return ids, labels, feats
+
+    def labels(self) -> list[str]:
+        """Sorted distinct labels of the enrolled samples."""
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT DISTINCT label FROM samples ORDER BY label")]
+
+    def counts(self) -> dict[str, int]:
+        """Number of enrolled samples per label."""
+        with self._lock:
+            return dict(
+                self._db.execute("SELECT label, COUNT(*) FROM samples GROUP BY label ORDER BY label").fetchall()
+            )
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's integrity_check plus our invariants; returns the problems found (empty means healthy)."""
+        with self._lock:
+            db = self._db
+            problems = [f"sqlite: {r[0]}" for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
+            orphans = db.execute(
+                "SELECT s.id, s.feature_key FROM samples s LEFT JOIN features f ON f.key = s.feature_key "
+                "WHERE f.key IS NULL"
+            ).fetchall()
+            problems += [f"sample {i} references missing feature {k!r}" for i, k in orphans[:20]]
+            bad = db.execute(
+                "SELECT key, length(vec) FROM features WHERE length(vec) != ?", (4 * self.feature_dim,)
+            ).fetchall()
+            problems += [f"feature {k!r} has {n} bytes, expected {4 * self.feature_dim}" for k, n in bad[:20]]
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            problems += [
+                f"meta {k!r} is {meta.get(k)!r}, expected {v!r}"
+                for k, v in self._expected_meta().items()
+                if meta.get(k) != v
+            ]
+        return problems
+
+    def close(self) -> None:
+        """Close the connection; safe to call twice."""
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = self.path or ":memory:"
+        return f"FeatureStore({where!r}, bundle_digest={self.bundle_digest!r}, feature_dim={self.feature_dim})"

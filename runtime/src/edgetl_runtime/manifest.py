@@ -1,0 +1,139 @@
+"""The bundle manifest (format 1): what a host promises a device about the files it ships."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from edgetl_runtime.errors import BundleError, raise_all
+from edgetl_runtime.preprocess import PreprocessSpec
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+GOLDEN_NAME = "golden.npz"
+HEAD_NAME = "head.npz"
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+    @property
+    def member(self) -> str:
+        """Archive name of the backbone model at this precision."""
+        return f"backbone.{self.value}.onnx"
+
+
+# Preference order when the device asks for the "best" precision available.
+BEST_ORDER = (Precision.INT8, Precision.FP16, Precision.FP32)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    name: str
+    timm_name: str
+    weights: str
+    feature_dim: int
+    input_name: str = "images"
+    output_name: str = "features"
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a device needs to trust and use a bundle; serialised as ``manifest.json``."""
+
+    backbone: BackboneInfo
+    preprocess: PreprocessSpec
+    members: dict[str, MemberInfo]
+    precisions: tuple[Precision, ...] = (Precision.FP32,)
+    quantization: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    head_labels: tuple[str, ...] = ()
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def model_member(self, precision: Precision) -> str:
+        if precision not in self.precisions:
+            have = [p.value for p in self.precisions]
+            raise BundleError(f"This bundle has no {precision.value} model; it ships {have}. Re-export with it.")
+        return precision.member
+
+    def model_digest(self, precision: Precision) -> str:
+        """SHA-256 of the model at ``precision``: features are only comparable under the same digest."""
+        return self.members[self.model_member(precision)].sha256
+
+    def to_json(self) -> str:
+        data = {
+            "format_version": self.format_version,
+            "backbone": vars(self.backbone),
+            "preprocess": self.preprocess.to_dict(),
+            "precisions": [p.value for p in self.precisions],
+            "members": {name: vars(info) for name, info in sorted(self.members.items())},
+            "quantization": self.quantization,
+            "calibration": self.calibration,
+            "validation": self.validation,
+            "head_labels": list(self.head_labels),
+            "versions": self.versions,
+            "created": self.created,
+        }
+        return json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        """Parse and validate; every problem is reported at once, as a :class:`BundleError`."""
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"manifest.json is not valid JSON ({exc}); the bundle is corrupt, re-export it.") from None
+        if not isinstance(data, dict):
+            raise BundleError("manifest.json must hold a JSON object; the bundle is corrupt, re-export it.")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"Unsupported bundle format_version {version!r}; this edgetl-runtime reads format {FORMAT_VERSION}. "
+                "Upgrade edgetl-runtime, or re-export the bundle with a matching edgetl."
+            )
+        try:
+            return _parse(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"manifest.json is malformed: {type(exc).__name__}: {exc}. Re-export the bundle.") from None
+
+
+def _parse(data: dict[str, Any]) -> Manifest:
+    problems: list[str] = []
+    backbone = BackboneInfo(**data["backbone"])
+    if not isinstance(backbone.feature_dim, int) or backbone.feature_dim < 1:
+        problems.append(f"backbone.feature_dim must be a positive integer, got {backbone.feature_dim!r}")
+    members = {str(name): MemberInfo(**info) for name, info in dict(data["members"]).items()}
+    for name, info in members.items():
+        if not (isinstance(info.sha256, str) and len(info.sha256) == 64):
+            problems.append(f"member {name!r} has no valid sha256")
+        if not isinstance(info.size, int) or info.size < 0:
+            problems.append(f"member {name!r} has an invalid size {info.size!r}")
+    precisions = tuple(Precision(p) for p in data["precisions"])
+    problems += [f"precision {p.value} is listed but {p.member} is missing" for p in precisions if p.member not in members]
+    raise_all(BundleError, problems, "manifest.json is inconsistent")
+    return Manifest(
+        backbone=backbone,
+        preprocess=PreprocessSpec.from_dict(dict(data["preprocess"])),
+        members=members,
+        precisions=precisions,
+        quantization=dict(data.get("quantization", {})),
+        calibration=dict(data.get("calibration", {})),
+        validation=dict(data.get("validation", {})),
+        head_labels=tuple(str(v) for v in data.get("head_labels", [])),
+        versions={str(k): str(v) for k, v in dict(data.get("versions", {})).items()},
+        created=str(data.get("created", "")),
+        format_version=int(data["format_version"]),
+    )
