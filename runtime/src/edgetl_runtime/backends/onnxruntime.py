@@ -1,0 +1,58 @@
+"""onnxruntime backend (CPU, or CUDA / TensorRT execution providers when installed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetl_runtime._optional import require
+from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.errors import BackendError, InputError
+from edgetl_runtime.manifest import Precision
+
+
+def make_session(model: bytes | str, threads: int | None = None, providers: list[str] | None = None) -> Any:
+    """An InferenceSession with full graph optimisation and a fixed, reported thread count."""
+    ort = require("onnxruntime", "The onnxruntime backend")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    available = ort.get_available_providers()
+    wanted = providers or ["CPUExecutionProvider"]
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise BackendError(f"onnxruntime providers {missing} are not available here (have {available}).")
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=wanted)
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph types
+        raise BackendError(f"onnxruntime could not load the model: {exc}") from exc
+
+
+@dataclass
+class OrtBackend:
+    """Features from an ONNX model through onnxruntime. ``InferenceSession.run`` is thread-safe."""
+
+    session: Any
+    precision: Precision
+    input_name: str
+    output_name: str
+    name: str = "onnxruntime"
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, precision: Precision, threads: int | None = None,
+                    providers: list[str] | None = None) -> OrtBackend:  # fmt: skip
+        session = make_session(bundle.model_bytes(precision), threads, providers)
+        info = bundle.manifest.backbone
+        provider = session.get_providers()[0].replace("ExecutionProvider", "")
+        return cls(session, precision, info.input_name, info.output_name, f"onnxruntime-{provider.lower()}")
+
+    def run(self, inputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        if inputs.ndim != 4 or inputs.dtype != np.float32:
+            raise InputError(f"Backend input must be float32 (N, 3, H, W), got {inputs.dtype} {inputs.shape}.")
+        (features,) = self.session.run([self.output_name], {self.input_name: inputs})
+        return np.asarray(features, dtype=np.float32)
