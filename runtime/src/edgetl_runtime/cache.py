@@ -229,11 +229,12 @@ class FeatureStore:
         if not items:
             return
         keys = list(items)
-        problems = []
-        for key, vec in items.items():
-            shape = np.shape(vec)
-            if shape != (self.feature_dim,):
-                problems.append(f"feature for {key!r} has shape {shape}, expected ({self.feature_dim},)")
+        dim = self.feature_dim
+        problems = [
+            f"feature for {k!r} has shape {np.shape(v)}, expected ({dim},)"
+            for k, v in items.items()
+            if np.shape(v) != (dim,)
+        ]
         raise_all(InputError, problems, "Cannot cache features")
         vectors = np.stack([_as_float32(items[k], f"feature for {k!r}") for k in keys])  # (N, D) float32
         raise_all(InputError, self._check_vectors(keys, vectors, "cached"), "Cannot cache features")
@@ -373,5 +374,6 @@ class FeatureStore:
         self.close()
 
     def __repr__(self) -> str:
-        where = self.path or ":memory:"
-        return f"FeatureStore({where!r}, bundle_digest={self.bundle_digest!r}, feature_dim={self.feature_dim})"
+        return (
+            f"FeatureStore({self.path or ':memory:'!r}, bundle_digest={self.bundle_digest!r}, dim={self.feature_dim})"
+        )

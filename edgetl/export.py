@@ -1,0 +1,171 @@
+"""Host export pipeline: backbone -> fp32 ONNX (parity-checked) -> int8 / fp16 -> one verified bundle."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.backbones import Backbone, create_backbone
+from edgetl.datasets import ImageDataset, balanced_subset, load_fashion_mnist, stratified_split
+from edgetl_exporters.bundle_writer import npz_bytes, write_bundle
+from edgetl_exporters.onnx_export import ExportConfig, export_features_onnx
+from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.errors import ConfigError, DatasetError
+from edgetl_runtime.manifest import GOLDEN_NAME, HEAD_NAME, BackboneInfo, Manifest, Precision
+from edgetl_runtime.preprocess import preprocess_batch
+
+GOLDEN_COUNT = 4
+VERSIONED = ("edgetl", "torch", "timm", "onnx", "onnxruntime", "onnxslim", "numpy")
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """What goes into a bundle and how it is checked."""
+
+    precisions: tuple[Precision, ...] = (Precision.FP32, Precision.INT8)
+    calibration_count: int = 300
+    eval_count: int = 600  # held-out labelled images for the int8 accuracy guard
+    max_accuracy_drop: float = 1.0
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        precisions = tuple(Precision(p) for p in self.precisions)
+        object.__setattr__(self, "precisions", precisions)
+        if Precision.FP32 not in precisions:
+            raise ConfigError("Every bundle ships the fp32 model (the reference for golden checks); add fp32.")
+        if self.calibration_count < 1 or self.eval_count < 1:
+            raise ConfigError("calibration_count and eval_count must be positive.")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    bundle: Bundle
+    report: dict[str, Any]
+
+
+def export_bundle(model: str | Path | Backbone, output: str | Path, *, weights: str = "bundled",
+                  data: ImageDataset | None = None, data_source: str = "fashion-mnist:train",
+                  config: BundleConfig | None = None, image_size: int | None = None,
+                  quantize_config: Any = None) -> ExportResult:  # fmt: skip
+    """Export ``model`` into one ``.edgetl`` bundle, validating every precision on real images.
+
+    Args:
+        model: a backbone name, a fine-tuned run directory, or a :class:`Backbone`.
+        output: the bundle path; written atomically, only after every check passed.
+        weights: weights source when ``model`` is a name (``bundled``, ``hub``, ``none`` or a path).
+        data: labelled target-domain images: calibration and accuracy guard draw disjoint subsets.
+            Defaults to Fashion-MNIST train.
+        data_source: how ``data`` is described in the manifest's calibration provenance.
+        config: precisions and checks.
+        image_size: square input resolution override.
+        quantize_config: an ``edgetl_exporters.quantize.QuantizeConfig`` (default: auto for this CPU).
+    """
+    config = config or BundleConfig()
+    backbone = model if isinstance(model, Backbone) else create_backbone(model, weights, image_size=image_size)
+    if image_size is not None and isinstance(model, Backbone):
+        backbone.spec = backbone.spec.with_size(image_size)
+    calib, held_out = _calibration_split(data, config)
+    calib_inputs = preprocess_batch(list(calib.images), backbone.spec)  # (C, 3, H, W)
+    members: dict[str, bytes] = {}
+    report: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="edgetl-export-") as tmp:
+        fp32_path = Path(tmp) / Precision.FP32.member
+        parity = export_features_onnx(backbone.model, calib_inputs[:32], fp32_path, config.export)
+        report["fp32_parity"] = parity.to_dict()
+        members[Precision.FP32.member] = fp32_path.read_bytes()
+        quant = _quantized_members(fp32_path, calib_inputs, held_out, backbone, config, quantize_config)
+        for name, (data_bytes, part_report) in quant.items():
+            members[name] = data_bytes
+            report[name] = part_report
+    golden_inputs = calib_inputs[:GOLDEN_COUNT]
+    features = _torch_features(backbone, golden_inputs)
+    members[GOLDEN_NAME] = npz_bytes({"inputs": golden_inputs, "features": features})
+    if backbone.head is not None:
+        members[HEAD_NAME] = _head_npz(backbone)
+    manifest = _manifest(backbone, config, report, len(calib), data_source, quantize_config)
+    bundle = write_bundle(output, manifest, members)
+    return ExportResult(Path(output), bundle, report)
+
+
+def _calibration_split(data: ImageDataset | None, config: BundleConfig) -> tuple[ImageDataset, ImageDataset]:
+    """Disjoint calibration and held-out sets, balanced over classes."""
+    data = data if data is not None else load_fashion_mnist("train")
+    if len(data) < 2:
+        raise DatasetError(f"Calibration data has {len(data)} images; give at least a few hundred target-domain images.")
+    total = config.calibration_count + config.eval_count
+    per_class = max(1, int(np.ceil(total / len(data.classes))))
+    pool = balanced_subset(data, per_class, seed=0)
+    frac = min(0.99, config.calibration_count / max(len(pool), 1))
+    calib, held_out = stratified_split(pool, [frac, 1.0 - frac], seed=0)
+    if len(calib) == 0:
+        raise DatasetError("Calibration data is empty after sampling; give more images.")
+    return calib, held_out
+
+
+def _quantized_members(fp32_path: Path, calib_inputs: np.ndarray, held_out: ImageDataset, backbone: Backbone,
+                       config: BundleConfig, quantize_config: Any) -> dict[str, tuple[bytes, dict[str, Any]]]:  # fmt: skip
+    out: dict[str, tuple[bytes, dict[str, Any]]] = {}
+    if Precision.INT8 in config.precisions:
+        from edgetl_exporters.quantize import quantize_for_bundle
+
+        eval_inputs = preprocess_batch(list(held_out.images), backbone.spec)
+        out[Precision.INT8.member] = quantize_for_bundle(
+            fp32_path, calib_inputs, eval_inputs, held_out.labels, config.max_accuracy_drop, quantize_config
+        )
+    if Precision.FP16 in config.precisions:
+        from edgetl_exporters.quantize import fp16_for_bundle
+
+        out[Precision.FP16.member] = fp16_for_bundle(fp32_path, calib_inputs[:32])
+    return out
+
+
+def _torch_features(backbone: Backbone, inputs: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return backbone.model.eval()(torch.from_numpy(inputs)).numpy().astype(np.float32)
+
+
+def _head_npz(backbone: Backbone) -> bytes:
+    assert backbone.head is not None
+    return npz_bytes({
+        "kind": np.array("linear"),
+        "coef": backbone.head.weight.detach().numpy().astype(np.float32),
+        "intercept": backbone.head.bias.detach().numpy().astype(np.float32),
+        "classes": np.array(backbone.classes, dtype=str),
+    })  # fmt: skip
+
+
+def _manifest(backbone: Backbone, config: BundleConfig, report: dict[str, Any], calib_count: int,
+              data_source: str, quantize_config: Any) -> Manifest:  # fmt: skip
+    quant = report.get(Precision.INT8.member, {})
+    return Manifest(
+        backbone=BackboneInfo(backbone.name, backbone.timm_name, backbone.weights, backbone.feature_dim,
+                              config.export.input_name, config.export.output_name),  # fmt: skip
+        preprocess=backbone.spec,
+        members={},
+        precisions=config.precisions,
+        quantization=dict(quant.get("config", {})),
+        calibration={"count": calib_count, "source": data_source, "sampling": "class-balanced, seed 0"},
+        validation={"export": config.export.to_dict(), **report},
+        head_labels=tuple(backbone.classes) if backbone.head is not None else (),
+        versions=_versions(),
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for dist in VERSIONED:
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found

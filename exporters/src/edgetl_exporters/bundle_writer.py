@@ -1,0 +1,45 @@
+"""Write a ``.edgetl`` bundle atomically, hashing every member into the manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from edgetl_runtime.atomic import atomic_write
+from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.errors import BundleError
+from edgetl_runtime.manifest import GOLDEN_NAME, MANIFEST_NAME, Manifest, MemberInfo
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """Serialise arrays as .npz without object arrays, so readers can use ``allow_pickle=False``."""
+    for key, value in arrays.items():
+        if np.asarray(value).dtype == object:
+            raise BundleError(f"Array {key!r} has dtype object, which would need pickle; use numeric or str arrays.")
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    return buffer.getvalue()
+
+
+def write_bundle(path: str | Path, manifest: Manifest, members: dict[str, bytes]) -> Bundle:
+    """Write ``members`` plus a manifest carrying their SHA-256, then re-open and verify the result.
+
+    ``manifest.members`` is replaced by the hashes of ``members``; the file appears only when complete.
+    """
+    if GOLDEN_NAME not in members:
+        raise BundleError(f"A bundle needs {GOLDEN_NAME} so devices can check their backend; none was given.")
+    hashed = {name: MemberInfo(hashlib.sha256(data).hexdigest(), len(data)) for name, data in members.items()}
+    final = dataclasses.replace(manifest, members=hashed)
+    Manifest.from_json(final.to_json())  # the writer must never produce what the reader refuses
+    with atomic_write(path) as fh, zipfile.ZipFile(fh, "w") as archive:
+        archive.writestr(MANIFEST_NAME, final.to_json(), compress_type=zipfile.ZIP_DEFLATED)
+        for name, data in sorted(members.items()):
+            # ONNX weights barely compress; storing them keeps loading fast on small devices.
+            method = zipfile.ZIP_STORED if name.endswith(".onnx") else zipfile.ZIP_DEFLATED
+            archive.writestr(name, data, compress_type=method)
+    return Bundle.open(path)

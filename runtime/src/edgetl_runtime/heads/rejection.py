@@ -1,0 +1,142 @@
+"""Unknown rejection by cosine similarity to centred class means, calibrated on the enrolled samples.
+
+How the threshold is calibrated (every head uses this, whatever its classifier):
+
+1. Each enrolled feature is power-transformed and L2-normalised (the head's own transform), giving z.
+   Class means m_c are running sums / counts of z; the centre mu is the mean of the class means.
+   The similarity of a sample to class c is cos(z - mu, m_c - mu); its *score* is the max over c.
+2. Each enrolled sample i gets a leave-one-out score: its similarity to its own class mean
+   recomputed without it (without its whole group when ``groups`` are given, e.g. an image and its
+   flipped copy), next to the unchanged means of the other classes. If its own class is still the
+   most similar, the sample counts as *correctly classified*.
+3. ``threshold_`` is the ``quantile`` (default 5 %) of the scores of the correctly classified samples
+   (of all scored samples if none is correct). A query scoring below it is :data:`UNKNOWN`, so about
+   ``quantile`` of genuine in-class samples are expected to be rejected.
+4. A sample that is alone in its class (group) has no leave-one-out score. If no sample has one
+   (one shot per class), the threshold falls back to the largest cosine between two different class
+   means: a query less similar to its nearest class than the two closest classes are to each other
+   is unknown. With a single enrolled class and sample, nothing is rejected (threshold -inf).
+
+``partial_fit`` updates the means exactly; the scores of the new samples are computed (leave-one-out)
+at the moment they join, and older scores are kept as they were.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+def _unit(A: FloatArray) -> FloatArray:
+    out: FloatArray = A / np.maximum(np.linalg.norm(A, axis=-1, keepdims=True), 1e-12)
+    return out
+
+
+class SimilarityRejector:
+    """Running class sums of normalised features plus leave-one-out calibration scores."""
+
+    def __init__(self, quantile: float = 0.05) -> None:
+        self.quantile = quantile
+
+    def fit(
+        self, Z: FloatArray, y_idx: IntArray, n_classes: int, groups: IntArray | None = None
+    ) -> SimilarityRejector:
+        """Start from scratch on ``Z`` (N, D) normalised features with class indices ``y_idx``."""
+        self.sums_ = np.zeros((n_classes, Z.shape[1]))  # (C, D)
+        self.counts_ = np.zeros(n_classes)  # (C,)
+        np.add.at(self.sums_, y_idx, Z)
+        np.add.at(self.counts_, y_idx, 1.0)
+        self.scores_, self.correct_ = self._loo_scores(Z, y_idx, groups)
+        return self
+
+    def partial_fit(self, Z: FloatArray, y_idx: IntArray, n_classes: int, remap: IntArray) -> SimilarityRejector:
+        """Add samples; ``remap[k]`` is the new index of old class k (classes may have been inserted)."""
+        sums, counts = np.zeros((n_classes, Z.shape[1])), np.zeros(n_classes)
+        sums[remap], counts[remap] = self.sums_, self.counts_
+        np.add.at(sums, y_idx, Z)
+        np.add.at(counts, y_idx, 1.0)
+        self.sums_, self.counts_ = sums, counts
+        scores, correct = self._loo_scores(Z, y_idx, None)
+        self.scores_ = np.concatenate([self.scores_, scores])
+        self.correct_ = np.concatenate([self.correct_, correct])
+        return self
+
+    @property
+    def means_(self) -> FloatArray:
+        """Class means ``(C, D)`` of the normalised features."""
+        out: FloatArray = self.sums_ / np.maximum(self.counts_, 1.0)[:, None]
+        return out
+
+    @property
+    def center_(self) -> FloatArray:
+        """Mean of the class means ``(D,)`` (balanced, so a large class does not dominate)."""
+        out: FloatArray = self.means_.mean(axis=0)
+        return out
+
+    def cosines(self, Z: FloatArray) -> FloatArray:
+        """Cosine ``(N, C)`` between centred samples and centred class means."""
+        mu = self.center_
+        out: FloatArray = _unit(Z - mu) @ _unit(self.means_ - mu).T
+        return out
+
+    def score(self, Z: FloatArray) -> FloatArray:
+        """Similarity ``(N,)`` to the nearest class mean; low means unlike anything enrolled."""
+        out: FloatArray = self.cosines(Z).max(axis=1)
+        return out
+
+    def _loo_scores(
+        self, Z: FloatArray, y_idx: IntArray, groups: IntArray | None
+    ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+        n = Z.shape[0]
+        g = np.arange(n) if groups is None else np.unique(groups, return_inverse=True)[1].ravel()
+        pairs, p = np.unique(np.stack([y_idx, g], axis=1), axis=0, return_inverse=True)
+        p = p.ravel()
+        pair_sums = np.zeros((len(pairs), Z.shape[1]))  # (P, D) sums over (class, group) cells
+        np.add.at(pair_sums, p, Z)
+        pair_counts = np.bincount(p, minlength=len(pairs)).astype(np.float64)
+        rest = self.counts_[y_idx] - pair_counts[p]  # (N,) own-class samples left after leaving the group out
+        valid = rest > 0
+        loo_mean = (self.sums_[y_idx] - pair_sums[p]) / np.maximum(rest, 1.0)[:, None]  # (N, D)
+        mu = self.center_
+        zc = _unit(Z - mu)
+        sims = zc @ _unit(self.means_ - mu).T  # (N, C)
+        own = np.einsum("nd,nd->n", zc, _unit(loo_mean - mu))
+        sims[np.arange(n), y_idx] = own
+        correct = valid & (np.argmax(sims, axis=1) == y_idx)
+        return np.where(valid, own, np.nan), correct
+
+    @property
+    def threshold_(self) -> float:
+        """Score below which a query is unknown (see the module docstring for the calibration)."""
+        valid = ~np.isnan(self.scores_)
+        pick = self.correct_ if self.correct_.any() else valid
+        if pick.any():
+            return float(np.quantile(self.scores_[pick], self.quantile))
+        present = self.counts_ > 0
+        if present.sum() < 2:
+            return float("-inf")
+        protos = _unit(self.means_[present] - self.center_)
+        cos = protos @ protos.T
+        np.fill_diagonal(cos, -np.inf)
+        return float(cos.max())
+
+    def to_npz_dict(self) -> dict[str, npt.NDArray[Any]]:
+        return {
+            "quantile": np.array(self.quantile),
+            "sums_": self.sums_,
+            "counts_": self.counts_,
+            "scores_": self.scores_,
+            "correct_": self.correct_,
+        }
+
+    @classmethod
+    def from_npz_dict(cls, d: dict[str, npt.NDArray[Any]]) -> SimilarityRejector:
+        rej = cls(float(d["quantile"]))
+        rej.sums_, rej.counts_ = np.asarray(d["sums_"], np.float64), np.asarray(d["counts_"], np.float64)
+        rej.scores_, rej.correct_ = np.asarray(d["scores_"], np.float64), np.asarray(d["correct_"], bool)
+        return rej
