@@ -11,7 +11,14 @@ import timm
 import torch
 from torch import nn
 
-from edgetl.weights import WeightsSource, WeightsSpec, bundled_checkpoint, load_by_name, load_positional, read_state_dict
+from edgetl.weights import (
+    WeightsSource,
+    WeightsSpec,
+    bundled_checkpoint,
+    load_by_name,
+    load_positional,
+    read_state_dict,
+)
 from edgetl_runtime.errors import CheckpointError, UnknownBackboneError
 from edgetl_runtime.preprocess import PreprocessSpec
 
@@ -134,7 +141,11 @@ def load_finetuned(run_dir: Path, image_size: int | None = None) -> Backbone:
         raise CheckpointError(f"{cfg_path} is corrupt or from another tool: {exc}") from exc
     state = read_state_dict(weights_path)
     model = timm.create_model(timm_name, pretrained=False, num_classes=0)
-    load_by_name(model, {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}, str(weights_path))
+    load_by_name(
+        model,
+        {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")},
+        str(weights_path),
+    )
     head = nn.Linear(int(model.num_features), len(classes))
     head.load_state_dict({k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")})
     model.eval()
@@ -142,4 +153,6 @@ def load_finetuned(run_dir: Path, image_size: int | None = None) -> Backbone:
     if image_size is not None:
         spec = spec.with_size(image_size)
     weights = f"finetuned:{run_dir}"
-    return Backbone(str(cfg.get("name", timm_name)), timm_name, model, spec, int(model.num_features), weights, classes, head)
+    return Backbone(
+        str(cfg.get("name", timm_name)), timm_name, model, spec, int(model.num_features), weights, classes, head
+    )

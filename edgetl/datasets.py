@@ -17,8 +17,17 @@ from edgetl_runtime.preprocess import as_rgb_uint8
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # SHA-256 of the *decompressed* IDX payloads: independent of how a mirror or Debian gzipped them.
 FASHION_MNIST_SHA256 = {
@@ -41,9 +50,13 @@ class ImageDataset:
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         if len(self.images) != len(self.labels):
-            raise InputError(f"Got {len(self.images)} images but {len(self.labels)} labels; they must match one to one.")
+            raise InputError(
+                f"Got {len(self.images)} images but {len(self.labels)} labels; they must match one to one."
+            )
         if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
-            raise InputError(f"Labels must index classes 0..{len(self.classes) - 1}, got {self.labels.min()}..{self.labels.max()}.")
+            raise InputError(
+                f"Labels must index classes 0..{len(self.classes) - 1}, got {self.labels.min()}..{self.labels.max()}."
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -74,8 +87,9 @@ class ImageDataset:
             raise DatasetError(f"The dataset for {what} has {present} class; a classifier needs at least 2 classes.")
 
 
-def from_arrays(images: np.ndarray | Sequence[np.ndarray], labels: Sequence[int] | np.ndarray,
-                classes: Sequence[str] | None = None) -> ImageDataset:  # fmt: skip
+def from_arrays(
+    images: np.ndarray | Sequence[np.ndarray], labels: Sequence[int] | np.ndarray, classes: Sequence[str] | None = None
+) -> ImageDataset:
     """Wrap numpy images. A stacked array must be uint8 ``(N, H, W)`` or ``(N, H, W, 3)``."""
     if isinstance(images, np.ndarray):
         if images.ndim not in (3, 4):
@@ -119,7 +133,9 @@ def load_image_folder(root: str | Path) -> ImageDataset:
             except (UnidentifiedImageError, OSError) as exc:
                 bad.append(f"{path}: {exc}")
     if bad:
-        raise DatasetError(f"{len(bad)} unreadable image file(s) in {root}; fix or remove them:\n  " + "\n  ".join(bad[:10]))
+        raise DatasetError(
+            f"{len(bad)} unreadable image file(s) in {root}; fix or remove them:\n  " + "\n  ".join(bad[:10])
+        )
     empty = [d.name for d, n in zip(class_dirs, np.bincount(labels, minlength=len(class_dirs)), strict=True) if n == 0]
     if not images:
         raise DatasetError(
@@ -142,8 +158,13 @@ def k_shot(dataset: ImageDataset, k: int, seed: int = 0) -> tuple[ImageDataset, 
     if short:
         raise DatasetError(f"K={k} is larger than the number of images in class(es) {short}; lower K or add images.")
     rng = np.random.default_rng(seed)
-    picked = np.concatenate([rng.choice(np.flatnonzero(dataset.labels == c), k, replace=False)
-                             for c in range(len(dataset.classes)) if counts[c] > 0])  # fmt: skip
+    picked = np.concatenate(
+        [
+            rng.choice(np.flatnonzero(dataset.labels == c), k, replace=False)
+            for c in range(len(dataset.classes))
+            if counts[c] > 0
+        ]
+    )
     rest = np.setdiff1d(np.arange(len(dataset)), picked)
     return dataset.subset(np.sort(picked)), dataset.subset(rest)
 
@@ -189,7 +210,7 @@ def download_fashion_mnist(dest: Path = FASHION_MNIST_DIRS[-1]) -> Path:
         if target.is_file() and _idx_sha256(target) == digest:
             continue
         tmp = target.with_suffix(".part")
-        urllib.request.urlretrieve(FASHION_MNIST_URL + name, tmp)  # noqa: S310 - fixed https/http source
+        urllib.request.urlretrieve(FASHION_MNIST_URL + name, tmp)
         if _idx_sha256(tmp) != digest:
             tmp.unlink()
             raise DatasetError(f"Checksum mismatch for {name} downloaded from {FASHION_MNIST_URL}; retry later.")

@@ -50,10 +50,17 @@ class ExportResult:
     report: dict[str, Any]
 
 
-def export_bundle(model: str | Path | Backbone, output: str | Path, *, weights: str = "bundled",
-                  data: ImageDataset | None = None, data_source: str = "fashion-mnist:train",
-                  config: BundleConfig | None = None, image_size: int | None = None,
-                  quantize_config: Any = None) -> ExportResult:  # fmt: skip
+def export_bundle(
+    model: str | Path | Backbone,
+    output: str | Path,
+    *,
+    weights: str = "bundled",
+    data: ImageDataset | None = None,
+    data_source: str = "fashion-mnist:train",
+    config: BundleConfig | None = None,
+    image_size: int | None = None,
+    quantize_config: Any = None,
+) -> ExportResult:
     """Export ``model`` into one ``.edgetl`` bundle, validating every precision on real images.
 
     Args:
@@ -98,7 +105,9 @@ def _calibration_split(data: ImageDataset | None, config: BundleConfig) -> tuple
     """Disjoint calibration and held-out sets, balanced over classes."""
     data = data if data is not None else load_fashion_mnist("train")
     if len(data) < 2:
-        raise DatasetError(f"Calibration data has {len(data)} images; give at least a few hundred target-domain images.")
+        raise DatasetError(
+            f"Calibration data has {len(data)} images; give at least a few hundred target-domain images."
+        )
     total = config.calibration_count + config.eval_count
     per_class = max(1, int(np.ceil(total / len(data.classes))))
     pool = balanced_subset(data, per_class, seed=0)
@@ -109,8 +118,14 @@ def _calibration_split(data: ImageDataset | None, config: BundleConfig) -> tuple
     return calib, held_out
 
 
-def _quantized_members(fp32_path: Path, calib_inputs: np.ndarray, held_out: ImageDataset, backbone: Backbone,
-                       config: BundleConfig, quantize_config: Any) -> dict[str, tuple[bytes, dict[str, Any]]]:  # fmt: skip
+def _quantized_members(
+    fp32_path: Path,
+    calib_inputs: np.ndarray,
+    held_out: ImageDataset,
+    backbone: Backbone,
+    config: BundleConfig,
+    quantize_config: Any,
+) -> dict[str, tuple[bytes, dict[str, Any]]]:
     out: dict[str, tuple[bytes, dict[str, Any]]] = {}
     if Precision.INT8 in config.precisions:
         from edgetl_exporters.quantize import quantize_for_bundle
@@ -135,20 +150,33 @@ def _torch_features(backbone: Backbone, inputs: np.ndarray) -> np.ndarray:
 
 def _head_npz(backbone: Backbone) -> bytes:
     assert backbone.head is not None
-    return npz_bytes({
+    arrays = {
         "kind": np.array("linear"),
         "coef": backbone.head.weight.detach().numpy().astype(np.float32),
         "intercept": backbone.head.bias.detach().numpy().astype(np.float32),
         "classes": np.array(backbone.classes, dtype=str),
-    })  # fmt: skip
+    }
+    return npz_bytes(arrays)
 
 
-def _manifest(backbone: Backbone, config: BundleConfig, report: dict[str, Any], calib_count: int,
-              data_source: str, quantize_config: Any) -> Manifest:  # fmt: skip
+def _manifest(
+    backbone: Backbone,
+    config: BundleConfig,
+    report: dict[str, Any],
+    calib_count: int,
+    data_source: str,
+    quantize_config: Any,
+) -> Manifest:
     quant = report.get(Precision.INT8.member, {})
     return Manifest(
-        backbone=BackboneInfo(backbone.name, backbone.timm_name, backbone.weights, backbone.feature_dim,
-                              config.export.input_name, config.export.output_name),  # fmt: skip
+        backbone=BackboneInfo(
+            backbone.name,
+            backbone.timm_name,
+            backbone.weights,
+            backbone.feature_dim,
+            config.export.input_name,
+            config.export.output_name,
+        ),
         preprocess=backbone.spec,
         members={},
         precisions=config.precisions,

@@ -33,7 +33,9 @@ def eval_transform(image: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:
     return (cropped - mean) / std
 
 
-def train_transform(image: torch.Tensor, spec: PreprocessSpec, generator: torch.Generator | None = None) -> torch.Tensor:
+def train_transform(
+    image: torch.Tensor, spec: PreprocessSpec, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Light augmentation for few-shot fine-tuning: random resized crop (scale 0.7-1) and h-flip."""
     _, h, w = image.shape
     scale = float(torch.empty(1).uniform_(0.7, 1.0, generator=generator))

@@ -132,4 +132,4 @@ def load_by_name(model: nn.Module, state: dict[str, torch.Tensor], origin: str) 
 
 
 def _is_classifier(name: str) -> bool:
-    return name.split(".")[0] in {"classifier", "fc", "head", "_fc"}
+    return name.split(".", maxsplit=1)[0] in {"classifier", "fc", "head", "_fc"}

@@ -62,8 +62,9 @@ class ParityReport:
         return asdict(self)
 
 
-def export_features_onnx(model: torch.nn.Module, inputs: np.ndarray, out_path: str | Path,
-                         config: ExportConfig | None = None) -> ParityReport:  # fmt: skip
+def export_features_onnx(
+    model: torch.nn.Module, inputs: np.ndarray, out_path: str | Path, config: ExportConfig | None = None
+) -> ParityReport:
     """Export ``model`` (image batch -> ``(N, D)`` features) and validate it on ``inputs``.
 
     Args:
@@ -82,7 +83,7 @@ def export_features_onnx(model: torch.nn.Module, inputs: np.ndarray, out_path: s
     if reference.ndim != 2 or reference.shape[0] != inputs.shape[0]:
         raise ExportError(
             f"The model returns shape {tuple(reference.shape)} for a batch of {inputs.shape[0]}; a features model must "
-            "return (N, D). Create the backbone with num_classes=0 (pooled features), not a classifier or a feature map."
+            "return (N, D). Create the backbone with num_classes=0 (pooled features), not a classifier or feature map."
         )
     proto = _torch_to_onnx(model, torch.from_numpy(inputs[:1]), config)
     data = proto.SerializeToString()
@@ -95,7 +96,9 @@ def export_features_onnx(model: torch.nn.Module, inputs: np.ndarray, out_path: s
 def _check_inputs(inputs: np.ndarray) -> np.ndarray:
     arr = np.asarray(inputs)
     if arr.ndim != 4 or arr.shape[1] != 3 or len(arr) == 0:
-        raise InputError(f"Export inputs must be a non-empty (N, 3, H, W) batch of preprocessed images, got {arr.shape}.")
+        raise InputError(
+            f"Export inputs must be a non-empty (N, 3, H, W) batch of preprocessed images, got {arr.shape}."
+        )
     if not np.isfinite(arr).all():
         raise InputError("Export inputs contain NaN or Inf; check the images and the preprocessing.")
     return np.ascontiguousarray(arr, dtype=np.float32)
@@ -110,13 +113,22 @@ def _torch_to_onnx(model: torch.nn.Module, example: torch.Tensor, config: Export
     try:
         if config.exporter == "dynamo":
             shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if config.dynamic_batch else None
-            program = torch.onnx.export(model, (example,), dynamo=True, opset_version=config.opset,
-                                        dynamic_shapes=shapes, **names)  # fmt: skip
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, opset_version=config.opset, dynamic_shapes=shapes, **names
+            )
             proto = program.model_proto
         else:
             axes = {config.input_name: {0: "batch"}, config.output_name: {0: "batch"}} if config.dynamic_batch else None
-            torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=config.opset,
-                              dynamic_axes=axes, do_constant_folding=True, **names)  # fmt: skip
+            torch.onnx.export(
+                model,
+                (example,),
+                buffer,
+                dynamo=False,
+                opset_version=config.opset,
+                dynamic_axes=axes,
+                do_constant_folding=True,
+                **names,
+            )
             proto = onnx.load_from_string(buffer.getvalue())
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed ({config.exporter}): {type(exc).__name__}: {exc}") from exc
@@ -138,8 +150,9 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
     return slim if slim is not None else proto
 
 
-def validate_parity(onnx_model: bytes, inputs: np.ndarray, reference: np.ndarray,
-                    config: ExportConfig | None = None) -> ParityReport:  # fmt: skip
+def validate_parity(
+    onnx_model: bytes, inputs: np.ndarray, reference: np.ndarray, config: ExportConfig | None = None
+) -> ParityReport:
     """Run the ONNX model on ``inputs`` with onnxruntime and compare with ``reference`` features."""
     config = config or ExportConfig()
     session = make_session(onnx_model, threads=None)

@@ -30,6 +30,6 @@ def is_available(module: str) -> bool:
 def require(module: str, purpose: str) -> ModuleType:
     """Import ``module`` or raise an :class:`OptionalDependencyError` naming the install command."""
     if not is_available(module):
-        hint = _HINTS.get(module.split(".")[0], f"pip install {module}")
+        hint = _HINTS.get(module.split(".", maxsplit=1)[0], f"pip install {module}")
         raise OptionalDependencyError(f"{purpose} needs the '{module}' module, which is not installed. Fix: {hint}.")
     return importlib.import_module(module)

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.errors import BundleError, BundleIntegrityError
-from edgetl_runtime.manifest import GOLDEN_NAME, HEAD_NAME, MANIFEST_NAME, BEST_ORDER, Manifest, Precision
+from edgetl_runtime.manifest import BEST_ORDER, GOLDEN_NAME, HEAD_NAME, MANIFEST_NAME, Manifest, Precision
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_MEMBER_BYTES = 2 << 30  # 2 GiB: larger than any mobile backbone, smaller than a zip bomb's claim
@@ -39,7 +39,9 @@ class Bundle:
         """Open, check structure, verify every SHA-256, and parse the manifest."""
         path = Path(path)
         if not path.is_file():
-            raise BundleError(f"Bundle {path} does not exist or is not a file; pass the .edgetl file `edgetl export` wrote.")
+            raise BundleError(
+                f"Bundle {path} does not exist or is not a file; pass the .edgetl file `edgetl export` wrote."
+            )
         try:
             with zipfile.ZipFile(path) as archive:
                 infos = _checked_infos(archive, path)
@@ -81,7 +83,9 @@ def _checked_infos(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.Zi
         name = info.filename
         pure = PurePosixPath(name)
         if pure.is_absolute() or ".." in pure.parts or "\\" in name or ":" in name or name.startswith("/"):
-            raise BundleError(f"{path} holds an unsafe member name {name!r} (absolute or escaping the archive); refusing it.")
+            raise BundleError(
+                f"{path} holds an unsafe member name {name!r} (absolute or escaping the archive); refusing it."
+            )
         if stat.S_ISLNK(info.external_attr >> 16):
             raise BundleError(f"{path} holds a symbolic link {name!r}; bundles contain regular files only.")
         if name in infos:
@@ -93,7 +97,9 @@ def _checked_infos(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.Zi
             )
         infos[name] = info
     if MANIFEST_NAME not in infos:
-        raise BundleError(f"{path} has no {MANIFEST_NAME}; it is not an edgetl bundle. Re-export it with `edgetl export`.")
+        raise BundleError(
+            f"{path} has no {MANIFEST_NAME}; it is not an edgetl bundle. Re-export it with `edgetl export`."
+        )
     return infos
 
 
@@ -124,7 +130,7 @@ def _read_verified(archive: zipfile.ZipFile, info: zipfile.ZipInfo, manifest: Ma
     digest = hashlib.sha256(data).hexdigest()
     if len(data) != expected.size or digest != expected.sha256:
         raise BundleIntegrityError(
-            f"Member {info.filename!r} fails verification: {len(data)} bytes with sha256 {digest[:16]}..., the manifest "
+            f"Member {info.filename!r} fails verification: {len(data)} bytes with sha256 {digest[:16]}..., manifest "
             f"promises {expected.size} bytes with {expected.sha256[:16]}.... The bundle was modified or damaged; "
             "do not use it, copy or export it again."
         )

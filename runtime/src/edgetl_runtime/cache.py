@@ -358,6 +358,12 @@ class FeatureStore:
             ]
         return problems
 
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the main file (e.g. before copying the state elsewhere)."""
+        with self._lock:
+            if self.path is not None:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def close(self) -> None:
         """Close the connection; safe to call twice."""
         with self._lock:

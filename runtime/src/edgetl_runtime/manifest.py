@@ -95,7 +95,9 @@ class Manifest:
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"manifest.json is not valid JSON ({exc}); the bundle is corrupt, re-export it.") from None
+            raise BundleError(
+                f"manifest.json is not valid JSON ({exc}); the bundle is corrupt, re-export it."
+            ) from None
         if not isinstance(data, dict):
             raise BundleError("manifest.json must hold a JSON object; the bundle is corrupt, re-export it.")
         version = data.get("format_version")
@@ -107,7 +109,9 @@ class Manifest:
         try:
             return _parse(data)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BundleError(f"manifest.json is malformed: {type(exc).__name__}: {exc}. Re-export the bundle.") from None
+            raise BundleError(
+                f"manifest.json is malformed: {type(exc).__name__}: {exc}. Re-export the bundle."
+            ) from None
 
 
 def _parse(data: dict[str, Any]) -> Manifest:
@@ -122,7 +126,9 @@ def _parse(data: dict[str, Any]) -> Manifest:
         if not isinstance(info.size, int) or info.size < 0:
             problems.append(f"member {name!r} has an invalid size {info.size!r}")
     precisions = tuple(Precision(p) for p in data["precisions"])
-    problems += [f"precision {p.value} is listed but {p.member} is missing" for p in precisions if p.member not in members]
+    problems += [
+        f"precision {p.value} is listed but {p.member} is missing" for p in precisions if p.member not in members
+    ]
     raise_all(BundleError, problems, "manifest.json is inconsistent")
     return Manifest(
         backbone=backbone,

@@ -209,4 +209,3 @@ def preprocess_batch(images: list[Any] | npt.NDArray[Any], spec: PreprocessSpec)
         except InputError as exc:
             raise InputError(str(exc).replace("image 0", f"image {i}")) from None
     return out
-

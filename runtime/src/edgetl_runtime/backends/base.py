@@ -55,8 +55,13 @@ def check_against_golden(backend: Backend, bundle: Bundle) -> GoldenReport:
     return GoldenReport(float(cos.min()), float(np.abs(got - expected).max()), bool(cos.min() >= threshold), threshold)
 
 
-def create_backend(bundle: Bundle, backend: str = "auto", precision: str | Precision = "best",
-                   threads: int | None = None, verify: bool = True) -> Backend:  # fmt: skip
+def create_backend(
+    bundle: Bundle,
+    backend: str = "auto",
+    precision: str | Precision = "best",
+    threads: int | None = None,
+    verify: bool = True,
+) -> Backend:
     """Pick and build a backend; ``auto`` prefers TensorRT when a GPU and tensorrt are present.
 
     With ``verify`` the backend must reproduce the golden features before it is returned.

@@ -44,8 +44,9 @@ class OrtBackend:
     name: str = "onnxruntime"
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, precision: Precision, threads: int | None = None,
-                    providers: list[str] | None = None) -> OrtBackend:  # fmt: skip
+    def from_bundle(
+        cls, bundle: Bundle, precision: Precision, threads: int | None = None, providers: list[str] | None = None
+    ) -> OrtBackend:
         session = make_session(bundle.model_bytes(precision), threads, providers)
         info = bundle.manifest.backbone
         provider = session.get_providers()[0].replace("ExecutionProvider", "")

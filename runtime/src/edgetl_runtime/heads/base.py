@@ -137,16 +137,20 @@ class BaseHead:
     def _decision(self, Z: FloatArray) -> FloatArray:
         raise NotImplementedError
 
+    def _logits(self, Z: FloatArray) -> FloatArray:
+        """Scores whose softmax is ``predict_proba``; by default the decision values themselves."""
+        return self._decision(Z)
+
     def _transform(self, X: FloatArray) -> FloatArray:
         return power_l2(X, self.power)
 
     def decision_function(self, X: Any) -> FloatArray:
-        """Class scores ``(N, C)`` (logits), columns in ``classes_`` order."""
+        """Class scores ``(N, C)``, columns in ``classes_`` order; the largest one is the prediction."""
         return self._decision(self._transform(self._check_X(X)))
 
     def predict_proba(self, X: Any) -> FloatArray:
         """Class probabilities ``(N, C)``, columns in ``classes_`` order, rows summing to 1."""
-        return softmax(self.decision_function(X))
+        return softmax(self._logits(self._transform(self._check_X(X))))
 
     def predict(self, X: Any, reject: bool = False) -> Labels:
         """Predicted labels ``(N,)``.

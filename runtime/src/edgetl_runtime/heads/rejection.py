@@ -43,15 +43,14 @@ class SimilarityRejector:
     def __init__(self, quantile: float = 0.05) -> None:
         self.quantile = quantile
 
-    def fit(
-        self, Z: FloatArray, y_idx: IntArray, n_classes: int, groups: IntArray | None = None
-    ) -> SimilarityRejector:
+    def fit(self, Z: FloatArray, y_idx: IntArray, n_classes: int, groups: IntArray | None = None) -> SimilarityRejector:
         """Start from scratch on ``Z`` (N, D) normalised features with class indices ``y_idx``."""
         self.sums_ = np.zeros((n_classes, Z.shape[1]))  # (C, D)
         self.counts_ = np.zeros(n_classes)  # (C,)
         np.add.at(self.sums_, y_idx, Z)
         np.add.at(self.counts_, y_idx, 1.0)
         self.scores_, self.correct_ = self._loo_scores(Z, y_idx, groups)
+        self.score_class_ = y_idx.astype(np.int64)
         return self
 
     def partial_fit(self, Z: FloatArray, y_idx: IntArray, n_classes: int, remap: IntArray) -> SimilarityRejector:
@@ -64,6 +63,17 @@ class SimilarityRejector:
         scores, correct = self._loo_scores(Z, y_idx, None)
         self.scores_ = np.concatenate([self.scores_, scores])
         self.correct_ = np.concatenate([self.correct_, correct])
+        self.score_class_ = np.concatenate([remap[self.score_class_], y_idx]).astype(np.int64)
+        return self
+
+    def keep_classes(self, keep_idx: IntArray) -> SimilarityRejector:
+        """Drop every class not in ``keep_idx`` (old indices, ascending) with its calibration scores."""
+        new_index = np.full(len(self.counts_), -1, dtype=np.int64)
+        new_index[keep_idx] = np.arange(len(keep_idx))
+        kept = new_index[self.score_class_] >= 0
+        self.sums_, self.counts_ = self.sums_[keep_idx], self.counts_[keep_idx]
+        self.scores_, self.correct_ = self.scores_[kept], self.correct_[kept]
+        self.score_class_ = new_index[self.score_class_[kept]]
         return self
 
     @property
@@ -132,6 +142,7 @@ class SimilarityRejector:
             "counts_": self.counts_,
             "scores_": self.scores_,
             "correct_": self.correct_,
+            "score_class_": self.score_class_,
         }
 
     @classmethod
@@ -139,4 +150,5 @@ class SimilarityRejector:
         rej = cls(float(d["quantile"]))
         rej.sums_, rej.counts_ = np.asarray(d["sums_"], np.float64), np.asarray(d["counts_"], np.float64)
         rej.scores_, rej.correct_ = np.asarray(d["scores_"], np.float64), np.asarray(d["correct_"], bool)
+        rej.score_class_ = np.asarray(d["score_class_"], np.int64)
         return rej

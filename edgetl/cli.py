@@ -1,0 +1,35 @@
+"""The ``edgetl`` command line: thin wrappers that parse arguments and call one library function."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from edgetl_runtime.errors import EdgeTLError
+
+COMMANDS = ("finetune", "export", "inspect", "bench", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgetl", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        module = f"edgetl.commands.{name}"
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EdgeTLError as exc:
+        print(f"edgetl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

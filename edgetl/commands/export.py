@@ -1,0 +1,85 @@
+"""``edgetl export`` and ``edgetl inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from edgetl.commands.common import load_data
+from edgetl_runtime.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("export", help="export a backbone (or fine-tuned run) into one verified .edgetl bundle")
+    p.add_argument("model", help="backbone name (e.g. tf_efficientnet_lite0) or an `edgetl finetune` output folder")
+    p.add_argument("--weights", default="bundled", help="bundled | hub | none | PATH (ignored for fine-tuned runs)")
+    p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, int8, fp16 (fp32 is always included)")
+    p.add_argument("--calib", default="fashion-mnist", help="calibration data: fashion-mnist or an image folder")
+    p.add_argument("--calib-count", type=int, default=300, help="images used for int8 calibration")
+    p.add_argument("--eval-count", type=int, default=600, help="held-out images for the int8 accuracy guard")
+    p.add_argument("--max-drop", type=float, default=1.0, help="largest int8 accuracy drop accepted, in points")
+    p.add_argument("--image-size", type=int, default=None, help="square input resolution (default: the model's)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="bundle path, e.g. model.edgetl")
+    p.set_defaults(func=run_export)
+
+    q = subparsers.add_parser("inspect", help="print a bundle's manifest for a person")
+    q.add_argument("bundle", type=Path)
+    q.add_argument("--json", action="store_true", help="print the raw manifest JSON")
+    q.set_defaults(func=run_inspect)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from edgetl.export import BundleConfig, export_bundle
+
+    precisions = tuple(dict.fromkeys(["fp32", *[p.strip() for p in args.precision.split(",") if p.strip()]]))
+    unknown = [p for p in precisions if p not in {"fp32", "int8", "fp16"}]
+    if unknown:
+        raise ConfigError(f"Unknown precision(s) {unknown}; choose from fp32, int8, fp16.")
+    config = BundleConfig(precisions, args.calib_count, args.eval_count, args.max_drop)  # type: ignore[arg-type]
+    result = export_bundle(
+        args.model,
+        args.output,
+        weights=args.weights,
+        data=load_data(args.calib, "train"),
+        data_source=args.calib,
+        config=config,
+        image_size=args.image_size,
+    )
+    print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
+    print(describe(result.bundle))
+    return 0
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from edgetl_runtime.bundle import Bundle
+
+    bundle = Bundle.open(args.bundle)
+    print(bundle.manifest.to_json() if args.json else describe(bundle))
+    return 0
+
+
+def describe(bundle: object) -> str:
+    """A short human-readable view of a verified bundle."""
+    from edgetl_runtime.bundle import Bundle
+
+    assert isinstance(bundle, Bundle)
+    m = bundle.manifest
+    lines = [
+        f"bundle      {bundle.path}  (format {m.format_version}, every member verified)",
+        f"backbone    {m.backbone.name} [{m.backbone.timm_name}]  weights={m.backbone.weights}",
+        f"features    D={m.backbone.feature_dim}  precisions={[p.value for p in m.precisions]}",
+        f"preprocess  {json.dumps(m.preprocess.to_dict())}",
+        f"created     {m.created}   versions: " + ", ".join(f"{k} {v}" for k, v in m.versions.items()),
+        "members:",
+        *[f"  {name:<22} {info.size / 1e6:8.2f} MB  sha256 {info.sha256[:16]}…" for name, info in m.members.items()],
+        f"calibration {json.dumps(m.calibration)}",
+    ]
+    if m.quantization:
+        lines.append(f"quantization {json.dumps(m.quantization)}")
+    for key, value in m.validation.items():
+        if key != "export":
+            lines.append(f"check       {key}: {json.dumps(value, default=str)[:300]}")
+    if m.head_labels:
+        lines.append(f"head        {len(m.head_labels)} classes: {', '.join(m.head_labels)}")
+    return "\n".join(lines)

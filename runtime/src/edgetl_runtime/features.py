@@ -1,0 +1,66 @@
+"""Images -> backbone features, through the cache: an image seen before never re-runs the backbone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetl_runtime.backends.base import Backend
+from edgetl_runtime.cache import FeatureStore
+from edgetl_runtime.images import Images, as_image_list, image_digest
+from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
+
+
+def preprocess_key(spec: PreprocessSpec) -> str:
+    """Stable digest of a preprocessing spec; features made under another spec are not reused."""
+    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class FeatureExtractor:
+    """Preprocess (numpy) + backend + feature cache. Safe to call from several threads."""
+
+    spec: PreprocessSpec
+    backend: Backend
+    store: FeatureStore
+    batch_size: int = 32
+    backbone_runs: int = 0  # images the backbone actually ran on: cache misses
+    _count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def keys(self, images: list[npt.NDArray[np.uint8]]) -> list[str]:
+        return [self.store.feature_key(image_digest(img)) for img in images]
+
+    def __call__(self, images: Images) -> npt.NDArray[np.float32]:
+        """``(N, D)`` float32 features, from the cache where possible."""
+        return self.extract(as_image_list(images))[1]
+
+    def extract(self, images: list[npt.NDArray[np.uint8]]) -> tuple[list[str], npt.NDArray[np.float32]]:
+        """Feature keys and features for validated images; caches what it had to compute."""
+        keys = self.keys(images)
+        cached = self.store.get_features(keys)
+        missing = [i for i, k in enumerate(keys) if k not in cached]
+        computed = self.run_backbone([images[i] for i in missing]) if missing else None
+        if computed is not None:
+            self.store.put_features({keys[i]: computed[j] for j, i in enumerate(missing)})
+        out = np.empty((len(images), self.store.feature_dim), dtype=np.float32)  # (N, D)
+        for i, key in enumerate(keys):
+            if key in cached:
+                out[i] = cached[key]
+        if computed is not None:
+            out[missing] = computed
+        return keys, out
+
+    def run_backbone(self, images: list[npt.NDArray[np.uint8]]) -> npt.NDArray[np.float32]:
+        """Always run the backbone (no cache), in batches."""
+        chunks = []
+        for start in range(0, len(images), self.batch_size):
+            batch = preprocess_batch(images[start : start + self.batch_size], self.spec)  # (B, 3, H, W)
+            chunks.append(self.backend.run(batch))
+        with self._count_lock:
+            self.backbone_runs += len(images)
+        return np.concatenate(chunks, axis=0)

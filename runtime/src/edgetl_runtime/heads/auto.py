@@ -1,0 +1,143 @@
+"""``head="auto"``: choose the head and its regularisation by closed-form leave-one-out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetl_runtime.errors import ConfigError, InputError
+from edgetl_runtime.heads.base import BaseHead, FloatArray
+from edgetl_runtime.heads.ncm import NearestClassMean, ncm_loo_predictions
+from edgetl_runtime.heads.ridge import DEFAULT_ALPHAS, RidgeHead, _group_index
+
+CANDIDATES = ("ridge", "ncm")
+
+
+class AutoHead(BaseHead):
+    """Fits a :class:`RidgeHead` (alpha by LOO) and scores a :class:`NearestClassMean`, keeps the better.
+
+    Selection, all on the enrolled samples only:
+
+    1. Ridge picks its alpha from ``alphas`` by exact leave-one-(group-)out accuracy.
+    2. The leave-one-(group-)out accuracy of ridge at that alpha and of NCM are compared over the
+       samples whose class keeps at least one other group when they are held out. The better one
+       wins; ``prefer`` wins ties (and by ``margin`` accuracy points).
+    3. When no class has two groups (one shot per class, no flips), LOO says nothing: ``prefer`` is used
+       with its defaults.
+
+    Pass ``groups`` to ``fit`` when several rows come from one image (e.g. it and its horizontal flip),
+    so that held-out rows never see their twins. After ``fit``, ``head_`` is the fitted head, ``kind_``
+    its name and ``loo_accuracy_`` the LOO accuracies that decided it. ``partial_fit`` enrols into the
+    chosen head (no re-selection); call ``fit`` again to re-select.
+    """
+
+    kind: ClassVar[str] = "auto"
+    _PARAMS: ClassVar[tuple[str, ...]] = ("candidates", "alphas", "prefer", "margin", "power", "reject_quantile")
+
+    def __init__(
+        self,
+        candidates: tuple[str, ...] | list[str] = CANDIDATES,
+        alphas: tuple[float, ...] | list[float] = DEFAULT_ALPHAS,
+        prefer: str = "ridge",
+        margin: float = 0.0,
+        power: float = 0.5,
+        reject_quantile: float = 0.05,
+    ) -> None:
+        self.candidates = tuple(candidates)
+        self.alphas = tuple(float(a) for a in alphas)
+        self.prefer = prefer
+        self.margin = margin
+        self.power = power
+        self.reject_quantile = reject_quantile
+
+    def _make(self, name: str, alpha: float | None = None) -> RidgeHead | NearestClassMean:
+        if name == "ridge":
+            return RidgeHead(alpha=alpha, alphas=self.alphas, power=self.power, reject_quantile=self.reject_quantile)
+        return NearestClassMean(power=self.power, reject_quantile=self.reject_quantile)
+
+    def fit(self, X: Any, y: Any, groups: Any = None) -> AutoHead:
+        """Select and fit the head on ``X`` (N, D), labels ``y`` and optional ``groups`` (see class doc)."""
+        if not set(self.candidates) <= set(CANDIDATES) or self.prefer not in self.candidates:
+            raise ConfigError(
+                f"AutoHead candidates must be within {CANDIDATES} and contain prefer; got {self.get_params()}."
+            )
+        arr, labels = self._check_fit_inputs(X, y)
+        g = _group_index(groups, len(arr))
+        classes, y_idx = np.unique(labels, return_inverse=True)
+        y_idx = y_idx.ravel().astype(np.int64)
+        groups_per_class = np.array([len(np.unique(g[y_idx == c])) for c in range(len(classes))])
+        scored = groups_per_class[y_idx] >= 2  # samples whose class survives their removal
+        self.loo_accuracy_: dict[str, float] = {}
+        heads: dict[str, RidgeHead | NearestClassMean] = {}
+        if "ridge" in self.candidates:
+            heads["ridge"] = self._make("ridge").fit(arr, labels, g)
+            if scored.any():
+                pred = heads["ridge"].loo_decision_.argmax(axis=1)
+                self.loo_accuracy_["ridge"] = float((pred == y_idx)[scored].mean())
+        if "ncm" in self.candidates and scored.any():
+            Z = heads["ridge"].Z_ if "ridge" in heads else self._transform(arr)
+            pred = ncm_loo_predictions(Z, y_idx, len(classes), g)
+            self.loo_accuracy_["ncm"] = float((pred == y_idx)[scored].mean())
+        best = self.prefer
+        for name, acc in self.loo_accuracy_.items():
+            if acc > self.loo_accuracy_.get(best, -1.0) + self.margin:
+                best = name
+        self.kind_ = best
+        self.head_ = heads[best] if best in heads else self._make(best).fit(arr, labels, g)
+        self._sync()
+        return self
+
+    def _sync(self) -> None:
+        self.classes_ = self.head_.classes_
+        self.n_features_in_ = self.head_.n_features_in_
+        self.rejector_ = self.head_.rejector_
+
+    def partial_fit(self, X: Any, y: Any) -> AutoHead:
+        """Enrol into the chosen head (``fit`` first if there is none)."""
+        if not hasattr(self, "head_"):
+            return self.fit(X, y)
+        self.head_.partial_fit(X, y)
+        self._sync()
+        return self
+
+    def remove_classes(self, labels: Any) -> AutoHead:
+        """Forget the given classes in the chosen head."""
+        self._check_is_fitted()
+        self.head_.remove_classes(labels)
+        self._sync()
+        return self
+
+    def _decision(self, Z: FloatArray) -> FloatArray:
+        return self.head_._decision(Z)
+
+    def _logits(self, Z: FloatArray) -> FloatArray:
+        return self.head_._logits(Z)
+
+    def to_npz_dict(self) -> dict[str, npt.NDArray[Any]]:
+        """The chosen head's arrays (prefixed ``head__``) plus AutoHead's own params and LOO scores."""
+        self._check_is_fitted()
+        out = {f"head__{k}": v for k, v in self.head_.to_npz_dict().items()}
+        out["kind"] = np.array(self.kind)
+        out["params"] = np.array(json.dumps(self.get_params()))
+        out["loo_accuracy_"] = np.array(json.dumps(self.loo_accuracy_))
+        return out
+
+    @classmethod
+    def from_npz_dict(cls, d: dict[str, npt.NDArray[Any]] | Any) -> AutoHead:
+        """Rebuild a fitted AutoHead from :meth:`to_npz_dict` output."""
+        inner = {k.removeprefix("head__"): np.asarray(d[k]) for k in d.keys() if k.startswith("head__")}
+        if str(d.get("kind", "")) != cls.kind or "kind" not in inner:
+            raise InputError("Saved data is not an AutoHead written by AutoHead.to_npz_dict().")
+        head = cls(**json.loads(str(d["params"])))
+        kind = str(inner["kind"])
+        head_cls = {"ridge": RidgeHead, "ncm": NearestClassMean}.get(kind)
+        if head_cls is None:
+            raise InputError(f"AutoHead's saved inner head has unknown kind {kind!r}.")
+        head.head_ = head_cls.from_npz_dict(inner)
+        head.kind_ = kind
+        head.loo_accuracy_ = {str(k): float(v) for k, v in json.loads(str(d["loo_accuracy_"])).items()}
+        head._sync()
+        return head

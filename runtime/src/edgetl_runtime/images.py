@@ -1,0 +1,71 @@
+"""Turn what a caller passes as images (arrays, batches, file paths) into validated uint8 RGB arrays."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetl_runtime._optional import require
+from edgetl_runtime.errors import InputError
+from edgetl_runtime.preprocess import as_rgb_uint8
+
+ImageLike: TypeAlias = npt.NDArray[Any] | str | os.PathLike[str]
+Images: TypeAlias = Sequence[ImageLike] | npt.NDArray[Any]
+
+
+def load_image(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
+    """Read an image file as HxWx3 uint8 RGB (Pillow, imported only when files are used)."""
+    image_module = require("PIL.Image", "Reading image files")
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"Image file {p} does not exist.")
+    try:
+        with image_module.open(p) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, DecompressionBombError ...
+        raise InputError(f"{p} is not a readable image ({type(exc).__name__}: {exc}).") from None
+
+
+def as_image_list(images: Images) -> list[npt.NDArray[np.uint8]]:
+    """Validate a batch: a list of images/paths, or an array ``(N, H, W)`` / ``(N, H, W, C)``."""
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if isinstance(images, np.ndarray):
+        if images.ndim not in (3, 4):
+            raise InputError(
+                f"An image batch array must be (N, H, W) or (N, H, W, C), got shape {images.shape}; "
+                "wrap a single image in a list."
+            )
+    elif not isinstance(images, Sequence):
+        raise InputError(
+            f"Images must be a list of arrays or file paths, or an array batch; got {type(images).__name__}."
+        )
+    if len(images) == 0:
+        raise InputError("No images given; pass at least one image.")
+    out = []
+    for i, image in enumerate(images):
+        if isinstance(image, (str, os.PathLike)):
+            out.append(load_image(image))
+        else:
+            arr = np.asarray(image)
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise InputError(f"image {i} contains NaN or Inf; expected uint8 pixels in 0..255.")
+            out.append(as_rgb_uint8(arr, i))
+    return out
+
+
+def image_digest(image: npt.NDArray[np.uint8]) -> str:
+    """SHA-256 of an image's pixels and shape: the same picture gets the same key, whatever its file."""
+    h = hashlib.sha256(str(image.shape).encode())
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
+
+
+def hflip(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    return np.ascontiguousarray(image[:, ::-1])
