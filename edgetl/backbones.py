@@ -100,7 +100,8 @@ def create_backbone(
         path = bundled_checkpoint(timm_name)
         model = timm.create_model(timm_name, pretrained=False)
         load_positional(model, read_state_dict(path), str(path))
-        model.reset_classifier(num_classes)
+        if num_classes != model.num_classes:  # keep the real ImageNet classifier when it is asked for
+            model.reset_classifier(num_classes)
     else:
         model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
         if spec.source is WeightsSource.PATH:
@@ -110,7 +111,12 @@ def create_backbone(
     preprocess = preprocess_spec_for(model)
     if image_size is not None:
         preprocess = preprocess.with_size(image_size)
-    return Backbone(str(name), timm_name, model, preprocess, int(model.num_features), spec.describe())
+    return Backbone(str(name), timm_name, model, preprocess, pooled_dim(model), spec.describe())
+
+
+def pooled_dim(model: nn.Module) -> int:
+    """Width of the pooled features a ``num_classes=0`` model returns (MobileNetV3 adds a 1280-d conv head)."""
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
 
 
 def preprocess_spec_for(model: nn.Module) -> PreprocessSpec:
@@ -146,7 +152,7 @@ def load_finetuned(run_dir: Path, image_size: int | None = None) -> Backbone:
         {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")},
         str(weights_path),
     )
-    head = nn.Linear(int(model.num_features), len(classes))
+    head = nn.Linear(pooled_dim(model), len(classes))
     head.load_state_dict({k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")})
     model.eval()
     head.eval()
@@ -154,5 +160,5 @@ def load_finetuned(run_dir: Path, image_size: int | None = None) -> Backbone:
         spec = spec.with_size(image_size)
     weights = f"finetuned:{run_dir}"
     return Backbone(
-        str(cfg.get("name", timm_name)), timm_name, model, spec, int(model.num_features), weights, classes, head
+        str(cfg.get("name", timm_name)), timm_name, model, spec, pooled_dim(model), weights, classes, head
     )

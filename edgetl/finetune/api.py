@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from edgetl.finetune import checkpoint as ckpt
 from edgetl.finetune import distributed as D
 from edgetl.finetune.config import FinetuneConfig, Strategy
 from edgetl.finetune.data import TorchImageDataset, eval_loader, train_loader
-from edgetl.finetune.linear_probe import run_linear_probe
+from edgetl.finetune.linear_probe import output_dim, run_linear_probe
 from edgetl.finetune.metrics import FinetuneResult
 from edgetl.finetune.optim import build_optimizer, build_scheduler, param_groups
 from edgetl.finetune.stages import FreezePlan
@@ -68,7 +69,7 @@ def finetune(
     output_dir = Path(output_dir)
     with D.distributed_context(config.device) as ctx:
         _seed_everything(config.seed)
-        head = nn.Linear(backbone.feature_dim, len(train.classes))
+        head = nn.Linear(output_dim(backbone), len(train.classes))
         backbone.model.to(ctx.device)
         head.to(ctx.device)
 
@@ -126,7 +127,7 @@ def _seed_everything(seed: int) -> None:
 
 def _train_network(
     backbone: Backbone, head: nn.Linear, train: ImageDataset, val: ImageDataset | None, test: ImageDataset | None,
-    config: FinetuneConfig, ctx: D.DistContext, on_best: object,
+    config: FinetuneConfig, ctx: D.DistContext, on_best: Callable[[int, History], None],
 ) -> _Outcome:  # fmt: skip
     """partial / full / gradual: the backbone runs every step, stages freeze per the plan."""
     net = Classifier(backbone.model, head).to(ctx.device)
@@ -139,7 +140,7 @@ def _train_network(
     scheduler = build_scheduler(optimizer, config, len(train_dl))
     n = len(train.classes)
     history = fit(net, train_dl, val_dl, n, optimizer, scheduler, config, ctx, on_epoch=plan.apply,
-                  on_best=on_best)  # type: ignore[arg-type]  # fmt: skip
+                  on_best=on_best)  # fmt: skip
     test_eval = None
     if test is not None:
         test_eval = evaluate(net, eval_loader(TorchImageDataset(test, spec, False), 2 * bs, ctx, workers), n, ctx)

@@ -53,9 +53,9 @@ class AutoHead(BaseHead):
         self.power = power
         self.reject_quantile = reject_quantile
 
-    def _make(self, name: str, alpha: float | None = None) -> RidgeHead | NearestClassMean:
+    def _make(self, name: str) -> RidgeHead | NearestClassMean:
         if name == "ridge":
-            return RidgeHead(alpha=alpha, alphas=self.alphas, power=self.power, reject_quantile=self.reject_quantile)
+            return RidgeHead(alphas=self.alphas, power=self.power, reject_quantile=self.reject_quantile)
         return NearestClassMean(power=self.power, reject_quantile=self.reject_quantile)
 
     def fit(self, X: Any, y: Any, groups: Any = None) -> AutoHead:
@@ -72,13 +72,14 @@ class AutoHead(BaseHead):
         scored = groups_per_class[y_idx] >= 2  # samples whose class survives their removal
         self.loo_accuracy_: dict[str, float] = {}
         heads: dict[str, RidgeHead | NearestClassMean] = {}
+        Z = self._transform(arr)
         if "ridge" in self.candidates:
-            heads["ridge"] = self._make("ridge").fit(arr, labels, g)
+            ridge = RidgeHead(alphas=self.alphas, power=self.power, reject_quantile=self.reject_quantile)
+            heads["ridge"] = ridge.fit(arr, labels, g)
             if scored.any():
-                pred = heads["ridge"].loo_decision_.argmax(axis=1)
+                pred = ridge.loo_decision_.argmax(axis=1)
                 self.loo_accuracy_["ridge"] = float((pred == y_idx)[scored].mean())
         if "ncm" in self.candidates and scored.any():
-            Z = heads["ridge"].Z_ if "ridge" in heads else self._transform(arr)
             pred = ncm_loo_predictions(Z, y_idx, len(classes), g)
             self.loo_accuracy_["ncm"] = float((pred == y_idx)[scored].mean())
         best = self.prefer
@@ -133,10 +134,9 @@ class AutoHead(BaseHead):
             raise InputError("Saved data is not an AutoHead written by AutoHead.to_npz_dict().")
         head = cls(**json.loads(str(d["params"])))
         kind = str(inner["kind"])
-        head_cls = {"ridge": RidgeHead, "ncm": NearestClassMean}.get(kind)
-        if head_cls is None:
+        if kind not in ("ridge", "ncm"):
             raise InputError(f"AutoHead's saved inner head has unknown kind {kind!r}.")
-        head.head_ = head_cls.from_npz_dict(inner)
+        head.head_ = RidgeHead.from_npz_dict(inner) if kind == "ridge" else NearestClassMean.from_npz_dict(inner)
         head.kind_ = kind
         head.loo_accuracy_ = {str(k): float(v) for k, v in json.loads(str(d["loo_accuracy_"])).items()}
         head._sync()

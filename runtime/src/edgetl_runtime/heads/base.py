@@ -160,11 +160,12 @@ class BaseHead:
         string classes and an object array for integer classes (ints mixed with ``"unknown"``).
         """
         Z = self._transform(self._check_X(X))
-        labels = self.classes_[np.argmax(self._decision(Z), axis=1)]
+        labels: Labels = self.classes_[np.argmax(self._decision(Z), axis=1)]
         if not reject:
             return labels
         known = self.rejector_.score(Z) >= self.rejector_.threshold_
-        out = labels.astype(object) if labels.dtype.kind != "U" else labels.astype(f"<U{max(7, labels.itemsize // 4)}")
+        width = max(len(UNKNOWN), labels.itemsize // 4)
+        out: Labels = labels.astype(object) if labels.dtype.kind != "U" else labels.astype(f"<U{width}")
         out[~known] = UNKNOWN
         return out
 

@@ -31,7 +31,7 @@ def lbfgs(fun: Objective, x0: FloatArray, max_iter: int = 200, tol: float = 1e-6
             a = (s @ q) / (yv @ s)
             alphas.append(a)
             q -= a * yv
-        q *= (S[-1] @ Yh[-1]) / (Yh[-1] @ Yh[-1]) if S else 1.0 / max(np.linalg.norm(g), 1.0)
+        q *= (S[-1] @ Yh[-1]) / (Yh[-1] @ Yh[-1]) if S else 1.0 / max(float(np.linalg.norm(g)), 1.0)
         for s, yv, a in zip(S, Yh, reversed(alphas), strict=True):
             q += s * (a - (yv @ q) / (yv @ s))
         step, slope = 1.0, -(g @ q)
