@@ -56,14 +56,16 @@ def golden_for(model: bytes, spec: PreprocessSpec, count: int = 3) -> dict[str, 
     return {"inputs": inputs, "features": session.run(["features"], {"images": inputs})[0]}
 
 
-def write_tiny_bundle(path: Path, *, int8_copy: bool = False, members_extra: dict[str, bytes] | None = None) -> Path:
+def write_tiny_bundle(
+    path: Path, *, int8_copy: bool = False, seed: int = 0, members_extra: dict[str, bytes] | None = None
+) -> Path:
     write_bundle = pytest.importorskip("edgetl_exporters.bundle_writer").write_bundle
     npz_bytes = pytest.importorskip("edgetl_exporters.bundle_writer").npz_bytes
-    model = tiny_onnx()
+    model = tiny_onnx(seed=seed)
     members = {Precision.FP32.member: model, "golden.npz": npz_bytes(golden_for(model, TINY_SPEC))}
     precisions = [Precision.FP32]
     if int8_copy:  # the same graph under the int8 name: exercises precision selection, not quantization
-        members[Precision.INT8.member] = tiny_onnx(seed=0)
+        members[Precision.INT8.member] = model
         precisions.append(Precision.INT8)
     members.update(members_extra or {})
     manifest = Manifest(

@@ -16,7 +16,7 @@ from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.errors import InputError, NotFittedError
 from edgetl_runtime.features import FeatureExtractor, preprocess_key
-from edgetl_runtime.heads import BaseHead, create_head
+from edgetl_runtime.heads import AutoHead, BaseHead, create_head
 from edgetl_runtime.images import Images, as_image_list, hflip
 
 
@@ -37,7 +37,7 @@ class Learner:
         self.head_kind = head
         self.flip_enrolment = flip_enrolment
         self.extractor = FeatureExtractor(bundle.manifest.preprocess, backend, store)
-        self._head: BaseHead | None = None
+        self._head: BaseHead | AutoHead | None = None
         self._stale = True
         self._fit_lock = threading.Lock()
 
@@ -113,11 +113,16 @@ class Learner:
             self._stale = False
         return self
 
-    def _current_head(self) -> BaseHead:
+    def _current_head(self) -> BaseHead | AutoHead:
         if self._stale or self._head is None:
             self.fit()
         assert self._head is not None
         return self._head
+
+    @property
+    def head(self) -> BaseHead | AutoHead:
+        """The fitted head (refit first if samples changed since the last fit)."""
+        return self._current_head()
 
     @property
     def classes_(self) -> npt.NDArray[np.str_]:

@@ -129,6 +129,8 @@ def build_engine(onnx_bytes: bytes, config: EngineBuildConfig, image_size: tuple
     parser = trt.OnnxParser(network, _logger())
     if not parser.parse(onnx_bytes):
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)] or ["no error reported"]
+        if config.precision is Precision.INT8:  # the usual cause: asymmetric (uint8, zero point != 0) Q/DQ
+            errors.append("TensorRT needs symmetric int8 Q/DQ: int8 activations and weights with zero point 0")
         raise_all(BackendError, errors, "TensorRT could not parse the ONNX model; re-export it or upgrade TensorRT")
     if network.num_inputs != 1 or network.num_outputs != 1:
         counts = f"{network.num_inputs} and {network.num_outputs}"
@@ -321,11 +323,14 @@ def _source_model(bundle: Bundle, precision: Precision) -> tuple[bytes, Precisio
 def _attach_timing_cache(build: Any, path: Path | None) -> Any:
     if path is None:
         return None
-    data = path.read_bytes() if path.is_file() else b""
-    cache = build.create_timing_cache(data)
-    if not build.set_timing_cache(cache, ignore_mismatch=False):  # from another GPU or version: start afresh
-        cache = build.create_timing_cache(b"")
-        build.set_timing_cache(cache, ignore_mismatch=False)
+    try:
+        cache = build.create_timing_cache(path.read_bytes() if path.is_file() else b"")
+        if cache is not None and build.set_timing_cache(cache, ignore_mismatch=False):
+            return cache
+    except Exception:  # damaged, or from another GPU or TensorRT version: start afresh
+        pass
+    cache = build.create_timing_cache(b"")
+    build.set_timing_cache(cache, ignore_mismatch=False)
     return cache
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from edgetl_runtime.errors import ConfigError, InputError
 from edgetl_runtime.heads.base import BaseHead, FloatArray, IntArray
-from edgetl_runtime.heads.rejection import SimilarityRejector
+from edgetl_runtime.heads.rejection import SimilarityRejector, loo_cosines
 
 
 class NearestClassMean(BaseHead):
@@ -89,25 +89,14 @@ class NearestClassMean(BaseHead):
 
 
 def ncm_loo_predictions(Z: FloatArray, y_idx: IntArray, n_classes: int, groups: IntArray) -> IntArray:
-    """Leave-one-group-out NCM predictions ``(N,)`` on normalised features, in closed form.
+    """Exact leave-one-group-out NCM predictions ``(N,)`` on normalised features ``Z``.
 
-    A sample whose class has no other group left predicts from the remaining classes only.
+    A sample whose class has no other group left predicts from the remaining classes only, exactly as
+    refitting without it would.
     """
-    rej = SimilarityRejector().fit(Z, y_idx, n_classes, None)
-    pairs, p = np.unique(np.stack([y_idx, groups], axis=1), axis=0, return_inverse=True)
-    p = p.ravel()
-    pair_sums = np.zeros((len(pairs), Z.shape[1]))
-    np.add.at(pair_sums, p, Z)
-    pair_counts = np.bincount(p, minlength=len(pairs)).astype(np.float64)
-    rest = rej.counts_[y_idx] - pair_counts[p]
-    mu = rej.center_
-    zc = Z - mu
-    zc /= np.maximum(np.linalg.norm(zc, axis=1, keepdims=True), 1e-12)
-    protos = rej.means_ - mu
-    sims = zc @ (protos / np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)).T  # (N, C)
-    own = (rej.sums_[y_idx] - pair_sums[p]) / np.maximum(rest, 1.0)[:, None] - mu
-    own /= np.maximum(np.linalg.norm(own, axis=1, keepdims=True), 1e-12)
-    n = len(y_idx)
-    sims[np.arange(n), y_idx] = np.where(rest > 0, np.einsum("nd,nd->n", zc, own), -np.inf)
+    sums, counts = np.zeros((n_classes, Z.shape[1])), np.zeros(n_classes)
+    np.add.at(sums, y_idx, Z)
+    np.add.at(counts, y_idx, 1.0)
+    sims, _ = loo_cosines(Z, y_idx, sums, counts, groups)
     out: IntArray = np.argmax(sims, axis=1).astype(np.int64)
     return out

@@ -5,10 +5,10 @@ How the threshold is calibrated (every head uses this, whatever its classifier):
 1. Each enrolled feature is power-transformed and L2-normalised (the head's own transform), giving z.
    Class means m_c are running sums / counts of z; the centre mu is the mean of the class means.
    The similarity of a sample to class c is cos(z - mu, m_c - mu); its *score* is the max over c.
-2. Each enrolled sample i gets a leave-one-out score: its similarity to its own class mean
+2. Each enrolled sample i gets an exact leave-one-out score: its similarity to its own class mean
    recomputed without it (without its whole group when ``groups`` are given, e.g. an image and its
-   flipped copy), next to the unchanged means of the other classes. If its own class is still the
-   most similar, the sample counts as *correctly classified*.
+   flipped copy), with the centre recomputed accordingly. If its own class is then the most
+   similar, the sample counts as *correctly classified*.
 3. ``threshold_`` is the ``quantile`` (default 5 %) of the scores of the correctly classified samples
    (of all scored samples if none is correct). A query scoring below it is :data:`UNKNOWN`, so about
    ``quantile`` of genuine in-class samples are expected to be rejected.
@@ -35,6 +35,47 @@ IntArray = npt.NDArray[np.int64]
 def _unit(A: FloatArray) -> FloatArray:
     out: FloatArray = A / np.maximum(np.linalg.norm(A, axis=-1, keepdims=True), 1e-12)
     return out
+
+
+def loo_cosines(
+    Z: FloatArray, y_idx: IntArray, sums: FloatArray, counts: FloatArray, groups: IntArray
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """Exact leave-one-group-out cosines ``(N, C)`` of each sample to every centred class mean.
+
+    Holding out sample i (with its group) changes its own class mean *and* the centre (the mean of
+    the class means); both are handled exactly through the Gram matrix of the class means. A class
+    left empty drops out of the centre and gets cosine -inf; ``valid`` marks samples whose class
+    survives.
+    """
+    n, n_cls = len(Z), len(counts)
+    rows = np.arange(n)
+    _, p = np.unique(np.stack([y_idx, np.asarray(groups).ravel()], axis=1), axis=0, return_inverse=True)
+    p = p.ravel()
+    pair_sums = np.zeros((int(p.max()) + 1, Z.shape[1]))  # (P, D) sums over (class, group) cells
+    np.add.at(pair_sums, p, Z)
+    rest = counts[y_idx] - np.bincount(p)[p]  # (N,) own-class samples left after the hold-out
+    valid = rest > 0
+    means = sums / np.maximum(counts, 1.0)[:, None]  # (C, D)
+    loo = (sums[y_idx] - pair_sums[p]) / np.maximum(rest, 1.0)[:, None]  # (N, D) own mean without i
+    gram = np.broadcast_to(means @ means.T, (n, n_cls, n_cls)).copy()  # (N, C, C) Gram of the rows
+    cross = loo @ means.T  # (N, C)
+    gram[rows, y_idx, :] = cross
+    gram[rows, :, y_idx] = cross
+    gram[rows, y_idx, y_idx] = np.einsum("nd,nd->n", loo, loo)
+    za = Z @ means.T  # (N, C) z . class mean
+    za[rows, y_idx] = np.einsum("nd,nd->n", Z, loo)
+    w = np.ones((n, n_cls))  # (N, C) weights of the centre over the surviving classes
+    w[rows, y_idx] = valid
+    w /= w.sum(axis=1, keepdims=True)
+    s = np.einsum("nkl,nl->nk", gram, w)  # (N, C) class mean . centre
+    mu2 = np.einsum("nk,nk->n", s, w)  # (N,) |centre|^2
+    zmu = np.einsum("nk,nk->n", za, w)  # (N,) z . centre
+    num = za - zmu[:, None] - s + mu2[:, None]
+    z_norm = np.sqrt(np.maximum(np.einsum("nd,nd->n", Z, Z) - 2 * zmu + mu2, 1e-24))
+    m_norm = np.sqrt(np.maximum(np.einsum("nkk->nk", gram) - 2 * s + mu2[:, None], 1e-24))
+    sims = num / (z_norm[:, None] * m_norm)
+    sims[rows[~valid], y_idx[~valid]] = -np.inf
+    return sims, valid
 
 
 class SimilarityRejector:
@@ -102,21 +143,9 @@ class SimilarityRejector:
     def _loo_scores(
         self, Z: FloatArray, y_idx: IntArray, groups: IntArray | None
     ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
-        n = Z.shape[0]
-        g = np.arange(n) if groups is None else np.unique(groups, return_inverse=True)[1].ravel()
-        pairs, p = np.unique(np.stack([y_idx, g], axis=1), axis=0, return_inverse=True)
-        p = p.ravel()
-        pair_sums = np.zeros((len(pairs), Z.shape[1]))  # (P, D) sums over (class, group) cells
-        np.add.at(pair_sums, p, Z)
-        pair_counts = np.bincount(p, minlength=len(pairs)).astype(np.float64)
-        rest = self.counts_[y_idx] - pair_counts[p]  # (N,) own-class samples left after leaving the group out
-        valid = rest > 0
-        loo_mean = (self.sums_[y_idx] - pair_sums[p]) / np.maximum(rest, 1.0)[:, None]  # (N, D)
-        mu = self.center_
-        zc = _unit(Z - mu)
-        sims = zc @ _unit(self.means_ - mu).T  # (N, C)
-        own = np.einsum("nd,nd->n", zc, _unit(loo_mean - mu))
-        sims[np.arange(n), y_idx] = own
+        g = np.arange(len(Z)) if groups is None else groups
+        sims, valid = loo_cosines(Z, y_idx, self.sums_, self.counts_, g)
+        own = sims[np.arange(len(Z)), y_idx]
         correct = valid & (np.argmax(sims, axis=1) == y_idx)
         return np.where(valid, own, np.nan), correct
 

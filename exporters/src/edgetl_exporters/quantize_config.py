@@ -1,0 +1,237 @@
+"""Every int8 quantization argument, pinned, validated and serialisable into a bundle manifest.
+
+onnxruntime's ``quantize_static`` defaults (per-tensor weights, all op types, string-keyed
+``extra_options``) have changed between releases and are wrong for depthwise networks; this config
+names each argument once and hands all of them to onnxruntime explicitly.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from edgetl_runtime.errors import ConfigError, raise_all
+
+
+class QuantFormat(str, Enum):
+    """QDQ (QuantizeLinear/DequantizeLinear pairs, what ORT CPU and TensorRT fuse) or QOperator."""
+
+    QDQ = "qdq"
+    QOPERATOR = "qoperator"
+
+
+class QuantDType(str, Enum):
+    QUINT8 = "uint8"
+    QINT8 = "int8"
+
+
+class CalibrationMethod(str, Enum):
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
+# Conv/MatMul/Gemm do the arithmetic; Clip/Relu must be listed so ORT folds ReLU6 into the producer's
+# output range (otherwise a DQ -> Clip -> Q re-quantisation survives between every pair of convs);
+# Add and GlobalAveragePool keep residuals and pooling in int8 instead of round-tripping to float.
+DEFAULT_OP_TYPES: tuple[str, ...] = ("Conv", "MatMul", "Gemm", "Clip", "Relu", "Add", "GlobalAveragePool")
+KNOWN_OP_TYPES = frozenset(DEFAULT_OP_TYPES) | {"Mul", "Concat", "MaxPool", "AveragePool", "Sigmoid", "Resize"}
+
+
+def _to_enum(enum: type[Enum], value: Any, field_name: str, problems: list[str]) -> Any:
+    if isinstance(value, enum):
+        return value
+    try:
+        return enum(str(value).lower())
+    except ValueError:
+        problems.append(f"{field_name}={value!r} is not one of {[e.value for e in enum]}")  # type: ignore[attr-defined]
+        return value
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Static int8 quantization settings. Defaults are the x86 ones that are safe with or without VNNI.
+
+    Args:
+        quant_format: ``qdq`` (recommended for ORT CPU and TensorRT) or ``qoperator``.
+        activation_type / weight_type: ``uint8``/``int8``; u8s8 is the fast path on x86.
+        per_channel: per-output-channel weight scales; essential for depthwise convolutions.
+        reduce_range: 7-bit weights, avoiding the u8s8 ``vpmaddubsw`` saturation on x86 without VNNI.
+        calibrate_method: ``minmax``, ``entropy`` or ``percentile`` (uses ``percentile``).
+        num_calibration: how many calibration images are used (the first ``num_calibration`` given).
+        calibration_batch_size: images per calibration forward pass (memory only, not results).
+        activation_symmetric / weight_symmetric: zero-point 0 ranges (TensorRT wants both).
+        op_types: op types to quantize; see ``DEFAULT_OP_TYPES`` for why each is there.
+        nodes_to_exclude: node names of the *prepared* graph (see ``prepare_fp32``) kept in float.
+        optimize_first: run onnxslim + ORT pre-processing so Q/DQ sit on fused Conv+BN+pad.
+        keep_removable_activations: keep Clip/Relu in the graph (needed if an EP drops Q/DQ later).
+    """
+
+    quant_format: QuantFormat = QuantFormat.QDQ
+    activation_type: QuantDType = QuantDType.QUINT8
+    weight_type: QuantDType = QuantDType.QINT8
+    per_channel: bool = True
+    reduce_range: bool = True
+    calibrate_method: CalibrationMethod = CalibrationMethod.MINMAX
+    percentile: float = 99.999
+    num_calibration: int = 300
+    calibration_batch_size: int = 16
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
+    op_types: tuple[str, ...] = DEFAULT_OP_TYPES
+    nodes_to_exclude: tuple[str, ...] = ()
+    optimize_first: bool = True
+    keep_removable_activations: bool = False
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        set_ = object.__setattr__
+        set_(self, "quant_format", _to_enum(QuantFormat, self.quant_format, "quant_format", problems))
+        set_(self, "activation_type", _to_enum(QuantDType, self.activation_type, "activation_type", problems))
+        set_(self, "weight_type", _to_enum(QuantDType, self.weight_type, "weight_type", problems))
+        set_(self, "calibrate_method", _to_enum(CalibrationMethod, self.calibrate_method, "calibrate_method", problems))
+        set_(self, "op_types", tuple(self.op_types))
+        set_(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))
+        problems += self._value_problems()
+        raise_all(ConfigError, problems, "Invalid QuantizeConfig")
+
+    def _value_problems(self) -> list[str]:
+        problems = []
+        if self.activation_type is QuantDType.QINT8 and self.weight_type is QuantDType.QUINT8:
+            problems.append("activation int8 with weight uint8 is unsupported by onnxruntime; use int8 weights")
+        if not (isinstance(self.percentile, (int, float)) and math.isfinite(self.percentile)):
+            problems.append(f"percentile must be a finite number, got {self.percentile!r}")
+        elif not 90.0 <= self.percentile <= 100.0:
+            problems.append(f"percentile must lie in [90, 100], got {self.percentile}")
+        for name in ("num_calibration", "calibration_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be a positive int, got {value!r}")
+        unknown = sorted(set(self.op_types) - KNOWN_OP_TYPES)
+        if unknown:
+            problems.append(f"op_types {unknown} are not supported; choose from {sorted(KNOWN_OP_TYPES)}")
+        if not self.op_types:
+            problems.append("op_types is empty: nothing would be quantized; use DEFAULT_OP_TYPES")
+        if any(not isinstance(n, str) or not n for n in self.nodes_to_exclude):
+            problems.append("nodes_to_exclude must hold non-empty node names")
+        return problems
+
+    # ----- presets -------------------------------------------------------------------------------
+
+    @classmethod
+    def x86_vnni(cls, **overrides: Any) -> QuantizeConfig:
+        """x86 with AVX512-VNNI / AVX-VNNI: u8s8, full 8-bit weights (no saturation risk)."""
+        return cls(**{"reduce_range": False, **overrides})
+
+    @classmethod
+    def x86_avx2(cls, **overrides: Any) -> QuantizeConfig:
+        """x86 without VNNI: u8s8 with 7-bit weights; ORT's s8s8 path is not fused there (slower)."""
+        return cls(**{"reduce_range": True, **overrides})
+
+    @classmethod
+    def arm(cls, **overrides: Any) -> QuantizeConfig:
+        """ARM (Cortex-A, Graviton, Jetson CPU): s8s8 with asymmetric activations, 8-bit weights."""
+        return cls(**{"activation_type": QuantDType.QINT8, "reduce_range": False, **overrides})
+
+    @classmethod
+    def tensorrt(cls, **overrides: Any) -> QuantizeConfig:
+        """Explicit-precision TensorRT: symmetric int8 Q/DQ everywhere, activations clipped at a percentile."""
+        preset = {
+            "activation_type": QuantDType.QINT8,
+            "reduce_range": False,
+            "activation_symmetric": True,
+            "calibrate_method": CalibrationMethod.PERCENTILE,
+            "keep_removable_activations": True,
+        }
+        return cls(**{**preset, **overrides})
+
+    @classmethod
+    def auto(cls, cpuinfo: str | Path = "/proc/cpuinfo", **overrides: Any) -> QuantizeConfig:
+        """The preset for the CPU this runs on (quantize on the host that resembles the target)."""
+        machine = platform.machine().lower()
+        if machine.startswith(("arm", "aarch")):
+            return cls.arm(**overrides)
+        return cls.x86_vnni(**overrides) if cpu_has_vnni(cpuinfo) else cls.x86_avx2(**overrides)
+
+    # ----- serialisation and hand-off to onnxruntime ---------------------------------------------
+
+    def with_excluded(self, nodes: list[str] | tuple[str, ...]) -> QuantizeConfig:
+        """A copy that also keeps ``nodes`` in float (used by the accuracy guard)."""
+        merged = tuple(dict.fromkeys([*self.nodes_to_exclude, *nodes]))
+        return QuantizeConfig(**{**self._fields(), "nodes_to_exclude": merged})
+
+    def _fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with the exact onnxruntime arguments it expands to, for the manifest."""
+        out = {k: (v.value if isinstance(v, Enum) else list(v) if isinstance(v, tuple) else v) for k, v in self._fields().items()}
+        out["ort_extra_options"] = self.extra_options()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantizeConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def extra_options(self) -> dict[str, Any]:
+        """Every ``extra_options`` key we rely on, set explicitly (their defaults moved between releases)."""
+        return {
+            "ActivationSymmetric": self.activation_symmetric,
+            "WeightSymmetric": self.weight_symmetric,
+            "CalibTensorRangeSymmetric": self.activation_symmetric,
+            "CalibPercentile": float(self.percentile),
+            "CalibMovingAverage": False,
+            "EnableSubgraph": False,
+            "ForceQuantizeNoInputCheck": False,
+            "MatMulConstBOnly": True,
+            "AddQDQPairToWeight": False,
+            "DedicatedQDQPair": False,
+            "OpTypesToExcludeOutputQuantization": [],
+            "QDQKeepRemovableActivations": self.keep_removable_activations,
+            "QDQDisableWeightAdjustForInt32Bias": False,
+            "UseQDQContribOps": False,
+        }
+
+    def ort_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``onnxruntime.quantization.quantize_static`` (all of them but I/O)."""
+        from onnxruntime import quantization as q
+
+        dtypes = {QuantDType.QUINT8: q.QuantType.QUInt8, QuantDType.QINT8: q.QuantType.QInt8}
+        methods = {
+            CalibrationMethod.MINMAX: q.CalibrationMethod.MinMax,
+            CalibrationMethod.ENTROPY: q.CalibrationMethod.Entropy,
+            CalibrationMethod.PERCENTILE: q.CalibrationMethod.Percentile,
+        }
+        formats = {QuantFormat.QDQ: q.QuantFormat.QDQ, QuantFormat.QOPERATOR: q.QuantFormat.QOperator}
+        return {
+            "quant_format": formats[self.quant_format],
+            "op_types_to_quantize": list(self.op_types),
+            "per_channel": self.per_channel,
+            "reduce_range": self.reduce_range,
+            "activation_type": dtypes[self.activation_type],
+            "weight_type": dtypes[self.weight_type],
+            "nodes_to_quantize": [],
+            "nodes_to_exclude": list(self.nodes_to_exclude),
+            "use_external_data_format": False,
+            "calibrate_method": methods[self.calibrate_method],
+            "calibration_providers": ["CPUExecutionProvider"],
+            "extra_options": self.extra_options(),
+        }
+
+
+def cpu_has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU flags list AVX512-VNNI or AVX-VNNI (False when the file is unreadable)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[-1].split())
+            return bool(flags & {"avx512_vnni", "avx_vnni"})
+    return False

@@ -1,0 +1,228 @@
+"""Contract and maths tests of the few-shot heads on synthetic Gaussian clusters (no torch)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgetl_runtime.errors import ConfigError, InputError, NotFittedError
+from edgetl_runtime.heads import (
+    UNKNOWN,
+    AutoHead,
+    LogisticHead,
+    NearestClassMean,
+    RidgeHead,
+    create_head,
+    head_from_npz_dict,
+)
+from edgetl_runtime.heads.base import power_l2
+from edgetl_runtime.heads.ncm import ncm_loo_predictions
+from edgetl_runtime.heads.ridge import ridge_loo_decisions
+
+pytestmark = pytest.mark.runtime
+
+D = 64
+FACTORIES = {
+    "ncm": NearestClassMean,
+    "ridge": RidgeHead,
+    "logistic": LogisticHead,
+    "auto": AutoHead,
+}
+
+
+def clusters(n_per_class: int, n_classes: int = 4, seed: int = 0, spread: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Non-negative (post-ReLU-like) Gaussian clusters around fixed class centres."""
+    centres = np.abs(np.random.default_rng(123).normal(size=(n_classes, D))) * 3.0
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    X = np.abs(centres[y] + spread * rng.normal(size=(len(y), D)))
+    return X, y
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+def make_head(request: pytest.FixtureRequest) -> Any:
+    return FACTORIES[request.param]
+
+
+def test_contract_fit_predict(make_head: Any) -> None:
+    X, y = clusters(5)
+    Xt, yt = clusters(20, seed=1)
+    head = make_head()
+    assert head.fit(X, y) is head
+    assert head.n_features_in_ == D
+    np.testing.assert_array_equal(head.classes_, np.arange(4))
+    proba = head.predict_proba(Xt)
+    assert proba.shape == (len(Xt), 4)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(head.classes_[proba.argmax(axis=1)], head.predict(Xt))
+    assert head.decision_function(Xt).shape == (len(Xt), 4)
+    assert (head.predict(Xt) == yt).mean() > 0.9
+
+
+def test_string_labels_sorted_and_one_shot(make_head: Any) -> None:
+    X, y = clusters(1)
+    names = np.array(["zebra", "ant", "moose", "bee"])
+    head = make_head().fit(X, names[y])
+    assert list(head.classes_) == ["ant", "bee", "moose", "zebra"]
+    Xt, yt = clusters(10, seed=2)
+    assert (head.predict(Xt) == names[yt]).mean() > 0.8
+    # predict_proba columns follow classes_ order
+    np.testing.assert_array_equal(head.classes_[head.predict_proba(Xt).argmax(axis=1)], head.predict(Xt))
+
+
+@pytest.mark.parametrize("factory", [NearestClassMean, lambda: RidgeHead(alpha=0.3)])
+def test_partial_fit_equals_fit_on_concatenation(factory: Any) -> None:
+    X, y = clusters(6)
+    Xt, _ = clusters(5, seed=3)
+    labels = np.array(["a", "b", "c", "d"])[y]
+    first = y < 2  # the second batch brings two new classes
+    inc = factory().fit(X[first], labels[first]).partial_fit(X[~first][:3], labels[~first][:3])
+    inc.partial_fit(X[~first][3:], labels[~first][3:])
+    full = factory().fit(np.concatenate([X[first], X[~first]]), np.concatenate([labels[first], labels[~first]]))
+    np.testing.assert_array_equal(inc.classes_, full.classes_)
+    np.testing.assert_allclose(inc.decision_function(Xt), full.decision_function(Xt), atol=1e-9)
+
+
+def test_logistic_partial_fit_adds_class() -> None:
+    X, y = clusters(4)
+    head = LogisticHead().fit(X[y < 3], y[y < 3]).partial_fit(X[y == 3], y[y == 3])
+    np.testing.assert_array_equal(head.classes_, np.arange(4))
+    assert (head.predict(X) == y).mean() > 0.9
+
+
+@pytest.mark.parametrize("factory", [NearestClassMean, RidgeHead, AutoHead])
+def test_remove_classes(factory: Any) -> None:
+    X, y = clusters(5)
+    head = factory().fit(X, y).remove_classes([1])
+    np.testing.assert_array_equal(head.classes_, [0, 2, 3])
+    ref = factory().fit(X[y != 1], y[y != 1])
+    np.testing.assert_allclose(head.predict_proba(X), ref.predict_proba(X), atol=1e-9)
+    with pytest.raises(InputError):
+        head.remove_classes([0, 2, 3])
+
+
+def test_npz_round_trip(make_head: Any) -> None:
+    X, y = clusters(3)
+    labels = np.array(["cat", "dog", "owl", "eel"])[y]
+    head = make_head().fit(X, labels)
+    buf = io.BytesIO()
+    np.savez(buf, **head.to_npz_dict())
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as data:
+        loaded = head_from_npz_dict(data)
+    assert type(loaded) is type(head)
+    Xt, _ = clusters(5, seed=4)
+    np.testing.assert_array_equal(loaded.predict(Xt), head.predict(Xt))
+    np.testing.assert_array_equal(loaded.predict(Xt, reject=True), head.predict(Xt, reject=True))
+    np.testing.assert_allclose(loaded.predict_proba(Xt), head.predict_proba(Xt))
+    assert loaded.reject_threshold_ == head.reject_threshold_
+    loaded.partial_fit(Xt[:2], labels[:2])  # state survives for further enrolment
+
+
+def test_not_fitted(make_head: Any) -> None:
+    head = make_head()
+    for call in (head.predict, head.predict_proba, head.decision_function):
+        with pytest.raises(NotFittedError, match="not fitted"):
+            call(np.zeros((1, D)))
+    with pytest.raises(NotFittedError):
+        head.to_npz_dict()
+
+
+def test_feature_count_message(make_head: Any) -> None:
+    X, y = clusters(2)
+    head = make_head().fit(X, y)
+    name = type(head).__name__
+    with pytest.raises(InputError, match=f"X has 3 features, but {name} is expecting {D} features as input."):
+        head.predict(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize(
+    ("X", "y", "match"),
+    [
+        (np.full((2, D), np.nan), [0, 1], "NaN"),
+        (np.zeros((0, D)), [], "empty"),
+        (np.zeros((3, D)), [0, 1], "3 samples"),
+        (np.zeros(D), [0], "2-D"),
+        (np.zeros((2, D)), [0, "a"], "all strings or all integers"),
+        (np.zeros((2, D)), [0.5, 1.5], "all strings or all integers"),
+        (np.zeros((2, D)), ["a", UNKNOWN], "reserved"),
+    ],
+)
+def test_bad_inputs_raise(make_head: Any, X: Any, y: Any, match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        make_head().fit(X, y)
+
+
+def test_bad_predict_input_and_label_type() -> None:
+    X, y = clusters(2)
+    head = RidgeHead().fit(X, y)
+    with pytest.raises(InputError, match="NaN"):
+        head.predict(np.full((1, D), np.inf))
+    with pytest.raises(InputError, match="label type"):
+        head.partial_fit(X[:1], ["a"])
+    with pytest.raises(ConfigError):
+        RidgeHead(alpha=-1.0).fit(X, y)
+    with pytest.raises(InputError, match="unknown kind"):
+        head_from_npz_dict({"kind": np.array("svm")})
+    with pytest.raises(InputError, match="Unknown head"):
+        create_head("svm")
+
+
+def test_ridge_loo_closed_form_equals_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(14, 30))
+    Y = np.eye(3)[rng.integers(0, 3, 14)]
+    groups = np.repeat(np.arange(7), 2)  # pairs held out together, like an image and its flip
+    for g in (None, groups):
+        fast = ridge_loo_decisions(Z, Y, [0.1, 2.0], g)
+        keys = np.arange(14) if g is None else g
+        for a, alpha in enumerate((0.1, 2.0)):
+            for k in np.unique(keys):
+                out = keys == k
+                Zi, Yi = Z[~out], Y[~out]
+                W = np.linalg.solve((Zi - Zi.mean(0)).T @ (Zi - Zi.mean(0)) + alpha * np.eye(30), (Zi - Zi.mean(0)).T @ Yi)
+                brute = (Z[out] - Zi.mean(0)) @ W + Yi.mean(0)
+                np.testing.assert_allclose(fast[a, out], brute, atol=1e-9)
+
+
+def test_ncm_loo_closed_form_equals_brute_force() -> None:
+    X, y = clusters(3, spread=4.0)
+    Z = power_l2(X, 0.5)
+    fast = ncm_loo_predictions(Z, y, 4, np.arange(len(y)))
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        brute = NearestClassMean().fit(X[keep], y[keep]).predict(X[i : i + 1])[0]
+        assert fast[i] == brute
+
+
+def test_auto_picks_sensibly() -> None:
+    X, y = clusters(5, spread=2.0)
+    head = AutoHead().fit(X, y)
+    assert head.kind_ in ("ridge", "ncm")
+    assert set(head.loo_accuracy_) == {"ridge", "ncm"}
+    assert head.loo_accuracy_[head.kind_] == max(head.loo_accuracy_.values())
+    one_shot = AutoHead().fit(*clusters(1))
+    assert one_shot.kind_ == one_shot.prefer and one_shot.loo_accuracy_ == {}
+
+
+def test_rejection_flags_far_points() -> None:
+    X, y = clusters(8)
+    Xt, _ = clusters(20, seed=5)
+    far = np.abs(np.random.default_rng(9).normal(size=(10, D))) * 3.0  # unlike any class centre
+    for head in (NearestClassMean().fit(X, y), RidgeHead().fit(X, y), AutoHead().fit(X, y)):
+        out = head.predict(far, reject=True)
+        assert (out == UNKNOWN).mean() >= 0.9
+        assert (head.predict(Xt, reject=True) != UNKNOWN).mean() >= 0.8
+        assert out.dtype == object  # integer classes mixed with the "unknown" sentinel
+    strings = NearestClassMean().fit(X, np.array(["a", "b", "c", "d"])[y]).predict(far, reject=True)
+    assert strings.dtype.kind == "U" and (strings == UNKNOWN).all()
+
+
+def test_rejection_one_shot_fallback() -> None:
+    X, y = clusters(1)
+    head = NearestClassMean().fit(X, y)
+    assert np.isfinite(head.reject_threshold_)
+    assert NearestClassMean().fit(X[:1], y[:1]).reject_threshold_ == -np.inf
