@@ -23,7 +23,7 @@ from edgetl.finetune import checkpoint as ckpt
 from edgetl.finetune import distributed as D
 from edgetl.finetune.config import FinetuneConfig, Strategy
 from edgetl.finetune.data import TorchImageDataset, eval_loader, train_loader
-from edgetl.finetune.linear_probe import output_dim, run_linear_probe
+from edgetl.finetune.linear_probe import run_linear_probe
 from edgetl.finetune.metrics import FinetuneResult
 from edgetl.finetune.optim import build_optimizer, build_scheduler, param_groups
 from edgetl.finetune.stages import FreezePlan
@@ -69,7 +69,7 @@ def finetune(
     output_dir = Path(output_dir)
     with D.distributed_context(config.device) as ctx:
         _seed_everything(config.seed)
-        head = nn.Linear(output_dim(backbone), len(train.classes))
+        head = nn.Linear(backbone.feature_dim, len(train.classes))
         backbone.model.to(ctx.device)
         head.to(ctx.device)
 

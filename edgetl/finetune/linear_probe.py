@@ -39,12 +39,6 @@ class Features:
     y: torch.Tensor  # (N,) int64
 
 
-def output_dim(backbone: Backbone) -> int:
-    """Width of ``backbone.model(x)``: MobileNetV3's pooled output passes a conv head (``head_hidden_size``,
-    e.g. 1024) that is wider than ``num_features`` (576), so ``num_features`` alone is not enough."""
-    return int(getattr(backbone.model, "head_hidden_size", None) or backbone.feature_dim)
-
-
 def model_fingerprint(model: nn.Module) -> str:
     """SHA-256 over parameter and buffer bytes: random-init and fine-tuned weights get distinct keys."""
     h = hashlib.sha256()
@@ -77,7 +71,7 @@ def extract_features(backbone: Backbone, data: ImageDataset, config: FinetuneCon
     loader = eval_loader(TorchImageDataset(data, backbone.spec, augment=False), 2 * config.batch_size, ctx,
                          config.workers)  # fmt: skip
     chunks = [model(x.to(ctx.device)).float() for x, _ in loader]
-    local = torch.cat(chunks) if chunks else torch.zeros((0, output_dim(backbone)), device=ctx.device)
+    local = torch.cat(chunks) if chunks else torch.zeros((0, backbone.feature_dim), device=ctx.device)
     x = D.gather_rows(local, len(data), ctx).cpu()
     return Features(x, torch.from_numpy(data.labels.copy()))
 

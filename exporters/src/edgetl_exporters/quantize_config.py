@@ -169,7 +169,10 @@ class QuantizeConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, with the exact onnxruntime arguments it expands to, for the manifest."""
-        out = {k: (v.value if isinstance(v, Enum) else list(v) if isinstance(v, tuple) else v) for k, v in self._fields().items()}
+        out = {
+            k: (v.value if isinstance(v, Enum) else list(v) if isinstance(v, tuple) else v)
+            for k, v in self._fields().items()
+        }
         out["ort_extra_options"] = self.extra_options()
         return out
 

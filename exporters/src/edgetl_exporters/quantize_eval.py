@@ -22,7 +22,9 @@ from edgetl_runtime.errors import InputError, raise_all
 FloatArray = npt.NDArray[np.float32]
 
 
-def run_features(model: str | Path | Any, images: FloatArray, batch_size: int = 32, threads: int | None = None) -> FloatArray:
+def run_features(
+    model: str | Path | Any, images: FloatArray, batch_size: int = 32, threads: int | None = None
+) -> FloatArray:
     """Features ``(N, D)`` of a features ONNX model (path or an open session) over ``images`` (N, 3, H, W)."""
     session = make_session(str(model), threads) if isinstance(model, (str, Path)) else model
     name = session.get_inputs()[0].name
@@ -105,7 +107,9 @@ def evaluate_against(
     masks: list[npt.NDArray[np.bool_]],
 ) -> Evaluation:
     cos_mean, cos_min = cosine_stats(fp32_features, quant_features)
-    return Evaluation(cos_mean, cos_min, ncm_accuracy(fp32_features, labels, masks), ncm_accuracy(quant_features, labels, masks))
+    return Evaluation(
+        cos_mean, cos_min, ncm_accuracy(fp32_features, labels, masks), ncm_accuracy(quant_features, labels, masks)
+    )
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ def loo_cosines(
     za[rows, y_idx] = np.einsum("nd,nd->n", Z, loo)
     w = np.ones((n, n_cls))  # (N, C) weights of the centre over the surviving classes
     w[rows, y_idx] = valid
-    w /= w.sum(axis=1, keepdims=True)
+    w /= np.maximum(w.sum(axis=1, keepdims=True), 1.0)
     s = np.einsum("nkl,nl->nk", gram, w)  # (N, C) class mean . centre
     mu2 = np.einsum("nk,nk->n", s, w)  # (N,) |centre|^2
     zmu = np.einsum("nk,nk->n", za, w)  # (N,) z . centre

@@ -28,6 +28,14 @@ def _group_index(groups: Any, n: int) -> IntArray:
     return np.unique(g, return_inverse=True)[1].ravel().astype(np.int64)
 
 
+def _blocks_by_size(groups: IntArray) -> list[IntArray]:
+    """Sample indices grouped as one ``(G, m)`` array per group size m (vectorised hold-outs)."""
+    order = np.argsort(groups, kind="stable")
+    blocks = np.split(order, np.flatnonzero(np.diff(groups[order])) + 1)
+    sizes = np.array([len(b) for b in blocks])
+    return [np.stack([b for b, m in zip(blocks, sizes, strict=True) if m == size]) for size in np.unique(sizes)]
+
+
 def ridge_loo_decisions(Z: FloatArray, Y: FloatArray, alphas: Any, groups: IntArray | None = None) -> FloatArray:
     """Exact leave-one-(group-)out decision values ``(len(alphas), N, C)`` of ridge with a free intercept.
 
@@ -42,18 +50,15 @@ def ridge_loo_decisions(Z: FloatArray, Y: FloatArray, alphas: Any, groups: IntAr
     s = np.maximum(s, 0.0)
     Yc = Y - Y.mean(axis=0)
     UtY = U.T @ Yc  # (N, C)
-    order = np.argsort(g, kind="stable")
-    bounds = np.flatnonzero(np.diff(g[order])) + 1
-    blocks = np.split(order, bounds)
+    blocks = _blocks_by_size(g)
     out = np.empty((len(alphas), *Y.shape))
     for a, alpha in enumerate(alphas):
         f = s / (s + alpha)  # (N,) shrinkage of each kernel eigen-direction
-        fitted = Y.mean(axis=0) + U @ (f[:, None] * UtY)  # (N, C)
-        resid = Y - fitted
-        for idx in blocks:
-            H_gg = (U[idx] * f) @ U[idx].T + 1.0 / n  # (m, m) hat block of the group
-            I_H = np.eye(len(idx)) - H_gg
-            resid[idx] = np.linalg.lstsq(I_H, resid[idx], rcond=1e-10)[0] if len(idx) > 1 else resid[idx] / I_H
+        resid = Y - (Y.mean(axis=0) + U @ (f[:, None] * UtY))  # (N, C) in-sample residuals
+        for idx in blocks:  # (G, m) rows of the G groups of size m
+            Ug = U[idx]  # (G, m, N)
+            I_H = np.eye(idx.shape[1]) - np.einsum("gik,gjk->gij", Ug * f, Ug) - 1.0 / n  # (G, m, m)
+            resid[idx] = np.linalg.pinv(I_H, rcond=1e-10) @ resid[idx]  # held-out residuals (I - H_gg)^-1 r_g
         out[a] = Y - resid
     return out
 

@@ -1,0 +1,206 @@
+"""Accuracy-guarded int8: quantize, measure the task, and keep the most sensitive nodes in float.
+
+When the few-shot probe loses more than ``max_drop`` points, nodes are ranked by the local
+quantization noise that onnxruntime's ``qdq_loss_debug`` exposes (SQNR of each activation before vs
+after its Q/DQ pair, and of each dequantized weight); growing sets of the worst ones are excluded
+and the model re-quantized from cached calibration ranges until the guard holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetl_exporters.quantize import (
+    ArrayCalibrationReader,
+    QuantizeReport,
+    check_calibration,
+    model_input_shape,
+    prepare_fp32,
+    publish,
+    quantize_prepared,
+    workdir,
+)
+from edgetl_exporters.quantize_config import QuantizeConfig
+from edgetl_exporters.quantize_eval import (
+    Evaluation,
+    check_eval_data,
+    evaluate_against,
+    few_shot_splits,
+    interleaved_latency,
+    run_features,
+)
+from edgetl_runtime.errors import ConfigError, QuantizationError
+
+FloatArray = npt.NDArray[np.float32]
+_ACTIVATIONS = ("Clip", "Relu")  # folded into their producer by the QDQ quantizer
+
+
+def _sqnr(ref: Sequence[np.ndarray] | np.ndarray, test: Sequence[np.ndarray] | np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB (higher is better)."""
+    a = np.concatenate([np.ravel(x) for x in ([ref] if isinstance(ref, np.ndarray) else ref)]).astype(np.float64)
+    b = np.concatenate([np.ravel(x) for x in ([test] if isinstance(test, np.ndarray) else test)]).astype(np.float64)
+    return 20.0 * math.log10(max(np.linalg.norm(a), 1e-12) / max(np.linalg.norm(a - b), 1e-12))
+
+
+def tensor_noise(prepared: Path, qdq: Path, probe: FloatArray, workspace: Path) -> dict[str, float]:
+    """SQNR (dB) of every quantized activation and weight of ``qdq``, keyed by fp32 tensor name."""
+    from onnxruntime.quantization import qdq_loss_debug as dbg
+
+    augmented = workspace / "qdq_augmented.onnx"
+    dbg.modify_model_output_intermediate_tensors(str(qdq), str(augmented), ["QuantizeLinear", "DequantizeLinear"])
+    name, _ = model_input_shape(prepared)
+    acts = dbg.collect_activations(str(augmented), ArrayCalibrationReader(name, probe, 4))
+    noise = {t: _sqnr(m["pre_qdq"], m["post_qdq"]) for t, m in dbg.create_activation_matching(acts).items()}
+    for weight, m in dbg.create_weight_matching(str(prepared), str(qdq)).items():
+        noise[weight] = _sqnr(m["float"], m["dequantized"])
+    augmented.unlink(missing_ok=True)
+    return noise
+
+
+def rank_sensitive_nodes(prepared: Path, noise: dict[str, float], config: QuantizeConfig) -> list[list[str]]:
+    """Quantizable nodes, noisiest first; each entry is the node plus a Clip/Relu fused into it."""
+    import onnx
+
+    graph = onnx.load(str(prepared), load_external_data=False).graph
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    scored = []
+    for node in graph.node:
+        if node.op_type not in config.op_types or node.op_type in _ACTIVATIONS or node.name in config.nodes_to_exclude:
+            continue
+        acts = [c for c in consumers.get(node.output[0], []) if c.op_type in _ACTIVATIONS]
+        tensors = [*node.input, *node.output, *(t for a in acts for t in a.output)]
+        levels = [noise[t] for t in tensors if t in noise]
+        if levels:
+            scored.append((min(levels), [node.name, *(a.name for a in acts)]))
+    scored.sort(key=lambda item: item[0])
+    return [names for _, names in scored]
+
+
+def _exclusion_sizes(n_candidates: int, max_excluded: int) -> list[int]:
+    """1, 2, 4, ... capped at ``max_excluded`` (always tried last)."""
+    cap = min(n_candidates, max_excluded)
+    sizes = [k for k in (2**i for i in range(32)) if k < cap]
+    return [*sizes, cap] if cap > 0 else []
+
+
+def _attempt_record(excluded: list[str], ev: Evaluation, path: Path) -> dict[str, Any]:
+    return {
+        "excluded_nodes": list(excluded),
+        "accuracy_fp32": ev.accuracy_fp32,
+        "accuracy_int8": ev.accuracy_quant,
+        "drop": ev.drop,
+        "cosine_mean": ev.cosine_mean,
+        "cosine_min": ev.cosine_min,
+        "int8_bytes": path.stat().st_size,
+    }
+
+
+def _check_guard_args(max_drop: float, shots: int, seeds: Sequence[int], max_excluded: int | None) -> None:
+    problems = []
+    if not math.isfinite(max_drop):
+        problems.append(f"max_drop must be a finite number of accuracy points, got {max_drop}")
+    if shots < 1 or not seeds:
+        problems.append(f"shots ({shots}) must be >= 1 and seeds ({list(seeds)}) non-empty")
+    if max_excluded is not None and max_excluded < 0:
+        problems.append(f"max_excluded must be >= 0, got {max_excluded}")
+    if problems:
+        raise ConfigError("Invalid accuracy-guard settings: " + "; ".join(problems))
+
+
+def quantize_guarded(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration: FloatArray,
+    eval_images: FloatArray,
+    eval_labels: npt.NDArray[Any],
+    config: QuantizeConfig | None = None,
+    max_drop: float = 1.0,
+    source: str = "unspecified",
+    shots: int = 5,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    max_excluded: int | None = None,
+    probe_images: int = 8,
+    latency_runs: int = 50,
+) -> QuantizeReport:
+    """int8 whose ``shots``-shot nearest-class-mean accuracy drops at most ``max_drop`` points.
+
+    Args:
+        eval_images / eval_labels: held-out labelled images (not the calibration ones), preprocessed.
+        max_drop: tolerated fp32 - int8 accuracy, in points, averaged over ``seeds`` support draws.
+        max_excluded: most nodes kept in float before giving up; default half the quantizable ones.
+        probe_images: eval images used to measure per-tensor quantization noise.
+        latency_runs: batch-1 timed runs (2 threads, interleaved fp32/int8) for the report; 0 skips.
+
+    Raises:
+        QuantizationError: the guard failed even with ``max_excluded`` nodes in float; its
+            ``report`` attribute holds every attempt. Nothing is written to ``out_path``.
+    """
+    config = config or QuantizeConfig()
+    _check_guard_args(max_drop, shots, seeds, max_excluded)
+    _, shape = model_input_shape(fp32_path)
+    calib = check_calibration(calibration, shape, config.num_calibration)
+    check_calibration(eval_images, shape, len(eval_images))  # same shape/finite checks
+    labels = np.asarray(eval_labels)
+    check_eval_data(eval_images, labels, shots)
+    masks = few_shot_splits(labels, shots, seeds)
+    reference = run_features(fp32_path, eval_images)  # (N, D)
+    report = QuantizeReport(config.to_dict(), len(calib), source, Path(fp32_path).stat().st_size, 0)
+    report.eval_count = len(eval_images)
+    with workdir(out_path) as tmp:
+        prepared = prepare_fp32(fp32_path, tmp / "prepared.onnx", config.optimize_first)
+        cache = tmp / "calibration_ranges.json"
+
+        def attempt(excluded: list[str]) -> tuple[Path, Evaluation]:
+            path = quantize_prepared(
+                prepared, tmp / f"int8_{len(report.attempts)}.onnx", calib, config.with_excluded(excluded), cache
+            )
+            ev = evaluate_against(reference, run_features(path, eval_images), labels, masks)
+            report.attempts.append(_attempt_record([*config.nodes_to_exclude, *excluded], ev, path))
+            return path, ev
+
+        best, ev = attempt([])
+        if ev.drop > max_drop:
+            noise = tensor_noise(prepared, best, eval_images[:probe_images], tmp)
+            ranked = rank_sensitive_nodes(prepared, noise, config)
+            limit = len(ranked) // 2 if max_excluded is None else max_excluded
+            for k in _exclusion_sizes(len(ranked), limit):
+                best, ev = attempt([n for group in ranked[:k] for n in group])
+                if ev.drop <= max_drop:
+                    break
+        _fill(report, ev, best)
+        if ev.drop > max_drop:
+            err = QuantizationError(_guard_message(report, max_drop))
+            err.report = report  # type: ignore[attr-defined]
+            raise err
+        if latency_runs > 0:
+            lat = interleaved_latency({"fp32": prepared, "int8": best}, eval_images[:1], runs=latency_runs)
+            report.latency_fp32_ms, report.latency_int8_ms = lat["fp32"].p50_ms, lat["int8"].p50_ms
+        publish(best, out_path)
+    return report
+
+
+def _fill(report: QuantizeReport, ev: Evaluation, path: Path) -> None:
+    last = report.attempts[-1]
+    report.excluded_nodes = list(last["excluded_nodes"])
+    report.int8_bytes = path.stat().st_size
+    report.cosine_mean, report.cosine_min = ev.cosine_mean, ev.cosine_min
+    report.accuracy_fp32, report.accuracy_int8 = ev.accuracy_fp32, ev.accuracy_quant
+    report.accuracy_delta = ev.accuracy_quant - ev.accuracy_fp32
+
+
+def _guard_message(report: QuantizeReport, max_drop: float) -> str:
+    tried = ", ".join(f"{len(a['excluded_nodes'])} in float -> drop {a['drop']:.2f}" for a in report.attempts)
+    return (
+        f"int8 could not stay within max_drop={max_drop} accuracy points ({tried}). "
+        "Fix: calibrate on more / more representative images, try calibrate_method='percentile' or "
+        "'entropy', raise max_excluded or max_drop, or ship fp16/fp32 instead."
+    )
