@@ -449,6 +449,100 @@ def test_run_chunks_pads_and_copies_through_device_buffers(monkeypatch: pytest.M
     np.testing.assert_allclose(static.run(images[:6]), _reference(images[:6]), rtol=1e-5, atol=1e-6)  # 4 + 2 padded
 
 
+def fake_tensorrt(flags: tuple[str, ...] = ("FP16", "INT8"), errors: tuple[str, ...] = ()) -> SimpleNamespace:
+    """Just enough of the tensorrt module for build_engine; records every call in ``calls``."""
+    calls: list[tuple[Any, ...]] = []
+
+    class Recorder:
+        WARNING = "warning"
+
+        def __init__(self, *args: Any) -> None:
+            calls.append((type(self).__name__, *args))
+
+        def __getattr__(self, name: str) -> Any:  # any other method: record the call, report success
+            def method(*args: Any, **kwargs: Any) -> Any:
+                calls.append((name, *args))
+                return SimpleNamespace(serialize=lambda: b"timings") if name == "create_timing_cache" else True
+
+            return method
+
+    class Builder(Recorder):
+        def create_network(self, flags: int) -> Any:
+            calls.append(("network_flags", flags))
+            return SimpleNamespace(num_inputs=1, num_outputs=1, get_input=lambda i: SimpleNamespace(
+                name="images", shape=(-1, 3, -1, -1)))  # fmt: skip
+
+        def create_builder_config(self) -> Any:
+            return Recorder()
+
+        def create_optimization_profile(self) -> Any:
+            return Recorder()
+
+        def build_serialized_network(self, network: Any, config: Any) -> bytes:
+            return b"plan"
+
+    class Parser(Recorder):
+        num_errors = len(errors)
+
+        def parse(self, data: bytes) -> bool:
+            return not errors
+
+        def get_error(self, i: int) -> str:
+            return errors[i]
+
+    namespace = SimpleNamespace(calls=calls, Builder=Builder, OnnxParser=Parser, Logger=Recorder)
+    namespace.BuilderFlag = SimpleNamespace(**{f: f for f in flags})
+    namespace.NetworkDefinitionCreationFlag = SimpleNamespace(STRONGLY_TYPED=1)
+    namespace.MemoryPoolType = SimpleNamespace(WORKSPACE="ws")
+    return namespace
+
+
+@pytest.fixture
+def use_fake_trt(monkeypatch: pytest.MonkeyPatch) -> Any:
+    def install(fake: SimpleNamespace) -> SimpleNamespace:
+        monkeypatch.setattr(trt_mod, "_trt", lambda: fake)
+        trt_mod._logger.cache_clear()
+        return fake
+
+    yield install
+    trt_mod._logger.cache_clear()  # never leave a fake logger behind for real TensorRT
+
+
+@pytest.mark.parametrize(
+    ("precision", "flags", "network_flags", "set_flags"),
+    [
+        (Precision.INT8, ("FP16", "INT8"), 0, ["INT8", "FP16"]),  # TensorRT 10: Q/DQ + INT8, FP16 for the rest
+        (Precision.FP16, ("FP16", "INT8"), 0, ["FP16"]),
+        (Precision.FP32, ("FP16", "INT8"), 0, []),
+        (Precision.INT8, (), 1 << 1, []),  # TensorRT >= 11: no precision flags, strongly typed networks
+    ],
+)
+def test_build_engine_sets_profile_flags_and_timing_cache(
+    use_fake_trt: Any, config: EngineBuildConfig, precision: Precision, flags: tuple[str, ...],
+    network_flags: int, set_flags: list[str],
+) -> None:  # fmt: skip
+    fake = use_fake_trt(fake_tensorrt(flags))
+    config = EngineBuildConfig(precision=precision, engine_dir=config.engine_dir, timing_cache=config.timing_cache)
+    assert build_engine(b"onnx", config, image_size=(SIZE, SIZE)) == b"plan"
+    calls = fake.calls
+    assert ("network_flags", network_flags) in calls
+    assert [c[1] for c in calls if c[0] == "set_flag"] == set_flags
+    assert ("set_shape", "images", (1, 3, SIZE, SIZE), (8, 3, SIZE, SIZE), (32, 3, SIZE, SIZE)) in calls
+    assert ("set_memory_pool_limit", "ws", 1 << 30) in calls
+    assert any(c[0] == "set_timing_cache" for c in calls)
+    assert config.timing_cache is not None and config.timing_cache.is_file()  # saved after the build
+
+
+def test_build_engine_reports_every_parser_error(use_fake_trt: Any, config: EngineBuildConfig) -> None:
+    use_fake_trt(fake_tensorrt(errors=("node 3: unsupported op Foo", "node 9: zero point must be 0")))
+    int8 = EngineBuildConfig(precision=Precision.INT8, engine_dir=config.engine_dir, timing_cache=None)
+    with pytest.raises(BackendError) as info:
+        build_engine(b"onnx", int8)
+    message = str(info.value)
+    assert "could not parse" in message and "unsupported op Foo" in message and "zero point must be 0" in message
+    assert "symmetric int8" in message  # the hint for the usual int8 cause
+
+
 # ----------------------------------------------------------------------------------------------- needs a GPU
 
 

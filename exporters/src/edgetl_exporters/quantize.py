@@ -1,198 +1,56 @@
-"""int8 (static, QDQ) and fp16 versions of a features ONNX model, written atomically.
+"""int8 (static, QDQ, accuracy-guarded) and fp16 versions of a features ONNX model, written atomically.
 
-``images`` float32 (N, 3, H, W) -> ``features`` float32 (N, D) in, the same contract out. The fp32
-graph is first slimmed (onnxslim folds TF-"same" padding and BatchNorm into the convs) and run
-through onnxruntime's ``quant_pre_process``, so Q/DQ pairs land on the fused convolutions that ORT
-turns into ``QLinearConv``. Accuracy is judged by the task in :mod:`edgetl_exporters.quantize_guard`.
+``images`` float32 (N, 3, H, W) -> ``features`` float32 (N, D) in, the same contract out. This module
+is the public face; the pieces live in ``quantize_config`` (settings and presets), ``quantize_core``
+(checks, preparation, ``quantize_static``), ``quantize_guard`` (task-level guard) and
+``quantize_eval`` (cosine, few-shot probe, latency).
+
+Typical use::
+
+    report = quantize_guarded("backbone.fp32.onnx", "backbone.int8.onnx", calib, eval_x, eval_y,
+                              config=QuantizeConfig.auto(), max_drop=1.0, source="fashion-mnist:train[:300]")
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_exporters.quantize_config import QuantizeConfig
+from edgetl_exporters.quantize_config import CalibrationMethod, QuantDType, QuantFormat, QuantizeConfig, cpu_has_vnni
+from edgetl_exporters.quantize_core import (
+    ArrayCalibrationReader,
+    QuantizeReport,
+    check_calibration,
+    model_input_shape,
+    prepare_fp32,
+    publish,
+    quantize_prepared,
+    workdir,
+)
 from edgetl_exporters.quantize_eval import cosine_stats, run_features
-from edgetl_runtime.atomic import atomic_write
-from edgetl_runtime.errors import ConfigError, InputError, QuantizationError, raise_all
+from edgetl_exporters.quantize_guard import quantize_guarded
+from edgetl_runtime.errors import QuantizationError
 
 __all__ = [
     "ArrayCalibrationReader",
+    "CalibrationMethod",
+    "QuantDType",
+    "QuantFormat",
     "QuantizeConfig",
     "QuantizeReport",
-    "check_calibration",
     "convert_fp16",
-    "model_input_shape",
+    "cpu_has_vnni",
+    "fp16_for_bundle",
     "prepare_fp32",
+    "quantize_for_bundle",
+    "quantize_guarded",
     "quantize_int8",
-    "quantize_prepared",
 ]
 
-log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float32]
-
-
-@dataclass
-class QuantizeReport:
-    """What was built, from what, and how close it stays to fp32; serialises into the manifest."""
-
-    config: dict[str, Any]
-    calibration_count: int
-    calibration_source: str
-    fp32_bytes: int
-    int8_bytes: int
-    excluded_nodes: list[str] = field(default_factory=list)
-    cosine_mean: float | None = None
-    cosine_min: float | None = None
-    accuracy_fp32: float | None = None
-    accuracy_int8: float | None = None
-    accuracy_delta: float | None = None  # int8 - fp32, percentage points
-    eval_count: int | None = None
-    latency_fp32_ms: float | None = None  # batch-1 p50, prepared fp32 graph
-    latency_int8_ms: float | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def size_ratio(self) -> float:
-        return self.int8_bytes / self.fp32_bytes
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "size_ratio": self.size_ratio}
-
-
-# ----- input checks ------------------------------------------------------------------------------
-
-
-def model_input_shape(path: str | Path) -> tuple[str, list[int | str]]:
-    """Name and shape (ints, or dim names for dynamic axes) of the model's only image input."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    inits = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in inits]
-    if len(inputs) != 1:
-        raise InputError(f"{path} has inputs {[i.name for i in inputs]}; expected exactly one image input")
-    dims = inputs[0].type.tensor_type.shape.dim
-    return inputs[0].name, [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
-
-
-def check_calibration(calibration: Any, input_shape: list[int | str], limit: int) -> FloatArray:
-    """The first ``limit`` calibration images, after checking they can calibrate this model at all."""
-    if not isinstance(calibration, np.ndarray):
-        raise InputError(f"calibration must be a numpy array (N, 3, H, W), got {type(calibration).__name__}")
-    problems = []
-    expected = ["N", *input_shape[1:]]
-    if calibration.ndim != len(input_shape):
-        problems.append(f"calibration has shape {calibration.shape}; the model expects {expected}")
-    else:
-        for axis, (got, want) in enumerate(zip(calibration.shape[1:], input_shape[1:], strict=True), start=1):
-            if isinstance(want, int) and want > 0 and got != want:
-                problems.append(f"calibration axis {axis} is {got}, the model expects {want} (shape {expected})")
-    if calibration.size == 0:
-        problems.append("calibration is empty; pass ~300 preprocessed training images (not the test images)")
-    if calibration.dtype != np.float32:
-        problems.append(
-            f"calibration dtype is {calibration.dtype}; preprocess with the bundle's PreprocessSpec to float32"
-        )
-    elif calibration.size and not np.isfinite(calibration).all():
-        bad = int((~np.isfinite(calibration)).reshape(len(calibration), -1).any(axis=1).sum())
-        problems.append(f"{bad} calibration image(s) contain NaN/Inf; drop or re-preprocess them")
-    raise_all(InputError, problems, "Calibration data cannot calibrate this model")
-    return calibration[:limit]
-
-
-def _check_excluded(model_path: Path, nodes: tuple[str, ...]) -> None:
-    import difflib
-
-    import onnx
-
-    names = [n.name for n in onnx.load(str(model_path), load_external_data=False).graph.node]
-    missing = [n for n in nodes if n not in set(names)]
-    hints = [f"{n!r} (close: {difflib.get_close_matches(n, names, n=3)})" for n in missing]
-    raise_all(
-        ConfigError, hints, "nodes_to_exclude names nodes absent from the prepared graph (see prepare_fp32 output)"
-    )
-
-
-# ----- building ----------------------------------------------------------------------------------
-
-
-class ArrayCalibrationReader:
-    """onnxruntime CalibrationDataReader over an in-memory (N, 3, H, W) array."""
-
-    def __init__(self, input_name: str, images: FloatArray, batch_size: int) -> None:
-        self._batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-        self._input_name = input_name
-        self._pos = 0
-
-    def get_next(self) -> dict[str, FloatArray] | None:
-        if self._pos >= len(self._batches):
-            return None
-        self._pos += 1
-        return {self._input_name: self._batches[self._pos - 1]}
-
-    def __len__(self) -> int:
-        return len(self._batches)
-
-
-def prepare_fp32(fp32_path: str | Path, out_path: str | Path, optimize: bool = True) -> Path:
-    """Slim + ORT pre-process the fp32 graph; node names in ``nodes_to_exclude`` refer to this graph."""
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    model = onnx.load(str(fp32_path))
-    if optimize:
-        import onnxslim
-
-        model = onnxslim.slim(model)
-    try:
-        quant_pre_process(
-            model, str(out_path), skip_optimization=not optimize, skip_onnx_shape=False, skip_symbolic_shape=False
-        )
-    except Exception as exc:  # shape inference raises assorted types
-        raise QuantizationError(f"Pre-processing {fp32_path} for quantization failed: {exc}") from exc
-    return Path(out_path)
-
-
-def quantize_prepared(
-    prepared: Path, out_path: Path, calibration: FloatArray, config: QuantizeConfig, cache_path: Path | None = None
-) -> Path:
-    """``quantize_static`` with every argument explicit; ranges cached so re-quantizing skips calibration."""
-    from onnxruntime.quantization import quantize_static
-
-    _check_excluded(prepared, config.nodes_to_exclude)
-    name, _ = model_input_shape(prepared)
-    reader = ArrayCalibrationReader(name, calibration, config.calibration_batch_size)
-    try:
-        quantize_static(str(prepared), str(out_path), reader, calibration_cache_path=cache_path, **config.ort_kwargs())
-    except Exception as exc:
-        raise QuantizationError(f"onnxruntime quantize_static failed on {prepared.name}: {exc}") from exc
-    return out_path
-
-
-def publish(src: Path, dest: str | Path) -> Path:
-    """Copy a finished temp artefact over ``dest`` atomically (fsync + rename; never half a file)."""
-    with open(src, "rb") as fin, atomic_write(dest) as fout:
-        shutil.copyfileobj(fin, fout, length=1 << 20)
-    return Path(dest)
-
-
-@contextmanager
-def workdir(near: str | Path) -> Iterator[Path]:
-    """A scratch folder beside the output (same filesystem, so the final rename is atomic)."""
-    parent = Path(near).parent
-    parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".edgetl-quant.", dir=parent) as tmp:
-        yield Path(tmp)
 
 
 def quantize_int8(
@@ -230,11 +88,11 @@ def quantize_int8(
 
 def convert_fp16(
     fp32_path: str | Path, out_path: str | Path, check_images: FloatArray | None = None, min_cosine: float = 0.999
-) -> Path:
+) -> dict[str, Any]:
     """fp16 weights and compute with float32 I/O (``keep_io_types``), so callers feed the same arrays.
 
     With ``check_images`` the fp16 features must keep ``min_cosine`` to fp32 on every image, else
-    :class:`QuantizationError` and nothing is written.
+    :class:`QuantizationError` and nothing is written. Returns sizes and cosine stats for the manifest.
     """
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -249,15 +107,53 @@ def convert_fp16(
         node_block_list=[],
         force_fp16_initializers=False,
     )
+    report: dict[str, Any] = {"fp32_bytes": Path(fp32_path).stat().st_size, "keep_io_types": True}
     with workdir(out_path) as tmp:
         onnx.save(model, str(tmp / "fp16.onnx"))
         if check_images is not None:
-            cos_mean, cos_min = cosine_stats(
-                run_features(fp32_path, check_images), run_features(tmp / "fp16.onnx", check_images)
+            fp32_feats = run_features(fp32_path, check_images)
+            cos_mean, cos_min = cosine_stats(fp32_feats, run_features(tmp / "fp16.onnx", check_images))
+            report.update(
+                cosine_mean=cos_mean, cosine_min=cos_min, min_cosine=min_cosine, check_count=len(check_images)
             )
             if cos_min < min_cosine:
                 raise QuantizationError(
                     f"fp16 features drift from fp32: min cosine {cos_min:.5f} (mean {cos_mean:.5f}) < {min_cosine}; "
                     "keep fp32, or block the offending ops via onnxruntime.transformers.float16 op_block_list"
                 )
-        return publish(tmp / "fp16.onnx", out_path)
+        publish(tmp / "fp16.onnx", out_path)
+    report["fp16_bytes"] = Path(out_path).stat().st_size
+    return report
+
+
+def quantize_for_bundle(
+    fp32_path: str | Path,
+    calibration: FloatArray,
+    eval_images: FloatArray,
+    eval_labels: npt.NDArray[Any],
+    max_drop: float = 1.0,
+    config: QuantizeConfig | None = None,
+    source: str = "unspecified",
+) -> tuple[bytes, dict[str, Any]]:
+    """Guarded int8 bytes plus the report dict a bundle manifest stores (config under ``"config"``)."""
+    fp32_path = Path(fp32_path)
+    with workdir(fp32_path) as tmp:
+        report = quantize_guarded(
+            fp32_path,
+            tmp / "int8.onnx",
+            calibration,
+            eval_images,
+            eval_labels,
+            config or QuantizeConfig.auto(),
+            max_drop,
+            source,
+        )
+        return (tmp / "int8.onnx").read_bytes(), report.to_dict()
+
+
+def fp16_for_bundle(fp32_path: str | Path, check_images: FloatArray | None = None) -> tuple[bytes, dict[str, Any]]:
+    """Checked fp16 bytes plus their report, for a bundle member."""
+    fp32_path = Path(fp32_path)
+    with workdir(fp32_path) as tmp:
+        report = convert_fp16(fp32_path, tmp / "fp16.onnx", check_images)
+        return (tmp / "fp16.onnx").read_bytes(), report

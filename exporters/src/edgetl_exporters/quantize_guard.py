@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_exporters.quantize import (
+from edgetl_exporters.quantize_config import QuantizeConfig
+from edgetl_exporters.quantize_core import (
     ArrayCalibrationReader,
     QuantizeReport,
     check_calibration,
@@ -26,7 +27,6 @@ from edgetl_exporters.quantize import (
     quantize_prepared,
     workdir,
 )
-from edgetl_exporters.quantize_config import QuantizeConfig
 from edgetl_exporters.quantize_eval import (
     Evaluation,
     check_eval_data,

@@ -8,7 +8,7 @@ import numpy as np
 
 from edgetl_runtime.errors import ConfigError, InputError
 from edgetl_runtime.heads.base import BaseHead, FloatArray, IntArray
-from edgetl_runtime.heads.rejection import SimilarityRejector, loo_cosines
+from edgetl_runtime.heads.rejection import SimilarityRejector, class_sums, loo_cosines
 
 
 class NearestClassMean(BaseHead):
@@ -94,9 +94,7 @@ def ncm_loo_predictions(Z: FloatArray, y_idx: IntArray, n_classes: int, groups: 
     A sample whose class has no other group left predicts from the remaining classes only, exactly as
     refitting without it would.
     """
-    sums, counts = np.zeros((n_classes, Z.shape[1])), np.zeros(n_classes)
-    np.add.at(sums, y_idx, Z)
-    np.add.at(counts, y_idx, 1.0)
+    sums, counts = class_sums(Z, y_idx, n_classes)
     sims, _ = loo_cosines(Z, y_idx, sums, counts, groups)
     out: IntArray = np.argmax(sims, axis=1).astype(np.int64)
     return out

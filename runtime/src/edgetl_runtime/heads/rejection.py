@@ -32,6 +32,13 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 
+def class_sums(Z: FloatArray, y_idx: IntArray, n_classes: int) -> tuple[FloatArray, FloatArray]:
+    """Per-class sums ``(C, D)`` and counts ``(C,)`` (a one-hot matmul; ``np.add.at`` is slow)."""
+    onehot = np.zeros((n_classes, len(y_idx)))
+    onehot[y_idx, np.arange(len(y_idx))] = 1.0
+    return onehot @ Z, onehot.sum(axis=1)
+
+
 def _unit(A: FloatArray) -> FloatArray:
     out: FloatArray = A / np.maximum(np.linalg.norm(A, axis=-1, keepdims=True), 1e-12)
     return out
@@ -51,9 +58,8 @@ def loo_cosines(
     rows = np.arange(n)
     _, p = np.unique(np.stack([y_idx, np.asarray(groups).ravel()], axis=1), axis=0, return_inverse=True)
     p = p.ravel()
-    pair_sums = np.zeros((int(p.max()) + 1, Z.shape[1]))  # (P, D) sums over (class, group) cells
-    np.add.at(pair_sums, p, Z)
-    rest = counts[y_idx] - np.bincount(p)[p]  # (N,) own-class samples left after the hold-out
+    pair_sums, pair_counts = class_sums(Z, p, int(p.max()) + 1)  # (P, D) sums over (class, group) cells
+    rest = counts[y_idx] - pair_counts[p]  # (N,) own-class samples left after the hold-out
     valid = rest > 0
     means = sums / np.maximum(counts, 1.0)[:, None]  # (C, D)
     loo = (sums[y_idx] - pair_sums[p]) / np.maximum(rest, 1.0)[:, None]  # (N, D) own mean without i
@@ -86,10 +92,7 @@ class SimilarityRejector:
 
     def fit(self, Z: FloatArray, y_idx: IntArray, n_classes: int, groups: IntArray | None = None) -> SimilarityRejector:
         """Start from scratch on ``Z`` (N, D) normalised features with class indices ``y_idx``."""
-        self.sums_ = np.zeros((n_classes, Z.shape[1]))  # (C, D)
-        self.counts_ = np.zeros(n_classes)  # (C,)
-        np.add.at(self.sums_, y_idx, Z)
-        np.add.at(self.counts_, y_idx, 1.0)
+        self.sums_, self.counts_ = class_sums(Z, y_idx, n_classes)  # (C, D), (C,)
         self.scores_, self.correct_ = self._loo_scores(Z, y_idx, groups)
         self.score_class_ = y_idx.astype(np.int64)
         return self
@@ -98,9 +101,8 @@ class SimilarityRejector:
         """Add samples; ``remap[k]`` is the new index of old class k (classes may have been inserted)."""
         sums, counts = np.zeros((n_classes, Z.shape[1])), np.zeros(n_classes)
         sums[remap], counts[remap] = self.sums_, self.counts_
-        np.add.at(sums, y_idx, Z)
-        np.add.at(counts, y_idx, 1.0)
-        self.sums_, self.counts_ = sums, counts
+        new_sums, new_counts = class_sums(Z, y_idx, n_classes)
+        self.sums_, self.counts_ = sums + new_sums, counts + new_counts
         scores, correct = self._loo_scores(Z, y_idx, None)
         self.scores_ = np.concatenate([self.scores_, scores])
         self.correct_ = np.concatenate([self.correct_, correct])

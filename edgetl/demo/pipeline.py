@@ -1,0 +1,150 @@
+"""The demo as a list of named steps: fine-tune on source classes, export, adapt on device, measure, report."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetl.backbones import create_backbone
+from edgetl.datasets import ImageDataset, balanced_subset, load_fashion_mnist
+from edgetl.demo.device import FewShotCell, few_shot_curve
+from edgetl.export import BundleConfig, export_bundle
+from edgetl.finetune import FinetuneConfig, finetune
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sized to finish in well under 10 minutes on 2 CPU cores; every number is a parameter."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    weights: str = "bundled"
+    image_size: int = 112
+    source_classes: tuple[int, ...] = (0, 1, 2, 3, 4)  # T-shirt, Trouser, Pullover, Dress, Coat
+    target_classes: tuple[int, ...] = (5, 6, 7, 8, 9)  # Sandal, Shirt, Sneaker, Bag, Ankle boot: never seen on host
+    finetune_per_class: int = 300
+    finetune_epochs: int = 3
+    freeze_stages: int = 3
+    calibration_count: int = 200
+    eval_count: int = 300
+    shots: tuple[int, ...] = (1, 5, 10)
+    seeds: int = 5
+    pool_per_class: int = 20
+    test_per_class: int = 200
+    threads: int = 2
+    latency_runs: int = 100
+    output: Path = field(default_factory=lambda: Path("runs/demo"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class DemoResult:
+    config: DemoConfig
+    timings_s: dict[str, float] = field(default_factory=dict)
+    finetune: dict[str, Any] = field(default_factory=dict)
+    exports: dict[str, Any] = field(default_factory=dict)
+    few_shot: list[FewShotCell] = field(default_factory=list)
+    latency: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "timings_s": self.timings_s,
+            "finetune": self.finetune,
+            "exports": self.exports,
+            "few_shot": [c.to_dict() for c in self.few_shot],
+            "latency": self.latency,
+        }
+
+
+class _Steps:
+    """Times each named step into ``result.timings_s`` and prints progress."""
+
+    def __init__(self, result: DemoResult) -> None:
+        self.result = result
+
+    def __call__(self, name: str) -> _Steps:
+        self.name, self.start = name, time.perf_counter()
+        print(f"[demo] {name} ...", flush=True)
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        seconds = time.perf_counter() - self.start
+        self.result.timings_s[self.name] = round(seconds, 2)
+        print(f"[demo] {self.name}: {seconds:.1f} s", flush=True)
+
+
+def run_demo(config: DemoConfig | None = None) -> DemoResult:
+    """Run every step and write ``report.md``, ``results.json`` and plots under ``config.output``."""
+    from edgetl.demo.report import write_report
+
+    config = config or DemoConfig()
+    out = config.output
+    out.mkdir(parents=True, exist_ok=True)
+    result = DemoResult(config)
+    step = _Steps(result)
+    train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+    source = balanced_subset(train.select_classes(config.source_classes), config.finetune_per_class, seed=0)
+    source_test = balanced_subset(test.select_classes(config.source_classes), config.test_per_class, seed=0)
+    with step("fine-tune on source classes"):
+        result.finetune = _finetune(config, source, source_test, out / "finetuned")
+    bundles = {}
+    calib = balanced_subset(train.select_classes(config.source_classes), 200, seed=1)  # host data only
+    for name, model in (("imagenet", config.backbone), ("finetuned", out / "finetuned")):
+        with step(f"export {name} bundle (fp32 + int8)"):
+            bundles[name], result.exports[name] = _export(config, model, calib, out / f"{name}.edgetl")
+    target_pool = balanced_subset(train.select_classes(config.target_classes), config.pool_per_class, seed=2)
+    target_test = balanced_subset(test.select_classes(config.target_classes), config.test_per_class, seed=0)
+    for name, path in bundles.items():
+        for precision in ("fp32", "int8"):
+            with step(f"device few-shot: {name} {precision}"):
+                result.few_shot += few_shot_curve(
+                    path, precision, target_pool, target_test, config.shots, config.seeds, config.threads
+                )
+    with step("latency benchmark"):
+        result.latency = _latency(config, bundles["finetuned"], out)
+    (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    write_report(result, out)
+    return result
+
+
+def _finetune(config: DemoConfig, source: ImageDataset, source_test: ImageDataset, run_dir: Path) -> dict[str, Any]:
+    backbone = create_backbone(config.backbone, config.weights, image_size=config.image_size)
+    ft_config = FinetuneConfig.partial(
+        freeze_stages=config.freeze_stages, epochs=config.finetune_epochs, batch_size=32, patience=None, progress=True
+    )
+    outcome = finetune(backbone, source, None, source_test, ft_config, run_dir)
+    return {k: v for k, v in outcome.to_dict().items() if k not in {"confusion"}}
+
+
+def _export(config: DemoConfig, model: str | Path, calib: ImageDataset, path: Path) -> tuple[Path, dict[str, Any]]:
+    bundle_config = BundleConfig(
+        precisions=("fp32", "int8"), calibration_count=config.calibration_count, eval_count=config.eval_count
+    )
+    result = export_bundle(
+        model,
+        path,
+        weights=config.weights,
+        data=calib,
+        data_source="fashion-mnist:train[source]",
+        config=bundle_config,
+        image_size=config.image_size,
+    )
+    sizes = {name: info.size for name, info in result.bundle.manifest.members.items()}
+    return path, {"path": str(path), "member_bytes": sizes, "checks": result.report}
+
+
+def _latency(config: DemoConfig, bundle: Path, out: Path) -> dict[str, Any]:
+    from edgetl.bench.latency import LatencyBenchConfig, run_latency_bench
+
+    bench = LatencyBenchConfig(
+        batch_sizes=(1, 8), threads=(config.threads,), runs=config.latency_runs, output_dir=out / "latency"
+    )
+    return run_latency_bench(bundle, bench).to_dict()
