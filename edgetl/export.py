@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.backbones import Backbone, create_backbone
-from edgetl.datasets import ImageDataset, balanced_subset, load_fashion_mnist, stratified_split
+from edgetl.datasets import ImageDataset, load_fashion_mnist
 from edgetl_exporters.bundle_writer import npz_bytes, write_bundle
 from edgetl_exporters.onnx_export import ExportConfig, export_features_onnx
 from edgetl_runtime.bundle import Bundle
@@ -102,20 +102,19 @@ def export_bundle(
 
 
 def _calibration_split(data: ImageDataset | None, config: BundleConfig) -> tuple[ImageDataset, ImageDataset]:
-    """Disjoint calibration and held-out sets, balanced over classes."""
+    """Disjoint, class-balanced calibration and held-out sets (the guard never scores calibration images)."""
     data = data if data is not None else load_fashion_mnist("train")
-    if len(data) < 2:
-        raise DatasetError(
-            f"Calibration data has {len(data)} images; give at least a few hundred target-domain images."
-        )
-    total = config.calibration_count + config.eval_count
-    per_class = max(1, int(np.ceil(total / len(data.classes))))
-    pool = balanced_subset(data, per_class, seed=0)
-    frac = min(0.99, config.calibration_count / max(len(pool), 1))
-    calib, held_out = stratified_split(pool, [frac, 1.0 - frac], seed=0)
-    if len(calib) == 0:
-        raise DatasetError("Calibration data is empty after sampling; give more images.")
-    return calib, held_out
+    data.require_trainable("calibration and the int8 accuracy guard")
+    n_classes = len(data.classes)
+    rng = np.random.default_rng(0)
+    order = [rng.permutation(np.flatnonzero(data.labels == c)) for c in range(n_classes)]
+    calib_per_class = max(1, -(-config.calibration_count // n_classes))
+    eval_per_class = max(1, -(-config.eval_count // n_classes))
+    calib = np.concatenate([idx[:calib_per_class] for idx in order])
+    held_out = np.concatenate([idx[calib_per_class : calib_per_class + eval_per_class] for idx in order])
+    if len(held_out) == 0:
+        raise DatasetError(f"Only {len(data)} images: none is left for the int8 accuracy guard after calibration.")
+    return data.subset(np.sort(calib)), data.subset(np.sort(held_out))
 
 
 def _quantized_members(

@@ -130,7 +130,7 @@ class FreezePlan:
                 params[name].requires_grad_(not is_frozen)
             for name in stage.module_names:
                 if is_frozen or self.config.freeze_bn:
-                    pass
+                    freeze_batchnorm(modules[name])
                 else:
                     unfreeze_batchnorm(modules[name], training)
         self._frozen = frozen

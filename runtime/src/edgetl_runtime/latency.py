@@ -6,7 +6,7 @@ import os
 import platform
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -54,7 +54,14 @@ def measure(
         times.append(time.perf_counter() - t0)
         if max_seconds is not None and len(times) >= 10 and time.perf_counter() - start > max_seconds:
             break
-    ms = np.asarray(times) * 1e3
+    return summarize(times, warmup=warmup, items_per_call=items_per_call)
+
+
+def summarize(times_s: Sequence[float], *, warmup: int, items_per_call: int = 1) -> LatencyStats:
+    """Percentiles of per-call times in seconds; lets callers time interleaved configurations themselves."""
+    if len(times_s) == 0:
+        raise ValueError("summarize() needs at least one timed call.")
+    ms = np.asarray(times_s, dtype=np.float64) * 1e3
     p50, p90, p99 = np.percentile(ms, [50, 90, 99])
     return LatencyStats(
         len(ms), warmup, float(p50), float(p90), float(p99), float(ms.mean()), float(ms.min()), items_per_call
@@ -65,6 +72,15 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / (1024 if platform.system() == "Darwin" else 1)
+
+
+def current_rss_mb() -> float:
+    """Resident memory right now (Linux ``/proc/self/statm``); falls back to the peak elsewhere."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mb()
 
 
 def cpu_info() -> dict[str, Any]:

@@ -1,0 +1,219 @@
+"""int8 / fp16 quantization: config validation, input checks, and a small end-to-end quality check.
+
+The end-to-end tests quantize EfficientNet-Lite0 (bundled ImageNet weights) at 64x64 with 48
+Fashion-MNIST calibration images, so they run in seconds yet exercise the real graph (TF padding,
+ReLU6, depthwise convolutions).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl_exporters.quantize import (
+    QuantDType,
+    QuantizeConfig,
+    convert_fp16,
+    cpu_has_vnni,
+    quantize_guarded,
+    quantize_int8,
+)
+from edgetl_runtime.errors import ConfigError, InputError, QuantizationError
+
+pytestmark = pytest.mark.exporters
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+SIZE = 64
+
+
+def _fmnist(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    with gzip.open(FMNIST / f"{split}-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(FMNIST / f"{split}-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    return images[:n], labels[:n].astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def lite0(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    torch = pytest.importorskip("torch")
+    from edgetl.backbones import create_backbone
+
+    bb = create_backbone("tf_efficientnet_lite0", weights="bundled", image_size=SIZE)
+    path = tmp_path_factory.mktemp("q") / "lite0.fp32.onnx"
+    torch.onnx.export(
+        bb.model,
+        torch.randn(1, 3, SIZE, SIZE),
+        str(path),
+        input_names=["images"],
+        output_names=["features"],
+        dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path, bb.spec
+
+
+@pytest.fixture(scope="module")
+def data(lite0: tuple[Path, object]) -> dict[str, np.ndarray]:
+    if not FMNIST.is_dir():
+        pytest.skip("Fashion-MNIST is not installed under /usr/share/datasets")
+    from edgetl_runtime.preprocess import preprocess_batch
+
+    _, spec = lite0
+    calib, _ = _fmnist("train", 48)
+    test, labels = _fmnist("t10k", 120)
+    return {
+        "calib": preprocess_batch(list(calib), spec),  # (48, 3, 64, 64)
+        "eval": preprocess_batch(list(test), spec),  # (120, 3, 64, 64)
+        "labels": labels,
+    }
+
+
+# ----- config ------------------------------------------------------------------------------------
+
+
+def test_config_converts_strings_and_serialises() -> None:
+    cfg = QuantizeConfig(activation_type="UINT8", weight_type="int8", calibrate_method="percentile", op_types=["Conv"])
+    assert cfg.activation_type is QuantDType.QUINT8 and cfg.op_types == ("Conv",)
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert data["calibrate_method"] == "percentile" and data["ort_extra_options"]["CalibPercentile"] == 99.999
+    assert QuantizeConfig.from_dict(data) == cfg
+
+
+def test_config_collects_every_problem() -> None:
+    with pytest.raises(ConfigError) as info:
+        QuantizeConfig(activation_type="int4", percentile=42.0, num_calibration=0, op_types=("Conv", "Softmax"))
+    message = str(info.value)
+    for fragment in ("activation_type='int4'", "percentile", "num_calibration", "Softmax"):
+        assert fragment in message
+    with pytest.raises(ConfigError, match="activation int8 with weight uint8"):
+        QuantizeConfig(activation_type="int8", weight_type="uint8")
+
+
+def test_ort_kwargs_pin_every_argument() -> None:
+    pytest.importorskip("onnxruntime")
+    import inspect
+
+    from onnxruntime.quantization import QuantType, quantize_static
+
+    kwargs = QuantizeConfig.x86_avx2().ort_kwargs()
+    io_args = {"model_input", "model_output", "calibration_data_reader", "calibration_cache_path"}
+    assert set(inspect.signature(quantize_static).parameters) - io_args == set(kwargs)
+    assert kwargs["per_channel"] is True and kwargs["reduce_range"] is True
+    assert kwargs["activation_type"] == QuantType.QUInt8 and kwargs["weight_type"] == QuantType.QInt8
+
+
+def test_presets(tmp_path: Path) -> None:
+    trt = QuantizeConfig.tensorrt()
+    assert trt.activation_symmetric and trt.weight_symmetric and trt.activation_type is QuantDType.QINT8
+    assert QuantizeConfig.x86_vnni().reduce_range is False and QuantizeConfig.x86_avx2().reduce_range is True
+    assert QuantizeConfig.arm(per_channel=False).per_channel is False
+    vnni = tmp_path / "vnni"
+    vnni.write_text("processor: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    plain = tmp_path / "plain"
+    plain.write_text("flags\t\t: fpu sse2 avx2\n")
+    assert cpu_has_vnni(vnni) and not cpu_has_vnni(plain) and not cpu_has_vnni(tmp_path / "missing")
+    if not __import__("platform").machine().lower().startswith(("arm", "aarch")):
+        assert QuantizeConfig.auto(vnni).reduce_range is False
+        assert QuantizeConfig.auto(plain).reduce_range is True
+
+
+# ----- input errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda: np.zeros((0, 3, SIZE, SIZE), np.float32), "empty"),
+        (lambda: np.zeros((4, 3, SIZE + 1, SIZE), np.float32), "axis 2"),
+        (lambda: np.zeros((4, 3, SIZE), np.float32), "shape"),
+        (lambda: np.full((4, 3, SIZE, SIZE), np.nan, np.float32), "NaN/Inf"),
+        (lambda: np.zeros((4, 3, SIZE, SIZE), np.float64), "float32"),
+        (lambda: [[0.0]], "numpy array"),
+    ],
+)
+def test_bad_calibration_raises_and_writes_nothing(lite0, tmp_path: Path, make, fragment: str) -> None:
+    out = tmp_path / "int8.onnx"
+    with pytest.raises(InputError, match=fragment):
+        quantize_int8(lite0[0], out, make())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_excluded_node_is_a_config_error(lite0, data, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no_such_node"):
+        quantize_int8(
+            lite0[0], tmp_path / "int8.onnx", data["calib"][:4], QuantizeConfig(nodes_to_exclude=["no_such_node"])
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----- end to end --------------------------------------------------------------------------------
+
+
+def test_int8_is_small_and_faithful(lite0, data, tmp_path: Path) -> None:
+    from edgetl_exporters.quantize_eval import cosine_stats, run_features
+
+    out = tmp_path / "int8.onnx"
+    report = quantize_int8(lite0[0], out, data["calib"], source="fashion-mnist train[:48]")
+    assert report.calibration_count == 48 and report.calibration_source == "fashion-mnist train[:48]"
+    assert report.size_ratio < 0.30 and report.int8_bytes == out.stat().st_size
+    fp32 = run_features(lite0[0], data["eval"][:64])
+    int8 = run_features(out, data["eval"][:64])
+    assert int8.shape == fp32.shape == (64, 1280)
+    mean, low = cosine_stats(fp32, int8)
+    # A collapsed quantization (per-tensor depthwise, saturation) lands far below these.
+    assert mean > 0.90 and low > 0.6, (mean, low)
+    assert json.loads(json.dumps(report.to_dict()))["size_ratio"] == pytest.approx(report.size_ratio)
+
+
+def test_guard_passes_without_exclusions_when_loose(lite0, data, tmp_path: Path) -> None:
+    out = tmp_path / "int8.onnx"
+    report = quantize_guarded(
+        lite0[0], out, data["calib"], data["eval"], data["labels"], max_drop=50.0, shots=2, seeds=(0, 1), latency_runs=3
+    )
+    assert out.exists() and report.excluded_nodes == [] and len(report.attempts) == 1
+    assert report.accuracy_fp32 > 30.0 and report.accuracy_delta == pytest.approx(-report.attempts[0]["drop"])
+    assert report.latency_int8_ms and report.latency_int8_ms > 0
+
+
+def test_guard_excludes_sensitive_nodes_then_refuses(lite0, data, tmp_path: Path) -> None:
+    """int8 can never beat fp32 by 100 points: the guard must grow exclusions, then raise."""
+    out = tmp_path / "int8.onnx"
+    with pytest.raises(QuantizationError, match="max_drop=-100") as info:
+        quantize_guarded(
+            lite0[0], out, data["calib"], data["eval"], data["labels"], max_drop=-100.0, shots=2, seeds=(0,),
+            max_excluded=2, latency_runs=0,
+        )  # fmt: skip
+    attempts = info.value.report.attempts  # type: ignore[attr-defined]
+    sizes = [len(a["excluded_nodes"]) for a in attempts]
+    assert len(attempts) == 3 and sizes[0] == 0 and sizes[0] < sizes[1] < sizes[2], sizes
+    assert set(attempts[1]["excluded_nodes"]) < set(attempts[2]["excluded_nodes"])
+    assert any("Conv" in n for n in attempts[1]["excluded_nodes"])
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_guard_rejects_bad_eval_data(lite0, data, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="shots"):
+        quantize_guarded(lite0[0], tmp_path / "i.onnx", data["calib"], data["eval"][:12], data["labels"][:12], shots=5)
+    with pytest.raises(ConfigError, match="max_drop"):
+        quantize_guarded(
+            lite0[0], tmp_path / "i.onnx", data["calib"], data["eval"], data["labels"], max_drop=float("nan")
+        )
+
+
+def test_fp16_keeps_float32_io(lite0, data, tmp_path: Path) -> None:
+    out = tmp_path / "fp16.onnx"
+    report = convert_fp16(lite0[0], out, check_images=data["eval"][:8])
+    assert report["cosine_min"] > 0.999 and report["fp16_bytes"] < 0.6 * report["fp32_bytes"]
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float)" and session.get_outputs()[0].type == "tensor(float)"
+    with pytest.raises(QuantizationError, match="fp16 features drift"):
+        convert_fp16(lite0[0], tmp_path / "strict.onnx", check_images=data["eval"][:4], min_cosine=1.01)
+    assert not (tmp_path / "strict.onnx").exists()
