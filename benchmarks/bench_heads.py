@@ -21,15 +21,23 @@ Results go to ``<out>/bench_heads.json`` (+ ``.csv``, ``.png`` when matplotlib i
 from __future__ import annotations
 
 import argparse
+import copy
+import csv
 import gzip
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# One BLAS thread, fixed before numpy loads: few-shot fits are tiny, and on a shared 2-core box extra
+# BLAS threads only add contention. Override from the environment to measure otherwise.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 LAYERS = ("b4", "b5", "b6")  # pooled outputs of blocks[4..6] (112, 192, 320 channels)
@@ -60,9 +68,16 @@ def stratified_pool(labels: np.ndarray, per_class: int, seed: int = 1234) -> np.
     return np.concatenate(picks)
 
 
-def extract_features(images: np.ndarray, batch: int = 64, threads: int = 2) -> dict[str, np.ndarray]:
-    """Pooled final features (N, 1280) and pooled block outputs of ``images`` (N, 28, 28) uint8."""
+def extract_features(
+    images: np.ndarray, batch: int = 64, threads: int = 2, spatial: bool = False
+) -> dict[str, np.ndarray]:
+    """Pooled final features (N, 1280) and pooled block outputs of ``images`` (N, 28, 28) uint8.
+
+    With ``spatial``, instead: the final map and block 6 average-pooled to a 2x2 grid (``feat_s2``
+    (N, 5120), ``b6_s2`` (N, 1280)), to measure what keeping coarse spatial layout would buy.
+    """
     import torch
+    import torch.nn.functional as F
 
     from edgetl.backbones import create_backbone
     from edgetl_runtime.preprocess import preprocess_batch
@@ -73,27 +88,34 @@ def extract_features(images: np.ndarray, batch: int = 64, threads: int = 2) -> d
 
     def hook(name: str) -> Callable[..., None]:
         def fn(_m: Any, _i: Any, out: torch.Tensor) -> None:
-            captured[name] = out.mean(dim=(2, 3))
+            captured[name] = F.adaptive_avg_pool2d(out, 2).flatten(1) if spatial else out.mean(dim=(2, 3))
 
         return fn
 
     for i, name in zip((4, 5, 6), LAYERS, strict=True):
         bb.model.blocks[i].register_forward_hook(hook(name))
-    out: dict[str, list[np.ndarray]] = {k: [] for k in ("feat", *LAYERS)}
+    names = ("feat_s2", "b6_s2") if spatial else ("feat", *LAYERS)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in names}
     t0 = time.perf_counter()
     with torch.no_grad():
         for s in range(0, len(images), batch):
             x = torch.from_numpy(preprocess_batch(list(images[s : s + batch]), bb.spec))
-            out["feat"].append(bb.model(x).numpy())
-            for name in LAYERS:
-                out[name].append(captured[name].numpy())
+            fmap = bb.model.forward_features(x)  # (n, 1280, 7, 7)
+            out[names[0]].append(
+                (F.adaptive_avg_pool2d(fmap, 2).flatten(1) if spatial else fmap.mean(dim=(2, 3))).numpy()
+            )
+            for name in names[1:]:
+                out[name].append(captured[name.removesuffix("_s2")].numpy())
             print(f"  {s + len(x)}/{len(images)} images, {time.perf_counter() - t0:.0f} s", flush=True)
     return {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
 
 
-def build_cache(cache: Path, pool_per_class: int, n_test: int) -> Path:
-    """Extract and save features once; returns the ``.npz`` path (reused when it exists)."""
-    path = cache / f"fmnist_lite0_224_pool{pool_per_class}_test{n_test}.npz"
+def build_cache(cache: Path, pool_per_class: int, n_test: int, spatial: bool = False) -> Path:
+    """Extract and save features once; returns the ``.npz`` path (reused when it exists).
+
+    ``spatial`` writes a second file with 2x2-pooled maps of the pool and test images (no flips).
+    """
+    path = cache / f"fmnist_lite0_224_pool{pool_per_class}_test{n_test}{'_spatial' if spatial else ''}.npz"
     if path.exists():
         return path
     cache.mkdir(parents=True, exist_ok=True)
@@ -102,12 +124,178 @@ def build_cache(cache: Path, pool_per_class: int, n_test: int) -> Path:
     idx = stratified_pool(tr_y, pool_per_class)
     arrays: dict[str, np.ndarray] = {"pool_y": tr_y[idx], "pool_idx": idx, "test_y": te_y[:n_test]}
     for prefix, imgs in (("pool", tr_x[idx]), ("test", te_x[:n_test])):
-        for suffix, batch in (("", imgs), ("_flip", imgs[:, :, ::-1])):
+        for suffix, batch in (("", imgs), ("_flip", imgs[:, :, ::-1]))[: 1 if spatial else 2]:
             print(f"extracting {prefix}{suffix}: {len(batch)} images", flush=True)
-            for k, v in extract_features(np.ascontiguousarray(batch)).items():
+            for k, v in extract_features(np.ascontiguousarray(batch), spatial=spatial).items():
                 arrays[f"{prefix}{suffix}_{k}"] = v
     np.savez(path, **arrays)
     return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark (numpy heads vs scikit-learn on the cached features).
+
+
+def episode(pool_y: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """Pool indices of ``shots`` enrolled images per class; the same for every head."""
+    rng = np.random.default_rng(seed * 100 + shots)
+    return np.concatenate([rng.choice(np.flatnonzero(pool_y == c), shots, replace=False) for c in np.unique(pool_y)])
+
+
+def simpleshot_predict(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> np.ndarray:
+    """Reference SimpleShot (CL2N with the enrolled mean, nearest class mean), as literally published."""
+    mu = X.mean(axis=0)
+
+    def cl2n(A: np.ndarray) -> np.ndarray:
+        return (A - mu) / np.linalg.norm(A - mu, axis=1, keepdims=True)
+
+    classes = np.unique(y)
+    protos = np.stack([cl2n(X)[y == c].mean(axis=0) for c in classes])
+    return classes[np.argmax(cl2n(Xt) @ protos.T, axis=1)]
+
+
+def sklearn_lr_predict(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=1000).fit(X, y).predict(Xt)
+
+
+def edgetl_heads() -> dict[str, Callable[[], Any]]:
+    from edgetl_runtime.heads import AutoHead, LogisticHead, NearestClassMean, RidgeHead
+
+    return {"ncm": NearestClassMean, "ridge": RidgeHead, "logistic": LogisticHead, "auto": AutoHead}
+
+
+def accuracy_rows(data: dict[str, np.ndarray], key: str = "feat", heads: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Test accuracy per (head, K, seed); edgetl heads with and without flip-augmented enrolment."""
+    P, PF, T = data[f"pool_{key}"], data.get(f"pool_flip_{key}"), data[f"test_{key}"]
+    py, ty = data["pool_y"], data["test_y"]
+    factories = {k: v for k, v in edgetl_heads().items() if not heads or k in heads}
+    rows: list[dict[str, Any]] = []
+    for shots in SHOTS:
+        for seed in SEEDS:
+            idx = episode(py, shots, seed)
+            X, y = P[idx], py[idx]
+            preds = (
+                {} if heads else {"sklearn_lr": sklearn_lr_predict(X, y, T), "simpleshot": simpleshot_predict(X, y, T)}
+            )
+            for name, make in factories.items():
+                preds[name] = make().fit(X, y).predict(T)
+                if PF is not None:  # enrol each image with its mirror image, held out together by LOO
+                    Xf, yf, g = np.concatenate([X, PF[idx]]), np.concatenate([y, y]), np.concatenate([idx, idx])
+                    preds[f"{name}+flip"] = make().fit(Xf, yf, g).predict(T)
+            for name, pred in preds.items():
+                rows.append(
+                    {"features": key, "head": name, "shots": shots, "seed": seed, "acc": float((pred == ty).mean())}
+                )
+        summary = {
+            r["head"]: round(
+                100 * np.mean([q["acc"] for q in rows if q["head"] == r["head"] and q["shots"] == shots]), 1
+            )
+            for r in rows
+        }
+        print(f"[{key}] K={shots}: {summary}", flush=True)
+    return rows
+
+
+def timed(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, float]:
+    """Wall-clock statistics of ``fn`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t0) * 1e3)
+    a = np.array(ts)
+    return {"runs": runs, "mean": float(a.mean()), **{f"p{q}": float(np.percentile(a, q)) for q in (50, 90, 99)}}
+
+
+def timing_rows(data: dict[str, np.ndarray], runs: int, sklearn_runs: int) -> dict[str, Any]:
+    """Fit time on 10 classes x 5 shots of real 1280-d features, and one-sample enrolment at 500."""
+    from sklearn.linear_model import LogisticRegression
+
+    py = data["pool_y"]
+    idx = episode(py, 5, 0)
+    X, y = data["pool_feat"][idx], py[idx]
+    out: dict[str, Any] = {"fit_10x5": {}, "partial_fit_500_plus_1": {}}
+    out["fit_10x5"]["sklearn_lr"] = timed(lambda: LogisticRegression(max_iter=1000).fit(X, y), sklearn_runs, 1)
+    for name, make in edgetl_heads().items():
+        out["fit_10x5"][name] = timed(lambda make=make: make().fit(X, y), runs)
+    big = episode(py, 50, 0)  # 500 samples
+    Xb, yb, x1 = data["pool_feat"][big], py[big], data["pool_feat"][:1]
+    for name, make in edgetl_heads().items():
+        if name == "logistic":
+            continue  # no exact incremental update: partial_fit refits
+        fitted = make().fit(Xb, yb)
+        copies = iter([copy.deepcopy(fitted) for _ in range(runs + 3)])
+        out["partial_fit_500_plus_1"][name] = timed(lambda c=copies: next(c).partial_fit(x1, py[:1]), runs)
+    return out
+
+
+def environment() -> dict[str, Any]:
+    import sklearn
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "sklearn": sklearn.__version__,
+        "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+    }
+
+
+def write_results(out: Path, results: dict[str, Any]) -> None:
+    """JSON with everything, CSV of the accuracy rows, PNG of mean accuracy vs shots (if matplotlib)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_heads.json").write_text(json.dumps(results, indent=2))
+    rows = results["accuracy"]
+    with open(out / "bench_heads.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (feat, head), mean in sorted(summarise(rows).items()):
+        ax.plot(SHOTS, [100 * mean[k] for k in SHOTS], marker="o", label=f"{head} [{feat}]")
+    ax.set(xlabel="shots per class (K)", ylabel="test accuracy (%)", title="Fashion-MNIST few-shot, EfficientNet-Lite0")
+    ax.legend(fontsize=7)
+    fig.savefig(out / "bench_heads.png", dpi=120, bbox_inches="tight")
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, float]]:
+    """Mean accuracy over seeds per (features, head) and K."""
+    keys = sorted({(r["features"], r["head"]) for r in rows})
+    return {
+        k: {
+            K: float(np.mean([r["acc"] for r in rows if (r["features"], r["head"]) == k and r["shots"] == K]))
+            for K in SHOTS
+        }
+        for k in keys
+    }
+
+
+def load_features(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def with_concat(data: dict[str, np.ndarray], parts: list[str]) -> str:
+    """Add the L2-normalised concatenation of feature sets ``parts`` to ``data``; returns its key."""
+    key = "+".join(parts)
+    for prefix in ("pool", "test", "pool_flip"):
+        if all(f"{prefix}_{p}" in data for p in parts):
+            blocks = [data[f"{prefix}_{p}"] for p in parts]
+            data[f"{prefix}_{key}"] = np.concatenate([b / np.linalg.norm(b, axis=1, keepdims=True) for b in blocks], 1)
+    return key
 
 
 def main() -> None:
@@ -117,12 +305,38 @@ def main() -> None:
     parser.add_argument("--pool-per-class", type=int, default=100)
     parser.add_argument("--n-test", type=int, default=2000)
     parser.add_argument("--extract-only", action="store_true")
+    parser.add_argument("--spatial", action="store_true", help="also extract 2x2-pooled maps (extra-layer study)")
+    parser.add_argument("--extra", nargs="*", default=[], help="extra feature sets to score with auto, e.g. feat+b6")
+    parser.add_argument("--runs", type=int, default=200, help="timed runs per numpy head")
+    parser.add_argument("--sklearn-runs", type=int, default=20)
     args = parser.parse_args()
     path = build_cache(args.cache, args.pool_per_class, args.n_test)
     print(f"features: {path}")
+    if args.spatial:
+        print(f"spatial features: {build_cache(args.cache, args.pool_per_class, args.n_test, spatial=True)}")
     if args.extract_only:
         return
-    raise SystemExit("bench not written yet")
+    data = load_features(path)
+    results: dict[str, Any] = {"environment": environment(), "features": str(path)}
+    results["timing_ms"] = timing_rows(data, args.runs, args.sklearn_runs)
+    print(json.dumps(results["timing_ms"], indent=1), flush=True)
+    rows = accuracy_rows(data)
+    if args.spatial:
+        data.update(
+            {
+                k: v
+                for k, v in load_features(args.cache / path.name.replace(".npz", "_spatial.npz")).items()
+                if "_s2" in k
+            }
+        )
+    for extra in args.extra:
+        rows += accuracy_rows(data, with_concat(data, extra.split("+")), heads=("auto",))
+    results["accuracy"] = rows
+    results["summary"] = {
+        f"{f}/{h}": {str(k): round(100 * v, 2) for k, v in m.items()} for (f, h), m in summarise(rows).items()
+    }
+    write_results(args.out, results)
+    print(json.dumps(results["summary"], indent=1))
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def export(args: argparse.Namespace) -> Path:
     print(f"calibration data: {source} ({len(data)} images)")
     RESULTS["calibration"] = source
     output = args.out / f"efficientnet_lite0-{args.image_size}.edgetl"
-    config = BundleConfig(precisions=("fp32", "int8", "fp16"), calibration_count=200, eval_count=400)
+    config = BundleConfig(precisions=("fp32", "int8", "fp16"), calibration_count=128, eval_count=256)
     # TensorRT needs symmetric int8 Q/DQ (zero point 0): the tensorrt preset, not the x86 default. Batch 1:
     # onnxruntime's histogram (percentile) calibration fails on a smaller last batch (onnxruntime #18792).
     quantize = QuantizeConfig.tensorrt(calibration_batch_size=1)
@@ -124,28 +124,30 @@ def export(args: argparse.Namespace) -> Path:
 def tensorrt_backends(bundle: Any, args: argparse.Namespace) -> dict[str, Any]:
     from edgetl_runtime.backends import check_against_golden
     from edgetl_runtime.backends.tensorrt import EngineBuildConfig, TensorRTBackend
+    from edgetl_runtime.manifest import Precision
 
     config = EngineBuildConfig(engine_dir=args.out / "engines", timing_cache=args.out / "engines" / "timing.cache",
                                builder_optimization_level=args.opt_level)  # fmt: skip
     backends = {}
-    for precision in ("fp16", "int8"):
+    for precision in (Precision.FP16, Precision.INT8):
         start = time.perf_counter()
         backend = step(
-            f"tensorrt {precision}: build engine", lambda p=precision: TensorRTBackend.from_bundle(bundle, p, config)
+            f"tensorrt {precision.value}: build engine",
+            lambda p=precision: TensorRTBackend.from_bundle(bundle, p, config),
         )
         if backend is None:
             continue
         build_s = time.perf_counter() - start
         start = time.perf_counter()
         TensorRTBackend.from_bundle(bundle, precision, config).close()  # second load: must hit the cache
-        RESULTS["build"][f"tensorrt-{precision}"] = {
+        RESULTS["build"][f"tensorrt-{precision.value}"] = {
             "build_s": round(build_s, 2),
             "cached_load_s": round(time.perf_counter() - start, 2),
         }
         report = check_against_golden(backend, bundle).to_dict()
-        RESULTS["parity"][f"tensorrt-{precision}"] = report
-        print(f"tensorrt {precision}: built in {build_s:.1f} s; golden {report}")
-        backends[f"tensorrt-{precision}"] = backend
+        RESULTS["parity"][f"tensorrt-{precision.value}"] = report
+        print(f"tensorrt {precision.value}: built in {build_s:.1f} s; golden {report}")
+        backends[f"tensorrt-{precision.value}"] = backend
     return backends
 
 
@@ -154,17 +156,18 @@ def ort_cuda_backends(bundle: Any) -> dict[str, Any]:
 
     from edgetl_runtime.backends import check_against_golden
     from edgetl_runtime.backends.onnxruntime import OrtBackend
+    from edgetl_runtime.manifest import Precision
 
     if hasattr(onnxruntime, "preload_dlls"):  # onnxruntime-gpu >= 1.21: load CUDA/cuDNN from pip or torch
         onnxruntime.preload_dlls()
     backends = {}
-    for precision in ("fp32", "fp16"):
+    for precision in (Precision.FP32, Precision.FP16):
         backend = OrtBackend.from_bundle(bundle, precision, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
         if backend.name != "onnxruntime-cuda":
-            print(f"onnxruntime {precision}: CUDA EP did not load (got {backend.name}); not timing it")
+            print(f"onnxruntime {precision.value}: CUDA EP did not load (got {backend.name}); not timing it")
             continue
-        RESULTS["parity"][f"{backend.name}-{precision}"] = check_against_golden(backend, bundle).to_dict()
-        backends[f"{backend.name}-{precision}"] = backend
+        RESULTS["parity"][f"{backend.name}-{precision.value}"] = check_against_golden(backend, bundle).to_dict()
+        backends[f"{backend.name}-{precision.value}"] = backend
     return backends
 
 

@@ -52,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--feature-cache", default=None, help="linear probe: folder for cached backbone features (.npz)")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("-o", "--output", required=True, type=Path, help="run folder (checkpoint, metrics.json, curves.png)")
     p.set_defaults(func=run_finetune)
@@ -114,6 +115,10 @@ def run_finetune(args: argparse.Namespace) -> int:
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = build_config(args)
     train, test = load_splits(args)
     backbone = create_backbone(args.model, weights=args.weights, image_size=args.image_size)
@@ -124,6 +129,7 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(
             f"{config.strategy.value}: {result.train_size} train images, {result.epochs_run} epochs "
             f"(best {result.best_epoch + 1}), val acc {val}, test acc {test_acc} on {len(test)} images, "
-            f"{result.wall_time_s:.1f}s x {result.world_size} process(es) -> {args.output}"
+            f"{result.wall_time_s:.1f}s wall ({result.cpu_time_s:.1f}s CPU) x {result.world_size} process(es) "
+            f"-> {args.output}"
         )
     return 0

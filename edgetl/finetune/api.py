@@ -63,7 +63,7 @@ def finetune(
     ``val``, ``config.val_fraction`` of ``train`` is held out (stratified) for early stopping.
     Under ``torchrun`` every rank calls this; data-parallel training is set up here.
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     validate_inputs(train, val, test)
     train, val = _hold_out_val(train, val, config)
     output_dir = Path(output_dir)
@@ -84,6 +84,7 @@ def finetune(
         else:
             outcome = _train_network(backbone, head, train, val, test, config, ctx, on_best)
         result = _result(outcome, train, config, ctx.world_size, output_dir, time.perf_counter() - start)
+        result.cpu_time_s = time.process_time() - cpu_start
         backbone.model.eval()
         backbone.head, backbone.classes = head.eval(), list(train.classes)
         if ctx.is_main:
@@ -139,8 +140,11 @@ def _train_network(
     optimizer = build_optimizer(param_groups(backbone.model, head, plan.stages, config), config)
     scheduler = build_scheduler(optimizer, config, len(train_dl))
     n = len(train.classes)
-    history = fit(net, train_dl, val_dl, n, optimizer, scheduler, config, ctx, on_epoch=plan.apply,
-                  on_best=on_best)  # fmt: skip
+    try:
+        history = fit(net, train_dl, val_dl, n, optimizer, scheduler, config, ctx, on_epoch=plan.apply,
+                      on_best=on_best)  # fmt: skip
+    finally:
+        plan.release()
     test_eval = None
     if test is not None:
         test_eval = evaluate(net, eval_loader(TorchImageDataset(test, spec, False), 2 * bs, ctx, workers), n, ctx)
@@ -176,5 +180,6 @@ def _result(
 
 
 def _summary(result: FinetuneResult) -> dict[str, object]:
-    keys = ("best_epoch", "val_accuracy", "test_accuracy", "test_loss", "wall_time_s", "train_size", "world_size")
+    keys = ("best_epoch", "val_accuracy", "test_accuracy", "test_loss", "wall_time_s", "cpu_time_s", "train_size",
+            "world_size")  # fmt: skip
     return {k: getattr(result, k) for k in keys} | {"epochs_run": result.epochs_run}

@@ -35,6 +35,7 @@ class FinetuneResult:
     confusion: np.ndarray | None = None  # (C, C) on test, else val; rows = true class
     confusion_split: str | None = None
     wall_time_s: float = 0.0
+    cpu_time_s: float = 0.0  # this process's CPU time: comparable across runs on a shared machine
     feature_seconds: float | None = None  # linear probe: time to compute the cached features
     train_size: int = 0
     world_size: int = 1

@@ -135,3 +135,10 @@ class FreezePlan:
                     unfreeze_batchnorm(modules[name], training)
         self._frozen = frozen
         return True
+
+    def release(self) -> None:
+        """Make every parameter trainable and BatchNorm follow ``.train()`` again (the model leaves our hands)."""
+        unfreeze_batchnorm(self.backbone, self.backbone.training)
+        for p in self.backbone.parameters():
+            p.requires_grad_(True)
+        self._frozen = None

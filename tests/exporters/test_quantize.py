@@ -1,6 +1,6 @@
 """int8 / fp16 quantization: config validation, input checks, and a small end-to-end quality check.
 
-The end-to-end tests quantize EfficientNet-Lite0 (bundled ImageNet weights) at 64x64 with 48
+The end-to-end tests quantize EfficientNet-Lite0 (bundled ImageNet weights) at 64x64 with 32
 Fashion-MNIST calibration images, so they run in seconds yet exercise the real graph (TF padding,
 ReLU6, depthwise convolutions).
 """
@@ -65,11 +65,11 @@ def data(lite0: tuple[Path, object]) -> dict[str, np.ndarray]:
     from edgetl_runtime.preprocess import preprocess_batch
 
     _, spec = lite0
-    calib, _ = _fmnist("train", 48)
-    test, labels = _fmnist("t10k", 120)
+    calib, _ = _fmnist("train", 32)
+    test, labels = _fmnist("t10k", 100)
     return {
-        "calib": preprocess_batch(list(calib), spec),  # (48, 3, 64, 64)
-        "eval": preprocess_batch(list(test), spec),  # (120, 3, 64, 64)
+        "calib": preprocess_batch(list(calib), spec),  # (32, 3, 64, 64)
+        "eval": preprocess_batch(list(test), spec),  # (100, 3, 64, 64)
         "labels": labels,
     }
 
@@ -159,8 +159,8 @@ def test_int8_is_small_and_faithful(lite0, data, tmp_path: Path) -> None:
     from edgetl_exporters.quantize_eval import cosine_stats, run_features
 
     out = tmp_path / "int8.onnx"
-    report = quantize_int8(lite0[0], out, data["calib"], source="fashion-mnist train[:48]")
-    assert report.calibration_count == 48 and report.calibration_source == "fashion-mnist train[:48]"
+    report = quantize_int8(lite0[0], out, data["calib"], source="fashion-mnist train[:32]")
+    assert report.calibration_count == 32 and report.calibration_source == "fashion-mnist train[:32]"
     assert report.size_ratio < 0.30 and report.int8_bytes == out.stat().st_size
     fp32 = run_features(lite0[0], data["eval"][:64])
     int8 = run_features(out, data["eval"][:64])

@@ -44,7 +44,7 @@ WORKER = textwrap.dedent(
     labels = np.repeat(np.arange(3), 10)
     images = (rng.integers(0, 60, (30, 28, 28)) + 80 * labels[:, None, None]).astype(np.uint8)
     data = from_arrays(images, labels, ["a", "b", "c"])
-    for strategy in ("full", "gradual"):
+    for strategy in ("full", "gradual", "linear-probe"):
         torch.manual_seed(rank)  # different inits per rank: DDP must broadcast rank 0's weights
         backbone = create_backbone("mobilenetv3_small_100", weights="none", image_size=32)
         config = FinetuneConfig(strategy=strategy, epochs=3, batch_size=4, val_fraction=0.2, lr=3e-3,
@@ -68,7 +68,8 @@ def test_ddp_ranks_end_identical_and_only_rank0_writes(tmp_path: Path) -> None:
            str(tmp_path)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for strategy in ("full", "gradual"):  # gradual also rebuilds the DDP wrapper as stages unfreeze
+    # gradual also rebuilds the DDP wrapper as stages unfreeze; linear-probe shards feature extraction
+    for strategy in ("full", "gradual", "linear-probe"):
         r0, r1 = np.load(tmp_path / f"{strategy}-rank0.npz"), np.load(tmp_path / f"{strategy}-rank1.npz")
         assert sorted(r0.files) == sorted(r1.files)
         differing = [k for k in r0.files if not np.array_equal(r0[k], r1[k])]

@@ -72,6 +72,9 @@ def test_partial_leaves_frozen_stages_and_their_bn_stats_untouched(tmp_path: Pat
     assert any("running_mean" in k for k in frozen_keys)
     assert all(torch.equal(before[k], after[k]) for k in frozen_keys)
     assert any(not torch.equal(before[k], after[k]) for k in before if k not in frozen_keys)
+    # Freezing is released on return: the model trains normally again if the caller continues.
+    assert all(p.requires_grad for p in backbone.model.parameters())
+    assert not any("train" in m.__dict__ for m in backbone.model.modules())
 
 
 def test_frozen_batchnorm_gives_identical_outputs_in_train_and_eval_mode() -> None:

@@ -183,7 +183,9 @@ def test_ridge_loo_closed_form_equals_brute_force() -> None:
             for k in np.unique(keys):
                 out = keys == k
                 Zi, Yi = Z[~out], Y[~out]
-                W = np.linalg.solve((Zi - Zi.mean(0)).T @ (Zi - Zi.mean(0)) + alpha * np.eye(30), (Zi - Zi.mean(0)).T @ Yi)
+                W = np.linalg.solve(
+                    (Zi - Zi.mean(0)).T @ (Zi - Zi.mean(0)) + alpha * np.eye(30), (Zi - Zi.mean(0)).T @ Yi
+                )
                 brute = (Z[out] - Zi.mean(0)) @ W + Yi.mean(0)
                 np.testing.assert_allclose(fast[a, out], brute, atol=1e-9)
 

@@ -114,7 +114,9 @@ class ArrayCalibrationReader:
     """onnxruntime CalibrationDataReader over an in-memory (N, 3, H, W) array."""
 
     def __init__(self, input_name: str, images: FloatArray, batch_size: int) -> None:
-        self._batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        # Equal batches: ORT's histogram collectors (entropy, percentile) stack batches and fail on a ragged last one.
+        size = max(d for d in range(1, min(batch_size, len(images)) + 1) if len(images) % d == 0)
+        self._batches = [images[i : i + size] for i in range(0, len(images), size)]
         self._input_name = input_name
         self._pos = 0
 

@@ -42,7 +42,8 @@ def cosine_stats(reference: FloatArray, other: FloatArray) -> tuple[float, float
 
 
 def _l2n(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    norms: npt.NDArray[np.float64] = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x / norms
 
 
 def few_shot_splits(labels: npt.NDArray[Any], shots: int, seeds: Sequence[int]) -> list[npt.NDArray[np.bool_]]:

@@ -45,7 +45,8 @@ def _sqnr(ref: Sequence[np.ndarray] | np.ndarray, test: Sequence[np.ndarray] | n
     """Signal-to-quantization-noise ratio in dB (higher is better)."""
     a = np.concatenate([np.ravel(x) for x in ([ref] if isinstance(ref, np.ndarray) else ref)]).astype(np.float64)
     b = np.concatenate([np.ravel(x) for x in ([test] if isinstance(test, np.ndarray) else test)]).astype(np.float64)
-    return 20.0 * math.log10(max(np.linalg.norm(a), 1e-12) / max(np.linalg.norm(a - b), 1e-12))
+    signal, noise = max(float(np.linalg.norm(a)), 1e-12), max(float(np.linalg.norm(a - b)), 1e-12)
+    return 20.0 * math.log10(signal / noise)
 
 
 def tensor_noise(prepared: Path, qdq: Path, probe: FloatArray, workspace: Path) -> dict[str, float]:

@@ -12,6 +12,7 @@ import io
 import os
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -48,8 +49,22 @@ class Bundle:
                 manifest = Manifest.from_json(_read(archive, infos[MANIFEST_NAME], MAX_MANIFEST_BYTES))
                 _check_member_list(manifest, infos, path)
                 members = {name: _read_verified(archive, infos[name], manifest) for name in manifest.members}
-        except zipfile.BadZipFile as exc:
-            raise BundleError(f"{path} is not a valid bundle ({exc}): truncated or not a zip. Copy it again.") from None
+        except BundleError:
+            raise
+        # A damaged archive surfaces as any of these from zipfile/zlib (bad CRC, bad deflate stream, an
+        # "encrypted" flag bit, an unknown compression method, a short read): all mean "not a valid bundle".
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            EOFError,
+            OSError,
+            RuntimeError,
+            NotImplementedError,
+            ValueError,
+        ) as exc:
+            raise BundleError(
+                f"{path} is not a valid bundle ({type(exc).__name__}: {exc}): truncated or damaged. Copy it again."
+            ) from None
         return cls(path, manifest, members)
 
     def model_bytes(self, precision: Precision) -> bytes:
@@ -67,8 +82,26 @@ class Bundle:
         return precision
 
     def golden(self) -> dict[str, npt.NDArray[np.generic]]:
-        """Fixed inputs and their fp32 features, to re-check any backend against the host."""
-        return _load_npz(self.members[GOLDEN_NAME], GOLDEN_NAME)
+        """Fixed inputs ``(G, 3, H, W)`` and their fp32 features ``(G, D)``, to re-check any backend."""
+        golden = _load_npz(self.members[GOLDEN_NAME], GOLDEN_NAME)
+        inputs, features = golden.get("inputs"), golden.get("features")
+        dim, size = self.manifest.backbone.feature_dim, tuple(self.manifest.preprocess.input_size)
+        if (
+            inputs is None
+            or features is None
+            or inputs.dtype.kind != "f"
+            or features.dtype.kind != "f"
+            or inputs.shape[1:] != (3, *size)
+            or features.shape[1:] != (dim,)
+            or len(inputs) != len(features)
+            or len(inputs) == 0
+        ):
+            got = {k: (v.dtype.str, v.shape) for k, v in golden.items()}
+            raise BundleError(
+                f"{GOLDEN_NAME} must hold float 'inputs' (G, 3, {size[0]}, {size[1]}) and 'features' (G, {dim}) "
+                f"with G >= 1, got {got}. Re-export the bundle."
+            )
+        return golden
 
     def head_arrays(self) -> dict[str, npt.NDArray[np.generic]] | None:
         """The host-trained head's arrays, if the bundle ships one."""
@@ -126,6 +159,11 @@ def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
 
 def _read_verified(archive: zipfile.ZipFile, info: zipfile.ZipInfo, manifest: Manifest) -> bytes:
     expected = manifest.members[info.filename]
+    if info.file_size != expected.size:  # a longer member is tampering too, not just "too large"
+        raise BundleIntegrityError(
+            f"Member {info.filename!r} fails verification: the archive holds {info.file_size} bytes, the manifest "
+            f"promises {expected.size}. The bundle was modified or damaged; do not use it, copy or export it again."
+        )
     data = _read(archive, info, min(MAX_MEMBER_BYTES, expected.size))
     digest = hashlib.sha256(data).hexdigest()
     if len(data) != expected.size or digest != expected.sha256:

@@ -86,7 +86,7 @@ class FeatureStore:
             raise StateError(f"Cannot open state database {where!r}: {exc}. Fix: check the directory exists.") from exc
         try:
             self._open(con, where)
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # damaged TEXT fails to decode as UTF-8
             con.close()
             raise StateError(
                 f"State database {where!r} is not a readable SQLite database ({exc}). Fix: {_FIX_CORRUPT}."
@@ -97,11 +97,10 @@ class FeatureStore:
         self._con = con
 
     def _open(self, con: sqlite3.Connection, where: str) -> None:
-        """Check the file, set durability pragmas, then create or verify the schema."""
+        """Check the file, set durability pragmas, create or verify the schema, then switch to WAL."""
         problems = [row[0] for row in con.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
             raise StateError(f"State database {where!r} failed quick_check: {problems[:5]}. Fix: {_FIX_CORRUPT}.")
-        con.execute("PRAGMA journal_mode=WAL")
         # FULL: in WAL mode NORMAL survives a process crash but may drop the last commits on power loss.
         # A device can lose power any time, and add_samples promises the enrolment is durable once it
         # returns, so commits sync by default; cache-only writes relax this (see put_features).
@@ -116,6 +115,8 @@ class FeatureStore:
                 con.executemany("INSERT INTO meta VALUES (?, ?)", self._expected_meta().items())
             else:
                 self._check_meta(con, where, tables)
+        # WAL only once the file is known to be ours: switching rewrites the header of a foreign database.
+        con.execute("PRAGMA journal_mode=WAL")
 
     def _expected_meta(self) -> dict[str, str]:
         return {
@@ -132,6 +133,11 @@ class FeatureStore:
                 f"{where!r} is a SQLite database but not edgetl state (tables: {sorted(tables)}). "
                 "Fix: pass a new state path; do not point the store at another application's database."
             )
+        # quick_check does not read the schema text: a damaged CREATE statement only fails at the first query.
+        stored = {" ".join(str(r[0]).split()) for r in con.execute("SELECT sql FROM sqlite_master WHERE sql NOT NULL")}
+        wanted = {" ".join(st.split()) for st in _SCHEMA.split(";") if st.strip()}
+        if wanted - stored:
+            raise StateError(f"State database {where!r} has a damaged schema. Fix: {_FIX_CORRUPT}.")
         meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("schema_version") != str(SCHEMA_VERSION):
             raise StateError(
@@ -148,6 +154,17 @@ class FeatureStore:
                 f"{self.bundle_digest!r} ({'; '.join(diffs)}). Its cached features do not fit this bundle. "
                 "Fix: use a new state path for this bundle, or delete the old state file (its enrolments are lost)."
             )
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Hold the lock for a read; damage SQLite only notices now (a malformed page) becomes a StateError."""
+        with self._lock:
+            try:
+                yield
+            except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+                raise StateError(
+                    f"Reading state database {self.path or ':memory:'!r} failed ({exc}). Fix: {_FIX_CORRUPT}."
+                ) from exc
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -185,7 +202,7 @@ class FeatureStore:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def _decode(self, blob: bytes, key: str) -> npt.NDArray[np.float32]:
-        if len(blob) != 4 * self.feature_dim:
+        if not isinstance(blob, bytes) or len(blob) != 4 * self.feature_dim:
             raise StateError(
                 f"Cached feature {key!r} has {len(blob)} bytes, expected {4 * self.feature_dim} "
                 f"(feature_dim {self.feature_dim} x float32). Fix: {_FIX_CORRUPT}."
@@ -196,7 +213,7 @@ class FeatureStore:
         """Look keys up in the cache; returns hits only, each a (D,) float32 array."""
         unique = list(dict.fromkeys(keys))
         out: dict[str, npt.NDArray[np.float32]] = {}
-        with self._lock:
+        with self._reading():
             db = self._db
             for start in range(0, len(unique), _CHUNK):
                 chunk = unique[start : start + _CHUNK]
@@ -306,12 +323,17 @@ class FeatureStore:
 
     def samples(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.str_], npt.NDArray[np.float32]]:
         """All enrolled samples in id order: (ids (N,) int64, labels (N,) str, features (N, D) float32)."""
-        with self._lock:
+        with self._reading():
             rows = self._db.execute(
                 "SELECT s.id, s.label, f.vec, f.key FROM samples s JOIN features f ON f.key = s.feature_key "
                 "ORDER BY s.id"
             ).fetchall()
-        for _, _, blob, key in rows:
+        for sample_id, label, blob, key in rows:
+            if not (isinstance(sample_id, int) and isinstance(label, str) and isinstance(blob, bytes)):
+                raise StateError(
+                    f"Sample {sample_id!r} has a damaged row (label {type(label).__name__}, features "
+                    f"{type(blob).__name__}). Fix: {_FIX_CORRUPT}."
+                )
             if len(blob) != 4 * self.feature_dim:
                 self._decode(blob, key)  # raises the StateError that names the bad row
         ids = np.array([r[0] for r in rows], dtype=np.int64)  # (N,)
@@ -322,23 +344,23 @@ class FeatureStore:
 
     def labels(self) -> list[str]:
         """Sorted distinct labels of the enrolled samples."""
-        with self._lock:
+        with self._reading():
             return [r[0] for r in self._db.execute("SELECT DISTINCT label FROM samples ORDER BY label")]
 
     def counts(self) -> dict[str, int]:
         """Number of enrolled samples per label."""
-        with self._lock:
+        with self._reading():
             return dict(
                 self._db.execute("SELECT label, COUNT(*) FROM samples GROUP BY label ORDER BY label").fetchall()
             )
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._reading():
             return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
 
     def integrity_check(self) -> list[str]:
         """SQLite's integrity_check plus our invariants; returns the problems found (empty means healthy)."""
-        with self._lock:
+        with self._reading():
             db = self._db
             problems = [f"sqlite: {r[0]}" for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
             orphans = db.execute(

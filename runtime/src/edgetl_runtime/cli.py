@@ -17,13 +17,23 @@ from edgetl_runtime.learner import Learner
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgetl-device", description=__doc__)
     parser.add_argument("--bundle", required=True, type=Path, help="the .edgetl bundle")
     parser.add_argument("--state", type=Path, default=None, help="enrolment database (default: BUNDLE.state.sqlite)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
     parser.add_argument("--precision", default="best", choices=["best", "int8", "fp16", "fp32"])
-    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    parser.add_argument("--threads", type=_positive_int, default=None, help="onnxruntime intra-op threads")
     parser.add_argument("--head", default="auto", help="auto, ncm, ridge or logistic")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="bundle, backend and enrolled classes")
@@ -35,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("files", nargs="+", type=Path)
     predict.add_argument("--reject", action="store_true", help="answer 'unknown' below the calibrated confidence")
     bench = sub.add_parser("bench", help="backbone latency on this device (batch 1)")
-    bench.add_argument("--runs", type=int, default=100)
+    bench.add_argument("--runs", type=_positive_int, default=100)
     remove = sub.add_parser("remove", help="forget a class")
     remove.add_argument("--label", required=True)
     return parser

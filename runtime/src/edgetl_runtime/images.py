@@ -53,7 +53,10 @@ def as_image_list(images: Images) -> list[npt.NDArray[np.uint8]]:
         if isinstance(image, (str, os.PathLike)):
             out.append(load_image(image))
         else:
-            arr = np.asarray(image)
+            try:
+                arr = np.asarray(image)
+            except (TypeError, ValueError) as exc:  # ragged nested lists
+                raise InputError(f"image {i} is not an array ({exc}); expected uint8 pixels HxW or HxWx3.") from None
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 raise InputError(f"image {i} contains NaN or Inf; expected uint8 pixels in 0..255.")
             out.append(as_rgb_uint8(arr, i))

@@ -83,6 +83,22 @@ def current_rss_mb() -> float:
         return peak_rss_mb()
 
 
+def process_peak_rss_mb() -> float:
+    """This process image's peak RSS (Linux ``VmHWM``), which, unlike ``ru_maxrss``, ``exec`` resets.
+
+    ``ru_maxrss`` survives ``fork`` + ``exec``, so a subprocess started from a big parent reports the
+    parent's peak; a fresh-process probe must read ``VmHWM`` to measure only itself.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return peak_rss_mb()
+
+
 def cpu_info() -> dict[str, Any]:
     """CPU model, core count and the ISA flags that decide int8 speed (VNNI, AVX-512, AVX2, NEON/dotprod)."""
     model: str = platform.processor() or platform.machine()
@@ -119,3 +135,67 @@ def cpu_info() -> dict[str, Any]:
         "isa": {flag: flag in flags for flag in interesting},
         "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
     }
+
+
+def probe_backend(
+    bundle_path: str,
+    precision: str,
+    *,
+    backend: str = "onnxruntime",
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    batches: Sequence[int] = (1,),
+) -> dict[str, Any]:
+    """Cold start (backend load + first batch-1 run) and peak RSS after each batch size, ascending.
+
+    Run it alone in a fresh process (``python -m edgetl_runtime.latency``) so the memory is this backend's.
+    """
+    from edgetl_runtime.backends import create_backend
+    from edgetl_runtime.backends.onnxruntime import OrtBackend
+    from edgetl_runtime.bundle import Bundle
+
+    bundle = Bundle.open(bundle_path)
+    chosen = bundle.resolve_precision(precision)
+    height, width = bundle.manifest.preprocess.input_size
+    rng = np.random.default_rng(0)
+    baseline = current_rss_mb()  # interpreter + numpy + onnxruntime + the bundle's bytes
+    start = time.perf_counter()
+    if backend == "tensorrt":
+        runner: Any = create_backend(bundle, "tensorrt", chosen, verify=False)
+    else:
+        runner = OrtBackend.from_bundle(bundle, chosen, threads=threads, providers=providers)
+    runner.run(rng.standard_normal((1, 3, height, width), dtype=np.float32))
+    cold_ms = (time.perf_counter() - start) * 1e3
+    peaks = {}
+    for batch in sorted(batches):
+        runner.run(rng.standard_normal((batch, 3, height, width), dtype=np.float32))
+        peaks[str(batch)] = process_peak_rss_mb()
+    return {"cold_start_ms": cold_ms, "baseline_rss_mb": baseline, "peak_rss_mb": peaks}
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="Probe one backend's cold start and peak RSS; prints JSON.")
+    parser.add_argument("bundle")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
+    parser.add_argument("--provider", action="append", default=None, help="onnxruntime execution provider(s)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batches", default="1", help="comma list, e.g. 1,8,32")
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",") if b]
+    result = probe_backend(
+        args.bundle,
+        args.precision,
+        backend=args.backend,
+        providers=args.provider,
+        threads=args.threads,
+        batches=batches,
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _main()

@@ -37,6 +37,7 @@ class Learner:
         self.head_kind = head
         self.flip_enrolment = flip_enrolment
         self.extractor = FeatureExtractor(bundle.manifest.preprocess, backend, store)
+        create_head(head)  # refuse an unknown head name now, not at the first prediction after enrolling
         self._head: BaseHead | AutoHead | None = None
         self._stale = True
         self._fit_lock = threading.Lock()
@@ -73,9 +74,13 @@ class Learner:
             feature_dim=opened.manifest.backbone.feature_dim,
             preprocess_key=preprocess_key(opened.manifest.preprocess),
         )
-        learner = cls(opened, built, store, head, flip_enrolment)
-        if len(store):
-            learner.fit()
+        try:
+            learner = cls(opened, built, store, head, flip_enrolment)
+            if len(store):
+                learner.fit()
+        except BaseException:
+            store.close()  # a refused load must not leave the database open (and its -wal file behind)
+            raise
         return learner
 
     # ---------------------------------------------------------------- enrolment
@@ -83,7 +88,12 @@ class Learner:
     def add(self, images: Images, labels: Sequence[Any] | str) -> list[int]:
         """Enrol images with their labels in one transaction; returns the new sample ids."""
         batch = as_image_list(images)
-        names = [labels] * len(batch) if isinstance(labels, str) else [str(v) for v in labels]
+        if isinstance(labels, str):
+            names = [labels] * len(batch)
+        elif isinstance(labels, (Sequence, np.ndarray)) and not isinstance(labels, (bytes, bytearray)):
+            names = [str(v) for v in labels]
+        else:
+            raise InputError(f"Labels must be a str or a list of str, got {type(labels).__name__}.")
         if len(names) != len(batch):
             raise InputError(f"Got {len(batch)} images but {len(names)} labels; pass one label per image, or one str.")
         if any(not name for name in names):

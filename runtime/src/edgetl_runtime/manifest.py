@@ -94,7 +94,7 @@ class Manifest:
         """Parse and validate; every problem is reported at once, as a :class:`BundleError`."""
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
             raise BundleError(
                 f"manifest.json is not valid JSON ({exc}); the bundle is corrupt, re-export it."
             ) from None

@@ -18,6 +18,11 @@ import numpy.typing as npt
 
 from edgetl_runtime.errors import ConfigError, InputError, raise_all
 
+MAX_INPUT_SIDE = 4096  # model input side; a larger one in a manifest is corruption or an allocation attack
+# Resampling builds dense (out, in) weight matrices: refuse an image whose extreme aspect ratio would make
+# them huge (a 1x5000 strip resized to a 256 shorter side needs 82k x 5k weights, 3 GB).
+MAX_RESAMPLE_WEIGHTS = 1 << 25
+
 
 class Interpolation(str, Enum):
     BILINEAR = "bilinear"
@@ -43,12 +48,20 @@ class PreprocessSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "interpolation", _to_interpolation(self.interpolation))
-        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        try:
+            object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+            object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+            object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        except (TypeError, ValueError, OverflowError) as exc:  # e.g. "a" or inf where a number belongs
+            raise ConfigError(
+                f"PreprocessSpec needs numbers for input_size, mean and std, got {self.input_size!r}, "
+                f"{self.mean!r}, {self.std!r} ({exc})."
+            ) from None
         problems = []
-        if len(self.input_size) != 2 or min(self.input_size) < 8:
-            problems.append(f"input_size must be (height, width) with both >= 8, got {self.input_size}")
+        if len(self.input_size) != 2 or not 8 <= min(self.input_size) <= max(self.input_size) <= MAX_INPUT_SIDE:
+            problems.append(f"input_size must be (height, width), each in [8, {MAX_INPUT_SIDE}], got {self.input_size}")
+        if not all(math.isfinite(m) for m in self.mean):
+            problems.append(f"mean values must be finite, got {self.mean}")
         if not 0.1 <= self.crop_pct <= 1.0:
             problems.append(f"crop_pct must lie in [0.1, 1.0], got {self.crop_pct}")
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -144,6 +157,11 @@ def _resize_shorter(img: npt.NDArray[np.float32], short: int, interpolation: Int
         new_h, new_w = short, int(short * w / h)
     else:
         new_h, new_w = int(short * h / w), short
+    if max(new_h * h, new_w * w) > MAX_RESAMPLE_WEIGHTS:
+        raise InputError(
+            f"image 0 is {h}x{w}: its aspect ratio is too extreme to resize to a shorter side of {short} "
+            f"(would give {new_h}x{new_w}). Fix: crop it closer to square first."
+        )
     wh = resample_matrix(h, new_h, interpolation)  # (new_h, h)
     ww = resample_matrix(w, new_w, interpolation)  # (new_w, w)
     out: npt.NDArray[np.float32] = np.einsum("ij,jkc,lk->ilc", wh, img, ww, optimize=True)  # (new_h, new_w, 3)
@@ -162,8 +180,11 @@ def _center_crop(img: npt.NDArray[np.float32], size: tuple[int, int]) -> npt.NDA
 
 def as_rgb_uint8(image: npt.ArrayLike, index: int = 0) -> npt.NDArray[np.uint8]:
     """Validate one image (HxW grayscale, HxWx1 or HxWx3 RGB, uint8) and return it as HxWx3 uint8."""
-    arr = np.asarray(image)
     where = f"image {index}"
+    try:
+        arr = np.asarray(image)
+    except (TypeError, ValueError) as exc:  # ragged nested lists
+        raise InputError(f"{where} is not an array ({exc}); expected uint8 pixels HxW or HxWx3.") from None
     if arr.dtype != np.uint8:
         hint = "convert with (img * 255).round().astype(np.uint8)" if arr.dtype.kind == "f" else "cast to uint8"
         raise InputError(f"{where} has dtype {arr.dtype}; expected uint8 pixels in 0..255 ({hint}).")
@@ -200,6 +221,8 @@ def preprocess_batch(images: list[Any] | npt.NDArray[Any], spec: PreprocessSpec)
             f"An image batch array must be (N, H, W) or (N, H, W, C), got shape {images.shape}; "
             "wrap a single image in a list."
         )
+    if not isinstance(images, (list, tuple, np.ndarray)):
+        raise InputError(f"Images must be a list of arrays or an array batch, got {type(images).__name__}.")
     if len(images) == 0:
         raise InputError("No images given; pass at least one image.")
     out = np.empty((len(images), 3, *spec.input_size), dtype=np.float32)

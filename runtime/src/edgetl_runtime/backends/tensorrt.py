@@ -188,7 +188,8 @@ def engine_cache_path(bundle: Bundle, precision: Precision, config: EngineBuildC
 def load_or_build_engine(bundle: Bundle, precision: Precision, config: EngineBuildConfig | None = None,
                          *, rebuild: bool = False) -> bytes:  # fmt: skip
     """The cached engine for this bundle, precision and device, building and caching it on a miss."""
-    config = dataclasses.replace(config or EngineBuildConfig(), precision=precision)
+    config = dataclasses.replace(config or EngineBuildConfig(), precision=precision)  # validates precision
+    precision = config.precision
     path = engine_cache_path(bundle, precision, config)
     if path.is_file() and not rebuild:
         return path.read_bytes()
@@ -228,7 +229,7 @@ class TensorRTBackend:
     def from_bundle(cls, bundle: Bundle, precision: Precision,
                     config: EngineBuildConfig | None = None) -> TensorRTBackend:  # fmt: skip
         """Load the cached engine for this device (building it on a miss) and ready it to run."""
-        trt = _trt()
+        trt, precision = _trt(), Precision(precision)
         runtime = trt.Runtime(_logger())
         engine = runtime.deserialize_cuda_engine(load_or_build_engine(bundle, precision, config))
         if engine is None:  # a damaged or stale cache entry: rebuild it once

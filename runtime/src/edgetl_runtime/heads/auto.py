@@ -11,7 +11,7 @@ import numpy.typing as npt
 from edgetl_runtime.errors import ConfigError, InputError
 from edgetl_runtime.heads.base import BaseHead, FloatArray
 from edgetl_runtime.heads.ncm import NearestClassMean, ncm_loo_predictions
-from edgetl_runtime.heads.ridge import DEFAULT_ALPHAS, RidgeHead, _group_index
+from edgetl_runtime.heads.ridge import DEFAULT_ALPHAS, RidgeHead, _group_index, loo_scorable
 
 CANDIDATES = ("ridge", "ncm")
 
@@ -42,7 +42,7 @@ class AutoHead(BaseHead):
         candidates: tuple[str, ...] | list[str] = CANDIDATES,
         alphas: tuple[float, ...] | list[float] = DEFAULT_ALPHAS,
         prefer: str = "ridge",
-        margin: float = 0.0,
+        margin: float = 0.03,
         power: float = 0.5,
         reject_quantile: float = 0.05,
     ) -> None:
@@ -68,11 +68,9 @@ class AutoHead(BaseHead):
         g = _group_index(groups, len(arr))
         classes, y_idx = np.unique(labels, return_inverse=True)
         y_idx = y_idx.ravel().astype(np.int64)
-        groups_per_class = np.array([len(np.unique(g[y_idx == c])) for c in range(len(classes))])
-        scored = groups_per_class[y_idx] >= 2  # samples whose class survives their removal
+        scored = loo_scorable(y_idx, g, len(classes))  # samples whose class survives their removal
         self.loo_accuracy_: dict[str, float] = {}
         heads: dict[str, RidgeHead | NearestClassMean] = {}
-        Z = self._transform(arr)
         if "ridge" in self.candidates:
             ridge = RidgeHead(alphas=self.alphas, power=self.power, reject_quantile=self.reject_quantile)
             heads["ridge"] = ridge.fit(arr, labels, g)
@@ -80,7 +78,10 @@ class AutoHead(BaseHead):
                 pred = ridge.loo_decision_.argmax(axis=1)
                 self.loo_accuracy_["ridge"] = float((pred == y_idx)[scored].mean())
         if "ncm" in self.candidates and scored.any():
-            pred = ncm_loo_predictions(Z, y_idx, len(classes), g)
+            if "ridge" in heads:  # same features, labels and groups: the rejector already holds NCM's LOO
+                pred = heads["ridge"].rejector_.loo_cosines_.argmax(axis=1)
+            else:
+                pred = ncm_loo_predictions(self._transform(arr), y_idx, len(classes), g)
             self.loo_accuracy_["ncm"] = float((pred == y_idx)[scored].mean())
         best = self.prefer
         for name, acc in self.loo_accuracy_.items():

@@ -56,13 +56,16 @@ def loo_cosines(
     """
     n, n_cls = len(Z), len(counts)
     rows = np.arange(n)
-    _, p = np.unique(np.stack([y_idx, np.asarray(groups).ravel()], axis=1), axis=0, return_inverse=True)
-    p = p.ravel()
-    pair_sums, pair_counts = class_sums(Z, p, int(p.max()) + 1)  # (P, D) sums over (class, group) cells
-    rest = counts[y_idx] - pair_counts[p]  # (N,) own-class samples left after the hold-out
+    if len(np.unique(groups)) == n:  # every sample is its own group: nothing to aggregate
+        held, held_n = Z, np.ones(n)
+    else:
+        _, p = np.unique(np.stack([y_idx, np.asarray(groups).ravel()], axis=1), axis=0, return_inverse=True)
+        pair_sums, pair_counts = class_sums(Z, p.ravel(), int(p.max()) + 1)  # (P, D) (class, group) cells
+        held, held_n = pair_sums[p.ravel()], pair_counts[p.ravel()]  # (N, D), (N,) what leaves with sample i
+    rest = counts[y_idx] - held_n  # (N,) own-class samples left after the hold-out
     valid = rest > 0
     means = sums / np.maximum(counts, 1.0)[:, None]  # (C, D)
-    loo = (sums[y_idx] - pair_sums[p]) / np.maximum(rest, 1.0)[:, None]  # (N, D) own mean without i
+    loo = (sums[y_idx] - held) / np.maximum(rest, 1.0)[:, None]  # (N, D) own mean without i
     gram = np.broadcast_to(means @ means.T, (n, n_cls, n_cls)).copy()  # (N, C, C) Gram of the rows
     cross = loo @ means.T  # (N, C)
     gram[rows, y_idx, :] = cross
@@ -147,6 +150,7 @@ class SimilarityRejector:
     ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
         g = np.arange(len(Z)) if groups is None else groups
         sims, valid = loo_cosines(Z, y_idx, self.sums_, self.counts_, g)
+        self.loo_cosines_ = sims  # (N, C) transient (not saved): NCM's exact LOO scores, reused by AutoHead
         own = sims[np.arange(len(Z)), y_idx]
         correct = valid & (np.argmax(sims, axis=1) == y_idx)
         return np.where(valid, own, np.nan), correct

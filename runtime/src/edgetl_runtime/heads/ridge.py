@@ -10,12 +10,15 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from edgetl_runtime.errors import ConfigError, InputError
-from edgetl_runtime.heads.base import BaseHead, FloatArray, IntArray, Labels, softmax
+from edgetl_runtime.heads.base import BaseHead, FloatArray, IntArray, Labels
 from edgetl_runtime.heads.rejection import SimilarityRejector
 
-DEFAULT_ALPHAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+DEFAULT_ALPHAS = (0.1, 0.3, 1.0, 3.0, 10.0)  # features are unit-norm, so K_ii = 1 sets the scale
+FALLBACK_ALPHA = 0.3  # used when leave-one-out cannot score anything (one sample per class)
+FALLBACK_TEMPERATURE = 0.1
 TEMPERATURES = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 
 
@@ -36,7 +39,28 @@ def _blocks_by_size(groups: IntArray) -> list[IntArray]:
     return [np.stack([b for b, m in zip(blocks, sizes, strict=True) if m == size]) for size in np.unique(sizes)]
 
 
-def ridge_loo_decisions(Z: FloatArray, Y: FloatArray, alphas: Any, groups: IntArray | None = None) -> FloatArray:
+def loo_scorable(y_idx: IntArray, groups: IntArray, n_classes: int) -> npt.NDArray[np.bool_]:
+    """Samples whose class keeps another group when their group is held out (LOO can score them)."""
+    pairs = np.unique(np.stack([y_idx, groups], axis=1), axis=0)
+    groups_per_class = np.bincount(pairs[:, 0], minlength=n_classes)
+    out: npt.NDArray[np.bool_] = groups_per_class[y_idx] >= 2
+    return out
+
+
+def centered_eigh(Z: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Eigenvalues ``(N,)`` (clipped at 0) and vectors ``(N, N)`` of the centred kernel ``Zc Zc^T``."""
+    Zc = Z - Z.mean(axis=0)
+    s, U = np.linalg.eigh(Zc @ Zc.T)
+    return np.maximum(s, 0.0), U
+
+
+def ridge_loo_decisions(
+    Z: FloatArray,
+    Y: FloatArray,
+    alphas: Any,
+    groups: IntArray | None = None,
+    eig: tuple[FloatArray, FloatArray] | None = None,
+) -> FloatArray:
     """Exact leave-one-(group-)out decision values ``(len(alphas), N, C)`` of ridge with a free intercept.
 
     The hat matrix of ridge with an unpenalised intercept is ``11^T/N + U f(S) U^T`` where
@@ -45,9 +69,7 @@ def ridge_loo_decisions(Z: FloatArray, Y: FloatArray, alphas: Any, groups: IntAr
     """
     n = Z.shape[0]
     g = np.arange(n) if groups is None else groups
-    Zc = Z - Z.mean(axis=0)
-    s, U = np.linalg.eigh(Zc @ Zc.T)  # (N,), (N, N)
-    s = np.maximum(s, 0.0)
+    s, U = centered_eigh(Z) if eig is None else eig  # (N,), (N, N)
     Yc = Y - Y.mean(axis=0)
     UtY = U.T @ Yc  # (N, C)
     blocks = _blocks_by_size(g)
@@ -56,6 +78,10 @@ def ridge_loo_decisions(Z: FloatArray, Y: FloatArray, alphas: Any, groups: IntAr
         f = s / (s + alpha)  # (N,) shrinkage of each kernel eigen-direction
         resid = Y - (Y.mean(axis=0) + U @ (f[:, None] * UtY))  # (N, C) in-sample residuals
         for idx in blocks:  # (G, m) rows of the G groups of size m
+            if idx.shape[1] == 1:  # single samples: the classic (y - yhat) / (1 - h_ii)
+                h = np.einsum("ik,ik->i", U[idx[:, 0]] * f, U[idx[:, 0]]) + 1.0 / n
+                resid[idx[:, 0]] /= np.maximum(1.0 - h, 1e-12)[:, None]
+                continue
             Ug = U[idx]  # (G, m, N)
             I_H = np.eye(idx.shape[1]) - np.einsum("gik,gjk->gij", Ug * f, Ug) - 1.0 / n  # (G, m, m)
             resid[idx] = np.linalg.pinv(I_H, rcond=1e-10) @ resid[idx]  # held-out residuals (I - H_gg)^-1 r_g
@@ -63,18 +89,24 @@ def ridge_loo_decisions(Z: FloatArray, Y: FloatArray, alphas: Any, groups: IntAr
     return out
 
 
-def select_alpha(loo: FloatArray, Y: FloatArray) -> int:
-    """Index of the alpha with the best LOO accuracy, ties broken by the lowest LOO squared error."""
-    y_idx = Y.argmax(axis=1)
-    acc = (loo.argmax(axis=2) == y_idx).mean(axis=1)  # (A,)
-    sse = ((loo - Y) ** 2).sum(axis=(1, 2))  # (A,)
-    return int(np.lexsort((sse, -acc))[0])
+def select_alpha_temperature(
+    loo: FloatArray, y_idx: IntArray, scored: npt.NDArray[np.bool_], alphas: tuple[float, ...]
+) -> tuple[int, float]:
+    """Alpha index and softmax temperature minimising the LOO log-loss over the ``scored`` samples.
 
-
-def select_temperature(loo: FloatArray, y_idx: IntArray) -> float:
-    """Softmax temperature minimising the LOO negative log-likelihood of ``loo`` (N, C) decisions."""
-    nll = [-np.log(softmax(loo / t)[np.arange(len(y_idx)), y_idx] + 1e-12).mean() for t in TEMPERATURES]
-    return float(TEMPERATURES[int(np.argmin(nll))])
+    ``loo`` is ``(A, N, C)`` held-out decisions. Log-loss is smoother than LOO accuracy on a handful
+    of samples. With nothing to score (one sample per class) it returns the grid point nearest
+    :data:`FALLBACK_ALPHA` and :data:`FALLBACK_TEMPERATURE`.
+    """
+    if not scored.any():
+        return int(np.argmin(np.abs(np.log(alphas) - np.log(FALLBACK_ALPHA)))), FALLBACK_TEMPERATURE
+    rows = np.flatnonzero(scored)
+    logits = loo[:, None, rows, :] / np.asarray(TEMPERATURES)[None, :, None, None]  # (A, T, n, C)
+    top = logits.max(axis=3, keepdims=True)
+    lse = np.log(np.exp(logits - top).sum(axis=3)) + top[..., 0]  # (A, T, n)
+    nll = (lse - logits[:, :, np.arange(len(rows)), y_idx[rows]]).mean(axis=2)  # (A, T) mean LOO log-loss
+    a, t = np.unravel_index(int(np.argmin(nll)), nll.shape)
+    return int(a), float(TEMPERATURES[t])
 
 
 class RidgeHead(BaseHead):
@@ -85,7 +117,8 @@ class RidgeHead(BaseHead):
     apply to the *transformed* features. With ``alpha=None`` it picks alpha from ``alphas`` by exact
     leave-one-out (leave-one-group-out when ``groups`` are passed to ``fit``, e.g. to keep an image and
     its flipped copy together). ``predict_proba`` is ``softmax(decision / temperature_)``, with the
-    temperature chosen by LOO log-likelihood unless given.
+    temperature chosen jointly with alpha by LOO log-likelihood unless given. With both ``alpha`` and
+    ``temperature`` given, ``fit`` skips the LOO entirely (the fastest refit).
 
     ``partial_fit`` keeps ``alpha_`` and ``temperature_`` and updates the dual inverse exactly, so it
     matches ``fit(concatenation, alpha=alpha_)``. The transformed enrolled features ``Z_`` are part
@@ -132,17 +165,62 @@ class RidgeHead(BaseHead):
     def _fit_transformed(self, Z: FloatArray, y_idx: IntArray, groups: IntArray) -> RidgeHead:
         C = len(self.classes_)
         Y = np.eye(C)[y_idx]  # (N, C) one-hot
-        alphas = self.alphas if self.alpha is None else (self.alpha,)
-        loo = ridge_loo_decisions(Z, Y, alphas, groups)
-        best = select_alpha(loo, Y) if self.alpha is None else 0
-        self.alpha_ = float(alphas[best])
-        self.temperature_ = float(self.temperature or select_temperature(loo[best], y_idx))
-        self.loo_decision_ = loo[best]  # (N, C) held-out decisions at alpha_, used by AutoHead
-        self.Z_, self.y_idx_, self.groups_ = Z, y_idx, groups
-        self.Minv_ = np.linalg.inv(Z @ Z.T + self.alpha_ * np.eye(len(Z)))  # (N, N)
-        self._solve()
+        eig = centered_eigh(Z)
+        if self.alpha is not None and self.temperature is not None:  # nothing to select: skip the LOO
+            self.alpha_, self.temperature_ = float(self.alpha), float(self.temperature)
+        else:
+            alphas = self.alphas if self.alpha is None else (self.alpha,)
+            loo = ridge_loo_decisions(Z, Y, alphas, groups, eig)
+            best, temperature = select_alpha_temperature(loo, y_idx, loo_scorable(y_idx, groups, C), alphas)
+            self.alpha_ = float(alphas[best])
+            self.temperature_ = float(self.temperature or temperature)
+            self.loo_decision_ = loo[best]  # (N, C) held-out decisions at alpha_, used by AutoHead
+        self.Z_, self.y_idx_, self.groups_ = Z, y_idx, groups  # Z_ setter also drops the dual inverse
+        s, U = eig
+        mean = Z.mean(axis=0)  # (D,)
+        A = U @ ((U.T @ (Y - Y.mean(axis=0))) / (s + self.alpha_)[:, None])  # (N, C) dual coefficients
+        self.coef_ = A.T @ (Z - mean)  # (C, D)
+        self.intercept_ = Y.mean(axis=0) - self.coef_ @ mean
         self.rejector_ = SimilarityRejector(self.reject_quantile).fit(Z, y_idx, C, groups)
         return self
+
+    # Z_ and Minv_ live in buffers with spare rows, so enrolling one sample writes O(N^2 + D) numbers
+    # in place instead of copying the whole state (the buffers double when full).
+
+    @property
+    def Z_(self) -> FloatArray:
+        """Transformed enrolled features ``(N, D)``."""
+        return self._zbuf[: self._n]
+
+    @Z_.setter
+    def Z_(self, value: FloatArray) -> None:
+        self._zbuf, self._n = np.array(value, dtype=np.float64), len(value)
+        self._mbuf: FloatArray | None = None
+
+    @property
+    def Minv_(self) -> FloatArray:
+        """``(Z Z^T + alpha I)^-1`` ``(N, N)``, the state that makes enrolment a bordered update."""
+        if self._mbuf is None:
+            Z = self.Z_
+            self._mbuf = np.linalg.inv(Z @ Z.T + self.alpha_ * np.eye(self._n)).astype(np.float64)
+        return self._mbuf[: self._n, : self._n]
+
+    @Minv_.setter
+    def Minv_(self, value: FloatArray) -> None:
+        self._mbuf = np.array(value, dtype=np.float64)
+
+    def _reserve(self, n_total: int) -> None:
+        """Grow both buffers to hold ``n_total`` samples (capacity doubles)."""
+        minv = self.Minv_  # materialises the inverse buffer if needed
+        cap = min(self._zbuf.shape[0], self._mbuf.shape[0] if self._mbuf is not None else len(minv))
+        if n_total <= cap:
+            return
+        new_cap = max(2 * cap, n_total)
+        zbuf = np.empty((new_cap, self._zbuf.shape[1]))
+        zbuf[: self._n] = self.Z_
+        mbuf = np.empty((new_cap, new_cap))
+        mbuf[: self._n, : self._n] = minv
+        self._zbuf, self._mbuf = zbuf, mbuf
 
     def _solve(self) -> None:
         """coef_/intercept_ from the dual inverse: ridge with a free intercept (LS-SVM system)."""
@@ -161,14 +239,18 @@ class RidgeHead(BaseHead):
         classes, remap = self._merge_classes(labels)
         new_idx = np.searchsorted(classes, labels).astype(np.int64)
         Zn = self._transform(arr)  # (m, D)
+        n, m = self._n, len(Zn)
         B = self.Z_ @ Zn.T  # (N, m)
         AiB = self.Minv_ @ B  # (N, m)
-        S_inv = np.linalg.inv(Zn @ Zn.T + self.alpha_ * np.eye(len(Zn)) - B.T @ AiB)  # (m, m) Schur complement
-        top = self.Minv_ + AiB @ S_inv @ AiB.T
-        side = -AiB @ S_inv
-        self.Minv_ = np.block([[top, side], [side.T, S_inv]])
+        S_inv = np.linalg.inv(Zn @ Zn.T + self.alpha_ * np.eye(m) - B.T @ AiB)  # (m, m) Schur complement
+        side = -AiB @ S_inv  # (N, m)
+        self._reserve(n + m)
+        mbuf = self._mbuf if self._mbuf is not None else self.Minv_
+        mbuf[:n, :n] -= side @ AiB.T  # Minv + AiB S^-1 AiB^T, in place
+        mbuf[:n, n : n + m], mbuf[n : n + m, :n], mbuf[n : n + m, n : n + m] = side, side.T, S_inv
+        self._zbuf[n : n + m] = Zn
+        self._n = n + m
         self.rejector_.partial_fit(Zn, new_idx, len(classes), remap)
-        self.Z_ = np.concatenate([self.Z_, Zn])
         self.y_idx_ = np.concatenate([remap[self.y_idx_], new_idx])
         self.groups_ = np.concatenate([self.groups_, self.groups_.max() + 1 + np.arange(len(Zn))])
         self.classes_ = classes

@@ -1,0 +1,147 @@
+"""``edgetl bench ...``: measurements, each a thin wrapper over one ``edgetl.bench`` function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgetl_runtime.errors import ConfigError, EdgeTLError
+
+if TYPE_CHECKING:
+    from edgetl.bench.latency import LatencyBenchResult
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("bench", help="reproducible measurements that write JSON/CSV + PNG")
+    bench_sub = p.add_subparsers(dest="bench_command", required=True)
+    register_latency(bench_sub)
+
+
+def register_latency(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    q = bench_sub.add_parser("latency", help="latency across backends, precisions, batches and threads vs. peak")
+    add_latency_arguments(q)
+    q.set_defaults(func=run_latency)
+
+
+def add_latency_arguments(p: argparse.ArgumentParser) -> None:
+    """The latency options, shared with ``benchmarks/bench_latency.py``."""
+    from edgetl.bench.latency import BACKENDS
+
+    p.add_argument("bundle", nargs="?", type=Path, help="an .edgetl bundle; omit it to export --model first")
+    p.add_argument("--model", default="tf_efficientnet_lite0", help="backbone to export when no bundle is given")
+    p.add_argument("--weights", default="bundled", help="weights for that export: bundled | hub | none | PATH")
+    p.add_argument("--image-size", type=int, default=None, help="square input size (must match a given bundle)")
+    p.add_argument("--export-precision", default="fp32,int8", help="precisions to export when no bundle is given")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="comma list; absent ones are listed as skipped")
+    p.add_argument("--precisions", default="fp32,fp16,int8", help="bundle precisions to time (where shipped)")
+    p.add_argument("--batch-sizes", default="1,8,32")
+    p.add_argument("--threads", default="1,2", help="intra-op thread counts (torch and onnxruntime CPU)")
+    p.add_argument("--runs", type=int, default=100, help="timed calls per cell (fewer if --max-seconds cuts it)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--max-seconds", type=float, default=4.0, help="timed-time cap per cell, after 10 calls")
+    p.add_argument("--no-probe", action="store_true", help="skip the fresh-process cold-start / peak-RSS probes")
+    p.add_argument("--output-dir", type=Path, default=Path("runs/bench"))
+
+
+def _list(text: str, cast: type = str) -> tuple:  # type: ignore[type-arg]
+    try:
+        return tuple(cast(v.strip()) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"Expected a comma list of {cast.__name__} values, got {text!r}.") from None
+
+
+def run_latency(args: argparse.Namespace) -> int:
+    from edgetl.bench.latency import LatencyBenchConfig, run_latency_bench
+
+    config = LatencyBenchConfig(
+        backends=_list(args.backends),
+        precisions=_list(args.precisions),
+        batch_sizes=_list(args.batch_sizes, int),
+        threads=_list(args.threads, int),
+        runs=args.runs,
+        warmup=args.warmup,
+        max_seconds=args.max_seconds,
+        image_size=args.image_size,
+        output_dir=args.output_dir,
+        probe=not args.no_probe,
+    )
+    bundle, notes = args.bundle, []
+    if bundle is None:
+        bundle, notes = prepare_bundle(
+            args.model, args.output_dir, image_size=args.image_size, weights=args.weights,
+            precisions=_list(args.export_precision),
+        )  # fmt: skip
+    result = run_latency_bench(bundle, config)
+    print_result(result, notes)
+    return 0
+
+
+def print_result(result: LatencyBenchResult, notes: list[str]) -> None:
+    """The cells as a table (rich when installed), then what was skipped and where the files are."""
+    from edgetl.bench.report import table
+
+    header, rows = table(result)
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        out = Table(title=f"{result.model} @ {result.image_size}px")
+        for name in header:
+            out.add_column(name, justify="left" if name in {"backend", "prec"} else "right")
+        for row in rows:
+            out.add_row(*row)
+        Console(width=None if sys.stdout.isatty() else 200).print(out)
+    except ImportError:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+    for row in result.preprocess:
+        print(f"preprocess {row['source']} -> {row['target']}: p50 {row['p50_ms']:.2f} ms/image ({row['runs']} runs)")
+    for cell in {(c["backend"], c["precision"]): c for c in result.cells if c["golden_passed"] is False}.values():
+        print(f"warning: {cell['backend']} {cell['precision']} failed the golden check (min cosine "
+              f"{cell['golden_min_cosine']:.4f}); its latency is real, its features are suspect")  # fmt: skip
+    for skip in result.skipped:
+        print(f"skipped {skip['backend']} {skip['precision']}: {skip['reason']}")
+    for note in notes:
+        print(f"note: {note}")
+    for kind, path in result.files.items():
+        print(f"wrote {kind}: {path}")
+
+
+def prepare_bundle(
+    model: str,
+    output_dir: Path,
+    *,
+    image_size: int | None = None,
+    weights: str = "bundled",
+    precisions: tuple[str, ...] = ("fp32", "int8"),
+) -> tuple[Path, list[str]]:
+    """Reuse ``output_dir/<model>[_<size>].edgetl`` when it has ``precisions``, else export it.
+
+    If quantization fails, an fp32-only bundle is benchmarked instead; the returned notes say why.
+    """
+    from edgetl.export import BundleConfig, export_bundle
+    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.manifest import Precision
+
+    try:
+        wanted = tuple(dict.fromkeys(Precision(p) for p in ("fp32", *precisions)))
+    except ValueError:
+        raise ConfigError(f"Unknown export precision in {list(precisions)}; choose from fp32, int8, fp16.") from None
+    path = Path(output_dir) / f"{model}{'' if image_size is None else f'_{image_size}'}.edgetl"
+    if path.is_file() and set(wanted) <= set(Bundle.open(path).manifest.precisions):
+        return path, []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        export_bundle(model, path, weights=weights, config=BundleConfig(precisions=wanted), image_size=image_size)
+        return path, []
+    except (EdgeTLError, ImportError) as exc:
+        if wanted == (Precision.FP32,):
+            raise
+        note = f"exporting {[p.value for p in wanted]} failed ({type(exc).__name__}: {exc}); benchmarking fp32 only"
+    export_bundle(
+        model, path, weights=weights, config=BundleConfig(precisions=(Precision.FP32,)), image_size=image_size
+    )
+    return path, [note]

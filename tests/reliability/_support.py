@@ -1,0 +1,268 @@
+"""Shared reliability checks: each returns counts, so tests assert on them and benchmarks/stress.py sums them.
+
+Importable both from pytest (``reliability._support``) and from ``benchmarks/stress.py`` (by file path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+CHILD = HERE / "_crash_child.py"
+SIDE_FILES = ("-shm",)  # SQLite's WAL index: shared memory that readers also write; it holds no data
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def runtime_conftest() -> ModuleType:
+    """tests/runtime/conftest.py loaded by file path (it is not a package), for its tiny-bundle builder."""
+    name = "_edgetl_runtime_test_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "runtime" / "conftest.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def write_tiny_bundle(path: Path, **kwargs: Any) -> Path:
+    result: Path = runtime_conftest().write_tiny_bundle(path, **kwargs)
+    return result
+
+
+def class_images(color: tuple[int, int, int], n: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = np.array(color, dtype=np.int16)
+    return [np.clip(base + rng.integers(-20, 21, size=(18, 22, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+COLORS = {"red": (220, 30, 30), "green": (30, 220, 30), "blue": (30, 30, 220), "gray": (128, 128, 128)}
+
+
+# ---------------------------------------------------------------------------------------------- disk snapshots
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` -> sha256 of its bytes (the WAL index only by presence)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() or p.is_symlink():
+            rel = str(p.relative_to(folder))
+            side = p.name.endswith(SIDE_FILES) or p.is_symlink()
+            out[rel] = "present" if side else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def sample_rows(db: Path) -> list[tuple[Any, ...]]:
+    """(id, label, feature bytes) of every sample, read with a plain sqlite3 connection."""
+    con = sqlite3.connect(db)  # read-write: a read-only connection would leave -wal/-shm files behind
+    try:
+        return con.execute(
+            "SELECT s.id, s.label, f.vec FROM samples s JOIN features f ON f.key = s.feature_key ORDER BY s.id"
+        ).fetchall()
+    except sqlite3.DatabaseError as exc:  # a deliberately damaged state: its bytes are compared instead
+        return [("unreadable", str(exc))]
+    finally:
+        con.close()
+
+
+def state_problems(bundle: Path, state: Path) -> list[str]:
+    """Reopen a state with the Learner, then SQLite's integrity_check and the store's own invariants."""
+    from edgetl_runtime.errors import EdgeTLError
+    from edgetl_runtime.learner import Learner
+
+    problems: list[str] = []
+    con = sqlite3.connect(state)
+    try:
+        problems += [f"sqlite: {r[0]}" for r in con.execute("PRAGMA integrity_check") if r[0] != "ok"]
+    except sqlite3.Error as exc:
+        problems.append(f"sqlite: {exc}")
+    finally:
+        con.close()
+    try:
+        with Learner.load(bundle, state, backend="onnxruntime", head="ncm") as learner:
+            problems += learner.store.integrity_check()
+    except EdgeTLError as exc:
+        problems.append(f"reopen: {type(exc).__name__}: {exc}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- crash safety
+
+
+def crash_trial(bundle: Path, state: Path, seed: int) -> dict[str, Any]:
+    """Start a child enrolling in a loop, SIGKILL it at a random point, then account for every returned id.
+
+    Returns counts: ``returned`` ids the child printed (its ``add`` had returned), ``lost`` of those
+    missing or relabelled after reopen, ``corrupt`` 1 if the state fails to reopen or its checks.
+    """
+    rng = random.Random(seed)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(
+        [sys.executable, str(CHILD), str(bundle), str(state), str(seed)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    early = rng.random() < 0.25  # a quarter of the kills land during start-up (schema creation, first add)
+    first = ""
+    try:
+        if early:
+            time.sleep(rng.uniform(0.0, 1.5))
+        else:
+            first = child.stdout.readline() if child.stdout else ""
+            if not first:
+                raise RuntimeError(f"crash child died: {child.stderr.read() if child.stderr else ''}")
+            time.sleep(rng.uniform(0.0, 0.6))
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+    out, err = child.communicate(timeout=30)
+    if child.returncode != -signal.SIGKILL:
+        raise RuntimeError(f"crash child exited by itself ({child.returncode}): {err[-2000:]}")
+    lines = (first + out).split("\n")[:-1]  # text after the last newline may be a torn write
+    return {**account(bundle, state, lines), "early": early}
+
+
+def account(bundle: Path, state: Path, lines: list[str]) -> dict[str, Any]:
+    """Check a killed child's state against what it printed (see ``_crash_child.py`` for the protocol)."""
+    returned: dict[str, str] = {}
+    intended, removed = set(), set()
+    for kind, *rest in (line.split(" ") for line in lines):
+        if kind == "R":
+            returned[rest[0]] = rest[1]
+        elif kind == "X":
+            intended.add(rest[0])  # remove() may have committed before the kill: absence is allowed
+        elif kind == "D":
+            removed.add(rest[0])  # remove() returned: the id must stay gone
+    result: dict[str, Any] = {"returned": len(returned), "removed": len(removed), "lost": 0, "resurrected": 0}
+    result.update(corrupt=0, problems=[], lines=lines)
+    if not state.exists():
+        return result
+    problems = state_problems(bundle, state)
+    if problems:
+        result.update(corrupt=1, problems=problems[:5])
+        return result
+    present = {str(i): label for i, label, _ in sample_rows(state)}
+    lost = [i for i, label in returned.items() if i not in intended and present.get(i) != label]
+    back = [i for i in removed if i in present]
+    result.update(lost=len(lost), resurrected=len(back), present=len(present))
+    if lost or back:
+        result["problems"] = [f"lost ids {lost[:10]}, resurrected ids {back[:10]}"]
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- concurrency
+
+
+def run_concurrency(
+    bundle: Path, state: Path, seconds: float, predictors: int = 8, head: str = "ncm"
+) -> dict[str, Any]:
+    """``predictors`` threads predict while one enrols for ``seconds``; returns counts of what went wrong.
+
+    Labels only grow, so a prediction is torn if its label was never enrolled, or if a probability
+    row does not sum to 1 or has fewer columns than the labels committed before the call or more than
+    the labels enrolled (or being enrolled) after it.
+    """
+    from edgetl_runtime.learner import Learner
+
+    learner = Learner.load(bundle, state, backend="onnxruntime", head=head)
+    known: set[str] = {"red", "green"}
+    ids = learner.add(class_images(COLORS["red"], 2, 0), "red") + learner.add(
+        class_images(COLORS["green"], 2, 1), "green"
+    )
+    lock = threading.Lock()
+    stop = threading.Event()
+    counts = {"predict_calls": 0, "proba_calls": 0, "torn": 0, "adds": 0}
+    errors: list[str] = []
+    probe = class_images(COLORS["red"], 2, 7) + class_images(COLORS["blue"], 1, 8)
+
+    def bump(key: str, n: int = 1) -> None:
+        with lock:
+            counts[key] += n
+
+    def enrol() -> None:
+        i = 0
+        try:
+            while not stop.is_set():
+                label = f"c{i // 10}" if i % 10 == 9 else list(COLORS)[i % 4]
+                with lock:
+                    known.add(label)  # before add: a prediction may see it as soon as it commits
+                new = learner.add(class_images(COLORS["gray"], 1, 100 + i), label)
+                with lock:
+                    ids.extend(new)
+                bump("adds")
+                i += 1
+        except BaseException as exc:  # reported, not swallowed
+            errors.append(f"enrol: {type(exc).__name__}: {exc}")
+
+    def predict(t: int) -> None:
+        try:
+            while not stop.is_set():
+                if t % 2:
+                    labels = learner.predict(probe)
+                    with lock:
+                        torn = any(str(v) not in known for v in labels)
+                    bump("predict_calls")
+                else:
+                    before = len(learner.store.labels())
+                    proba = learner.predict_proba(probe)
+                    with lock:
+                        after = len(known)
+                    rows_ok = np.allclose(proba.sum(axis=1), 1.0, atol=1e-6) and np.isfinite(proba).all()
+                    torn = not rows_ok or not before <= proba.shape[1] <= after
+                    bump("proba_calls")
+                if torn:
+                    bump("torn")
+        except BaseException as exc:
+            errors.append(f"predict {t}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=enrol)] + [
+        threading.Thread(target=predict, args=(t,)) for t in range(predictors)
+    ]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    elapsed = time.perf_counter() - start
+    store_ids = learner.store.samples()[0].tolist()
+    problems = learner.store.integrity_check()
+    if store_ids != sorted(ids) or len(set(ids)) != len(ids):
+        problems.append(f"{len(store_ids)} samples in the store, {len(ids)} ids returned by add")
+    learner.close()
+    problems += state_problems(bundle, state)
+    return {
+        **counts,
+        "threads": predictors + 1,
+        "seconds": round(elapsed, 2),
+        "samples": len(store_ids),
+        "errors": errors[:10],
+        "n_errors": len(errors),
+        "corrupt": int(bool(problems)),
+        "problems": problems[:5],
+    }
