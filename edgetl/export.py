@@ -91,9 +91,7 @@ def export_bundle(
         for name, (data_bytes, part_report) in quant.items():
             members[name] = data_bytes
             report[name] = part_report
-    golden_inputs = calib_inputs[:GOLDEN_COUNT]
-    features = _torch_features(backbone, golden_inputs)
-    members[GOLDEN_NAME] = npz_bytes({"inputs": golden_inputs, "features": features})
+    members[GOLDEN_NAME] = _golden(backbone, calib_inputs[:GOLDEN_COUNT], members)
     if backbone.head is not None:
         members[HEAD_NAME] = _head_npz(backbone)
     manifest = _manifest(backbone, config, report, len(calib), data_source, quantize_config)
@@ -138,6 +136,19 @@ def _quantized_members(
 
         out[Precision.FP16.member] = fp16_for_bundle(fp32_path, calib_inputs[:32])
     return out
+
+
+def _golden(backbone: Backbone, inputs: np.ndarray, members: dict[str, bytes]) -> bytes:
+    """Fixed inputs, the torch fp32 features, and the host's onnxruntime output for each reduced precision."""
+    from edgetl_runtime.backends.base import golden_reference_key
+    from edgetl_runtime.backends.onnxruntime import make_session
+
+    arrays = {"inputs": inputs, "features": _torch_features(backbone, inputs)}
+    for precision in (Precision.INT8, Precision.FP16):
+        if precision.member in members:
+            session = make_session(members[precision.member])
+            arrays[golden_reference_key(precision)] = session.run(None, {session.get_inputs()[0].name: inputs})[0]
+    return npz_bytes(arrays)
 
 
 def _torch_features(backbone: Backbone, inputs: np.ndarray) -> np.ndarray:

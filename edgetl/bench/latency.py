@@ -339,7 +339,9 @@ def _unavailable(bundle: Bundle, backend: str, precision: Precision) -> str | No
     return None
 
 
-def _load(bundle: Bundle, backend: str, precision: Precision, config: LatencyBenchConfig, torch_model: Any) -> list:
+def _load(
+    bundle: Bundle, backend: str, precision: Precision, config: LatencyBenchConfig, torch_model: Any
+) -> list[Runner]:
     from edgetl_runtime.backends import create_backend
     from edgetl_runtime.backends.onnxruntime import OrtBackend
 

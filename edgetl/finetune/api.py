@@ -72,6 +72,8 @@ def finetune(
         head = nn.Linear(backbone.feature_dim, len(train.classes))
         backbone.model.to(ctx.device)
         head.to(ctx.device)
+        D.broadcast_state(backbone.model, ctx)  # ranks may have built different random inits
+        D.broadcast_state(head, ctx)
 
         def on_best(epoch: int, history: History) -> None:
             if ctx.is_main:  # only rank 0 touches the disk

@@ -5,6 +5,7 @@ Outside torchrun every helper degrades to a single-process no-op, so the trainer
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,7 +82,18 @@ def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
     if not ctx.enabled:
         return model
     ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    ddp = nn.parallel.DistributedDataParallel
+    # torch >= 2.14 renames broadcast_buffers to forward_sync_buffers (both still sync once at wrap time).
+    renamed = "forward_sync_buffers" in inspect.signature(ddp).parameters
+    no_sync = "forward_sync_buffers" if renamed else "broadcast_buffers"
+    return ddp(model, device_ids=ids, **{no_sync: False})
+
+
+def broadcast_state(module: nn.Module, ctx: DistContext) -> None:
+    """Copy rank 0's parameters and buffers to every rank (DDP does this on wrap; the linear probe never wraps)."""
+    if ctx.enabled:
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
 
 
 def all_reduce_sum(tensor: torch.Tensor, ctx: DistContext) -> torch.Tensor:

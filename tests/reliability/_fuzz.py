@@ -117,7 +117,7 @@ def _mutated_bundle(fx: Fixture, mutation: tuple[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def _bundle_open(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], None]]:
+def _bundle_open(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]:
     target = fx.folder / "mutant.edgetl"
 
     def call(mutation: tuple[str, Any]) -> None:
@@ -129,7 +129,7 @@ def _bundle_open(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], N
     return _mutations(len(fx.bundle)), call
 
 
-def _manifest(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], None]]:
+def _manifest(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]:
     keys = st.sampled_from(sorted(fx.manifest))
     edited = st.builds(lambda k, v: json.dumps({**fx.manifest, k: v}), keys, json_values)
     raw = st.one_of(json_values.map(json.dumps), st.binary(max_size=64), st.text(max_size=64), edited)
@@ -137,7 +137,7 @@ def _manifest(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], None
     return st.one_of(raw, deep), Manifest.from_json
 
 
-def _spec(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], None]]:
+def _spec(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]:
     keys = st.sampled_from(["input_size", "crop_pct", "interpolation", "mean", "std", "channel_order", "layout", "x"])
     numbers = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**30), 10**30)
     values = json_values | st.lists(numbers, max_size=4) | numbers
@@ -149,16 +149,16 @@ _ARRAYS = hnp.arrays(_DTYPES, hnp.array_shapes(min_dims=0, max_dims=5, min_side=
 _IMAGES = st.one_of(_ARRAYS, st.lists(_ARRAYS, max_size=3), st.lists(json_values, max_size=3), json_scalars)
 
 
-def _preprocess(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], None]]:
+def _preprocess(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]:
     spec = runtime_conftest().TINY_SPEC
     return _IMAGES, lambda images: preprocess_batch(images, spec)
 
 
-def _images(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], None]]:
+def _images(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]:
     return _IMAGES, as_image_list
 
 
-def _state(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], None]]:
+def _state(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]:
     target = fx.folder / "mutant.db"
     flips = st.lists(st.tuples(st.integers(0, len(fx.state) - 1), st.integers(1, 255)), min_size=1, max_size=8)
 
@@ -180,7 +180,7 @@ def _state(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], None]]:
     return flips, call
 
 
-TARGETS: dict[str, Callable[[Fixture], tuple[st.SearchStrategy[Any], Callable[[Any], None]]]] = {
+TARGETS: dict[str, Callable[[Fixture], tuple[st.SearchStrategy[Any], Callable[[Any], object]]]] = {
     "bundle_open": _bundle_open,
     "manifest_from_json": _manifest,
     "preprocess_spec_from_dict": _spec,

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+pytest.importorskip("hypothesis")
+
 from ._fuzz import DOCUMENTED, TARGETS, Fixture, run_target
 from ._support import env_int
 
@@ -45,7 +47,7 @@ def test_the_harness_counts_an_undocumented_exception(fixture: Fixture, monkeypa
 
     def broken(fx: Fixture):  # type: ignore[no-untyped-def]
         strategy, _ = _fuzz._spec(fx)
-        return strategy, lambda data: {}["missing"]
+        return strategy, lambda data: dict[str, int]()["missing"]
 
     monkeypatch.setitem(_fuzz.TARGETS, "preprocess_spec_from_dict", broken)
     counts = run_target("preprocess_spec_from_dict", fixture, 10)

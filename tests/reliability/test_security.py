@@ -6,6 +6,7 @@ import ast
 import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,7 +88,7 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-def _object_npz(marker: Path, **plain: np.ndarray) -> bytes:
+def _object_npz(marker: Path, **plain: Any) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, evil=np.array([_Payload(marker)], dtype=object), **plain)
     return buffer.getvalue()
@@ -136,13 +137,24 @@ def test_hashes_are_checked_before_any_member_is_parsed(
     ort = pytest.importorskip("onnxruntime")
     calls: list[str] = []
     real_load, real_session = np.load, ort.InferenceSession
-    monkeypatch.setattr(np, "load", lambda *a, **k: calls.append("np.load") or real_load(*a, **k))
-    monkeypatch.setattr(ort, "InferenceSession", lambda *a, **k: calls.append("onnxruntime") or real_session(*a, **k))
+
+    def spy_load(*args: Any, **kwargs: Any) -> Any:
+        calls.append("np.load")
+        return real_load(*args, **kwargs)
+
+    def spy_session(*args: Any, **kwargs: Any) -> Any:
+        calls.append("onnxruntime")
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(np, "load", spy_load)
+    monkeypatch.setattr(ort, "InferenceSession", spy_session)
 
     golden = Bundle.open(reliability_bundle).golden()
     calls.clear()
     forged = io.BytesIO()
-    np.savez(forged, inputs=golden["inputs"], features=golden["features"] + 1.0)  # valid, but not what was signed
+    np.savez(
+        forged, inputs=golden["inputs"], features=np.asarray(golden["features"], np.float32) + 1
+    )  # valid, but not what was signed
     bad = tmp_path / "forged.edgetl"
     with zipfile.ZipFile(reliability_bundle) as zin, zipfile.ZipFile(bad, "w") as zout:
         for info in zin.infolist():

@@ -228,3 +228,29 @@ def test_rejection_one_shot_fallback() -> None:
     head = NearestClassMean().fit(X, y)
     assert np.isfinite(head.reject_threshold_)
     assert NearestClassMean().fit(X[:1], y[:1]).reject_threshold_ == -np.inf
+
+
+def test_ridge_state_survives_npz_and_grows_exactly() -> None:
+    X, y = clusters(6)
+    head = RidgeHead(alpha=0.3, temperature=0.1).fit(X[:10], y[:10])
+    buf = io.BytesIO()
+    np.savez(buf, **head.to_npz_dict())
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as data:
+        loaded = RidgeHead.from_npz_dict(data)
+    for i in range(10, len(X)):  # one sample at a time, through several buffer doublings
+        loaded.partial_fit(X[i : i + 1], y[i : i + 1])
+    full = RidgeHead(alpha=0.3, temperature=0.1).fit(X, y)
+    np.testing.assert_allclose(loaded.coef_, full.coef_, atol=1e-9)
+    np.testing.assert_allclose(loaded.intercept_, full.intercept_, atol=1e-9)
+    assert not hasattr(full, "loo_decision_")  # alpha and temperature given: LOO skipped
+
+
+def test_auto_with_flip_groups() -> None:
+    X, y = clusters(3)
+    mirrored = X + np.random.default_rng(7).normal(scale=0.05, size=X.shape)  # near-duplicate "flips"
+    groups = np.concatenate([np.arange(len(X)), np.arange(len(X))])
+    head = AutoHead().fit(np.concatenate([X, mirrored]), np.concatenate([y, y]), groups)
+    assert head.kind_ in ("ridge", "ncm")
+    # held out together, twins cannot vouch for each other: LOO accuracy stays below a perfect score
+    assert all(0.0 <= v <= 1.0 for v in head.loo_accuracy_.values())

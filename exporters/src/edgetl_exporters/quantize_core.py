@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_exporters.quantize_config import QuantizeConfig
+from edgetl_exporters.quantize_config import CalibrationMethod, QuantizeConfig
 from edgetl_runtime.atomic import atomic_write
 from edgetl_runtime.errors import ConfigError, InputError, QuantizationError, raise_all
 
 FloatArray = npt.NDArray[np.float32]
+HISTOGRAM_SLICE = 32  # images per histogram-collection pass
 
 
 @dataclass
@@ -116,18 +117,24 @@ class ArrayCalibrationReader:
     def __init__(self, input_name: str, images: FloatArray, batch_size: int) -> None:
         # Equal batches: ORT's histogram collectors (entropy, percentile) stack batches and fail on a ragged last one.
         size = max(d for d in range(1, min(batch_size, len(images)) + 1) if len(images) % d == 0)
-        self._batches = [images[i : i + size] for i in range(0, len(images), size)]
+        self._all = [images[i : i + size] for i in range(0, len(images), size)]
+        self._active = self._all
         self._input_name = input_name
         self._pos = 0
 
     def get_next(self) -> dict[str, FloatArray] | None:
-        if self._pos >= len(self._batches):
+        if self._pos >= len(self._active):
             return None
         self._pos += 1
-        return {self._input_name: self._batches[self._pos - 1]}
+        return {self._input_name: self._active[self._pos - 1]}
 
     def __len__(self) -> int:
-        return len(self._batches)
+        return len(self._all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        """Serve only batches [start, end): ORT's strided calibration walks the data in slices."""
+        self._active = self._all[start_index:end_index]
+        self._pos = 0
 
     def __iter__(self) -> ArrayCalibrationReader:  # qdq_loss_debug iterates instead of calling get_next
         return self
@@ -167,8 +174,15 @@ def quantize_prepared(
     _check_excluded(prepared, config.nodes_to_exclude)
     name, _ = model_input_shape(prepared)
     reader = ArrayCalibrationReader(name, calibration, config.calibration_batch_size)
+    kwargs = config.ort_kwargs()
+    if config.calibrate_method is not CalibrationMethod.MINMAX:
+        # Histogram calibrators keep every intermediate tensor of every image in memory (20+ GB for
+        # Lite0 at 224 x 300 images); strided collection folds ~HISTOGRAM_SLICE images at a time.
+        per_batch = len(calibration) // len(reader)
+        fits = [d for d in range(1, len(reader) + 1) if len(reader) % d == 0 and d * per_batch <= HISTOGRAM_SLICE]
+        kwargs["extra_options"]["CalibStridedMinMax"] = max(fits, default=1)
     try:
-        quantize_static(str(prepared), str(out_path), reader, calibration_cache_path=cache_path, **config.ort_kwargs())
+        quantize_static(str(prepared), str(out_path), reader, calibration_cache_path=cache_path, **kwargs)
     except Exception as exc:
         raise QuantizationError(f"onnxruntime quantize_static failed on {prepared.name}: {exc}") from exc
     return out_path

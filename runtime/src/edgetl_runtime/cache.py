@@ -34,6 +34,7 @@ CREATE TABLE samples (
 CREATE INDEX samples_label ON samples(label);
 CREATE INDEX samples_feature_key ON samples(feature_key);
 """
+_COLUMNS = {"meta": ["key", "value"], "features": ["key", "vec"], "samples": ["id", "label", "feature_key"]}
 _FIX_CORRUPT = "delete the state file (enrolments are lost) or restore it from a backup"
 
 
@@ -133,11 +134,10 @@ class FeatureStore:
                 f"{where!r} is a SQLite database but not edgetl state (tables: {sorted(tables)}). "
                 "Fix: pass a new state path; do not point the store at another application's database."
             )
-        # quick_check does not read the schema text: a damaged CREATE statement only fails at the first query.
-        stored = {" ".join(str(r[0]).split()) for r in con.execute("SELECT sql FROM sqlite_master WHERE sql NOT NULL")}
-        wanted = {" ".join(st.split()) for st in _SCHEMA.split(";") if st.strip()}
-        if wanted - stored:
-            raise StateError(f"State database {where!r} has a damaged schema. Fix: {_FIX_CORRUPT}.")
+        # quick_check does not read the schema text: a damaged column name only fails at the first query.
+        columns = {t: [r[1] for r in con.execute(f"PRAGMA table_info({t})")] for t in _COLUMNS}
+        if columns != _COLUMNS:
+            raise StateError(f"State database {where!r} has a damaged schema (columns {columns}). Fix: {_FIX_CORRUPT}.")
         meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("schema_version") != str(SCHEMA_VERSION):
             raise StateError(
@@ -163,7 +163,8 @@ class FeatureStore:
                 yield
             except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
                 raise StateError(
-                    f"Reading state database {self.path or ':memory:'!r} failed ({exc}). Fix: {_FIX_CORRUPT}."
+                    f"Reading state database {self.path or ':memory:'!r} failed ({exc}). If another process holds "
+                    f"it, retry; otherwise it is damaged. Fix: {_FIX_CORRUPT}."
                 ) from exc
 
     @property
@@ -203,8 +204,9 @@ class FeatureStore:
 
     def _decode(self, blob: bytes, key: str) -> npt.NDArray[np.float32]:
         if not isinstance(blob, bytes) or len(blob) != 4 * self.feature_dim:
+            size = len(blob) if isinstance(blob, (bytes, str)) else type(blob).__name__
             raise StateError(
-                f"Cached feature {key!r} has {len(blob)} bytes, expected {4 * self.feature_dim} "
+                f"Cached feature {key!r} has {size} bytes, expected {4 * self.feature_dim} "
                 f"(feature_dim {self.feature_dim} x float32). Fix: {_FIX_CORRUPT}."
             )
         return np.frombuffer(blob, dtype="<f4").astype(np.float32)  # (D,) float32, writable copy

@@ -21,7 +21,7 @@ from edgetl_runtime.errors import ConfigError, InputError, raise_all
 MAX_INPUT_SIDE = 4096  # model input side; a larger one in a manifest is corruption or an allocation attack
 # Resampling builds dense (out, in) weight matrices: refuse an image whose extreme aspect ratio would make
 # them huge (a 1x5000 strip resized to a 256 shorter side needs 82k x 5k weights, 3 GB).
-MAX_RESAMPLE_WEIGHTS = 1 << 25
+MAX_RESAMPLE_WEIGHTS = 1 << 26  # a 6000x4000 photo for a 4096-pixel model needs 42M; a 1x5000 strip at 256 needs 400M
 
 
 class Interpolation(str, Enum):

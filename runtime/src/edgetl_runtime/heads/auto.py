@@ -88,7 +88,15 @@ class AutoHead(BaseHead):
             if acc > self.loo_accuracy_.get(best, -1.0) + self.margin:
                 best = name
         self.kind_ = best
-        self.head_ = heads[best] if best in heads else self._make(best).fit(arr, labels, g)
+        if best in heads:
+            self.head_ = heads[best]
+        elif "ridge" in heads:  # NCM's whole state is the class sums the ridge's rejector already holds
+            ncm = NearestClassMean(power=self.power, reject_quantile=self.reject_quantile)
+            ncm.classes_, ncm.n_features_in_ = heads["ridge"].classes_, heads["ridge"].n_features_in_
+            ncm.rejector_ = heads["ridge"].rejector_
+            self.head_ = ncm
+        else:
+            self.head_ = self._make(best).fit(arr, labels, g)
         self._sync()
         return self
 

@@ -56,23 +56,29 @@ def loo_cosines(
     """
     n, n_cls = len(Z), len(counts)
     rows = np.arange(n)
-    if len(np.unique(groups)) == n:  # every sample is its own group: nothing to aggregate
-        held, held_n = Z, np.ones(n)
+    means = sums / np.maximum(counts, 1.0)[:, None]  # (C, D)
+    za = Z @ means.T  # (N, C) z . class mean
+    zz = np.einsum("nd,nd->n", Z, Z)
+    if len(np.unique(groups)) == n:  # every sample is its own group: what leaves is the sample itself
+        held_n, hm, hh, zh = np.ones(n), za, zz, zz
     else:
         _, p = np.unique(np.stack([y_idx, np.asarray(groups).ravel()], axis=1), axis=0, return_inverse=True)
         pair_sums, pair_counts = class_sums(Z, p.ravel(), int(p.max()) + 1)  # (P, D) (class, group) cells
         held, held_n = pair_sums[p.ravel()], pair_counts[p.ravel()]  # (N, D), (N,) what leaves with sample i
+        hm, hh, zh = held @ means.T, np.einsum("nd,nd->n", held, held), np.einsum("nd,nd->n", Z, held)
     rest = counts[y_idx] - held_n  # (N,) own-class samples left after the hold-out
     valid = rest > 0
-    means = sums / np.maximum(counts, 1.0)[:, None]  # (C, D)
-    loo = (sums[y_idx] - held) / np.maximum(rest, 1.0)[:, None]  # (N, D) own mean without i
+    inv_rest = 1.0 / np.maximum(rest, 1.0)
+    own_counts = counts[y_idx]
+    # The held-out own mean is (s_y - h) / rest; every product with it expands into cached products.
+    cross = ((sums @ means.T)[y_idx] - hm) * inv_rest[:, None]  # (N, C) held-out own mean . class means
     gram = np.broadcast_to(means @ means.T, (n, n_cls, n_cls)).copy()  # (N, C, C) Gram of the rows
-    cross = loo @ means.T  # (N, C)
     gram[rows, y_idx, :] = cross
     gram[rows, :, y_idx] = cross
-    gram[rows, y_idx, y_idx] = np.einsum("nd,nd->n", loo, loo)
-    za = Z @ means.T  # (N, C) z . class mean
-    za[rows, y_idx] = np.einsum("nd,nd->n", Z, loo)
+    ss = np.einsum("kd,kd->k", sums, sums)[y_idx]
+    gram[rows, y_idx, y_idx] = (ss - 2 * hm[rows, y_idx] * own_counts + hh) * inv_rest**2
+    za = za.copy()
+    za[rows, y_idx] = (za[rows, y_idx] * own_counts - zh) * inv_rest
     w = np.ones((n, n_cls))  # (N, C) weights of the centre over the surviving classes
     w[rows, y_idx] = valid
     w /= np.maximum(w.sum(axis=1, keepdims=True), 1.0)
@@ -80,7 +86,7 @@ def loo_cosines(
     mu2 = np.einsum("nk,nk->n", s, w)  # (N,) |centre|^2
     zmu = np.einsum("nk,nk->n", za, w)  # (N,) z . centre
     num = za - zmu[:, None] - s + mu2[:, None]
-    z_norm = np.sqrt(np.maximum(np.einsum("nd,nd->n", Z, Z) - 2 * zmu + mu2, 1e-24))
+    z_norm = np.sqrt(np.maximum(zz - 2 * zmu + mu2, 1e-24))
     m_norm = np.sqrt(np.maximum(np.einsum("nkk->nk", gram) - 2 * s + mu2[:, None], 1e-24))
     sims = num / (z_norm[:, None] * m_norm)
     sims[rows[~valid], y_idx[~valid]] = -np.inf

@@ -196,6 +196,7 @@ class RidgeHead(BaseHead):
     def Z_(self, value: FloatArray) -> None:
         self._zbuf, self._n = np.array(value, dtype=np.float64), len(value)
         self._mbuf: FloatArray | None = None
+        self._aux: tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None = None
 
     @property
     def Minv_(self) -> FloatArray:
@@ -222,40 +223,66 @@ class RidgeHead(BaseHead):
         mbuf[: self._n, : self._n] = minv
         self._zbuf, self._mbuf = zbuf, mbuf
 
-    def _solve(self) -> None:
-        """coef_/intercept_ from the dual inverse: ridge with a free intercept (LS-SVM system)."""
-        Y = np.eye(len(self.classes_))[self.y_idx_]  # (N, C)
-        M1 = self.Minv_.sum(axis=0)  # (N,)  = Minv @ 1 (Minv is symmetric)
-        b = (M1 @ Y) / M1.sum()  # (C,)
-        A = self.Minv_ @ Y - np.outer(M1, b)  # (N, C) dual coefficients, columns sum to 0
-        self.coef_ = A.T @ self.Z_  # (C, D)
-        self.intercept_ = b
+    def _dual_products(self) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """``(P, M1, PZ, M1Z) = (Minv Y, Minv 1, P^T Z, M1^T Z)``: built once, then updated per enrolment."""
+        if self._aux is None:
+            Y = np.eye(len(self.classes_))[self.y_idx_]  # (N, C)
+            P, M1 = self.Minv_ @ Y, self.Minv_.sum(axis=0)  # (N, C), (N,)
+            self._aux = (P, M1, P.T @ self.Z_, M1 @ self.Z_)
+        return self._aux
+
+    def _coef_from_products(self) -> None:
+        """Ridge with a free intercept from the dual (LS-SVM): ``b = 1'P / 1'M1``, ``W = (P - M1 b')' Z``."""
+        P, M1, PZ, M1Z = self._dual_products()
+        self.intercept_ = P.sum(axis=0) / M1.sum()  # (C,)
+        self.coef_ = PZ - np.outer(self.intercept_, M1Z)  # (C, D)
 
     def partial_fit(self, X: Any, y: Any) -> RidgeHead:
-        """Enrol more samples (and classes) with ``alpha_`` fixed: a bordered update of the dual inverse."""
+        """Enrol more samples (and classes) with ``alpha_`` fixed: a bordered update of the dual inverse.
+
+        Costs O(N^2 m + N D m) for m new samples (no O(N D C) product), and equals refitting exactly.
+        """
         if not hasattr(self, "classes_"):
             return self.fit(X, y)
         arr, labels = self._check_fit_inputs(self._check_X(X), y)
         classes, remap = self._merge_classes(labels)
         new_idx = np.searchsorted(classes, labels).astype(np.int64)
         Zn = self._transform(arr)  # (m, D)
-        n, m = self._n, len(Zn)
+        n, m, C = self._n, len(Zn), len(classes)
+        P_old, M1, PZ_old, M1Z = self._dual_products()
+        P, PZ = np.zeros((n, C)), np.zeros((C, Zn.shape[1]))
+        P[:, remap], PZ[remap] = P_old, PZ_old  # new classes get zero columns: no old sample votes for them
+        Y_old = np.eye(C)[remap[self.y_idx_]]  # (N, C)
         B = self.Z_ @ Zn.T  # (N, m)
-        AiB = self.Minv_ @ B  # (N, m)
-        S_inv = np.linalg.inv(Zn @ Zn.T + self.alpha_ * np.eye(m) - B.T @ AiB)  # (m, m) Schur complement
-        side = -AiB @ S_inv  # (N, m)
+        u = self.Minv_ @ B  # (N, m)
+        S = np.linalg.inv(Zn @ Zn.T + self.alpha_ * np.eye(m) - B.T @ u).astype(np.float64)  # (m, m) Schur inverse
+        q = u.T @ self.Z_  # (m, D)
+        r = S @ (np.eye(C)[new_idx] - u.T @ Y_old)  # (m, C) new rows of P
+        r1 = S @ (1.0 - u.sum(axis=0))  # (m,) new entries of M1
+        self._aux = (
+            np.concatenate([P - u @ r, r]),
+            np.concatenate([M1 - u @ r1, r1]),
+            PZ - r.T @ q + r.T @ Zn,
+            M1Z - r1 @ q + r1 @ Zn,
+        )
+        self._grow_inverse(Zn, u, S)
+        self.rejector_.partial_fit(Zn, new_idx, C, remap)
+        self.y_idx_ = np.concatenate([remap[self.y_idx_], new_idx])
+        self.groups_ = np.concatenate([self.groups_, self.groups_.max() + 1 + np.arange(m)])
+        self.classes_ = classes
+        self._coef_from_products()
+        return self
+
+    def _grow_inverse(self, Zn: FloatArray, u: FloatArray, S: FloatArray) -> None:
+        """Bordered inverse in place: ``[[Minv + u S u', -u S], [-S u', S]]``, and append ``Zn``."""
+        n, m = self._n, len(Zn)
+        side = -u @ S  # (N, m)
         self._reserve(n + m)
         mbuf = self._mbuf if self._mbuf is not None else self.Minv_
-        mbuf[:n, :n] -= side @ AiB.T  # Minv + AiB S^-1 AiB^T, in place
-        mbuf[:n, n : n + m], mbuf[n : n + m, :n], mbuf[n : n + m, n : n + m] = side, side.T, S_inv
+        mbuf[:n, :n] -= side @ u.T
+        mbuf[:n, n : n + m], mbuf[n : n + m, :n], mbuf[n : n + m, n : n + m] = side, side.T, S
         self._zbuf[n : n + m] = Zn
         self._n = n + m
-        self.rejector_.partial_fit(Zn, new_idx, len(classes), remap)
-        self.y_idx_ = np.concatenate([remap[self.y_idx_], new_idx])
-        self.groups_ = np.concatenate([self.groups_, self.groups_.max() + 1 + np.arange(len(Zn))])
-        self.classes_ = classes
-        self._solve()
-        return self
 
     def remove_classes(self, labels: Any) -> RidgeHead:
         """Refit without the given classes, from the stored enrolled features (alpha re-selected if auto)."""
