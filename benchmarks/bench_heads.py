@@ -132,6 +132,50 @@ def build_cache(cache: Path, pool_per_class: int, n_test: int, spatial: bool = F
     return path
 
 
+def extract_fmaps(images: np.ndarray, crop_pct: float, batch: int = 64, threads: int = 2) -> np.ndarray:
+    """Final feature maps (N, 1280, 7, 7) float16 of ``images`` under the bundled spec with ``crop_pct``."""
+    import dataclasses
+
+    import torch
+
+    from edgetl.backbones import create_backbone
+    from edgetl_runtime.preprocess import preprocess_batch
+
+    torch.set_num_threads(threads)
+    bb = create_backbone("tf_efficientnet_lite0", weights="bundled")
+    spec = dataclasses.replace(bb.spec, crop_pct=crop_pct)
+    out = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for s in range(0, len(images), batch):
+            x = torch.from_numpy(preprocess_batch(list(images[s : s + batch]), spec))
+            out.append(bb.model.forward_features(x).numpy().astype(np.float16))
+            print(f"  {s + len(x)}/{len(images)} images, {time.perf_counter() - t0:.0f} s", flush=True)
+    return np.concatenate(out)
+
+
+def build_fmap_cache(cache: Path, pool_per_class: int, n_test: int, crop_pct: float) -> Path:
+    """Cache the 7x7 final maps (float16) of pool, test and flipped pool under ``crop_pct``, one file each
+    (``<stem>_{pool,test,pool_flip}.npy`` + labels in ``<stem>_meta.npz``); returns the stem."""
+    stem = cache / f"fmnist_lite0_224_crop{crop_pct:g}_pool{pool_per_class}_test{n_test}_fmap"
+    cache.mkdir(parents=True, exist_ok=True)
+    tr_x, tr_y = load_fashion_mnist("train")
+    te_x, te_y = load_fashion_mnist("t10k")
+    idx = stratified_pool(tr_y, pool_per_class)
+    meta = Path(f"{stem}_meta.npz")
+    if not meta.exists():
+        np.savez(meta, pool_y=tr_y[idx], pool_idx=idx, test_y=te_y[:n_test])
+    for name, imgs in (("pool", tr_x[idx]), ("test", te_x[:n_test]), ("pool_flip", tr_x[idx][:, :, ::-1])):
+        f = Path(f"{stem}_{name}.npy")
+        if f.exists():
+            continue
+        print(f"extracting {name} (crop_pct={crop_pct}): {len(imgs)} images", flush=True)
+        arr = extract_fmaps(np.ascontiguousarray(imgs), crop_pct)
+        np.save(f"{f}.tmp.npy", arr)
+        os.replace(f"{f}.tmp.npy", f)
+    return stem
+
+
 # ---------------------------------------------------------------------------------------------
 # Benchmark (numpy heads vs scikit-learn on the cached features).
 
@@ -317,7 +361,13 @@ def main() -> None:
     parser.add_argument("--extra", nargs="*", default=[], help="extra feature sets to score with auto, e.g. feat+b6")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per numpy head")
     parser.add_argument("--sklearn-runs", type=int, default=20)
+    parser.add_argument(
+        "--fmap-crop-pct", type=float, default=None, help="extract 7x7 final maps at this crop_pct and exit"
+    )
     args = parser.parse_args()
+    if args.fmap_crop_pct is not None:
+        print(f"fmaps: {build_fmap_cache(args.cache, args.pool_per_class, args.n_test, args.fmap_crop_pct)}")
+        return
     path = build_cache(args.cache, args.pool_per_class, args.n_test)
     print(f"features: {path}")
     if args.spatial:

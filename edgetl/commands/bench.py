@@ -17,6 +17,45 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = subparsers.add_parser("bench", help="reproducible measurements that write JSON/CSV + PNG")
     bench_sub = p.add_subparsers(dest="bench_command", required=True)
     register_latency(bench_sub)
+    register_fewshot(bench_sub)
+
+
+def register_fewshot(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    q = bench_sub.add_parser("fewshot", help="accuracy vs K per head (vs sklearn, SimpleShot), fp32 vs int8; fit time")
+    q.add_argument("bundle", type=Path, help="an .edgetl bundle (fp32, plus int8 to compare)")
+    q.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an image folder (train/test split)")
+    q.add_argument("--shots", default="1,5,10,20")
+    q.add_argument("--seeds", type=int, default=5)
+    q.add_argument("--pool-per-class", type=int, default=100)
+    q.add_argument("--test-count", type=int, default=2000)
+    q.add_argument("--precisions", default="fp32,int8")
+    q.add_argument("--threads", type=int, default=2)
+    q.add_argument("--output-dir", type=Path, default=Path("runs/bench"))
+    q.set_defaults(func=run_fewshot)
+
+
+def run_fewshot(args: argparse.Namespace) -> int:
+    from edgetl.bench.fewshot import FewShotBenchConfig, run_fewshot_bench
+    from edgetl.commands.common import load_data
+    from edgetl.datasets import stratified_split
+
+    config = FewShotBenchConfig(
+        shots=_list(args.shots, int),
+        seeds=args.seeds,
+        pool_per_class=args.pool_per_class,
+        test_count=args.test_count,
+        precisions=_list(args.precisions),
+        threads=args.threads,
+        output_dir=args.output_dir,
+    )
+    if args.data == "fashion-mnist":
+        train, test = load_data(args.data, "train"), load_data(args.data, "test")
+    else:
+        train, test = stratified_split(load_data(args.data), [0.7, 0.3], seed=0)
+    result = run_fewshot_bench(args.bundle, train, test, config)
+    for key, by_k in result["summary"].items():
+        print(f"{key:<24} " + "  ".join(f"{k} {v:5.1f}" for k, v in by_k.items()))
+    return 0
 
 
 def register_latency(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -183,13 +183,15 @@ def run_concurrency(
     """``predictors`` threads predict while one enrols for ``seconds``; returns counts of what went wrong.
 
     Labels only grow, so a prediction is torn if its label was never enrolled, or if a probability
-    row does not sum to 1 or has fewer columns than the labels committed before the call or more than
-    the labels enrolled (or being enrolled) after it.
+    row does not sum to 1 or has fewer columns than the labels whose ``add`` had returned before the
+    call, or more than the labels enrolled (or being enrolled) after it. At the end the head must know
+    every enrolled label (a lost refit would leave one out).
     """
     from edgetl_runtime.learner import Learner
 
     learner = Learner.load(bundle, state, backend="onnxruntime", head=head)
-    known: set[str] = {"red", "green"}
+    known: set[str] = {"red", "green"}  # labels whose add has started
+    returned: set[str] = {"red", "green"}  # labels whose add has returned
     ids = learner.add(class_images(COLORS["red"], 2, 0), "red") + learner.add(
         class_images(COLORS["green"], 2, 1), "green"
     )
@@ -213,6 +215,7 @@ def run_concurrency(
                 new = learner.add(class_images(COLORS["gray"], 1, 100 + i), label)
                 with lock:
                     ids.extend(new)
+                    returned.add(label)
                 bump("adds")
                 i += 1
         except BaseException as exc:  # reported, not swallowed
@@ -227,7 +230,8 @@ def run_concurrency(
                         torn = any(str(v) not in known for v in labels)
                     bump("predict_calls")
                 else:
-                    before = len(learner.store.labels())
+                    with lock:
+                        before = len(returned)
                     proba = learner.predict_proba(probe)
                     with lock:
                         after = len(known)
@@ -248,12 +252,15 @@ def run_concurrency(
     time.sleep(seconds)
     stop.set()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=120)
+    errors += [f"{t.name} still running 120 s after stop" for t in threads if t.is_alive()]
     elapsed = time.perf_counter() - start
     store_ids = learner.store.samples()[0].tolist()
     problems = learner.store.integrity_check()
     if store_ids != sorted(ids) or len(set(ids)) != len(ids):
         problems.append(f"{len(store_ids)} samples in the store, {len(ids)} ids returned by add")
+    if sorted(learner.classes_) != sorted(returned):
+        problems.append(f"the head knows {len(learner.classes_)} classes, {len(returned)} were enrolled")
     learner.close()
     problems += state_problems(bundle, state)
     return {

@@ -5,11 +5,15 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from ._support import env_float, run_concurrency
+from edgetl_runtime.learner import Learner
+
+from ._support import COLORS, class_images, env_float, run_concurrency
 
 pytestmark = pytest.mark.runtime
 
@@ -25,3 +29,27 @@ def test_eight_predictors_one_enroller(reliability_bundle: Path, tmp_path: Path,
     assert result["torn"] == 0, result
     assert result["corrupt"] == 0, result["problems"]
     assert result["adds"] > 0 and result["predict_calls"] > 0 and result["proba_calls"] > 0, result
+
+
+def test_an_add_during_a_refit_is_not_lost(reliability_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A class enrolled while another thread is refitting must be in the next prediction's head.
+
+    Deterministic replay of the interleaving: the refit reads the samples, then (before it publishes
+    its head) another thread's ``add`` commits and returns.
+    """
+    learner = Learner.load(reliability_bundle, backend="onnxruntime", head="ncm")
+    learner.add(class_images(COLORS["red"], 1, 0), "red")
+    read_samples = learner.store.samples
+
+    def samples_then_enrol() -> Any:
+        monkeypatch.setattr(learner.store, "samples", read_samples)  # only the first read is slowed down
+        result = read_samples()
+        enrol = threading.Thread(target=learner.add, args=(class_images(COLORS["blue"], 1, 1), "blue"))
+        enrol.start()
+        enrol.join()
+        return result
+
+    monkeypatch.setattr(learner.store, "samples", samples_then_enrol)
+    learner.fit()  # fits on {red}; "blue" is committed and its add() has returned before fit() publishes
+    assert sorted(learner.classes_) == ["blue", "red"]
+    learner.close()

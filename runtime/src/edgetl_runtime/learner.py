@@ -38,9 +38,12 @@ class Learner:
         self.flip_enrolment = flip_enrolment
         self.extractor = FeatureExtractor(bundle.manifest.preprocess, backend, store)
         create_head(head)  # refuse an unknown head name now, not at the first prediction after enrolling
-        self._head: BaseHead | AutoHead | None = None
-        self._stale = True
+        # The head is published with the change count it was fitted at. A bare "stale" flag loses updates:
+        # a refit that read the samples before an add committed would clear the flag that add had just set.
+        self._changes = 0  # bumped after every committed add/remove
+        self._fitted: tuple[int, BaseHead | AutoHead] | None = None
         self._fit_lock = threading.Lock()
+        self._change_lock = threading.Lock()
 
     @classmethod
     def load(
@@ -102,32 +105,38 @@ class Learner:
             batch, names = batch + [hflip(img) for img in batch], names + names
         keys, features = self.extractor.extract(batch)
         ids = self.store.add_samples(keys, names, features)
-        self._stale = True
+        self._changed()
         return ids
 
     def remove(self, *, label: str | None = None, ids: Sequence[int] | None = None) -> int:
         """Forget a class or specific samples; the head is refit on the next prediction."""
         removed = self.store.remove(label=label, ids=ids)
-        self._stale = True
+        self._changed()
         return removed
+
+    def _changed(self) -> None:
+        with self._change_lock:
+            self._changes += 1
 
     # ---------------------------------------------------------------- fitting and prediction
 
     def fit(self) -> Learner:
         """Refit the head from every enrolled sample (milliseconds: features come from the cache)."""
         with self._fit_lock:
+            seen = self._changes  # read BEFORE the samples: a change committed after this leaves the head stale
             _, labels, features = self.store.samples()  # (N,), (N, D)
             if len(labels) == 0:
                 raise NotFittedError("No samples are enrolled; call add(images, label) for at least one class first.")
-            self._head = create_head(self.head_kind).fit(features, labels)
-            self._stale = False
+            self._fitted = (seen, create_head(self.head_kind).fit(features, labels))
         return self
 
     def _current_head(self) -> BaseHead | AutoHead:
-        if self._stale or self._head is None:
+        fitted = self._fitted  # one read: the count and the head always belong together
+        if fitted is None or fitted[0] != self._changes:
             self.fit()
-        assert self._head is not None
-        return self._head
+            fitted = self._fitted
+        assert fitted is not None
+        return fitted[1]
 
     @property
     def head(self) -> BaseHead | AutoHead:
