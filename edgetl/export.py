@@ -13,6 +13,7 @@ import numpy as np
 
 from edgetl.backbones import Backbone, create_backbone
 from edgetl.datasets import ImageDataset, load_fashion_mnist
+from edgetl.pooling import PooledFeatures, parse_pooling
 from edgetl_exporters.bundle_writer import npz_bytes, write_bundle
 from edgetl_exporters.onnx_export import ExportConfig, export_features_onnx
 from edgetl_runtime.bundle import Bundle
@@ -32,6 +33,7 @@ class BundleConfig:
     calibration_count: int = 300
     eval_count: int = 600  # held-out labelled images for the int8 accuracy guard
     max_accuracy_drop: float = 1.0
+    pooling: str = "avg"  # exported feature vector, see edgetl.pooling ("avg", "grid2", "avg+grid2", ...)
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
@@ -39,6 +41,7 @@ class BundleConfig:
         object.__setattr__(self, "precisions", precisions)
         if Precision.FP32 not in precisions:
             raise ConfigError("Every bundle ships the fp32 model (the reference for golden checks); add fp32.")
+        parse_pooling(self.pooling)
         if self.calibration_count < 1 or self.eval_count < 1:
             raise ConfigError("calibration_count and eval_count must be positive.")
 
@@ -80,21 +83,33 @@ def export_bundle(
         backbone.spec = backbone.spec.with_size(image_size)
     calib, held_out = _calibration_split(data, config)
     calib_inputs = preprocess_batch(list(calib.images), backbone.spec)  # (C, 3, H, W)
+    features_model = PooledFeatures(backbone.model, config.pooling).eval()
     members: dict[str, bytes] = {}
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="edgetl-export-") as tmp:
         fp32_path = Path(tmp) / Precision.FP32.member
-        parity = export_features_onnx(backbone.model, calib_inputs[:32], fp32_path, config.export)
+        parity = export_features_onnx(features_model, calib_inputs[:32], fp32_path, config.export)
         report["fp32_parity"] = parity.to_dict()
         members[Precision.FP32.member] = fp32_path.read_bytes()
         quant = _quantized_members(fp32_path, calib_inputs, held_out, backbone, config, quantize_config)
         for name, (data_bytes, part_report) in quant.items():
             members[name] = data_bytes
             report[name] = part_report
-    members[GOLDEN_NAME] = _golden(backbone, calib_inputs[:GOLDEN_COUNT], members)
-    if backbone.head is not None:
+    golden = _golden(features_model, calib_inputs[:GOLDEN_COUNT], members)
+    members[GOLDEN_NAME] = npz_bytes(golden)
+    ships_head = backbone.head is not None and config.pooling == "avg"  # the fine-tuned head reads avg features
+    if ships_head:
         members[HEAD_NAME] = _head_npz(backbone)
-    manifest = _manifest(backbone, config, report, len(calib), data_source, quantize_config)
+    info = BackboneInfo(
+        backbone.name,
+        backbone.timm_name,
+        backbone.weights,
+        int(golden["features"].shape[1]),
+        config.export.input_name,
+        config.export.output_name,
+        config.pooling,
+    )
+    manifest = _manifest(info, backbone, config, report, len(calib), data_source, ships_head)
     bundle = write_bundle(output, manifest, members)
     return ExportResult(Path(output), bundle, report)
 
@@ -138,24 +153,24 @@ def _quantized_members(
     return out
 
 
-def _golden(backbone: Backbone, inputs: np.ndarray, members: dict[str, bytes]) -> bytes:
+def _golden(features_model: Any, inputs: np.ndarray, members: dict[str, bytes]) -> dict[str, np.ndarray]:
     """Fixed inputs, the torch fp32 features, and the host's onnxruntime output for each reduced precision."""
     from edgetl_runtime.backends.base import golden_reference_key
     from edgetl_runtime.backends.onnxruntime import make_session
 
-    arrays = {"inputs": inputs, "features": _torch_features(backbone, inputs)}
+    arrays = {"inputs": inputs, "features": _torch_features(features_model, inputs)}
     for precision in (Precision.INT8, Precision.FP16):
         if precision.member in members:
             session = make_session(members[precision.member])
             arrays[golden_reference_key(precision)] = session.run(None, {session.get_inputs()[0].name: inputs})[0]
-    return npz_bytes(arrays)
+    return arrays
 
 
-def _torch_features(backbone: Backbone, inputs: np.ndarray) -> np.ndarray:
+def _torch_features(features_model: Any, inputs: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return backbone.model.eval()(torch.from_numpy(inputs)).numpy().astype(np.float32)
+        return features_model(torch.from_numpy(inputs)).numpy().astype(np.float32)
 
 
 def _head_npz(backbone: Backbone) -> bytes:
@@ -170,30 +185,24 @@ def _head_npz(backbone: Backbone) -> bytes:
 
 
 def _manifest(
+    info: BackboneInfo,
     backbone: Backbone,
     config: BundleConfig,
     report: dict[str, Any],
     calib_count: int,
     data_source: str,
-    quantize_config: Any,
+    ships_head: bool,
 ) -> Manifest:
     quant = report.get(Precision.INT8.member, {})
     return Manifest(
-        backbone=BackboneInfo(
-            backbone.name,
-            backbone.timm_name,
-            backbone.weights,
-            backbone.feature_dim,
-            config.export.input_name,
-            config.export.output_name,
-        ),
+        backbone=info,
         preprocess=backbone.spec,
         members={},
         precisions=config.precisions,
         quantization=dict(quant.get("config", {})),
         calibration={"count": calib_count, "source": data_source, "sampling": "class-balanced, seed 0"},
-        validation={"export": config.export.to_dict(), **report},
-        head_labels=tuple(backbone.classes) if backbone.head is not None else (),
+        validation={"export": config.export.to_dict(), "pooling": config.pooling, **report},
+        head_labels=tuple(backbone.classes) if ships_head else (),
         versions=_versions(),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )

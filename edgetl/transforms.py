@@ -15,7 +15,7 @@ from edgetl_runtime.preprocess import PreprocessSpec, as_rgb_uint8
 
 def to_tensor_uint8(image: np.ndarray) -> torch.Tensor:
     """HxW or HxWx3 uint8 -> ``(3, H, W)`` float32 tensor in 0..255."""
-    return torch.from_numpy(np.ascontiguousarray(as_rgb_uint8(image))).permute(2, 0, 1).float()
+    return torch.from_numpy(np.array(as_rgb_uint8(image), copy=True)).permute(2, 0, 1).float()
 
 
 def eval_transform(image: torch.Tensor, spec: PreprocessSpec) -> torch.Tensor:

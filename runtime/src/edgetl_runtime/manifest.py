@@ -39,6 +39,7 @@ class BackboneInfo:
     feature_dim: int
     input_name: str = "images"
     output_name: str = "features"
+    pooling: str = "avg"  # how the host pooled the final feature map (see edgetl.pooling)
 
 
 @dataclass(frozen=True)
