@@ -53,7 +53,7 @@ def fuzz_all(examples: int) -> dict[str, Any]:
             out[name] = _fuzz.run_target(name, fixture, examples)
             out[name]["seconds"] = round(time.perf_counter() - start, 1)
             out[name]["documented_classes"] = [c.__name__ for c in _fuzz.DOCUMENTED[name]]
-            print(f"  fuzz {name}: { ({k: v for k, v in out[name].items() if k != 'findings'}) }", flush=True)
+            print(f"  fuzz {name}: {out[name]}", flush=True)
         return out
     finally:
         fixture.close()
@@ -90,10 +90,11 @@ def main() -> int:
         print(f"fuzzing: {args.examples} examples x {len(_fuzz.TARGETS)} targets", flush=True)
         fuzz = fuzz_all(args.examples)
         concurrency = []
-        for head in ("ncm", "auto"):
+        for head, pause in (("ncm", 0.0), ("auto", 0.02)):  # AutoHead refits are O(N): pace its enrolment
             print(f"concurrency: 8 predicting + 1 enrolling, head={head}, {args.seconds} s", flush=True)
-            result = _support.run_concurrency(bundle, work / f"threads-{head}.sqlite", args.seconds, head=head)
-            concurrency.append({"head": head, **result})
+            state = work / f"threads-{head}.sqlite"
+            result = _support.run_concurrency(bundle, state, args.seconds, head=head, enrol_pause=pause)
+            concurrency.append({"head": head, "enrol_pause_s": pause, **result})
             print(f"  {result}", flush=True)
         reliability = REPO / "tests" / "reliability"
         print("bad-input corpus and security checks", flush=True)

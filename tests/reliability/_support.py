@@ -178,7 +178,7 @@ def account(bundle: Path, state: Path, lines: list[str]) -> dict[str, Any]:
 
 
 def run_concurrency(
-    bundle: Path, state: Path, seconds: float, predictors: int = 8, head: str = "ncm"
+    bundle: Path, state: Path, seconds: float, predictors: int = 8, head: str = "ncm", enrol_pause: float = 0.0
 ) -> dict[str, Any]:
     """``predictors`` threads predict while one enrols for ``seconds``; returns counts of what went wrong.
 
@@ -209,7 +209,7 @@ def run_concurrency(
         i = 0
         try:
             while not stop.is_set():
-                label = f"c{i // 10}" if i % 10 == 9 else list(COLORS)[i % 4]
+                label = f"c{i // 10 % 20}" if i % 10 == 9 else list(COLORS)[i % 4]  # up to 24 labels
                 with lock:
                     known.add(label)  # before add: a prediction may see it as soon as it commits
                 new = learner.add(class_images(COLORS["gray"], 1, 100 + i), label)
@@ -218,6 +218,7 @@ def run_concurrency(
                     returned.add(label)
                 bump("adds")
                 i += 1
+                time.sleep(enrol_pause)  # AutoHead refits cost O(N) leave-one-out: pace it to keep N bounded
         except BaseException as exc:  # reported, not swallowed
             errors.append(f"enrol: {type(exc).__name__}: {exc}")
 

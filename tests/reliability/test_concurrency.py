@@ -20,11 +20,10 @@ pytestmark = pytest.mark.runtime
 SECONDS = env_float("EDGETL_STRESS_SECONDS", 2.0)
 
 
-@pytest.mark.parametrize("head", ["ncm", "auto"])
-def test_eight_predictors_one_enroller(reliability_bundle: Path, tmp_path: Path, head: str) -> None:
-    result = run_concurrency(
-        reliability_bundle, tmp_path / "state.sqlite", SECONDS / 2 if head == "auto" else SECONDS, head=head
-    )
+@pytest.mark.parametrize(("head", "pause"), [("ncm", 0.0), ("auto", 0.02)])
+def test_eight_predictors_one_enroller(reliability_bundle: Path, tmp_path: Path, head: str, pause: float) -> None:
+    seconds = SECONDS / 2 if head == "auto" else SECONDS
+    result = run_concurrency(reliability_bundle, tmp_path / "state.sqlite", seconds, head=head, enrol_pause=pause)
     assert result["n_errors"] == 0, result["errors"]
     assert result["torn"] == 0, result
     assert result["corrupt"] == 0, result["problems"]

@@ -123,18 +123,24 @@ class Learner:
     def fit(self) -> Learner:
         """Refit the head from every enrolled sample (milliseconds: features come from the cache)."""
         with self._fit_lock:
-            seen = self._changes  # read BEFORE the samples: a change committed after this leaves the head stale
-            _, labels, features = self.store.samples()  # (N,), (N, D)
-            if len(labels) == 0:
-                raise NotFittedError("No samples are enrolled; call add(images, label) for at least one class first.")
-            self._fitted = (seen, create_head(self.head_kind).fit(features, labels))
+            return self._fit_locked()
+
+    def _fit_locked(self) -> Learner:
+        seen = self._changes  # read BEFORE the samples: a change committed after this leaves the head stale
+        _, labels, features = self.store.samples()  # (N,), (N, D)
+        if len(labels) == 0:
+            raise NotFittedError("No samples are enrolled; call add(images, label) for at least one class first.")
+        self._fitted = (seen, create_head(self.head_kind).fit(features, labels))
         return self
 
     def _current_head(self) -> BaseHead | AutoHead:
         fitted = self._fitted  # one read: the count and the head always belong together
         if fitted is None or fitted[0] != self._changes:
-            self.fit()
-            fitted = self._fitted
+            with self._fit_lock:
+                fitted = self._fitted  # threads that queued here behind one refit reuse its head
+                if fitted is None or fitted[0] != self._changes:
+                    self._fit_locked()
+                    fitted = self._fitted
         assert fitted is not None
         return fitted[1]
 
