@@ -86,3 +86,11 @@ def test_bad_export_inputs(inputs: np.ndarray, tmp_path: Path) -> None:
 def test_export_config_validation() -> None:
     with pytest.raises(ConfigError, match=r"(?s)opset.*min_cosine"):
         ExportConfig(opset=11, min_cosine=2.0)
+
+
+def test_parity_catches_tf_same_padding_at_an_odd_size(tmp_path: Path) -> None:
+    """timm's TF-'same' padding traces wrongly at 56 px (not a multiple of 32): the export must refuse."""
+    backbone = create_backbone("tf_efficientnet_lite0", weights="none", image_size=56)
+    with pytest.raises(ParityError, match="divisible by the network stride"):
+        export_features_onnx(backbone.model, _inputs(56, 2), tmp_path / "odd.onnx")
+    assert not (tmp_path / "odd.onnx").exists()

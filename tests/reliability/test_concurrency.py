@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,4 +52,27 @@ def test_an_add_during_a_refit_is_not_lost(reliability_bundle: Path, monkeypatch
     monkeypatch.setattr(learner.store, "samples", samples_then_enrol)
     learner.fit()  # fits on {red}; "blue" is committed and its add() has returned before fit() publishes
     assert sorted(learner.classes_) == ["blue", "red"]
+    learner.close()
+
+
+def test_threads_waiting_on_a_refit_share_it(reliability_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight predictions that find the head stale cause ONE refit, not eight in a row behind the lock."""
+    learner = Learner.load(reliability_bundle, backend="onnxruntime", head="ncm")
+    learner.add(class_images(COLORS["red"], 1, 0), "red")
+    learner.add(class_images(COLORS["green"], 1, 1), "green")
+    read_samples, reads = learner.store.samples, []
+
+    def slow_samples() -> Any:
+        reads.append(1)
+        time.sleep(0.2)  # every predictor arrives while the first refit is running
+        return read_samples()
+
+    monkeypatch.setattr(learner.store, "samples", slow_samples)
+    probe = class_images(COLORS["red"], 1, 2)
+    threads = [threading.Thread(target=learner.predict, args=(probe,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(reads) == 1
     learner.close()

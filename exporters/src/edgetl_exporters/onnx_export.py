@@ -150,6 +150,13 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
     return slim if slim is not None else proto
 
 
+PARITY_HEADER = (
+    "The ONNX model does not match PyTorch; the export is not trustworthy. Known cause: TF 'same' padding "
+    "(timm tf_* models) traces exactly only at input sizes divisible by the network stride (32): try such a size, "
+    "or the symmetric-padding variant (e.g. efficientnet_lite0)"
+)
+
+
 def validate_parity(
     onnx_model: bytes, inputs: np.ndarray, reference: np.ndarray, config: ExportConfig | None = None
 ) -> ParityReport:
@@ -167,7 +174,7 @@ def validate_parity(
         for i, (c, d) in enumerate(zip(cosine, diff, strict=True))
         if not c >= config.min_cosine
     ]
-    raise_all(ParityError, problems, "The ONNX model does not match PyTorch; the export is not trustworthy")
+    raise_all(ParityError, problems, PARITY_HEADER)
     return report
 
 
