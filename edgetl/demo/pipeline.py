@@ -35,6 +35,8 @@ class DemoConfig:
     test_per_class: int = 200
     threads: int = 2
     latency_runs: int = 100
+    latency_max_seconds: float = 3.0  # per measured cell, after at least 10 runs
+    latency_probe: bool = True  # cold start and peak RSS, each in a fresh process
     output: Path = field(default_factory=lambda: Path("runs/demo"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,6 +147,11 @@ def _latency(config: DemoConfig, bundle: Path, out: Path) -> dict[str, Any]:
     from edgetl.bench.latency import LatencyBenchConfig, run_latency_bench
 
     bench = LatencyBenchConfig(
-        batch_sizes=(1, 8), threads=(config.threads,), runs=config.latency_runs, output_dir=out / "latency"
+        batch_sizes=(1, 8),
+        threads=(config.threads,),
+        runs=config.latency_runs,
+        max_seconds=config.latency_max_seconds,
+        probe=config.latency_probe,
+        output_dir=out / "latency",
     )
     return run_latency_bench(bundle, bench).to_dict()

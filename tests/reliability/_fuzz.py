@@ -143,12 +143,22 @@ def _spec(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]
     keys = st.sampled_from(["input_size", "crop_pct", "interpolation", "mean", "std", "channel_order", "layout", "x"])
     numbers = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**30), 10**30)
     values = json_values | st.lists(numbers, max_size=4) | numbers
-    return st.dictionaries(keys, values, max_size=7), PreprocessSpec.from_dict
+    valid = runtime_conftest().TINY_SPEC.to_dict()
+    one_off = st.builds(lambda k, v: {**valid, k: v}, keys, values)  # a valid spec with one field changed
+    return st.dictionaries(keys, values, max_size=7) | st.just(valid) | one_off, PreprocessSpec.from_dict
 
 
 _DTYPES = st.sampled_from(["u1", "i1", "u2", "i4", "i8", "f2", "f4", "f8", "b1", "c8", "U1", "O"])
 _ARRAYS = hnp.arrays(_DTYPES, hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=6))
-_IMAGES = st.one_of(_ARRAYS, st.lists(_ARRAYS, max_size=3), st.lists(json_values, max_size=3), json_scalars)
+_SIDES = st.integers(1, 48)
+_PLAUSIBLE = hnp.arrays("u1", st.tuples(_SIDES, _SIDES) | st.tuples(_SIDES, _SIDES, st.sampled_from([1, 2, 3, 4])))
+_IMAGES = st.one_of(
+    _ARRAYS,
+    st.lists(_ARRAYS, max_size=3),
+    st.lists(_PLAUSIBLE, max_size=3),  # mostly valid: odd sizes through the real resize path
+    st.lists(json_values, max_size=3),
+    json_scalars,
+)
 
 
 def _preprocess(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]:

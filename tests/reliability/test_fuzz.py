@@ -32,6 +32,7 @@ def test_only_documented_exceptions_escape(fixture: Fixture, target: str) -> Non
     assert counts["undocumented"] == 0, f"{target}: undocumented exceptions, first ones: {counts['findings']}"
     assert counts["examples"] >= min(EXAMPLES, 50), counts  # the strategy really generated inputs
     assert counts["documented"] > 0, f"{target}: no input was refused; the strategy is too tame ({counts})"
+    assert counts["ok"] > 0, f"{target}: no input was accepted; the success path went untested ({counts})"
 
 
 def test_documented_set_is_explicit_and_narrow() -> None:
