@@ -34,23 +34,24 @@ def test_eight_predictors_one_enroller(reliability_bundle: Path, tmp_path: Path,
 def test_an_add_during_a_refit_is_not_lost(reliability_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A class enrolled while another thread is refitting must be in the next prediction's head.
 
-    Deterministic replay of the interleaving: the refit reads the samples, then (before it publishes
-    its head) another thread's ``add`` commits and returns.
+    Replays the interleaving: the refit reads the samples, then another thread's ``add`` starts (it
+    waits for the refit to publish, then commits and updates the head).
     """
     learner = Learner.load(reliability_bundle, backend="onnxruntime", head="ncm")
     learner.add(class_images(COLORS["red"], 1, 0), "red")
     read_samples = learner.store.samples
+    enrol = threading.Thread(target=learner.add, args=(class_images(COLORS["blue"], 1, 1), "blue"))
 
     def samples_then_enrol() -> Any:
-        monkeypatch.setattr(learner.store, "samples", read_samples)  # only the first read is slowed down
+        monkeypatch.setattr(learner.store, "samples", read_samples)  # only the first read is intercepted
         result = read_samples()
-        enrol = threading.Thread(target=learner.add, args=(class_images(COLORS["blue"], 1, 1), "blue"))
         enrol.start()
-        enrol.join()
+        time.sleep(0.2)  # the enroller has extracted its features and waits for the head
         return result
 
     monkeypatch.setattr(learner.store, "samples", samples_then_enrol)
-    learner.fit()  # fits on {red}; "blue" is committed and its add() has returned before fit() publishes
+    learner.fit()  # fits on {red} while "blue" is being enrolled
+    enrol.join()
     assert sorted(learner.classes_) == ["blue", "red"]
     learner.close()
 

@@ -24,8 +24,12 @@ class Learner:
     """Enrol labelled images, fit a head on their cached features, predict.
 
     The SQLite state holds samples and features; the head is derived from it and refit on load, so
-    there is one source of truth. ``predict`` may run in several threads while another thread adds:
-    a fit swaps in a new head object, never mutates the one predictions are using.
+    there is one source of truth. An ``add`` updates a current head incrementally (``partial_fit``:
+    running class sums, rank-one ridge updates) instead of refitting; ``remove`` marks it stale.
+
+    Threads: backbone runs and cache look-ups happen outside any lock; every use of the head (fit,
+    partial_fit, predict) holds one lock, so ``predict`` from several threads while another adds
+    never sees a half-updated head, and an add committed during a refit is never lost.
     """
 
     def __init__(
@@ -38,12 +42,10 @@ class Learner:
         self.flip_enrolment = flip_enrolment
         self.extractor = FeatureExtractor(bundle.manifest.preprocess, backend, store)
         create_head(head)  # refuse an unknown head name now, not at the first prediction after enrolling
-        # The head is published with the change count it was fitted at. A bare "stale" flag loses updates:
-        # a refit that read the samples before an add committed would clear the flag that add had just set.
-        self._changes = 0  # bumped after every committed add/remove
+        # The head is published with the change count it reflects; both only change under _head_lock.
+        self._changes = 0  # bumped with every committed add/remove
         self._fitted: tuple[int, BaseHead | AutoHead] | None = None
-        self._fit_lock = threading.Lock()
-        self._change_lock = threading.Lock()
+        self._head_lock = threading.RLock()
 
     @classmethod
     def load(
@@ -103,55 +105,53 @@ class Learner:
             raise InputError("Labels must be non-empty strings.")
         if self.flip_enrolment:
             batch, names = batch + [hflip(img) for img in batch], names + names
-        keys, features = self.extractor.extract(batch)
-        ids = self.store.add_samples(keys, names, features)
-        self._changed()
+        keys, features = self.extractor.extract(batch)  # the slow part: outside the head lock
+        with self._head_lock:
+            ids = self.store.add_samples(keys, names, features)
+            fitted, self._changes = self._fitted, self._changes + 1
+            if fitted is not None and fitted[0] == self._changes - 1:  # current head: update it in place
+                fitted[1].partial_fit(features, np.asarray(names))
+                self._fitted = (self._changes, fitted[1])
         return ids
 
     def remove(self, *, label: str | None = None, ids: Sequence[int] | None = None) -> int:
         """Forget a class or specific samples; the head is refit on the next prediction."""
-        removed = self.store.remove(label=label, ids=ids)
-        self._changed()
-        return removed
-
-    def _changed(self) -> None:
-        with self._change_lock:
+        with self._head_lock:
+            removed = self.store.remove(label=label, ids=ids)
             self._changes += 1
+        return removed
 
     # ---------------------------------------------------------------- fitting and prediction
 
     def fit(self) -> Learner:
-        """Refit the head from every enrolled sample (milliseconds: features come from the cache)."""
-        with self._fit_lock:
-            return self._fit_locked()
+        """Refit the head from every enrolled sample (milliseconds: features come from the cache).
 
-    def _fit_locked(self) -> Learner:
-        seen = self._changes  # read BEFORE the samples: a change committed after this leaves the head stale
-        _, labels, features = self.store.samples()  # (N,), (N, D)
-        if len(labels) == 0:
-            raise NotFittedError("No samples are enrolled; call add(images, label) for at least one class first.")
-        self._fitted = (seen, create_head(self.head_kind).fit(features, labels))
+        A full fit also re-runs model selection (``auto``), which incremental adds keep fixed.
+        """
+        with self._head_lock:
+            _, labels, features = self.store.samples()  # (N,), (N, D)
+            if len(labels) == 0:
+                raise NotFittedError("No samples are enrolled; call add(images, label) for at least one class first.")
+            self._fitted = (self._changes, create_head(self.head_kind).fit(features, labels))
         return self
 
     def _current_head(self) -> BaseHead | AutoHead:
-        fitted = self._fitted  # one read: the count and the head always belong together
-        if fitted is None or fitted[0] != self._changes:
-            with self._fit_lock:
-                fitted = self._fitted  # threads that queued here behind one refit reuse its head
-                if fitted is None or fitted[0] != self._changes:
-                    self._fit_locked()
-                    fitted = self._fitted
-        assert fitted is not None
-        return fitted[1]
+        """The head reflecting every committed change; call with ``_head_lock`` held."""
+        if self._fitted is None or self._fitted[0] != self._changes:
+            self.fit()  # threads queued on the lock behind this refit find it current and reuse it
+        assert self._fitted is not None
+        return self._fitted[1]
 
     @property
     def head(self) -> BaseHead | AutoHead:
         """The fitted head (refit first if samples changed since the last fit)."""
-        return self._current_head()
+        with self._head_lock:
+            return self._current_head()
 
     @property
     def classes_(self) -> npt.NDArray[np.str_]:
-        return np.asarray(self._current_head().classes_, dtype=str)
+        with self._head_lock:
+            return np.asarray(self._current_head().classes_, dtype=str)
 
     def features(self, images: Images) -> npt.NDArray[np.float32]:
         """Backbone features ``(N, D)`` of ``images`` (cached)."""
@@ -159,12 +159,15 @@ class Learner:
 
     def predict(self, images: Images, *, reject: bool = False) -> npt.NDArray[np.str_]:
         """Labels for ``images``; with ``reject`` low-confidence ones become ``"unknown"``."""
-        head = self._current_head()
-        return np.asarray(head.predict(self.features(images), reject=reject), dtype=str)
+        features = self.features(images)
+        with self._head_lock:
+            return np.asarray(self._current_head().predict(features, reject=reject), dtype=str)
 
     def predict_proba(self, images: Images) -> npt.NDArray[np.float64]:
         """Class probabilities ``(N, C)``, columns in ``classes_`` order."""
-        return np.asarray(self._current_head().predict_proba(self.features(images)), dtype=np.float64)
+        features = self.features(images)
+        with self._head_lock:
+            return np.asarray(self._current_head().predict_proba(features), dtype=np.float64)
 
     def evaluate(self, images: Images, labels: Sequence[Any]) -> dict[str, Any]:
         """Accuracy and per-class recall on labelled images."""

@@ -96,6 +96,16 @@ class BaseHead:
     reject_quantile: float
     power: float
 
+    # ----- the estimator contract every head implements ---------------------------------------
+
+    def fit(self: H, X: Any, y: Any, groups: Any = None) -> H:
+        """Fit on features ``X`` (N, D), labels ``y``; ``groups`` marks rows of one image, held out together."""
+        raise NotImplementedError
+
+    def partial_fit(self: H, X: Any, y: Any) -> H:
+        """Enrol more samples (new classes allowed) without refitting from scratch."""
+        raise NotImplementedError
+
     # ----- sklearn-style plumbing -------------------------------------------------------------
 
     def get_params(self) -> dict[str, Any]:
