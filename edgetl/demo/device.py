@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from edgetl.datasets import ImageDataset, k_shot
-from edgetl_runtime.images import hflip
 from edgetl_runtime.learner import Learner
 
 
@@ -43,7 +42,7 @@ def few_shot_curve(
 ) -> list[FewShotCell]:
     """Accuracy vs K through the real device API: every episode is remove-all, add, fit, evaluate.
 
-    Features of the pool (and its mirror images) and the test set are computed once up front; every
+    Features of the pool and the test set are computed once up front; every
     episode then re-enrols cached images, so the backbone never runs again (``backbone_runs`` = 0):
     exactly what a device sees when classes are re-taught.
     """
@@ -51,7 +50,7 @@ def few_shot_curve(
     test_labels = [test.classes[i] for i in test.labels]
     test_images = list(test.images)
     pool_images = list(pool.images)
-    learner.features(test_images + pool_images + [hflip(img) for img in pool_images])  # the only backbone runs
+    learner.features(test_images + pool_images)  # the only backbone runs of this curve
     cells = []
     for k in shots:
         accuracies, enrol_ms = [], []
