@@ -77,4 +77,4 @@ def test_fresh_venv_without_torch_runs_the_learner(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.startswith("OK 20 onnxruntime")
+    assert run.stdout.startswith("OK 10 onnxruntime")
