@@ -156,7 +156,10 @@ def extract_fmaps(images: np.ndarray, crop_pct: float, batch: int = 64, threads:
 
 def build_fmap_cache(cache: Path, pool_per_class: int, n_test: int, crop_pct: float) -> Path:
     """Cache the 7x7 final maps (float16) of pool, test and flipped pool under ``crop_pct``, one file each
-    (``<stem>_{pool,test,pool_flip}.npy`` + labels in ``<stem>_meta.npz``); returns the stem."""
+    (``<stem>_{pool,test,pool_flip}.npy`` + labels in ``<stem>_meta.npz``); returns the stem.
+
+    Same pool, episodes and test images as the pooled cache, so the numbers compare directly.
+    """
     stem = cache / f"fmnist_lite0_224_crop{crop_pct:g}_pool{pool_per_class}_test{n_test}_fmap"
     cache.mkdir(parents=True, exist_ok=True)
     tr_x, tr_y = load_fashion_mnist("train")
@@ -174,6 +177,48 @@ def build_fmap_cache(cache: Path, pool_per_class: int, n_test: int, crop_pct: fl
         np.save(f"{f}.tmp.npy", arr)
         os.replace(f"{f}.tmp.npy", f)
     return stem
+
+
+def grid_pool(fmaps: np.ndarray, grid: int) -> np.ndarray:
+    """``torch.nn.functional.adaptive_avg_pool2d(fmaps, grid).flatten(1)`` in numpy: (N, C*grid*grid) float32."""
+    n, c, h, w = fmaps.shape
+    out = np.empty((n, c, grid, grid), np.float32)
+    for i in range(grid):
+        r0, r1 = (i * h) // grid, -(-(i + 1) * h // grid)
+        for j in range(grid):
+            c0, c1 = (j * w) // grid, -(-(j + 1) * w // grid)
+            out[:, :, i, j] = fmaps[:, :, r0:r1, c0:c1].astype(np.float32).mean(axis=(2, 3))
+    return out.reshape(n, -1)
+
+
+def pooled_features(fmaps: np.ndarray, config: str) -> np.ndarray:
+    """Features of a pooling ``config``: ``"4"`` is the 4x4 average grid; ``"1+2"`` concatenates the 1x1 and
+    2x2 grids, each block L1-normalised so that after the heads' sqrt + L2 every block weighs the same."""
+    parts = [grid_pool(fmaps, int(g)) for g in config.split("+")]
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([b / np.maximum(np.abs(b).sum(1, keepdims=True), 1e-12) for b in parts], 1)
+
+
+def fmap_study(stem: Path, configs: list[str], runs: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Accuracy (auto/ridge, with and without flip enrolment) and 10x5 fit time of each pooling config."""
+    meta = load_features(Path(f"{stem}_meta.npz"))
+    maps = {k: np.load(f"{stem}_{k}.npy", mmap_mode="r") for k in ("pool", "pool_flip", "test")}
+    rows: list[dict[str, Any]] = []
+    timing: dict[str, Any] = {}
+    for config in configs:
+        key = f"{stem.name.split('_pool')[0].removeprefix('fmnist_lite0_224_')}_grid{config}"
+        data = {"pool_y": meta["pool_y"], "test_y": meta["test_y"]}
+        data.update({f"{k}_{key}": pooled_features(np.asarray(m), config) for k, m in maps.items()})
+        rows += accuracy_rows(data, key, heads=("auto", "ridge"))
+        idx = episode(meta["pool_y"], 5, 0)
+        X, y = data[f"pool_{key}"][idx], meta["pool_y"][idx]
+        timing[key] = {"D": X.shape[1]}
+        for name, make in edgetl_heads().items():
+            if name in ("auto", "ridge"):
+                timing[key][name] = timed(lambda make=make, X=X, y=y: make().fit(X, y), runs)
+        print(f"[{key}] D={X.shape[1]} fit_10x5 ms: {json.dumps(timing[key])}", flush=True)
+    return rows, timing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -362,11 +407,34 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="timed runs per numpy head")
     parser.add_argument("--sklearn-runs", type=int, default=20)
     parser.add_argument(
-        "--fmap-crop-pct", type=float, default=None, help="extract 7x7 final maps at this crop_pct and exit"
+        "--fmap-crop-pct",
+        type=float,
+        default=None,
+        help="pooling study instead: cache the 7x7 final maps at this crop_pct, score --fmap-configs, exit",
+    )
+    parser.add_argument(
+        "--fmap-configs", nargs="*", default=["1", "2", "3", "4"], help='grids to pool to; "1+2" concatenates'
     )
     args = parser.parse_args()
     if args.fmap_crop_pct is not None:
-        print(f"fmaps: {build_fmap_cache(args.cache, args.pool_per_class, args.n_test, args.fmap_crop_pct)}")
+        stem = build_fmap_cache(args.cache, args.pool_per_class, args.n_test, args.fmap_crop_pct)
+        print(f"fmaps: {stem}")
+        if args.extract_only:
+            return
+        rows, timing = fmap_study(stem, args.fmap_configs, args.runs)
+        summary = {
+            f"{f}/{h}": {str(k): round(100 * v, 2) for k, v in m.items()} for (f, h), m in summarise(rows).items()
+        }
+        out = {
+            "environment": environment(),
+            "fmaps": str(stem),
+            "timing_ms": timing,
+            "accuracy": rows,
+            "summary": summary,
+        }
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"fmap_crop{args.fmap_crop_pct:g}.json").write_text(json.dumps(out, indent=2))
+        print(json.dumps(summary, indent=1))
         return
     path = build_cache(args.cache, args.pool_per_class, args.n_test)
     print(f"features: {path}")

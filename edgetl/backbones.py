@@ -159,6 +159,4 @@ def load_finetuned(run_dir: Path, image_size: int | None = None) -> Backbone:
     if image_size is not None:
         spec = spec.with_size(image_size)
     weights = f"finetuned:{run_dir}"
-    return Backbone(
-        str(cfg.get("name", timm_name)), timm_name, model, spec, pooled_dim(model), weights, classes, head
-    )
+    return Backbone(str(cfg.get("name", timm_name)), timm_name, model, spec, pooled_dim(model), weights, classes, head)

@@ -26,7 +26,7 @@ def test_every_registered_backbone_gives_pooled_features(name: str) -> None:
 
 
 def test_unknown_name_suggests_close_matches() -> None:
-    with pytest.raises(UnknownBackboneError, match="Did you mean.*mobilenetv3_large"):
+    with pytest.raises(UnknownBackboneError, match=r"Did you mean.*mobilenetv3_large"):
         resolve_name("mobilenetv3_lage")
     with pytest.raises(KeyError):  # also a builtin KeyError for callers that catch that
         resolve_name("definitely-not-a-model")
