@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.metadata
 import tempfile
@@ -19,7 +20,7 @@ from edgetl_exporters.onnx_export import ExportConfig, export_features_onnx
 from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.errors import ConfigError, DatasetError
 from edgetl_runtime.manifest import GOLDEN_NAME, HEAD_NAME, BackboneInfo, Manifest, Precision
-from edgetl_runtime.preprocess import preprocess_batch
+from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
 
 GOLDEN_COUNT = 4
 VERSIONED = ("edgetl", "torch", "timm", "onnx", "onnxruntime", "onnxslim", "numpy")
@@ -34,6 +35,7 @@ class BundleConfig:
     eval_count: int = 600  # held-out labelled images for the int8 accuracy guard
     max_accuracy_drop: float = 1.0
     pooling: str = "avg"  # exported feature vector, see edgetl.pooling ("avg", "grid2", "avg+grid2", ...)
+    crop_pct: float | None = None  # None: the backbone's own; 1.0 keeps objects that fill the frame whole
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
@@ -78,11 +80,10 @@ def export_bundle(
         quantize_config: an ``edgetl_exporters.quantize.QuantizeConfig`` (default: auto for this CPU).
     """
     config = config or BundleConfig()
-    backbone = model if isinstance(model, Backbone) else create_backbone(model, weights, image_size=image_size)
-    if image_size is not None and isinstance(model, Backbone):
-        backbone.spec = backbone.spec.with_size(image_size)
+    backbone = model if isinstance(model, Backbone) else create_backbone(model, weights)
+    spec = bundle_spec(backbone.spec, image_size, config.crop_pct)
     calib, held_out = _calibration_split(data, config)
-    calib_inputs = preprocess_batch(list(calib.images), backbone.spec)  # (C, 3, H, W)
+    calib_inputs = preprocess_batch(list(calib.images), spec)  # (C, 3, H, W)
     features_model = PooledFeatures(backbone.model, config.pooling).eval()
     members: dict[str, bytes] = {}
     report: dict[str, Any] = {}
@@ -91,7 +92,7 @@ def export_bundle(
         parity = export_features_onnx(features_model, calib_inputs[:32], fp32_path, config.export)
         report["fp32_parity"] = parity.to_dict()
         members[Precision.FP32.member] = fp32_path.read_bytes()
-        quant = _quantized_members(fp32_path, calib_inputs, held_out, backbone, config, quantize_config)
+        quant = _quantized_members(fp32_path, calib_inputs, held_out, spec, config, quantize_config)
         for name, (data_bytes, part_report) in quant.items():
             members[name] = data_bytes
             report[name] = part_report
@@ -109,9 +110,16 @@ def export_bundle(
         config.export.output_name,
         config.pooling,
     )
-    manifest = _manifest(info, backbone, config, report, len(calib), data_source, ships_head)
+    manifest = _manifest(info, spec, backbone, config, report, len(calib), data_source, ships_head)
     bundle = write_bundle(output, manifest, members)
     return ExportResult(Path(output), bundle, report)
+
+
+def bundle_spec(spec: PreprocessSpec, image_size: int | None, crop_pct: float | None) -> PreprocessSpec:
+    """The preprocessing the bundle promises: the backbone's, with the export's overrides."""
+    if image_size is not None:
+        spec = spec.with_size(image_size)
+    return spec if crop_pct is None else dataclasses.replace(spec, crop_pct=crop_pct)
 
 
 def _calibration_split(data: ImageDataset | None, config: BundleConfig) -> tuple[ImageDataset, ImageDataset]:
@@ -134,7 +142,7 @@ def _quantized_members(
     fp32_path: Path,
     calib_inputs: np.ndarray,
     held_out: ImageDataset,
-    backbone: Backbone,
+    spec: PreprocessSpec,
     config: BundleConfig,
     quantize_config: Any,
 ) -> dict[str, tuple[bytes, dict[str, Any]]]:
@@ -142,7 +150,7 @@ def _quantized_members(
     if Precision.INT8 in config.precisions:
         from edgetl_exporters.quantize import quantize_for_bundle
 
-        eval_inputs = preprocess_batch(list(held_out.images), backbone.spec)
+        eval_inputs = preprocess_batch(list(held_out.images), spec)
         out[Precision.INT8.member] = quantize_for_bundle(
             fp32_path, calib_inputs, eval_inputs, held_out.labels, config.max_accuracy_drop, quantize_config
         )
@@ -186,6 +194,7 @@ def _head_npz(backbone: Backbone) -> bytes:
 
 def _manifest(
     info: BackboneInfo,
+    spec: PreprocessSpec,
     backbone: Backbone,
     config: BundleConfig,
     report: dict[str, Any],
@@ -196,7 +205,7 @@ def _manifest(
     quant = report.get(Precision.INT8.member, {})
     return Manifest(
         backbone=info,
-        preprocess=backbone.spec,
+        preprocess=spec,
         members={},
         precisions=config.precisions,
         quantization=dict(quant.get("config", {})),

@@ -20,6 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--eval-count", type=int, default=600, help="held-out images for the int8 accuracy guard")
     p.add_argument("--max-drop", type=float, default=1.0, help="largest int8 accuracy drop accepted, in points")
     p.add_argument("--image-size", type=int, default=None, help="square input resolution (default: the model's)")
+    p.add_argument(
+        "--crop-pct", type=float, default=None, help="centre-crop fraction (default: the model's; 1.0 = none)"
+    )
+    p.add_argument("--pooling", default="avg", help="exported features: avg, grid2..grid4, or e.g. avg+grid2")
     p.add_argument("-o", "--output", required=True, type=Path, help="bundle path, e.g. model.edgetl")
     p.set_defaults(func=run_export)
 
@@ -36,7 +40,14 @@ def run_export(args: argparse.Namespace) -> int:
     unknown = [p for p in precisions if p not in {"fp32", "int8", "fp16"}]
     if unknown:
         raise ConfigError(f"Unknown precision(s) {unknown}; choose from fp32, int8, fp16.")
-    config = BundleConfig(precisions, args.calib_count, args.eval_count, args.max_drop)  # type: ignore[arg-type]
+    config = BundleConfig(
+        precisions,  # type: ignore[arg-type]
+        args.calib_count,
+        args.eval_count,
+        args.max_drop,
+        pooling=args.pooling,
+        crop_pct=args.crop_pct,
+    )
     result = export_bundle(
         args.model,
         args.output,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ class DemoConfig:
     backbone: str = "tf_efficientnet_lite0"
     weights: str = "bundled"
     image_size: int = 96  # a multiple of 32: TF-"same" padding exports exactly only there
+    crop_pct: float = 1.0  # Fashion-MNIST objects fill the frame: a centre crop would cut them
     source_classes: tuple[int, ...] = (0, 1, 2, 3, 4)  # T-shirt, Trouser, Pullover, Dress, Coat
     target_classes: tuple[int, ...] = (5, 6, 7, 8, 9)  # Sandal, Shirt, Sneaker, Bag, Ankle boot: never seen on host
     finetune_per_class: int = 300
@@ -119,6 +121,7 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
 
 def _finetune(config: DemoConfig, source: ImageDataset, source_test: ImageDataset, run_dir: Path) -> dict[str, Any]:
     backbone = create_backbone(config.backbone, config.weights, image_size=config.image_size)
+    backbone.spec = dataclasses.replace(backbone.spec, crop_pct=config.crop_pct)  # trained as the device will see
     ft_config = FinetuneConfig.partial(
         freeze_stages=config.freeze_stages, epochs=config.finetune_epochs, batch_size=32, patience=None, progress=True
     )
@@ -128,7 +131,10 @@ def _finetune(config: DemoConfig, source: ImageDataset, source_test: ImageDatase
 
 def _export(config: DemoConfig, model: str | Path, calib: ImageDataset, path: Path) -> tuple[Path, dict[str, Any]]:
     bundle_config = BundleConfig(
-        precisions=("fp32", "int8"), calibration_count=config.calibration_count, eval_count=config.eval_count
+        precisions=("fp32", "int8"),
+        calibration_count=config.calibration_count,
+        eval_count=config.eval_count,
+        crop_pct=config.crop_pct,
     )
     result = export_bundle(
         model,
