@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import gzip
 import json
 import os
 import platform
@@ -39,7 +38,9 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
+from edgetl.bench.fewshot import episode, simpleshot_predict, sklearn_lr_predict  # noqa: E402
+from edgetl_runtime.latency import measure  # noqa: E402
+
 LAYERS = ("b4", "b5", "b6")  # pooled outputs of blocks[4..6] (112, 192, 320 channels)
 SHOTS = (1, 5, 10, 20)
 SEEDS = (0, 1, 2, 3, 4)
@@ -49,16 +50,12 @@ SEEDS = (0, 1, 2, 3, 4)
 # Data and feature extraction (needs torch + timm; run once, then cached).
 
 
-def read_idx(path: Path, offset: int) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        return np.frombuffer(f.read(), dtype=np.uint8, offset=offset)
-
-
 def load_fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
     """``split`` in {"train", "t10k"} -> images (N, 28, 28) uint8, labels (N,) int64."""
-    images = read_idx(DATA_DIR / f"{split}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
-    labels = read_idx(DATA_DIR / f"{split}-labels-idx1-ubyte.gz", 8).astype(np.int64)
-    return images, labels
+    from edgetl.datasets import load_fashion_mnist as load
+
+    data = load("train" if split == "train" else "test")
+    return np.asarray(data.images), data.labels
 
 
 def stratified_pool(labels: np.ndarray, per_class: int, seed: int = 1234) -> np.ndarray:
@@ -225,30 +222,6 @@ def fmap_study(stem: Path, configs: list[str], runs: int) -> tuple[list[dict[str
 # Benchmark (numpy heads vs scikit-learn on the cached features).
 
 
-def episode(pool_y: np.ndarray, shots: int, seed: int) -> np.ndarray:
-    """Pool indices of ``shots`` enrolled images per class; the same for every head."""
-    rng = np.random.default_rng(seed * 100 + shots)
-    return np.concatenate([rng.choice(np.flatnonzero(pool_y == c), shots, replace=False) for c in np.unique(pool_y)])
-
-
-def simpleshot_predict(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> np.ndarray:
-    """Reference SimpleShot (CL2N with the enrolled mean, nearest class mean), as literally published."""
-    mu = X.mean(axis=0)
-
-    def cl2n(A: np.ndarray) -> np.ndarray:
-        return (A - mu) / np.linalg.norm(A - mu, axis=1, keepdims=True)
-
-    classes = np.unique(y)
-    protos = np.stack([cl2n(X)[y == c].mean(axis=0) for c in classes])
-    return classes[np.argmax(cl2n(Xt) @ protos.T, axis=1)]
-
-
-def sklearn_lr_predict(X: np.ndarray, y: np.ndarray, Xt: np.ndarray) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
-
-    return LogisticRegression(max_iter=1000).fit(X, y).predict(Xt)
-
-
 def edgetl_heads() -> dict[str, Callable[[], Any]]:
     from edgetl_runtime.heads import AutoHead, LogisticHead, NearestClassMean, RidgeHead
 
@@ -288,20 +261,15 @@ def accuracy_rows(data: dict[str, np.ndarray], key: str = "feat", heads: tuple[s
 
 
 def timed(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, float]:
-    """Wall-clock statistics of ``fn`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t0) * 1e3)
-    a = np.array(ts)
+    """Wall-clock statistics of ``fn`` in milliseconds (the runtime's own latency measurement)."""
+    stats = measure(fn, runs=runs, warmup=warmup)
     return {
-        "runs": runs,
-        "min": float(a.min()),
-        "mean": float(a.mean()),
-        **{f"p{q}": float(np.percentile(a, q)) for q in (50, 90, 99)},
+        "runs": stats.runs,
+        "min": stats.min_ms,
+        "mean": stats.mean_ms,
+        "p50": stats.p50_ms,
+        "p90": stats.p90_ms,
+        "p99": stats.p99_ms,
     }
 
 

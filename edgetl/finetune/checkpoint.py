@@ -9,8 +9,6 @@ never leaves a half-written checkpoint where a good one was.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +18,13 @@ from torch import nn
 
 from edgetl.backbones import FINETUNED_CONFIG, FINETUNED_WEIGHTS, Backbone
 from edgetl.finetune.config import FinetuneConfig
+from edgetl_runtime.atomic import atomic_write
 
 
 def write_atomic(path: Path, payload: bytes) -> None:
     """Replace ``path`` with ``payload`` all at once (temp file + fsync + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        fh.write(payload)
 
 
 def checkpoint_tensors(model: nn.Module, head: nn.Linear) -> dict[str, torch.Tensor]:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from edgetl.finetune.config import FinetuneConfig
 from edgetl.finetune.data import TorchImageDataset, eval_loader
 from edgetl.finetune.optim import build_optimizer, build_scheduler, head_groups
 from edgetl.finetune.trainer import Evaluation, History, evaluate, fit
+from edgetl_runtime.atomic import atomic_write
 
 log = logging.getLogger("edgetl.finetune")
 
@@ -94,17 +93,8 @@ def cached_features(
 
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as fh:
+        np.savez(fh, **arrays)
 
 
 def _loader(feats: Features, batch_size: int, shuffle: bool, seed: int) -> DataLoader[tuple[torch.Tensor, ...]]:
