@@ -14,6 +14,7 @@ from edgetl.datasets import ImageDataset, balanced_subset, load_fashion_mnist
 from edgetl.demo.device import FewShotCell, few_shot_curve
 from edgetl.export import BundleConfig, export_bundle
 from edgetl.finetune import FinetuneConfig, finetune
+from edgetl_runtime.errors import QuantizationError
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,12 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
     bundles = {}
     calib = balanced_subset(train.select_classes(config.source_classes), 200, seed=1)  # host data only
     for name, model in (("imagenet", config.backbone), ("finetuned", out / "finetuned")):
-        with step(f"export {name} bundle (fp32 + int8)"):
+        with step(f"export {name} bundle"):
             bundles[name], result.exports[name] = _export(config, model, calib, out / f"{name}.edgetl")
     target_pool = balanced_subset(train.select_classes(config.target_classes), config.pool_per_class, seed=2)
     target_test = balanced_subset(test.select_classes(config.target_classes), config.test_per_class, seed=0)
     for name, path in bundles.items():
-        for precision in ("fp32", "int8"):
+        for precision in result.exports[name]["precisions"]:
             with step(f"device few-shot: {name} {precision}"):
                 result.few_shot += few_shot_curve(
                     path, precision, target_pool, target_test, config.shots, config.seeds, config.threads
@@ -130,8 +131,20 @@ def _finetune(config: DemoConfig, source: ImageDataset, source_test: ImageDatase
 
 
 def _export(config: DemoConfig, model: str | Path, calib: ImageDataset, path: Path) -> tuple[Path, dict[str, Any]]:
+    """fp32 + int8; when the int8 accuracy guard refuses, ship fp32 alone and say why (never a bad int8)."""
+    try:
+        return _export_with(config, model, calib, path, ("fp32", "int8"))
+    except QuantizationError as exc:
+        print(f"[demo] int8 refused by the accuracy guard, shipping fp32 only: {exc}", flush=True)
+        bundle_path, info = _export_with(config, model, calib, path, ("fp32",))
+        return bundle_path, {**info, "int8_refused": str(exc)}
+
+
+def _export_with(
+    config: DemoConfig, model: str | Path, calib: ImageDataset, path: Path, precisions: tuple[str, ...]
+) -> tuple[Path, dict[str, Any]]:
     bundle_config = BundleConfig(
-        precisions=("fp32", "int8"),
+        precisions=precisions,  # type: ignore[arg-type]
         calibration_count=config.calibration_count,
         eval_count=config.eval_count,
         crop_pct=config.crop_pct,
@@ -146,7 +159,7 @@ def _export(config: DemoConfig, model: str | Path, calib: ImageDataset, path: Pa
         image_size=config.image_size,
     )
     sizes = {name: info.size for name, info in result.bundle.manifest.members.items()}
-    return path, {"path": str(path), "member_bytes": sizes, "checks": result.report}
+    return path, {"path": str(path), "precisions": list(precisions), "member_bytes": sizes, "checks": result.report}
 
 
 def _latency(config: DemoConfig, bundle: Path, out: Path) -> dict[str, Any]:

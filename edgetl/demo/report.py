@@ -79,7 +79,10 @@ def _export_table(exports: dict[str, Any]) -> str:
         sizes = info["member_bytes"]
         fp32, int8 = sizes.get("backbone.fp32.onnx", 0), sizes.get("backbone.int8.onnx", 0)
         check = info["checks"].get("backbone.int8.onnx", {})
-        summary = {k: check[k] for k in ("accuracy_drop", "cosine_mean", "excluded_nodes") if k in check}
+        keys = ("accuracy_fp32", "accuracy_int8", "accuracy_delta", "cosine_mean", "excluded_nodes")
+        summary = {k: round(check[k], 3) if isinstance(check.get(k), float) else check.get(k) for k in keys}
+        if "int8_refused" in info:
+            summary = {"refused by the accuracy guard": info["int8_refused"][:160]}
         rows.append(f"| {name} | {fp32 / 1e6:.2f} | {int8 / 1e6:.2f} | {int8 / max(fp32, 1):.2f} | {summary} |")
     return "\n".join(rows)
 

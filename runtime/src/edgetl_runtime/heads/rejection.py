@@ -45,7 +45,12 @@ def _unit(A: FloatArray) -> FloatArray:
 
 
 def loo_cosines(
-    Z: FloatArray, y_idx: IntArray, sums: FloatArray, counts: FloatArray, groups: IntArray
+    Z: FloatArray,
+    y_idx: IntArray,
+    sums: FloatArray,
+    counts: FloatArray,
+    groups: IntArray,
+    kernel: FloatArray | None = None,
 ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
     """Exact leave-one-group-out cosines ``(N, C)`` of each sample to every centred class mean.
 
@@ -53,29 +58,73 @@ def loo_cosines(
     the class means); both are handled exactly through the Gram matrix of the class means. A class
     left empty drops out of the centre and gets cosine -inf; ``valid`` marks samples whose class
     survives.
+
+    ``kernel`` is ``Z Z^T`` when the caller has it and ``sums``/``counts`` are the class sums of ``Z``
+    itself: every product is then read off the ``(N, N)`` kernel, with no pass over the D features.
     """
     n, n_cls = len(Z), len(counts)
-    rows = np.arange(n)
-    means = sums / np.maximum(counts, 1.0)[:, None]  # (C, D)
-    za = Z @ means.T  # (N, C) z . class mean
-    zz = np.einsum("nd,nd->n", Z, Z)
-    if len(np.unique(groups)) == n:  # every sample is its own group: what leaves is the sample itself
+    g = np.asarray(groups).ravel()
+    if n and (g.dtype.kind not in "iu" or g.min() < 0 or g.max() > 4 * n):  # any ids -> 0..G-1
+        g = np.unique(g, return_inverse=True)[1].ravel()
+    singles = n == 0 or int(np.bincount(g).max()) == 1  # every sample is its own group
+    inv_counts = 1.0 / np.maximum(counts, 1.0)
+    if kernel is not None:
+        onehot = np.zeros((n_cls, n))
+        onehot[y_idx, np.arange(n)] = 1.0
+        ko = kernel @ onehot.T  # (N, C) z . class sum
+        za = ko * inv_counts  # (N, C) z . class mean
+        zz = np.diagonal(kernel).copy()
+        sums_means = (onehot @ ko) * inv_counts  # (C, C) class sums . class means
+    else:
+        means = sums * inv_counts[:, None]  # (C, D)
+        za = Z @ means.T
+        zz = np.einsum("nd,nd->n", Z, Z)
+        sums_means = sums @ means.T
+    if singles:  # what leaves is the sample itself
         held_n, hm, hh, zh = np.ones(n), za, zz, zz
     else:
-        _, p = np.unique(np.stack([y_idx, np.asarray(groups).ravel()], axis=1), axis=0, return_inverse=True)
-        pair_sums, pair_counts = class_sums(Z, p.ravel(), int(p.max()) + 1)  # (P, D) (class, group) cells
-        held, held_n = pair_sums[p.ravel()], pair_counts[p.ravel()]  # (N, D), (N,) what leaves with sample i
-        hm, hh, zh = held @ means.T, np.einsum("nd,nd->n", held, held), np.einsum("nd,nd->n", Z, held)
+        _, p = np.unique(np.stack([y_idx, g], axis=1), axis=0, return_inverse=True)
+        p = p.ravel()
+        if kernel is not None:
+            cells = np.zeros((int(p.max()) + 1, n))  # (P, N) one-hot of the (class, group) cells
+            cells[p, np.arange(n)] = 1.0
+            kc = kernel @ cells.T  # (N, P) z . cell sum
+            held_n = cells.sum(axis=1)[p]
+            hm = ((cells @ ko) * inv_counts)[p]  # (N, C) held . class means
+            hh = np.einsum("pn,np->p", cells, kc)[p]
+            zh = kc[np.arange(n), p]
+        else:
+            pair_sums, pair_counts = class_sums(Z, p, int(p.max()) + 1)  # (P, D) (class, group) cells
+            held, held_n = pair_sums[p], pair_counts[p]  # (N, D), (N,) what leaves with sample i
+            hm, hh, zh = held @ means.T, np.einsum("nd,nd->n", held, held), np.einsum("nd,nd->n", Z, held)
+    return _loo_cosines_from_products(y_idx, counts, za, zz, sums_means, held_n, hm, hh, zh)
+
+
+def _loo_cosines_from_products(
+    y_idx: IntArray,
+    counts: FloatArray,
+    za: FloatArray,
+    zz: FloatArray,
+    sums_means: FloatArray,
+    held_n: FloatArray,
+    hm: FloatArray,
+    hh: FloatArray,
+    zh: FloatArray,
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """:func:`loo_cosines` from the inner products it needs (see there for the maths)."""
+    n, n_cls = len(za), len(counts)
+    rows = np.arange(n)
     rest = counts[y_idx] - held_n  # (N,) own-class samples left after the hold-out
     valid = rest > 0
     inv_rest = 1.0 / np.maximum(rest, 1.0)
     own_counts = counts[y_idx]
+    means_means = sums_means / np.maximum(counts, 1.0)[:, None]  # (C, C) Gram of the class means
     # The held-out own mean is (s_y - h) / rest; every product with it expands into cached products.
-    cross = ((sums @ means.T)[y_idx] - hm) * inv_rest[:, None]  # (N, C) held-out own mean . class means
-    gram = np.broadcast_to(means @ means.T, (n, n_cls, n_cls)).copy()  # (N, C, C) Gram of the rows
+    cross = (sums_means[y_idx] - hm) * inv_rest[:, None]  # (N, C) held-out own mean . class means
+    gram = np.broadcast_to(means_means, (n, n_cls, n_cls)).copy()  # (N, C, C) Gram of the rows
     gram[rows, y_idx, :] = cross
     gram[rows, :, y_idx] = cross
-    ss = np.einsum("kd,kd->k", sums, sums)[y_idx]
+    ss = np.diagonal(sums_means)[y_idx] * own_counts  # |s_y|^2
     gram[rows, y_idx, y_idx] = (ss - 2 * hm[rows, y_idx] * own_counts + hh) * inv_rest**2
     za = za.copy()
     za[rows, y_idx] = (za[rows, y_idx] * own_counts - zh) * inv_rest
@@ -94,39 +143,112 @@ def loo_cosines(
 
 
 class SimilarityRejector:
-    """Running class sums of normalised features plus leave-one-out calibration scores."""
+    """Running class sums of normalised features plus leave-one-out calibration scores.
+
+    ``fit`` keeps only the class sums and defers the leave-one-out calibration (``scores_``,
+    ``correct_``, ``loo_cosines_``) until one of them or ``threshold_`` is first read, so a head that
+    never rejects never pays for it. The deferred inputs are immutable snapshots and the results are
+    published as one tuple, so two threads racing on the first read compute the same value twice at
+    worst. ``partial_fit`` and ``keep_classes`` complete the pending calibration first and replace the
+    calibration tuple, which also invalidates the cached threshold.
+    """
 
     def __init__(self, quantile: float = 0.05) -> None:
         self.quantile = quantile
 
-    def fit(self, Z: FloatArray, y_idx: IntArray, n_classes: int, groups: IntArray | None = None) -> SimilarityRejector:
-        """Start from scratch on ``Z`` (N, D) normalised features with class indices ``y_idx``."""
+    def fit(
+        self,
+        Z: FloatArray,
+        y_idx: IntArray,
+        n_classes: int,
+        groups: IntArray | None = None,
+        kernel: FloatArray | None = None,
+    ) -> SimilarityRejector:
+        """Start from scratch on ``Z`` (N, D) normalised features with class indices ``y_idx``.
+
+        ``kernel`` is ``Z Z^T`` if the caller already has it (makes the calibration O(N^2 C)).
+        """
         self.sums_, self.counts_ = class_sums(Z, y_idx, n_classes)  # (C, D), (C,)
-        self.scores_, self.correct_ = self._loo_scores(Z, y_idx, groups)
-        self.score_class_ = y_idx.astype(np.int64)
+        g = np.arange(len(Z)) if groups is None else np.asarray(groups).ravel()
+        self._pending: tuple[Any, ...] | None = (Z, y_idx, g, kernel, self.sums_, self.counts_)
+        self._calib: tuple[FloatArray, npt.NDArray[np.bool_], IntArray] | None = None
+        self._loo: FloatArray | None = None
+        self._thr: tuple[Any, float] | None = None
+        return self
+
+    def _calibration(self) -> tuple[FloatArray, npt.NDArray[np.bool_], IntArray]:
+        """``(scores_, correct_, score_class_)``, computing the deferred leave-one-out on first use."""
+        calib = self._calib
+        if calib is None:
+            pending = self._pending
+            if pending is None:  # another thread published it between our two reads
+                calib = self._calib
+                assert calib is not None
+                return calib
+            Z, y_idx, g, kernel, sums, counts = pending
+            sims, valid = loo_cosines(Z, y_idx, sums, counts, g, kernel)
+            own = sims[np.arange(len(Z)), y_idx]
+            correct = valid & (np.argmax(sims, axis=1) == y_idx)
+            calib = (np.where(valid, own, np.nan), correct, y_idx.astype(np.int64))
+            self._loo = sims
+            self._calib = calib
+            self._pending = None
+        return calib
+
+    @property
+    def scores_(self) -> FloatArray:
+        """Leave-one-out similarity of each enrolled sample to its own class (NaN: not scorable)."""
+        return self._calibration()[0]
+
+    @property
+    def correct_(self) -> npt.NDArray[np.bool_]:
+        """Whether each enrolled sample's leave-one-out nearest class is its own."""
+        return self._calibration()[1]
+
+    @property
+    def score_class_(self) -> IntArray:
+        """Class index of each calibration score."""
+        return self._calibration()[2]
+
+    @property
+    def loo_cosines_(self) -> FloatArray:
+        """``(N, C)`` transient (not saved): NCM's exact LOO cosines from the last ``fit``, reused by AutoHead."""
+        self._calibration()
+        if self._loo is None:
+            raise AttributeError("loo_cosines_ exists only after fit (it is not saved)")
+        return self._loo
+
+    def _set_calibration(
+        self, scores: FloatArray, correct: npt.NDArray[np.bool_], score_class: IntArray
+    ) -> SimilarityRejector:
+        self._pending, self._loo, self._thr = None, None, None
+        self._calib = (scores, correct, score_class.astype(np.int64))
         return self
 
     def partial_fit(self, Z: FloatArray, y_idx: IntArray, n_classes: int, remap: IntArray) -> SimilarityRejector:
         """Add samples; ``remap[k]`` is the new index of old class k (classes may have been inserted)."""
+        old_scores, old_correct, old_class = self._calibration()  # scored against the old means
         sums, counts = np.zeros((n_classes, Z.shape[1])), np.zeros(n_classes)
         sums[remap], counts[remap] = self.sums_, self.counts_
         new_sums, new_counts = class_sums(Z, y_idx, n_classes)
         self.sums_, self.counts_ = sums + new_sums, counts + new_counts
-        scores, correct = self._loo_scores(Z, y_idx, None)
-        self.scores_ = np.concatenate([self.scores_, scores])
-        self.correct_ = np.concatenate([self.correct_, correct])
-        self.score_class_ = np.concatenate([remap[self.score_class_], y_idx]).astype(np.int64)
-        return self
+        sims, valid = loo_cosines(Z, y_idx, self.sums_, self.counts_, np.arange(len(Z)))
+        own = sims[np.arange(len(Z)), y_idx]
+        correct = valid & (np.argmax(sims, axis=1) == y_idx)
+        return self._set_calibration(
+            np.concatenate([old_scores, np.where(valid, own, np.nan)]),
+            np.concatenate([old_correct, correct]),
+            np.concatenate([remap[old_class], y_idx]),
+        )
 
     def keep_classes(self, keep_idx: IntArray) -> SimilarityRejector:
         """Drop every class not in ``keep_idx`` (old indices, ascending) with its calibration scores."""
+        scores, correct, score_class = self._calibration()
         new_index = np.full(len(self.counts_), -1, dtype=np.int64)
         new_index[keep_idx] = np.arange(len(keep_idx))
-        kept = new_index[self.score_class_] >= 0
+        kept = new_index[score_class] >= 0
         self.sums_, self.counts_ = self.sums_[keep_idx], self.counts_[keep_idx]
-        self.scores_, self.correct_ = self.scores_[kept], self.correct_[kept]
-        self.score_class_ = new_index[self.score_class_[kept]]
-        return self
+        return self._set_calibration(scores[kept], correct[kept], new_index[score_class[kept]])
 
     @property
     def means_(self) -> FloatArray:
@@ -151,23 +273,22 @@ class SimilarityRejector:
         out: FloatArray = self.cosines(Z).max(axis=1)
         return out
 
-    def _loo_scores(
-        self, Z: FloatArray, y_idx: IntArray, groups: IntArray | None
-    ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
-        g = np.arange(len(Z)) if groups is None else groups
-        sims, valid = loo_cosines(Z, y_idx, self.sums_, self.counts_, g)
-        self.loo_cosines_ = sims  # (N, C) transient (not saved): NCM's exact LOO scores, reused by AutoHead
-        own = sims[np.arange(len(Z)), y_idx]
-        correct = valid & (np.argmax(sims, axis=1) == y_idx)
-        return np.where(valid, own, np.nan), correct
-
     @property
     def threshold_(self) -> float:
-        """Score below which a query is unknown (see the module docstring for the calibration)."""
-        valid = ~np.isnan(self.scores_)
-        pick = self.correct_ if self.correct_.any() else valid
+        """Score below which a query is unknown (see the module docstring for the calibration); cached."""
+        calib = self._calibration()
+        cached = self._thr
+        if cached is not None and cached[0][0] is calib and cached[0][1] == self.quantile:
+            return cached[1]
+        value = self._threshold(calib[0], calib[1])
+        self._thr = ((calib, self.quantile), value)
+        return value
+
+    def _threshold(self, scores: FloatArray, correct: npt.NDArray[np.bool_]) -> float:
+        valid = ~np.isnan(scores)
+        pick = correct if correct.any() else valid
         if pick.any():
-            return float(np.quantile(self.scores_[pick], self.quantile))
+            return float(np.quantile(scores[pick], self.quantile))
         present = self.counts_ > 0
         if present.sum() < 2:
             return float("-inf")
@@ -190,6 +311,6 @@ class SimilarityRejector:
     def from_npz_dict(cls, d: dict[str, npt.NDArray[Any]]) -> SimilarityRejector:
         rej = cls(float(d["quantile"]))
         rej.sums_, rej.counts_ = np.asarray(d["sums_"], np.float64), np.asarray(d["counts_"], np.float64)
-        rej.scores_, rej.correct_ = np.asarray(d["scores_"], np.float64), np.asarray(d["correct_"], bool)
-        rej.score_class_ = np.asarray(d["score_class_"], np.int64)
-        return rej
+        return rej._set_calibration(
+            np.asarray(d["scores_"], np.float64), np.asarray(d["correct_"], bool), np.asarray(d["score_class_"])
+        )

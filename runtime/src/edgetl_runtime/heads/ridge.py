@@ -41,16 +41,23 @@ def _blocks_by_size(groups: IntArray) -> list[IntArray]:
 
 def loo_scorable(y_idx: IntArray, groups: IntArray, n_classes: int) -> npt.NDArray[np.bool_]:
     """Samples whose class keeps another group when their group is held out (LOO can score them)."""
-    pairs = np.unique(np.stack([y_idx, groups], axis=1), axis=0)
-    groups_per_class = np.bincount(pairs[:, 0], minlength=n_classes)
-    out: npt.NDArray[np.bool_] = groups_per_class[y_idx] >= 2
+    if len(groups) and int(np.bincount(groups).max()) == 1:  # one sample per group: count samples
+        per_class = np.bincount(y_idx, minlength=n_classes)
+    else:
+        pairs = np.unique(np.stack([y_idx, groups], axis=1), axis=0)
+        per_class = np.bincount(pairs[:, 0], minlength=n_classes)
+    out: npt.NDArray[np.bool_] = per_class[y_idx] >= 2
     return out
 
 
-def centered_eigh(Z: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """Eigenvalues ``(N,)`` (clipped at 0) and vectors ``(N, N)`` of the centred kernel ``Zc Zc^T``."""
-    Zc = Z - Z.mean(axis=0)
-    s, U = np.linalg.eigh(Zc @ Zc.T)
+def centered_eigh(Z: FloatArray, kernel: FloatArray | None = None) -> tuple[FloatArray, FloatArray]:
+    """Eigenvalues ``(N,)`` (clipped at 0) and vectors ``(N, N)`` of the centred kernel ``Zc Zc^T``.
+
+    ``kernel`` is ``Z Z^T`` if already computed; it is double-centred in O(N^2) instead of centring Z.
+    """
+    K = Z @ Z.T if kernel is None else kernel
+    r = K.mean(axis=0)  # (N,) K is symmetric: row and column means agree
+    s, U = np.linalg.eigh(K - r[:, None] - r[None, :] + r.mean())
     return np.maximum(s, 0.0), U
 
 
@@ -67,25 +74,31 @@ def ridge_loo_decisions(
     ``U S U^T`` is the eigendecomposition of the centred kernel and ``f(s) = s / (s + alpha)``; the
     held-out residual of group g is ``(I - H_gg)^{-1} (y_g - yhat_g)``.
     """
-    n = Z.shape[0]
-    g = np.arange(n) if groups is None else groups
+    n, n_cls = Y.shape
     s, U = centered_eigh(Z) if eig is None else eig  # (N,), (N, N)
-    Yc = Y - Y.mean(axis=0)
-    UtY = U.T @ Yc  # (N, C)
-    blocks = _blocks_by_size(g)
-    out = np.empty((len(alphas), *Y.shape))
-    for a, alpha in enumerate(alphas):
-        f = s / (s + alpha)  # (N,) shrinkage of each kernel eigen-direction
-        resid = Y - (Y.mean(axis=0) + U @ (f[:, None] * UtY))  # (N, C) in-sample residuals
+    Ymean = Y.mean(axis=0)
+    UtY = U.T @ (Y - Ymean)  # (N, C)
+    F = s / (s + np.asarray(alphas, dtype=np.float64)[:, None])  # (A, N) shrinkage of each eigen-direction
+    n_a = len(F)
+    fit = U @ (F.T[:, :, None] * UtY[:, None, :]).reshape(n, n_a * n_cls)  # (N, A*C) for every alpha at once
+    resid = (Y[:, None, :] - Ymean - fit.reshape(n, n_a, n_cls)).transpose(1, 0, 2)  # (A, N, C) in-sample
+    if groups is None or int(np.bincount(groups).max()) == 1:  # single samples: (y - yhat) / (1 - h_ii)
+        h = (U * U) @ F.T + 1.0 / n  # (N, A) leverages
+        resid /= np.maximum(1.0 - h, 1e-12).T[:, :, None]
+        out: FloatArray = Y - resid
+        return out
+    blocks = _blocks_by_size(groups)
+    for a in range(n_a):
+        f = F[a]
         for idx in blocks:  # (G, m) rows of the G groups of size m
-            if idx.shape[1] == 1:  # single samples: the classic (y - yhat) / (1 - h_ii)
-                h = np.einsum("ik,ik->i", U[idx[:, 0]] * f, U[idx[:, 0]]) + 1.0 / n
-                resid[idx[:, 0]] /= np.maximum(1.0 - h, 1e-12)[:, None]
+            if idx.shape[1] == 1:
+                hs = np.einsum("ik,ik->i", U[idx[:, 0]] * f, U[idx[:, 0]]) + 1.0 / n
+                resid[a, idx[:, 0]] /= np.maximum(1.0 - hs, 1e-12)[:, None]
                 continue
             Ug = U[idx]  # (G, m, N)
             I_H = np.eye(idx.shape[1]) - np.einsum("gik,gjk->gij", Ug * f, Ug) - 1.0 / n  # (G, m, m)
-            resid[idx] = np.linalg.pinv(I_H, rcond=1e-10) @ resid[idx]  # held-out residuals (I - H_gg)^-1 r_g
-        out[a] = Y - resid
+            resid[a, idx] = np.linalg.pinv(I_H, rcond=1e-10) @ resid[a, idx]  # held-out (I - H_gg)^-1 r_g
+    out = Y - resid
     return out
 
 
@@ -101,12 +114,28 @@ def select_alpha_temperature(
     if not scored.any():
         return int(np.argmin(np.abs(np.log(alphas) - np.log(FALLBACK_ALPHA)))), FALLBACK_TEMPERATURE
     rows = np.flatnonzero(scored)
-    logits = loo[:, None, rows, :] / np.asarray(TEMPERATURES)[None, :, None, None]  # (A, T, n, C)
-    top = logits.max(axis=3, keepdims=True)
-    lse = np.log(np.exp(logits - top).sum(axis=3)) + top[..., 0]  # (A, T, n)
-    nll = (lse - logits[:, :, np.arange(len(rows)), y_idx[rows]]).mean(axis=2)  # (A, T) mean LOO log-loss
+    d = loo[:, rows, :]  # (A, n, C)
+    d = d - d.max(axis=2, keepdims=True)  # shifting by the max commutes with every positive temperature
+    inv_t = 1.0 / np.asarray(TEMPERATURES)
+    own = d[:, np.arange(len(rows)), y_idx[rows]].mean(axis=1)[:, None] * inv_t  # (A, T) mean own logit
+    # float32 exp is ~5x faster; its error on the (A, T) mean log-loss is < 1e-5, so a winner ahead of the
+    # runner-up by more than _EXACT_GAP is exactly float64's. Closer calls are recomputed in float64.
+    nll = _mean_lse(d.astype(np.float32), inv_t.astype(np.float32)) - own  # (A, T) mean LOO log-loss
+    order = np.argsort(nll, axis=None)
+    if nll.size > 1 and not nll.flat[order[1]] - nll.flat[order[0]] > _EXACT_GAP:
+        nll = _mean_lse(d, inv_t) - own
     a, t = np.unravel_index(int(np.argmin(nll)), nll.shape)
     return int(a), float(TEMPERATURES[t])
+
+
+_EXACT_GAP = 1e-4
+
+
+def _mean_lse(d: npt.NDArray[Any], inv_t: npt.NDArray[Any]) -> FloatArray:
+    """Mean over samples of ``logsumexp(d / T)`` ``(A, T)`` for max-shifted decisions ``d`` ``(A, n, C)``."""
+    e = np.exp(d[:, None] * inv_t[None, :, None, None])  # (A, T, n, C), max 1 along C
+    out: FloatArray = np.log(e.sum(axis=3, dtype=np.float64)).mean(axis=2)
+    return out
 
 
 class RidgeHead(BaseHead):
@@ -162,16 +191,22 @@ class RidgeHead(BaseHead):
             self._transform(arr), y_idx.ravel().astype(np.int64), _group_index(groups, len(arr))
         )
 
-    def _fit_transformed(self, Z: FloatArray, y_idx: IntArray, groups: IntArray) -> RidgeHead:
+    def _fit_transformed(
+        self, Z: FloatArray, y_idx: IntArray, groups: IntArray, scored: npt.NDArray[np.bool_] | None = None
+    ) -> RidgeHead:
+        """Fit on transformed features; ``scored`` is :func:`loo_scorable` if the caller has it."""
         C = len(self.classes_)
         Y = np.eye(C)[y_idx]  # (N, C) one-hot
-        eig = centered_eigh(Z)
+        K = Z @ Z.T  # (N, N) shared by the eigendecomposition and the rejector's calibration
+        eig = centered_eigh(Z, K)
         if self.alpha is not None and self.temperature is not None:  # nothing to select: skip the LOO
             self.alpha_, self.temperature_ = float(self.alpha), float(self.temperature)
         else:
             alphas = self.alphas if self.alpha is None else (self.alpha,)
             loo = ridge_loo_decisions(Z, Y, alphas, groups, eig)
-            best, temperature = select_alpha_temperature(loo, y_idx, loo_scorable(y_idx, groups, C), alphas)
+            if scored is None:
+                scored = loo_scorable(y_idx, groups, C)
+            best, temperature = select_alpha_temperature(loo, y_idx, scored, alphas)
             self.alpha_ = float(alphas[best])
             self.temperature_ = float(self.temperature or temperature)
             self.loo_decision_ = loo[best]  # (N, C) held-out decisions at alpha_, used by AutoHead
@@ -179,9 +214,9 @@ class RidgeHead(BaseHead):
         s, U = eig
         mean = Z.mean(axis=0)  # (D,)
         A = U @ ((U.T @ (Y - Y.mean(axis=0))) / (s + self.alpha_)[:, None])  # (N, C) dual coefficients
-        self.coef_ = A.T @ (Z - mean)  # (C, D)
+        self.coef_ = A.T @ Z - np.outer(A.sum(axis=0), mean)  # (C, D) = A^T (Z - mean)
         self.intercept_ = Y.mean(axis=0) - self.coef_ @ mean
-        self.rejector_ = SimilarityRejector(self.reject_quantile).fit(Z, y_idx, C, groups)
+        self.rejector_ = SimilarityRejector(self.reject_quantile).fit(Z, y_idx, C, groups, kernel=K)
         return self
 
     # Z_ and Minv_ live in buffers with spare rows, so enrolling one sample writes O(N^2 + D) numbers
@@ -194,7 +229,7 @@ class RidgeHead(BaseHead):
 
     @Z_.setter
     def Z_(self, value: FloatArray) -> None:
-        self._zbuf, self._n = np.array(value, dtype=np.float64), len(value)
+        self._zbuf, self._n = np.asarray(value, dtype=np.float64), len(value)  # buffers grow by reallocation
         self._mbuf: FloatArray | None = None
         self._aux: tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None = None
 
