@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = subparsers.add_parser("demo", help="fine-tune, export, adapt on a simulated device, benchmark, report")
     p.add_argument("--image-size", type=int, default=96, help="a multiple of 32")
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=3, help="host fine-tuning epochs")
+    p.add_argument("--epochs", type=int, default=2, help="host fine-tuning epochs")
     p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"))
     p.set_defaults(func=run)
 

@@ -31,7 +31,10 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path: Path) -> None:
     result = run_demo(config)
     saved = json.loads((tmp_path / "results.json").read_text())
     combos = {(c["bundle"], c["precision"]) for c in saved["few_shot"]}
-    assert combos == {(b, p) for b in ("imagenet", "finetuned") for p in ("fp32", "int8")}
+    shipped = {(name, p) for name, info in saved["exports"].items() for p in info["precisions"]}
+    assert combos == shipped and {("imagenet", "fp32"), ("finetuned", "fp32")} <= combos
+    for name, info in saved["exports"].items():  # int8 is either shipped or refused with the guard's reason
+        assert ("int8" in info["precisions"]) != ("int8_refused" in info), name
     assert all(c["backbone_runs"] == 0 for c in saved["few_shot"])  # episodes only ever hit the cache
     assert all(0.0 <= c["accuracy_mean"] <= 1.0 for c in saved["few_shot"])
     report = (tmp_path / "report.md").read_text()

@@ -254,3 +254,37 @@ def test_auto_with_flip_groups() -> None:
     assert head.kind_ in ("ridge", "ncm")
     # held out together, twins cannot vouch for each other: LOO accuracy stays below a perfect score
     assert all(0.0 <= v <= 1.0 for v in head.loo_accuracy_.values())
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_loo_cosines_kernel_matches_feature_space(grouped: bool) -> None:
+    from edgetl_runtime.heads.rejection import class_sums, loo_cosines
+
+    X, y = clusters(4)
+    Z = power_l2(X, 0.5)
+    groups = np.arange(len(y)) // 2 if grouped else np.arange(len(y))
+    sums, counts = class_sums(Z, y, 4)
+    direct, valid = loo_cosines(Z, y, sums, counts, groups)
+    via_kernel, valid_k = loo_cosines(Z, y, sums, counts, groups, kernel=Z @ Z.T)
+    np.testing.assert_allclose(via_kernel, direct, atol=1e-10)
+    np.testing.assert_array_equal(valid_k, valid)
+
+
+@pytest.mark.parametrize("kind", ["ncm", "ridge", "auto"])
+def test_rejection_threshold_lazy_and_invalidated_by_partial_fit(kind: str) -> None:
+    X, y = clusters(5)
+    Xn, yn = clusters(2, seed=3)
+    eager = create_head(kind).fit(X, y)
+    first = eager.reject_threshold_  # calibrated before partial_fit
+    assert eager.reject_threshold_ == first  # cached
+    eager.partial_fit(Xn, yn)
+    lazy = create_head(kind).fit(X, y)  # never read before partial_fit
+    if kind != "auto":  # AutoHead reads NCM's LOO cosines to choose, which calibrates on the way
+        assert lazy.rejector_._calib is None  # calibration deferred until needed
+    lazy.partial_fit(Xn, yn)
+    assert lazy.reject_threshold_ == eager.reject_threshold_
+    np.testing.assert_array_equal(lazy.rejector_.scores_, eager.rejector_.scores_)
+
+
+def test_auto_default_margin() -> None:
+    assert AutoHead().margin == 0.06

@@ -39,14 +39,20 @@ def power_l2(X: FloatArray, power: float) -> FloatArray:
     ``power=0.5`` is the square root of non-negative post-ReLU features, which tames the heavy
     tail of a few strongly active channels; ``power=1`` is plain L2 normalisation.
     """
-    if power == 1.0:
-        Z = X.copy()  # (N, D)
-    elif power == 0.5:
-        Z = np.sqrt(X) if X.min() >= 0 else np.sign(X) * np.sqrt(np.abs(X))  # sqrt is much faster than **
+    X = np.asarray(X, dtype=np.float64)
+    if power == 0.5 and X.min() >= 0:  # sqrt is much faster than **, and |sqrt(x)|^2 is the row sum of x
+        Z = np.sqrt(X)  # (N, D)
+        norms = np.sqrt(X.sum(axis=1, keepdims=True))
     else:
-        Z = np.sign(X) * np.abs(X) ** power
-    norms = np.linalg.norm(Z, axis=1, keepdims=True)
-    out: FloatArray = Z / np.maximum(norms, 1e-12)
+        if power == 1.0:
+            Z = X.copy()
+        elif power == 0.5:
+            Z = np.sign(X) * np.sqrt(np.abs(X))
+        else:
+            Z = np.sign(X) * np.abs(X) ** power
+        norms = np.sqrt(np.einsum("nd,nd->n", Z, Z))[:, None]
+    Z /= np.maximum(norms, 1e-12)
+    out: FloatArray = Z
     return out
 
 
@@ -69,6 +75,9 @@ def check_features(X: Any, name: str = "X") -> FloatArray:
 
 def check_labels(y: Any, n_samples: int) -> Labels:
     """``y`` as a 1-D unicode or int64 array of ``n_samples`` labels, or an :class:`InputError`."""
+    if isinstance(y, np.ndarray) and y.ndim == 1 and len(y) == n_samples:  # fast path, same result
+        if y.dtype.kind == "i" or (y.dtype.kind == "u" and y.dtype.itemsize < 8):
+            return y.astype(np.int64)
     items = list(y) if not isinstance(y, np.ndarray) else y.tolist()
     if len(items) != n_samples:
         raise InputError(f"y has {len(items)} labels but X has {n_samples} samples; pass one label per row of X.")

@@ -163,12 +163,15 @@ class SimilarityRejector:
         n_classes: int,
         groups: IntArray | None = None,
         kernel: FloatArray | None = None,
+        class_stats: tuple[FloatArray, FloatArray] | None = None,
     ) -> SimilarityRejector:
         """Start from scratch on ``Z`` (N, D) normalised features with class indices ``y_idx``.
 
-        ``kernel`` is ``Z Z^T`` if the caller already has it (makes the calibration O(N^2 C)).
+        ``kernel`` is ``Z Z^T`` and ``class_stats`` is :func:`class_sums` of ``Z`` if the caller already
+        has them (the kernel makes the calibration O(N^2 C)).
         """
-        self.sums_, self.counts_ = class_sums(Z, y_idx, n_classes)  # (C, D), (C,)
+        stats = class_sums(Z, y_idx, n_classes) if class_stats is None else class_stats
+        self.sums_, self.counts_ = stats  # (C, D), (C,)
         g = np.arange(len(Z)) if groups is None else np.asarray(groups).ravel()
         self._pending: tuple[Any, ...] | None = (Z, y_idx, g, kernel, self.sums_, self.counts_)
         self._calib: tuple[FloatArray, npt.NDArray[np.bool_], IntArray] | None = None

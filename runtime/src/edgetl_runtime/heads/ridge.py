@@ -212,11 +212,15 @@ class RidgeHead(BaseHead):
             self.loo_decision_ = loo[best]  # (N, C) held-out decisions at alpha_, used by AutoHead
         self.Z_, self.y_idx_, self.groups_ = Z, y_idx, groups  # Z_ setter also drops the dual inverse
         s, U = eig
-        mean = Z.mean(axis=0)  # (D,)
+        n = len(Z)
         A = U @ ((U.T @ (Y - Y.mean(axis=0))) / (s + self.alpha_)[:, None])  # (N, C) dual coefficients
-        self.coef_ = A.T @ Z - np.outer(A.sum(axis=0), mean)  # (C, D) = A^T (Z - mean)
+        # One pass over Z for everything D-dimensional: A^T Z (C, D), class sums Y^T Z (C, D), mean (D,).
+        AZ_sums_mean = np.concatenate([A.T, Y.T, np.full((1, n), 1.0 / n)]) @ Z
+        mean = AZ_sums_mean[-1]
+        self.coef_ = AZ_sums_mean[:C] - np.outer(A.sum(axis=0), mean)  # (C, D) = A^T (Z - mean)
         self.intercept_ = Y.mean(axis=0) - self.coef_ @ mean
-        self.rejector_ = SimilarityRejector(self.reject_quantile).fit(Z, y_idx, C, groups, kernel=K)
+        stats = (AZ_sums_mean[C : 2 * C], Y.sum(axis=0))
+        self.rejector_ = SimilarityRejector(self.reject_quantile).fit(Z, y_idx, C, groups, kernel=K, class_stats=stats)
         return self
 
     # Z_ and Minv_ live in buffers with spare rows, so enrolling one sample writes O(N^2 + D) numbers
