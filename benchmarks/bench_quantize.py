@@ -3,7 +3,7 @@
 Targets: int8 size <= 0.30 x fp32; 5-shot nearest-class-mean accuracy drop <= 0.5 point with the
 default config; onnxruntime CPU batch-1 p50 latency int8 <= 0.55 x fp32 (2 intra-op threads).
 
-The fp32 model is exported with ``torch.onnx.export`` (opset 17, dynamic batch) from the bundled
+The fp32 model comes from edgetl's exporter (opset 17, dynamic batch, slimmed, parity-checked), bundled
 weights; calibration uses the first ``--calib`` Fashion-MNIST *train* images, evaluation the first
 ``--test`` t10k images, with the same support/query draws for fp32 and int8 (paired delta). Latency
 models are timed round-robin in this one process, ``--repeats`` rounds, because the CPU is shared.
@@ -56,21 +56,13 @@ def load_fmnist(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def export_fp32(path: Path, size: int) -> Any:
-    import torch
 
     from edgetl.backbones import create_backbone
+    from edgetl_exporters.onnx_export import export_features_onnx
 
     bb = create_backbone("tf_efficientnet_lite0", weights="bundled", image_size=size)
-    torch.onnx.export(
-        bb.model,
-        torch.randn(1, 3, size, size),
-        str(path),
-        input_names=["images"],
-        output_names=["features"],
-        dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    inputs = np.random.default_rng(0).normal(size=(4, 3, size, size)).astype(np.float32)
+    export_features_onnx(bb.model, inputs, path)  # the project's exporter: slimmed and parity-checked
     return bb.spec
 
 

@@ -40,21 +40,14 @@ def _fmnist(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def lite0(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     from edgetl.backbones import create_backbone
+    from edgetl_exporters.onnx_export import export_features_onnx
 
     bb = create_backbone("tf_efficientnet_lite0", weights="bundled", image_size=SIZE)
     path = tmp_path_factory.mktemp("q") / "lite0.fp32.onnx"
-    torch.onnx.export(
-        bb.model,
-        torch.randn(1, 3, SIZE, SIZE),
-        str(path),
-        input_names=["images"],
-        output_names=["features"],
-        dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    inputs = np.random.default_rng(0).normal(size=(4, 3, SIZE, SIZE)).astype(np.float32)
+    export_features_onnx(bb.model, inputs, path)
     return path, bb.spec
 
 
