@@ -121,7 +121,7 @@ def _plot_few_shot(result: DemoResult, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("shots per class (K)")
     ax.set_ylabel("accuracy on unseen classes (%)")
-    ax.set_title("Device few-shot learning: host fine-tuning transfers")
+    ax.set_title("Device few-shot accuracy on classes unseen by the host")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
