@@ -422,3 +422,16 @@ def test_sigkill_during_enrolment_keeps_every_returned_sample(tmp_path: Path, tr
         present = set(store.samples()[0].tolist())
         assert set(returned) <= present  # every add that returned survived
         assert len(present) - len(returned) <= 4  # at most one committed add was not yet printed
+
+
+def test_unenrolled_features_are_evicted_oldest_first_but_enrolled_ones_never() -> None:
+    store = FeatureStore(None, bundle_digest="d", feature_dim=4, preprocess_key="p", max_unenrolled=3)
+    vec = np.ones(4, dtype=np.float32)
+    store.add_samples(["enrolled"], ["a"], vec[None])
+    for i in range(6):  # six predicted images, one at a time
+        store.put_features({f"seen{i}": vec * i})
+    kept = store.get_features(["enrolled"] + [f"seen{i}" for i in range(6)])
+    assert sorted(kept) == ["enrolled", "seen3", "seen4", "seen5"]
+    assert store.integrity_check() == []
+    with pytest.raises(InputError, match="max_unenrolled"):
+        FeatureStore(None, bundle_digest="d", feature_dim=4, preprocess_key="p", max_unenrolled=-1)

@@ -66,13 +66,25 @@ class FeatureStore:
         bundle_digest: digest of the bundle this state belongs to.
         feature_dim: length D of every feature vector.
         preprocess_key: identity of the preprocessing that produced the features.
+        max_unenrolled: how many features of images that are *not* enrolled (predicted ones) to keep;
+            beyond it the oldest are evicted, so months of predictions cannot grow the file without bound.
+            Enrolled samples' features are never evicted.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] | None, *, bundle_digest: str, feature_dim: int, preprocess_key: str
+        self,
+        path: str | os.PathLike[str] | None,
+        *,
+        bundle_digest: str,
+        feature_dim: int,
+        preprocess_key: str,
+        max_unenrolled: int = 10_000,
     ) -> None:
         if not isinstance(feature_dim, int) or feature_dim <= 0:
             raise InputError(f"feature_dim must be a positive int, got {feature_dim!r}")
+        if not isinstance(max_unenrolled, int) or max_unenrolled < 0:
+            raise InputError(f"max_unenrolled must be an int >= 0, got {max_unenrolled!r}")
+        self.max_unenrolled = max_unenrolled
         self.path = None if path is None else os.fspath(path)
         self.bundle_digest = bundle_digest
         self.feature_dim = feature_dim
@@ -259,6 +271,20 @@ class FeatureStore:
         raise_all(InputError, self._check_vectors(keys, vectors, "cached"), "Cannot cache features")
         with self._lock, self._transaction(self._db, durable=False):  # the cache is derived: losing it costs a rerun
             self._upsert(keys, vectors)
+            self._evict_unenrolled()
+
+    def _evict_unenrolled(self) -> None:
+        """Drop the oldest cached features no sample uses, beyond ``max_unenrolled`` (inside a transaction)."""
+        db = self._db
+        (enrolled,) = db.execute("SELECT count(DISTINCT feature_key) FROM samples").fetchone()
+        (total,) = db.execute("SELECT count(*) FROM features").fetchone()
+        excess = total - enrolled - self.max_unenrolled
+        if excess > 0:
+            db.execute(
+                "DELETE FROM features WHERE rowid IN (SELECT rowid FROM features f WHERE NOT EXISTS "
+                "(SELECT 1 FROM samples s WHERE s.feature_key = f.key) ORDER BY rowid LIMIT ?)",
+                (excess,),
+            )
 
     def add_samples(self, keys: Sequence[str], labels: Sequence[str], features: npt.NDArray[np.floating]) -> list[int]:
         """Enrol samples: cache their features and add one sample row per key, all in one transaction.
