@@ -18,10 +18,8 @@ Writes the JSON named by ``--out`` and a PNG beside it.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
-import platform
 import time
 from importlib import metadata
 from pathlib import Path
@@ -30,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from edgetl_exporters.quantize import QuantizeConfig, prepare_fp32, quantize_guarded, quantize_int8
-from edgetl_exporters.quantize_config import cpu_has_vnni
 from edgetl_exporters.quantize_eval import (
     cosine_stats,
     few_shot_splits,
@@ -38,8 +35,8 @@ from edgetl_exporters.quantize_eval import (
     ncm_accuracy,
     run_features,
 )
+from edgetl_runtime.latency import cpu_info
 
-DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 CONFIGS = {
     "default": QuantizeConfig,
     "x86_vnni": QuantizeConfig.x86_vnni,
@@ -48,11 +45,11 @@ CONFIGS = {
 
 
 def load_fmnist(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(DATA_DIR / f"{split}-images-idx3-ubyte.gz") as f:
-        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(DATA_DIR / f"{split}-labels-idx1-ubyte.gz") as f:
-        labels = np.frombuffer(f.read(), np.uint8, offset=8)
-    return images[:n], labels[:n].astype(np.int64)
+    """The first ``n`` images of ``train`` or ``t10k`` (the package's verified reader)."""
+    from edgetl.datasets import load_fashion_mnist
+
+    data = load_fashion_mnist("train" if split == "train" else "test")
+    return np.asarray(data.images[:n]), data.labels[:n]
 
 
 def export_fp32(path: Path, size: int) -> Any:
@@ -67,17 +64,7 @@ def export_fp32(path: Path, size: int) -> Any:
 
 
 def environment() -> dict[str, Any]:
-    flags: set[str] = set()
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "fma", "f16c"})
+    cpu = cpu_info()  # the runtime's CPU probe: model, ISA flags, VNNI
     versions = {}
     for dist in ("onnxruntime", "onnx", "onnxslim", "torch", "timm", "numpy"):
         try:
@@ -85,11 +72,11 @@ def environment() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             continue
     return {
-        "cpu": model,
-        "machine": platform.machine(),
-        "logical_cpus": os.cpu_count(),
-        "isa": isa,
-        "vnni": cpu_has_vnni(),
+        "cpu": cpu["model"],
+        "machine": cpu["machine"],
+        "logical_cpus": cpu["logical_cores"],
+        "isa": sorted(flag for flag, present in cpu["isa"].items() if present),
+        "vnni": cpu["vnni"],
         "versions": versions,
         "provider": "CPUExecutionProvider",
         "graph_optimization": "ORT_ENABLE_ALL",

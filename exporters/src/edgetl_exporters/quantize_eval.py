@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from edgetl_runtime.backends.onnxruntime import make_session
 from edgetl_runtime.errors import InputError, raise_all
+from edgetl_runtime.latency import LatencyStats, summarize
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -113,21 +114,6 @@ def evaluate_against(
     )
 
 
-@dataclass(frozen=True)
-class LatencyStats:
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    runs: int
-
-    @classmethod
-    def from_seconds(cls, times: list[float]) -> LatencyStats:
-        ms = np.asarray(times) * 1e3
-        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-        return cls(float(p50), float(p90), float(p99), float(ms.mean()), len(times))
-
-
 def interleaved_latency(
     models: dict[str, str | Path], image: FloatArray, runs: int = 100, warmup: int = 10, threads: int = 2
 ) -> dict[str, LatencyStats]:
@@ -143,4 +129,4 @@ def interleaved_latency(
             start = time.perf_counter()
             s.run(None, feeds[k])
             times[k].append(time.perf_counter() - start)
-    return {k: LatencyStats.from_seconds(v) for k, v in times.items()}
+    return {k: summarize(v, warmup=warmup) for k, v in times.items()}
