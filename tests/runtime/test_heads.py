@@ -19,8 +19,9 @@ from edgetl_runtime.heads import (
     head_from_npz_dict,
 )
 from edgetl_runtime.heads.base import power_l2
+from edgetl_runtime.heads.bordered import BorderedInverse
 from edgetl_runtime.heads.ncm import ncm_loo_predictions
-from edgetl_runtime.heads.ridge import ridge_loo_decisions
+from edgetl_runtime.heads.ridge import FALLBACK_TEMPERATURE, loo_temperature, ridge_loo_decisions, shifted_inverses
 
 pytestmark = pytest.mark.runtime
 
@@ -171,14 +172,15 @@ def test_bad_predict_input_and_label_type() -> None:
         create_head("svm")
 
 
-def test_ridge_loo_closed_form_equals_brute_force() -> None:
+@pytest.mark.parametrize("n", [14, 40])  # 40 takes the 2 x 2 block (Schur complement) inverse
+def test_ridge_loo_closed_form_equals_brute_force(n: int) -> None:
     rng = np.random.default_rng(0)
-    Z = rng.normal(size=(14, 30))
-    Y = np.eye(3)[rng.integers(0, 3, 14)]
-    groups = np.repeat(np.arange(7), 2)  # pairs held out together, like an image and its flip
+    Z = rng.normal(size=(n, 30))
+    Y = np.eye(3)[rng.integers(0, 3, n)]
+    groups = np.repeat(np.arange(n // 2), 2)  # pairs held out together, like an image and its flip
     for g in (None, groups):
         fast = ridge_loo_decisions(Z, Y, [0.1, 2.0], g)
-        keys = np.arange(14) if g is None else g
+        keys = np.arange(n) if g is None else g
         for a, alpha in enumerate((0.1, 2.0)):
             for k in np.unique(keys):
                 out = keys == k
@@ -188,6 +190,72 @@ def test_ridge_loo_closed_form_equals_brute_force() -> None:
                 )
                 brute = (Z[out] - Zi.mean(0)) @ W + Yi.mean(0)
                 np.testing.assert_allclose(fast[a, out], brute, atol=1e-9)
+
+
+def test_shifted_inverses_match_numpy() -> None:
+    rng = np.random.default_rng(1)
+    for n in (5, 16, 51):
+        A = rng.normal(size=(n, n + 3))
+        K = A @ A.T
+        out = shifted_inverses(K, [0.01, 1.0, 30.0])
+        for i, alpha in enumerate((0.01, 1.0, 30.0)):
+            np.testing.assert_allclose(out[i], np.linalg.inv(K + alpha * np.eye(n)), rtol=1e-9, atol=1e-9)
+
+
+def test_bordered_inverse_tracks_the_growing_matrix() -> None:
+    rng = np.random.default_rng(2)
+    Z = rng.normal(size=(60, 20))
+    M = Z @ Z.T + 0.5 * np.eye(60)
+    inv = BorderedInverse(np.linalg.inv(M[:5, :5]), max_rank=4)
+    for n, m in [(5, 1), (6, 2), (8, 1), (9, 3), (12, 7), (19, 1), (20, 40)]:  # folds and a batch > max_rank
+        b, c = M[:n, n : n + m], M[n : n + m, n : n + m]
+        u = inv.matmul(b)
+        inv.border(u, np.linalg.inv(c - b.T @ u))
+        np.testing.assert_allclose(inv.dense(), np.linalg.inv(M[: n + m, : n + m]), atol=1e-10)
+        B = rng.normal(size=(n + m, 3))
+        np.testing.assert_allclose(inv.matmul(B), np.linalg.solve(M[: n + m, : n + m], B), atol=1e-10)
+
+
+def test_ridge_one_sample_enrolments_equal_a_refit() -> None:
+    X, y = clusters(20)  # 80 one-sample enrolments: several folds of the low-rank inverse terms
+    Xt, _ = clusters(5, seed=3)
+    inc = RidgeHead(alpha=0.3).fit(X[:3], y[:3])
+    for i in range(3, len(y)):
+        inc.partial_fit(X[i : i + 1], y[i : i + 1])
+    full = RidgeHead(alpha=0.3).fit(X, y)
+    np.testing.assert_allclose(inc.decision_function(Xt), full.decision_function(Xt), atol=1e-9)
+    np.testing.assert_allclose(inc.Minv_, full.Minv_, atol=1e-9)
+
+
+def test_float32_features_stay_float32_and_agree_with_float64() -> None:
+    X, y = clusters(12)
+    Xt, _ = clusters(5, seed=3)
+    X32 = X.astype(np.float32)
+    assert power_l2(X32, 0.5).dtype == np.float32
+    for factory in FACTORIES.values():
+        h32, h64 = factory().fit(X32, y), factory().fit(X, y)
+        np.testing.assert_allclose(h32.decision_function(Xt), h64.decision_function(Xt), atol=1e-5)
+    labels = np.array(["a", "b", "c", "d"])[y]
+    inc = RidgeHead(alpha=0.3).fit(X32[:20], labels[:20]).partial_fit(X32[20:], labels[20:])
+    assert inc.Z_.dtype == np.float32  # the state keeps the features' precision (half the memory)
+    full = RidgeHead(alpha=0.3).fit(X32, labels)
+    np.testing.assert_allclose(inc.decision_function(Xt), full.decision_function(Xt), atol=1e-5)
+
+
+def test_ridge_temperature_is_chosen_on_first_use() -> None:
+    X, y = clusters(5)
+    head = RidgeHead().fit(X, y)
+    assert head._temperature is None  # predict never needs it, so fit does not pay for it
+    rows = np.ones(len(y), bool)
+    assert head.temperature_ == loo_temperature(head.loo_decision_[rows], y)
+    assert RidgeHead(temperature=0.7).fit(X, y).temperature_ == 0.7
+    one_shot = RidgeHead().fit(*clusters(1))
+    assert one_shot.temperature_ == FALLBACK_TEMPERATURE  # nothing to score with one sample per class
+    buf = io.BytesIO()
+    np.savez(buf, **head.to_npz_dict())
+    buf.seek(0)
+    restored = RidgeHead.from_npz_dict(dict(np.load(buf, allow_pickle=False)))
+    assert restored.temperature_ == head.temperature_
 
 
 def test_ncm_loo_closed_form_equals_brute_force() -> None:

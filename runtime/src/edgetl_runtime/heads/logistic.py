@@ -111,10 +111,10 @@ class LogisticHead(BaseHead):
         self.Z_, self.y_idx_ = Z, y_idx
         self.center_ = Z.mean(axis=0)  # (D,)
         Zc = Z - self.center_
-        s, U = np.linalg.eigh(Zc @ Zc.T)  # (N,), (N, N)
+        s, U = np.linalg.eigh((Zc @ Zc.T).astype(np.float64))  # (N,), (N, N)
         keep = s > 1e-10 * max(float(s.max()), 1e-300)
         P = U[:, keep] * np.sqrt(s[keep])  # (N, r) coordinates of Zc in an orthonormal basis V
-        V = Zc.T @ (U[:, keep] / np.sqrt(s[keep]))  # (D, r) orthonormal basis of the span
+        V = Zc.T @ (U[:, keep] / np.sqrt(s[keep])).astype(Zc.dtype)  # (D, r) orthonormal basis of the span
         x0 = np.zeros(n_cls * P.shape[1] + n_cls)
         x = lbfgs(_objective(P, np.eye(n_cls)[y_idx], self.C), x0, self.max_iter, self.tol)
         beta = x[: n_cls * P.shape[1]].reshape(n_cls, -1)

@@ -28,15 +28,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
+FloatArray = npt.NDArray[np.floating[Any]]  # float64, or float32 for float32 features
 IntArray = npt.NDArray[np.int64]
 
 
 def class_sums(Z: FloatArray, y_idx: IntArray, n_classes: int) -> tuple[FloatArray, FloatArray]:
     """Per-class sums ``(C, D)`` and counts ``(C,)`` (a one-hot matmul; ``np.add.at`` is slow)."""
-    onehot = np.zeros((n_classes, len(y_idx)))
+    onehot = np.zeros((n_classes, len(y_idx)), dtype=Z.dtype)  # Z's precision: no (N, D) up-cast
     onehot[y_idx, np.arange(len(y_idx))] = 1.0
-    return onehot @ Z, onehot.sum(axis=1)
+    return (onehot @ Z).astype(np.float64), onehot.sum(axis=1, dtype=np.float64)
 
 
 def _unit(A: FloatArray) -> FloatArray:
@@ -80,6 +80,7 @@ def loo_cosines(
         za = Z @ means.T
         zz = np.einsum("nd,nd->n", Z, Z)
         sums_means = sums @ means.T
+    held_n: FloatArray
     if singles:  # what leaves is the sample itself
         held_n, hm, hh, zh = np.ones(n), za, zz, zz
     else:
@@ -170,10 +171,16 @@ class SimilarityRejector:
         ``kernel`` is ``Z Z^T`` and ``class_stats`` is :func:`class_sums` of ``Z`` if the caller already
         has them (the kernel makes the calibration O(N^2 C)).
         """
-        stats = class_sums(Z, y_idx, n_classes) if class_stats is None else class_stats
-        self.sums_, self.counts_ = stats  # (C, D), (C,)
+        self.counts_: FloatArray
+        self._sums: FloatArray | None
+        self._sums_source: tuple[FloatArray, IntArray, int] | None
+        if class_stats is None:  # the (C, D) sums wait until something needs them (the kernel path does not)
+            self._sums, self._sums_source = None, (Z, y_idx, n_classes)
+            self.counts_ = np.bincount(y_idx, minlength=n_classes).astype(np.float64)
+        else:
+            self._sums, self._sums_source, self.counts_ = class_stats[0], None, class_stats[1]
         g = np.arange(len(Z)) if groups is None else np.asarray(groups).ravel()
-        self._pending: tuple[Any, ...] | None = (Z, y_idx, g, kernel, self.sums_, self.counts_)
+        self._pending: tuple[Any, ...] | None = (Z, y_idx, g, kernel, self.counts_)
         self._calib: tuple[FloatArray, npt.NDArray[np.bool_], IntArray] | None = None
         self._loo: FloatArray | None = None
         self._thr: tuple[Any, float] | None = None
@@ -188,7 +195,8 @@ class SimilarityRejector:
                 calib = self._calib
                 assert calib is not None
                 return calib
-            Z, y_idx, g, kernel, sums, counts = pending
+            Z, y_idx, g, kernel, counts = pending
+            sums = self.sums_ if kernel is None else np.empty((len(counts), 0))  # the kernel path reads no sums
             sims, valid = loo_cosines(Z, y_idx, sums, counts, g, kernel)
             own = sims[np.arange(len(Z)), y_idx]
             correct = valid & (np.argmax(sims, axis=1) == y_idx)
@@ -197,6 +205,23 @@ class SimilarityRejector:
             self._calib = calib
             self._pending = None
         return calib
+
+    @property
+    def sums_(self) -> FloatArray:
+        """Class sums ``(C, D)`` of the normalised features, computed on first use after ``fit``."""
+        sums = self._sums
+        if sums is None:
+            source = self._sums_source  # immutable snapshot: racing threads compute the same sums
+            if source is None:  # another thread published them between our two reads
+                assert self._sums is not None
+                return self._sums
+            sums = class_sums(*source)[0]
+            self._sums, self._sums_source = sums, None
+        return sums
+
+    @sums_.setter
+    def sums_(self, value: FloatArray) -> None:
+        self._sums, self._sums_source = value, None
 
     @property
     def scores_(self) -> FloatArray:
