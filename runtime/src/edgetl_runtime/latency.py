@@ -6,11 +6,13 @@ import os
 import platform
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from edgetl_runtime.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,37 @@ def measure(
         if max_seconds is not None and len(times) >= 10 and time.perf_counter() - start > max_seconds:
             break
     return summarize(times, warmup=warmup, items_per_call=items_per_call)
+
+
+def measure_interleaved(
+    fns: Mapping[str, Callable[[], object]],
+    *,
+    rounds: int = 100,
+    calls_per_round: Mapping[str, int] | int = 1,
+    warmup_rounds: int = 1,
+) -> dict[str, LatencyStats]:
+    """Time several functions round-robin: each round calls each one ``calls_per_round`` times, in turn.
+
+    Compared configurations measured this way share whatever else the machine was doing (another
+    job, frequency changes), so their ratio is trustworthy even when absolute times drift.
+    ``calls_per_round`` balances a slow function against fast ones (one 50 ms fit beside 25 1 ms fits).
+    """
+    counts = {name: calls_per_round if isinstance(calls_per_round, int) else calls_per_round[name] for name in fns}
+    bad = [f"{name}: {n}" for name, n in counts.items() if n < 1]
+    if rounds < 1 or warmup_rounds < 0 or bad or not fns:
+        raise ConfigError(
+            f"measure_interleaved needs functions, rounds >= 1, warmup_rounds >= 0 and calls_per_round >= 1; got "
+            f"{len(fns)} functions, rounds={rounds}, warmup_rounds={warmup_rounds}, bad counts {bad}."
+        )
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_index in range(warmup_rounds + rounds):
+        for name, fn in fns.items():
+            for _ in range(counts[name]):
+                t0 = time.perf_counter()
+                fn()
+                if round_index >= warmup_rounds:
+                    times[name].append(time.perf_counter() - t0)
+    return {name: summarize(times[name], warmup=warmup_rounds * counts[name]) for name in fns}
 
 
 def summarize(times_s: Sequence[float], *, warmup: int, items_per_call: int = 1) -> LatencyStats:

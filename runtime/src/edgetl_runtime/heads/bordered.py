@@ -10,10 +10,12 @@ terms are folded into the dense base every ``max_rank`` columns, amortising the 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
-Float64Array = npt.NDArray[np.float64]
+Float64Array = npt.NDArray[np.floating[Any]]  # float64 in practice: the N x N algebra is never float32
 
 
 class BorderedInverse:
