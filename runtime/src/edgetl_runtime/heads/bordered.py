@@ -22,7 +22,7 @@ class BorderedInverse:
     """``inverse = pad(base) + W S W^T`` with ``W`` (N, k) and block-diagonal ``S`` (k, k)."""
 
     def __init__(self, base: Float64Array, max_rank: int = 32) -> None:
-        self._base = np.asarray(base, dtype=np.float64)
+        self._base: Float64Array = np.asarray(base, dtype=np.float64)
         self._n = len(self._base)
         self.max_rank = max_rank
         self._w = np.zeros((2 * self._n + 8, max_rank))  # rows beyond the current N stay zero
