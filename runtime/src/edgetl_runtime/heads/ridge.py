@@ -240,12 +240,11 @@ class RidgeHead(BaseHead):
             self._temperature_inputs = (self.loo_decision_[scored], y_idx[scored])  # for temperature_
         self.Z_, self.y_idx_, self.groups_ = Z, y_idx, groups  # Z_ setter also drops the dual inverse
         n = len(Z)
-        Ymean = Y.sum(axis=0) * (1.0 / n)  # (C,) sum * 1/n: np.mean's overhead is most of its cost here
-        # One pass over Z for A^T Z (C, D) and the mean (D,); the rejector's class sums wait until needed.
-        AZ_mean = (np.concatenate([A.T, np.full((1, n), 1.0 / n)]).astype(Z.dtype) @ Z).astype(np.float64)
-        mean = AZ_mean[-1]
-        self.coef_ = AZ_mean[:C] - np.outer(A.sum(axis=0), mean)  # (C, D) = A^T (Z - mean)
-        self.intercept_ = Ymean - self.coef_ @ mean
+        # The dual coefficients sum to zero over samples (M 1 = 1/alpha for the centred kernel, and the
+        # targets are centred), so A^T (Z - mean) = A^T Z: one pass over Z, and the intercept comes
+        # from the kernel, A^T Z mean = A^T K 1 / n. The rejector's class sums wait until needed.
+        self.coef_ = (A.T.astype(Z.dtype) @ Z).astype(np.float64)  # (C, D)
+        self.intercept_ = Y.sum(axis=0) * (1.0 / n) - A.T @ K.sum(axis=1) * (1.0 / n)
         self.rejector_ = SimilarityRejector(self.reject_quantile).fit(Z, y_idx, C, groups, kernel=K)
         return self
 
