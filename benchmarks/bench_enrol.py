@@ -1,8 +1,8 @@
 """Enrolling one more sample into a 500-sample state, beyond the backbone run.
 
-The 501st image's features are computed first (that is the backbone run); what is timed is the rest
-of ``Learner.add``: validation, hashing, the cache hit, the SQLite transaction and the incremental head
-update (``partial_fit``). Run: ``python benchmarks/bench_enrol.py runs/bench/tf_efficientnet_lite0_224.edgetl``.
+The images' features are computed first (that is the backbone run); what is timed is the rest of
+``Learner.add`` (see :func:`edgetl.bench.enrol.enrol_one_latency`; ``edgetl bench targets`` runs the same
+measurement as target 6). Run: ``python benchmarks/bench_enrol.py runs/bench/tf_efficientnet_lite0_224.edgetl``.
 """
 
 from __future__ import annotations
@@ -11,28 +11,18 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from edgetl.bench.enrol import enrol_one_latency
 from edgetl.datasets import balanced_subset, load_fashion_mnist
-from edgetl_runtime.latency import measure
-from edgetl_runtime.learner import Learner
 
 
-def bench(bundle: Path, head: str, state: Path | None, runs: int) -> dict[str, float]:
+def bench(bundle: Path, head: str, state: Path | None, runs: int) -> dict[str, Any]:
+    """One head and state location; the int8 backbone computes every feature before timing."""
     data = balanced_subset(load_fashion_mnist("train"), 50 + runs // 10 + 2, seed=0)
     images, labels = list(data.images), [data.classes[i] for i in data.labels]
-    with Learner.load(bundle, state, backend="onnxruntime", precision="int8", head=head) as learner:
-        learner.features(images)  # every backbone run happens here, before timing
-        learner.add(images[:500], labels[:500])
-        learner.fit()
-        queue = iter(range(500, len(images)))
-
-        def add_one() -> None:
-            i = next(queue)
-            learner.add(images[i : i + 1], labels[i : i + 1])
-
-        stats = measure(add_one, runs=min(runs, len(images) - 510), warmup=5)
-        assert learner.extractor.backbone_runs == len(images)  # nothing re-ran during the timed adds
-    return {"p50_ms": stats.p50_ms, "p90_ms": stats.p90_ms, "runs": stats.runs}
+    runs = min(runs, len(images) - 510)
+    return enrol_one_latency(bundle, images, labels, head=head, state=state, runs=runs, precision="int8")
 
 
 def main() -> None:

@@ -85,17 +85,24 @@ def _predictors(heads: tuple[str, ...]) -> dict[str, Callable[[np.ndarray, np.nd
 
 
 def accuracy_table(
-    pool: np.ndarray, pool_y: np.ndarray, test: np.ndarray, test_y: np.ndarray, config: FewShotBenchConfig
+    pool: np.ndarray,
+    pool_y: np.ndarray,
+    test: np.ndarray,
+    test_y: np.ndarray,
+    config: FewShotBenchConfig,
+    progress: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (head, K, seed) with the test accuracy."""
+    """One row per (head, K, seed) with the test accuracy; ``progress`` names a progress bar over episodes."""
+    from tqdm import tqdm
+
     predictors = _predictors(config.heads)
     rows = []
-    for shots in config.shots:
-        for seed in range(config.seeds):
-            idx = episode(pool_y, shots, seed)
-            for name, predict in predictors.items():
-                accuracy = float(np.mean(predict(pool[idx], pool_y[idx], test) == test_y))
-                rows.append({"head": name, "shots": shots, "seed": seed, "accuracy": accuracy})
+    episodes = [(shots, seed) for shots in config.shots for seed in range(config.seeds)]
+    for shots, seed in tqdm(episodes, desc=progress, disable=progress is None, leave=False, dynamic_ncols=True):
+        idx = episode(pool_y, shots, seed)
+        for name, predict in predictors.items():
+            accuracy = float(np.mean(predict(pool[idx], pool_y[idx], test) == test_y))
+            rows.append({"head": name, "shots": shots, "seed": seed, "accuracy": accuracy})
     return rows
 
 
@@ -126,12 +133,24 @@ def fit_times(pool: np.ndarray, pool_y: np.ndarray, config: FewShotBenchConfig) 
     return rows
 
 
-def bundle_features(bundle: Path, precision: str, images: list[np.ndarray], threads: int | None) -> np.ndarray:
-    """Features through the device runtime, as a device computes them."""
+def bundle_features(
+    bundle: Path, precision: str, images: list[np.ndarray], threads: int | None, progress: str | None = None
+) -> np.ndarray:
+    """Features through the device runtime, as a device computes them; ``progress`` names a progress bar."""
+    from tqdm import tqdm
+
     from edgetl_runtime.learner import Learner
 
+    chunk = 256  # progress granularity only: the extractor batches by its own batch size inside
+    starts = range(0, len(images), chunk)
     with Learner.load(bundle, None, backend="onnxruntime", precision=precision, threads=threads) as learner:
-        return learner.features(images)
+        bar = tqdm(total=len(images), desc=progress, disable=progress is None, leave=False, dynamic_ncols=True)
+        parts = []
+        for start in starts:
+            parts.append(learner.features(images[start : start + chunk]))  # (n, D) float32
+            bar.update(len(parts[-1]))
+        bar.close()
+        return np.concatenate(parts) if parts else learner.features(images)
 
 
 def run_fewshot_bench(

@@ -33,15 +33,10 @@ def environment(
     bundle: Bundle, config: LatencyBenchConfig, load_start: tuple[float, float, float], wall_seconds: float
 ) -> dict[str, Any]:
     """CPU, ISA flags, library versions, providers, threads and the int8 format: what the numbers depend on."""
-    import onnxruntime
     import torch
 
     return {
-        "cpu": cpu_info(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {name: _version(name) for name in DISTRIBUTIONS if _version(name)},
-        "onnxruntime_providers": onnxruntime.get_available_providers(),
+        **host_environment(),
         "threads": list(config.threads),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "probe_threads": max(config.threads),
@@ -55,6 +50,19 @@ def environment(
         "cold_start_method": COLD_START_METHOD if config.probe else "not measured (probe=False)",
         "timing_method": "configurations sharing a thread count interleaved in chunks of 10 timed calls, "
         "one untimed call after each switch; percentiles over per-call wall time (perf_counter)",
+    }
+
+
+def host_environment(distributions: tuple[str, ...] = DISTRIBUTIONS) -> dict[str, Any]:
+    """CPU (model, ISA flags, VNNI), platform and library versions: what every measurement here depends on."""
+    import onnxruntime
+
+    return {
+        "cpu": cpu_info(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {name: _version(name) for name in distributions if _version(name)},
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
     }
 
 

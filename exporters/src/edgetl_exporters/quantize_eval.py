@@ -7,9 +7,9 @@ numbers subtracted.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from edgetl_runtime.backends.onnxruntime import make_session
 from edgetl_runtime.errors import InputError, raise_all
-from edgetl_runtime.latency import LatencyStats, summarize
+from edgetl_runtime.latency import LatencyStats, measure_interleaved
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -119,14 +119,5 @@ def interleaved_latency(
 ) -> dict[str, LatencyStats]:
     """Batch latency of several models, timed round-robin in one process so shared-CPU noise hits all alike."""
     sessions = {k: make_session(str(p), threads) for k, p in models.items()}
-    feeds = {k: {s.get_inputs()[0].name: image} for k, s in sessions.items()}
-    for k, s in sessions.items():
-        for _ in range(warmup):
-            s.run(None, feeds[k])
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(runs):
-        for k, s in sessions.items():
-            start = time.perf_counter()
-            s.run(None, feeds[k])
-            times[k].append(time.perf_counter() - start)
-    return {k: summarize(v, warmup=warmup) for k, v in times.items()}
+    calls = {k: partial(s.run, None, {s.get_inputs()[0].name: image}) for k, s in sessions.items()}
+    return measure_interleaved(calls, rounds=runs, warmup_rounds=warmup)
