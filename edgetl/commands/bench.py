@@ -18,6 +18,39 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     bench_sub = p.add_subparsers(dest="bench_command", required=True)
     register_latency(bench_sub)
     register_fewshot(bench_sub)
+    register_targets(bench_sub)
+
+
+def register_targets(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    q = bench_sub.add_parser(
+        "targets", help="every export + runtime target in one run: targets.json/.csv, report.md, PNGs"
+    )
+    q.add_argument("--quick", action="store_true", help="smoke run: 96 px, 1 seed, K=1,5, 200 test images")
+    q.add_argument("--image-size", type=int, default=None, help="square input size (default 224; --quick: 96)")
+    q.add_argument("--threads", type=int, default=None, help="onnxruntime threads for features + 2nd latency row")
+    q.add_argument("--output-dir", type=Path, default=Path("runs/targets"))
+    q.set_defaults(func=run_targets)
+
+
+def run_targets(args: argparse.Namespace) -> int:
+    from edgetl.bench.targets import TargetsConfig, run_targets
+    from edgetl.bench.targets_judge import table_rows
+
+    options = {"threads": args.threads, "output_dir": args.output_dir}
+    if args.image_size is not None:
+        options["image_size"] = args.image_size
+    config = TargetsConfig.quick(**options) if args.quick else TargetsConfig(**options)
+    result = run_targets(config)
+    header, rows = table_rows(result)
+    print_table(
+        f"edgetl targets ({config.mode}, {config.image_size} px)",
+        header,
+        rows,
+        left={"id", "target", "measured", "goal"},
+    )
+    for kind, path in result["files"].items():
+        print(f"wrote {kind}: {path}")
+    return 0
 
 
 def register_fewshot(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -122,20 +155,7 @@ def print_result(result: LatencyBenchResult, notes: list[str]) -> None:
     from edgetl.bench.report import table
 
     header, rows = table(result)
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        out = Table(title=f"{result.model} @ {result.image_size}px")
-        for name in header:
-            out.add_column(name, justify="left" if name in {"backend", "prec"} else "right")
-        for row in rows:
-            out.add_row(*row)
-        Console(width=None if sys.stdout.isatty() else 200).print(out)
-    except ImportError:
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        for row in [header, *rows]:
-            print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
+    print_table(f"{result.model} @ {result.image_size}px", header, rows, left={"backend", "prec"})
     for row in result.preprocess:
         print(f"preprocess {row['source']} -> {row['target']}: p50 {row['p50_ms']:.2f} ms/image ({row['runs']} runs)")
     for cell in {(c["backend"], c["precision"]): c for c in result.cells if c["golden_passed"] is False}.values():
@@ -147,6 +167,26 @@ def print_result(result: LatencyBenchResult, notes: list[str]) -> None:
         print(f"note: {note}")
     for kind, path in result.files.items():
         print(f"wrote {kind}: {path}")
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]], left: set[str]) -> None:
+    """A rich table when rich is installed, else aligned plain text; ``left`` names left-aligned columns."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        out = Table(title=title)
+        for name in header:
+            out.add_column(name, justify="left" if name in left else "right")
+        for row in rows:
+            out.add_row(*row)
+        Console(width=None if sys.stdout.isatty() else 200).print(out)
+    except ImportError:
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        print(title)
+        for row in [header, *rows]:
+            cells = zip(row, widths, header, strict=True)
+            print("  ".join(v.ljust(w) if name in left else v.rjust(w) for v, w, name in cells))
 
 
 def prepare_bundle(

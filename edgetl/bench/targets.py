@@ -1,0 +1,380 @@
+"""``edgetl bench targets``: every export and runtime target measured in one run, judged in one report.
+
+The figures the issues ask for (int8 size, int8 accuracy cost, int8 speed-up, few-shot accuracy,
+head fit speed, enrolment cost) used to come from four scripts run at different times. Here one
+process exports the bundles once, computes each image set's features once per precision through
+the device runtime (onnxruntime, as a device does) and reuses those arrays for every accuracy
+target; the timing parts run afterwards, one at a time, with nothing else running in the process.
+Judging lives in :mod:`edgetl.bench.targets_judge`, report writing in :mod:`edgetl.bench.targets_report`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl.bench.enrol import enrol_one_latency
+from edgetl.bench.fewshot import FewShotBenchConfig, accuracy_table, bundle_features, episode, summarise
+from edgetl.datasets import ImageDataset, balanced_subset, load_fashion_mnist
+from edgetl_runtime._optional import require
+from edgetl_runtime.errors import ConfigError
+from edgetl_runtime.latency import measure_interleaved
+
+POOL_SEED = 1234  # the enrolment pool of `edgetl bench fewshot`: same images, comparable figures
+N_CLASSES = 10  # Fashion-MNIST
+FIT_HEADS = ("ridge", "auto")
+DROP_HEADS = ("auto", "sklearn_lr")
+DROP_SHOTS = 5
+ENROL_HEADS = ("auto", "ridge", "ncm")
+EXTRA_VERSIONS = ("scikit-learn", "onnxslim", "threadpoolctl")
+
+
+@dataclass(frozen=True)
+class TargetsConfig:
+    """What ``edgetl bench targets`` measures; the defaults are the targets' own protocol."""
+
+    model: str = "tf_efficientnet_lite0"
+    weights: str = "bundled"
+    image_size: int = 224
+    shots: tuple[int, ...] = (1, 5, 10, 20)
+    seeds: int = 5
+    pool_per_class: int = 100
+    test_count: int = 2000  # the first N Fashion-MNIST t10k images
+    threads: int | None = None  # onnxruntime intra-op threads: features + the second latency row (None: its default)
+    calibration_count: int = 300  # int8 export, as `edgetl export` does by default
+    eval_count: int = 600
+    latency_runs: int = 200  # timed calls per precision, alternating fp32 / int8
+    latency_warmup: int = 20
+    fit_shots: int = 5
+    fit_rounds: int = 40  # round-robin: one sklearn fit, then fit_calls of each edgetl head
+    fit_calls: int = 25
+    enrol_state_size: int = 500
+    enrol_runs: int = 100
+    enrol_warmup: int = 5
+    output_dir: Path = field(default_factory=lambda: Path("runs/targets"))
+    mode: str = "full"  # "quick": a smoke run whose figures are not comparable with the targets
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "output_dir", Path(self.output_dir))
+        object.__setattr__(self, "shots", tuple(int(k) for k in self.shots))
+        problems = []
+        if self.image_size < 32 or self.image_size % 32:
+            problems.append(f"image_size {self.image_size} must be a positive multiple of 32 (EfficientNet strides)")
+        if DROP_SHOTS not in self.shots:
+            problems.append(f"shots {self.shots} must include {DROP_SHOTS}: target 2 reads the {DROP_SHOTS}-shot runs")
+        if max(self.shots, default=0) > self.pool_per_class or min(self.shots, default=0) < 1:
+            problems.append(f"shots {self.shots} must lie in 1..pool_per_class ({self.pool_per_class})")
+        enrol_needs = self.enrol_state_size + self.enrol_warmup + self.enrol_runs
+        if enrol_needs > N_CLASSES * self.pool_per_class:
+            problems.append(
+                f"enrolment needs {enrol_needs} pool images, the pool holds {N_CLASSES * self.pool_per_class}"
+            )
+        if not 1 <= self.test_count <= 10_000:
+            problems.append(f"test_count {self.test_count} must lie in 1..10000 (Fashion-MNIST t10k)")
+        counts = ("seeds", "latency_runs", "fit_rounds", "fit_calls", "enrol_runs", "calibration_count", "eval_count")
+        problems += [f"{name} must be >= 1, got {getattr(self, name)}" for name in counts if getattr(self, name) < 1]
+        if self.mode not in {"full", "quick"}:
+            problems.append(f"mode {self.mode!r} must be 'full' or 'quick'")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"threads must be >= 1 or None (onnxruntime's default), got {self.threads}")
+        if problems:
+            raise ConfigError("Invalid TargetsConfig: " + "; ".join(problems) + ".")
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> TargetsConfig:
+        """A smoke run in about a minute: 96 px, 1 seed, K = 1, 5, 200 test images, few timed calls."""
+        small = dict(
+            image_size=96,
+            shots=(1, 5),
+            seeds=1,
+            pool_per_class=10,
+            test_count=200,
+            calibration_count=50,
+            eval_count=100,
+            latency_runs=20,
+            latency_warmup=3,
+            fit_rounds=5,
+            fit_calls=5,
+            enrol_state_size=50,
+            enrol_runs=20,
+            enrol_warmup=3,
+            mode="quick",
+        )
+        return cls(**{**small, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "output_dir": str(self.output_dir)}
+
+    def command(self) -> str:
+        """The command line that reruns exactly this configuration."""
+        parts = ["edgetl bench targets"]
+        if self.mode == "quick":
+            parts.append("--quick")
+        if self.image_size != (96 if self.mode == "quick" else 224):
+            parts.append(f"--image-size {self.image_size}")
+        if self.threads is not None:
+            parts.append(f"--threads {self.threads}")
+        return " ".join([*parts, f"--output-dir {self.output_dir}"])
+
+
+def run_targets(config: TargetsConfig | None = None) -> dict[str, Any]:
+    """Export, extract features once, measure every target, judge them, write the reports.
+
+    Returns the raw result (also in ``targets.json``) with ``targets`` (one judged row per target)
+    and ``files`` (what was written).
+    """
+    from edgetl.bench.targets_judge import judge
+    from edgetl.bench.targets_report import write_report
+
+    config = config or TargetsConfig()
+    require("sklearn", "edgetl bench targets (the scikit-learn baselines)")
+    require("threadpoolctl", "edgetl bench targets (one BLAS thread while timing)")
+    result: dict[str, Any] = {"config": config.to_dict(), "command": config.command(), "seconds": {}}
+    result["load_average_start"], start = list(os.getloadavg()), time.perf_counter()
+    pool, test = load_pool(config), load_test(config)
+    with _step(result, "export", config):
+        bundles = export_bundles(config)
+    with _step(result, "features", config):
+        feats = extract_features(bundles, pool, test, config)
+    result["bundles"] = {name: str(path) for name, path in bundles.items()}
+    result["size"] = measure_size(bundles["grid4"])
+    with _step(result, "fewshot", config):
+        result["fewshot"] = measure_fewshot(feats, pool.labels, test.labels, config)
+    result["int8_drop"] = {head: paired_drop(result["fewshot"]["rows"], head) for head in DROP_HEADS}
+    feats = {"avg": feats["avg"]}  # the 20480-d arrays are done with; free them before timing
+    with _step(result, "latency", config):
+        result["latency"] = measure_latency(bundles["grid4"], test.images[0], config)
+    with _step(result, "fit", config):
+        result["fit"] = measure_fit(feats["avg"], pool.labels, test.labels, config)
+    with _step(result, "enrol", config):
+        result["enrol"] = measure_enrol(bundles["avg"], pool, feats["avg"][0], config)
+    result["seconds"]["total"] = round(time.perf_counter() - start, 1)
+    result["environment"] = environment(config, result)
+    result["targets"] = [asdict(row) for row in judge(result)]
+    result["files"] = {kind: str(path) for kind, path in write_report(result, config.output_dir).items()}
+    return result
+
+
+@contextlib.contextmanager
+def _step(result: dict[str, Any], name: str, config: TargetsConfig) -> Iterator[None]:
+    """Announce a step (the long ones show their own progress bar) and record its wall time."""
+    if config.progress:
+        print(f"[targets] {name} ...", file=sys.stderr, flush=True)
+    gc.collect()  # garbage of the previous step is not collected in the middle of a timed one
+    start = time.perf_counter()
+    yield
+    result["seconds"][name] = round(time.perf_counter() - start, 1)
+
+
+def load_pool(config: TargetsConfig) -> ImageDataset:
+    """The enrolment pool: ``pool_per_class`` Fashion-MNIST train images per class, fixed seed."""
+    return balanced_subset(load_fashion_mnist("train"), config.pool_per_class, seed=POOL_SEED)
+
+
+def load_test(config: TargetsConfig) -> ImageDataset:
+    """The fixed test set: the first ``test_count`` t10k images (the same for every target)."""
+    return load_fashion_mnist("test").subset(np.arange(config.test_count))
+
+
+def export_bundles(config: TargetsConfig) -> dict[str, Path]:
+    """``grid4``: fp32 + int8, the few-shot configuration; ``avg``: fp32, honest 1280-d pooled features.
+
+    Both keep the whole frame (``crop_pct=1.0``) so that pooling is their only difference; one
+    backbone object serves both exports.
+    """
+    from edgetl.backbones import create_backbone
+    from edgetl.export import BundleConfig, export_bundle
+    from edgetl_runtime.manifest import Precision
+
+    backbone = create_backbone(config.model, config.weights)
+    folder = config.output_dir / "bundles"
+    stem = f"{config.model}_{config.image_size}_crop1"
+    common = BundleConfig(crop_pct=1.0, calibration_count=config.calibration_count, eval_count=config.eval_count)
+    configs = {
+        "grid4": replace(common, pooling="grid4"),
+        "avg": replace(common, pooling="avg", precisions=(Precision.FP32,)),
+    }
+    paths = {name: folder / f"{stem}_{name}.edgetl" for name in configs}
+    for name, bundle_config in configs.items():
+        export_bundle(backbone, paths[name], config=bundle_config, image_size=config.image_size)
+    return paths
+
+
+def extract_features(
+    bundles: dict[str, Path], pool: ImageDataset, test: ImageDataset, config: TargetsConfig
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(pool, test) features per source, each image set computed once: ``fp32``/``int8`` grid4, ``avg`` fp32."""
+    images = list(pool.images) + list(test.images)
+    sources = {"fp32": (bundles["grid4"], "fp32"), "int8": (bundles["grid4"], "int8"), "avg": (bundles["avg"], "fp32")}
+    out = {}
+    for name, (bundle, precision) in sources.items():
+        desc = f"features {name} ({len(images)} images)" if config.progress else None
+        feats = bundle_features(bundle, precision, images, config.threads, progress=desc)  # (N, D) float32
+        out[name] = (feats[: len(pool)], feats[len(pool) :])
+    return out
+
+
+def measure_size(bundle: Path) -> dict[str, Any]:
+    """Target 1: member sizes as the manifest records them (what a device downloads)."""
+    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.manifest import Precision
+
+    manifest = Bundle.open(bundle).manifest
+    fp32, int8 = (manifest.members[p.member].size for p in (Precision.FP32, Precision.INT8))
+    return {
+        "fp32_bytes": fp32,
+        "int8_bytes": int8,
+        "ratio": int8 / fp32,
+        "quantization": manifest.quantization,
+        "calibration": manifest.calibration,
+    }
+
+
+def measure_fewshot(
+    feats: dict[str, tuple[np.ndarray, np.ndarray]], pool_y: np.ndarray, test_y: np.ndarray, config: TargetsConfig
+) -> dict[str, Any]:
+    """Target 4 (and 2): the `auto` head, sklearn LR and SimpleShot on the same episodes, fp32 and int8."""
+    protocol = FewShotBenchConfig(
+        shots=config.shots,
+        seeds=config.seeds,
+        pool_per_class=config.pool_per_class,
+        test_count=config.test_count,
+        heads=("auto",),
+        output_dir=config.output_dir,
+    )
+    rows = []
+    for precision in ("fp32", "int8"):
+        pool, test = feats[precision]
+        desc = f"few-shot {precision}" if config.progress else None
+        rows += [{"precision": precision, **r} for r in accuracy_table(pool, pool_y, test, test_y, protocol, desc)]
+    return {"rows": rows, "summary": summarise(rows), "feature_dim": int(feats["fp32"][0].shape[1])}
+
+
+def paired_drop(rows: list[dict[str, Any]], head: str, shots: int = DROP_SHOTS) -> dict[str, Any]:
+    """Target 2: fp32 − int8 accuracy in points per seed (same episode for both), and their mean."""
+    acc = {(r["precision"], r["seed"]): r["accuracy"] for r in rows if r["head"] == head and r["shots"] == shots}
+    seeds = sorted({seed for _, seed in acc})
+    per_seed = [100 * (acc[("fp32", s)] - acc[("int8", s)]) for s in seeds]
+    return {"shots": shots, "drop_points": float(np.mean(per_seed)), "per_seed": per_seed}
+
+
+def measure_latency(bundle: Path, image: np.ndarray, config: TargetsConfig) -> dict[str, Any]:
+    """Target 3: batch-1 p50 through the runtime's own backend, fp32 and int8 calls alternating."""
+    from edgetl_runtime.backends import create_backend
+    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.preprocess import preprocess_batch
+
+    opened = Bundle.open(bundle)
+    batch = preprocess_batch([image], opened.manifest.preprocess)  # (1, 3, S, S): a real test image
+    out: dict[str, Any] = {}
+    for threads in dict.fromkeys((1, config.threads)):
+        runners = {p: create_backend(opened, "onnxruntime", p, threads=threads) for p in ("fp32", "int8")}
+        calls = {p: partial(runner.run, batch) for p, runner in runners.items()}
+        stats = measure_interleaved(calls, rounds=config.latency_runs, warmup_rounds=config.latency_warmup)
+        out[f"threads_{threads or 'default'}"] = {
+            "threads": threads,
+            "backend": runners["fp32"].name,
+            **{p: s.to_dict() for p, s in stats.items()},
+            "ratio_p50": stats["int8"].p50_ms / stats["fp32"].p50_ms,
+        }
+    return out
+
+
+def measure_fit(
+    feats: tuple[np.ndarray, np.ndarray], pool_y: np.ndarray, test_y: np.ndarray, config: TargetsConfig
+) -> dict[str, Any]:
+    """Target 5: accuracy on the test set (all seeds) and fit time (seed 0), edgetl heads vs sklearn LR."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from edgetl_runtime.heads import create_head
+
+    protocol = FewShotBenchConfig(shots=(config.fit_shots,), seeds=config.seeds, heads=FIT_HEADS)
+    desc = "fit accuracy" if config.progress else None
+    pool, test = feats  # (P, D), (T, D) float32
+    rows = accuracy_table(pool, pool_y, test, test_y, protocol, desc)
+    accuracy = {
+        h: 100 * float(np.mean([r["accuracy"] for r in rows if r["head"] == h])) for h in ("sklearn_lr", *FIT_HEADS)
+    }
+    idx = episode(pool_y, config.fit_shots, seed=0)
+    x, y = pool[idx], pool_y[idx]  # (10 * shots, D), (10 * shots,)
+
+    def fit_head(name: str) -> object:
+        return create_head(name).fit(x, y)
+
+    fits: dict[str, Any] = {"sklearn_lr": lambda: LogisticRegression(max_iter=1000).fit(x, y)}
+    fits.update({h: partial(fit_head, h) for h in FIT_HEADS})
+    calls = {"sklearn_lr": 1, **dict.fromkeys(FIT_HEADS, config.fit_calls)}
+    with threadpool_limits(limits=1):  # tiny fits: extra BLAS threads only add contention on a shared box
+        blas = [{k: lib.get(k) for k in ("internal_api", "version", "num_threads")} for lib in threadpool_info()]
+        stats = measure_interleaved(fits, rounds=config.fit_rounds, calls_per_round=calls, warmup_rounds=1)
+    base = stats["sklearn_lr"].p50_ms
+    return {
+        "samples": len(idx),
+        "feature_dim": int(x.shape[1]),
+        "accuracy": accuracy,
+        "rows": rows,
+        "timing": {h: s.to_dict() for h, s in stats.items()},
+        "speedup": {h: base / stats[h].p50_ms for h in FIT_HEADS},
+        "blas_during_timing": blas,
+    }
+
+
+def measure_enrol(bundle: Path, pool: ImageDataset, features: np.ndarray, config: TargetsConfig) -> dict[str, Any]:
+    """Target 6: one ``Learner.add`` into an N-sample state, features cached, state in memory and in SQLite."""
+    from threadpoolctl import threadpool_limits
+
+    images, labels = list(pool.images), [pool.classes[i] for i in pool.labels]
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="edgetl-targets-") as tmp, threadpool_limits(limits=1):
+        for head in ENROL_HEADS:
+            for where in ("memory", "sqlite"):
+                state = None if where == "memory" else Path(tmp) / f"{head}.sqlite"
+                out[f"{head}/{where}"] = enrol_one_latency(
+                    bundle,
+                    images,
+                    labels,
+                    head=head,
+                    state=state,
+                    state_size=config.enrol_state_size,
+                    runs=config.enrol_runs,
+                    warmup=config.enrol_warmup,
+                    precision="fp32",
+                    features=features,
+                )
+    return out
+
+
+def environment(config: TargetsConfig, result: dict[str, Any]) -> dict[str, Any]:
+    """CPU, ISA flags (VNNI), versions and every thread setting the figures depend on."""
+    import torch
+
+    from edgetl.bench.report import DISTRIBUTIONS, host_environment
+
+    return {
+        **host_environment((*DISTRIBUTIONS, *EXTRA_VERSIONS)),
+        "threads": {
+            "onnxruntime_features": config.threads or "onnxruntime default (one per physical core)",
+            "onnxruntime_latency": [key.removeprefix("threads_") for key in result["latency"]],
+            "blas_timed_parts": "1 (threadpoolctl.threadpool_limits around fit and enrolment timing)",
+            "blas_during_timing": result["fit"]["blas_during_timing"],
+            "blas_environment": {
+                v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+            },
+            "torch_export": torch.get_num_threads(),
+        },
+        "load_average_start": result["load_average_start"],
+        "load_average_end": list(os.getloadavg()),  # 1/5/15-min: what else ran on the machine meanwhile
+    }
