@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint data install clean
+.PHONY: demo test lint data install clean targets
 
 $(STAMP): pyproject.toml runtime/pyproject.toml exporters/pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test: data lint
 
 demo: data
 	$(VENV)/bin/edgetl demo
+
+# Every export + runtime target in one run (~4.5 min on 2 cores) -> runs/targets/report.md.
+# `make targets TARGETS_ARGS=--quick` is a ~35 s smoke run.
+TARGETS_ARGS ?=
+targets: data
+	$(VENV)/bin/edgetl bench targets $(TARGETS_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

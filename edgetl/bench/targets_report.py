@@ -75,14 +75,14 @@ def _write_plot(path: Path, draw: Callable[[Any], None]) -> None:
 
 
 def plot_fewshot(ax: Any, result: dict[str, Any]) -> None:
-    """Accuracy vs K for auto / sklearn LR / SimpleShot, fp32 solid and int8 dashed, targets as red crosses."""
+    """Accuracy vs K for auto / sklearn LR / SimpleShot, fp32 solid, int8 dashed and hollow; targets as red crosses."""
     summary = result["fewshot"]["summary"]
     for color, head in enumerate(("auto", "sklearn_lr", "simpleshot")):
-        for precision, style in (("fp32", "-"), ("int8", "--")):
+        for precision, style, face in (("fp32", "-", f"C{color}"), ("int8", "--", "none")):
             by_k = summary.get(f"{precision}/{head}", {})
             ks = [int(k.split("=")[1]) for k in by_k]
-            label = f"{precision}/{head}"
-            ax.plot(ks, list(by_k.values()), marker="o", linestyle=style, color=f"C{color}", label=label)
+            line = {"linestyle": style, "color": f"C{color}", "markerfacecolor": face, "label": f"{precision}/{head}"}
+            ax.plot(ks, list(by_k.values()), marker="o", **line)
     targets = [(k, v) for k, v in FEWSHOT_MIN.items() if k in result["config"]["shots"]]
     ax.scatter(
         [k for k, _ in targets], [v for _, v in targets], marker="x", s=80, color="red", zorder=5, label="target (auto)"
