@@ -61,7 +61,8 @@ def _size_row(result: dict[str, Any]) -> TargetRow:
         f"{size['ratio']:.3f} ({size['int8_bytes'] / 1e6:.2f} / {size['fp32_bytes'] / 1e6:.2f} MB)",
         f"<= {SIZE_RATIO_MAX:.2f}",
         size["ratio"] <= SIZE_RATIO_MAX,
-        "manifest member sizes of the grid4 bundle (backbone.int8.onnx vs backbone.fp32.onnx)",
+        f"manifest member sizes of the {result['config']['fewshot_pooling']} bundle "
+        "(backbone.int8.onnx vs backbone.fp32.onnx)",
     )
 
 
@@ -114,7 +115,8 @@ def _fewshot_rows(result: dict[str, Any]) -> list[TargetRow]:
                 f"fp32 {fp32:.1f}, int8 {int8:.1f}",
                 "reported" if floor is None else f">= {floor:g} (fp32 and int8)",
                 passed,
-                f"grid4 bundle at {cfg['image_size']} px, {cfg['seeds']} seed(s), {cfg['test_count']} test images",
+                f"{cfg['fewshot_pooling']} bundle at {cfg['image_size']} px, {cfg['seeds']} seed(s), "
+                f"{cfg['test_count']} test images",
             )
         )
     return rows

@@ -92,7 +92,8 @@ def plot_fewshot(ax: Any, result: dict[str, Any]) -> None:
         xscale="log",
         xlabel="shots per class (K)",
         ylabel="test accuracy (%)",
-        title=f"Fashion-MNIST few-shot, {cfg['model']} {cfg['image_size']} px grid4, {cfg['seeds']} seed(s)",
+        title=f"Fashion-MNIST few-shot, {cfg['model']} {cfg['image_size']} px "
+        f"{cfg['fewshot_pooling']}, {cfg['seeds']} seed(s)",
     )
     ax.set_xticks(cfg["shots"], [str(k) for k in cfg["shots"]])
     ax.minorticks_off()
@@ -168,7 +169,7 @@ def _size_section(result: dict[str, Any], paths: dict[str, Path]) -> list[str]:
         "## 1. int8 size",
         "",
         f"backbone.fp32.onnx {size['fp32_bytes']:,} B, backbone.int8.onnx {size['int8_bytes']:,} B "
-        f"(ratio {size['ratio']:.3f}), bundle `{result['bundles']['grid4']}`. Quantization: {quant}; "
+        f"(ratio {size['ratio']:.3f}), bundle `{result['bundles']['fewshot']}`. Quantization: {quant}; "
         f"calibration: {size.get('calibration', {})} (every argument is in targets.json and the manifest).",
     ]
 
@@ -215,7 +216,9 @@ def _fewshot_section(result: dict[str, Any], paths: dict[str, Path]) -> list[str
         "",
         f"Pool: {cfg['pool_per_class']} train images per class (fixed seed); K shots per class per seed via "
         f"`episode()`, {cfg['seeds']} seed(s); test: the first {cfg['test_count']} t10k images; "
-        f"{result['fewshot']['feature_dim']}-d features of the grid4 bundle (crop_pct=1.0) through the runtime. "
+        f"{result['fewshot']['feature_dim']}-d features of the {cfg['fewshot_pooling']} bundle "
+        "(crop_pct=1.0; the pooling was chosen "
+        "on train-only validation by `benchmarks/select_pooling.py`) through the runtime. "
         "sklearn = LogisticRegression(max_iter=1000); SimpleShot = CL2N nearest class mean.",
         "",
         *table,

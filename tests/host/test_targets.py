@@ -39,7 +39,7 @@ def passing_result(tmp_path: Path) -> dict[str, Any]:
     enrol = {f"{h}/{w}": {**_stats(1.0), "state_size": 500} for h in ("auto", "ncm") for w in ("memory", "sqlite")}
     result = {
         "config": config.to_dict(), "command": config.command(), "seconds": {"total": 1.0},
-        "bundles": {"grid4": "a.edgetl", "avg": "b.edgetl"},
+        "bundles": {"fewshot": "a.edgetl", "avg": "b.edgetl"},
         "size": {"fp32_bytes": 1000, "int8_bytes": 280, "ratio": 0.28, "quantization": {}, "calibration": {}},
         "fewshot": {"rows": rows, "summary": summary, "feature_dim": 20480},
         "int8_drop": {h: paired_drop(rows, h) for h in ("auto", "sklearn_lr")},
@@ -158,7 +158,7 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     result = run_targets(config)
     assert [row["id"] for row in result["targets"]] == TARGET_IDS
     assert len(result["fewshot"]["rows"]) == 2 * 3 * 2  # precisions x (auto, sklearn, SimpleShot) x K
-    assert result["fewshot"]["feature_dim"] == 20480 and result["fit"]["feature_dim"] == 1280
+    assert result["fewshot"]["feature_dim"] == 1280 * 9 and result["fit"]["feature_dim"] == 1280
     assert 0 < result["size"]["ratio"] < 1
     assert set(result["latency"]) == {"threads_1", "threads_default"}
     assert set(result["enrol"]) == {f"{h}/{w}" for h in ("auto", "ridge", "ncm") for w in ("memory", "sqlite")}
