@@ -158,6 +158,8 @@ def run_targets(config: TargetsConfig | None = None) -> dict[str, Any]:
     feats = {"avg": feats["avg"]}  # the wide grid-pooled arrays are done with; free them before timing
     with _step(result, "latency", config):
         result["latency"] = measure_latency(bundles["fewshot"], test.images[0], config)
+    with _step(result, "conv_profile", config):
+        result["conv_profile"] = profile_convolutions(bundles["fewshot"], test.images[0], config)
     with _step(result, "fit", config):
         result["fit"] = measure_fit(feats["avg"], pool.labels, test.labels, config)
     with _step(result, "enrol", config):
@@ -293,6 +295,19 @@ def measure_latency(bundle: Path, image: np.ndarray, config: TargetsConfig) -> d
             "ratio_p50": stats["int8"].p50_ms / stats["fp32"].p50_ms,
         }
     return out
+
+
+def profile_convolutions(bundle: Path, image: np.ndarray, config: TargetsConfig) -> dict[str, Any]:
+    """Why target 3 lands where it does: fp32 vs int8 time of every convolution kind (1 thread)."""
+    from edgetl.bench.op_profile import conv_profile
+    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.manifest import Precision
+    from edgetl_runtime.preprocess import preprocess_batch
+
+    opened = Bundle.open(bundle)
+    batch = preprocess_batch([image], opened.manifest.preprocess)
+    fp32, int8 = opened.model_bytes(Precision.FP32), opened.model_bytes(Precision.INT8)
+    return conv_profile(fp32, int8, batch, runs=max(5, config.latency_runs // 4))
 
 
 def measure_fit(

@@ -158,6 +158,9 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     result = run_targets(config)
     assert [row["id"] for row in result["targets"]] == TARGET_IDS
     assert len(result["fewshot"]["rows"]) == 2 * 3 * 2  # precisions x (auto, sklearn, SimpleShot) x K
+    kinds = result["conv_profile"]["by_kind"]  # the int8-vs-fp32 time of every convolution, grouped
+    assert {"stem", "depthwise", "pointwise"} <= set(kinds) and kinds["stem"]["count"] == 1
+    assert len(result["conv_profile"]["convs"]) == sum(k["count"] for k in kinds.values())
     assert result["fewshot"]["feature_dim"] == 1280 * 9 and result["fit"]["feature_dim"] == 1280
     assert 0 < result["size"]["ratio"] < 1
     assert set(result["latency"]) == {"threads_1", "threads_default"}
