@@ -59,32 +59,44 @@ def conv_kinds(fp32_model: bytes) -> list[str]:
     return kinds
 
 
-def kernel_times_us(model: bytes, batch: np.ndarray, runs: int, threads: int = 1) -> list[float]:
-    """Median time of every convolution kernel over ``runs`` profiled calls, in execution order."""
+def kernel_times_us(models: list[bytes], batch: np.ndarray, runs: int, threads: int = 1) -> list[list[float]]:
+    """Median time of every convolution kernel of each model, in execution order.
+
+    The models' profiled calls alternate, so a change in machine load hits them alike.
+    """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = os.path.join(tmp, "ort")
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: batch}
+        sessions = []
+        for i, model in enumerate(models):
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            options.enable_profiling = True
+            options.profile_file_prefix = os.path.join(tmp, f"model{i}")
+            sessions.append(ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]))
         for _ in range(runs):
-            session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text())
-    per_node: dict[str, list[float]] = defaultdict(list)
-    for event in events:
-        if event.get("cat") == "Node" and event["args"].get("op_name") in CONV_OPS:
-            per_node[event["name"]].append(float(event["dur"]))  # dict keeps first-seen (execution) order
-    return [float(np.median(durations)) for durations in per_node.values()]
+            for session in sessions:
+                session.run(None, {session.get_inputs()[0].name: batch})
+        traces = [json.loads(Path(session.end_profiling()).read_text()) for session in sessions]
+    out = []
+    for events in traces:
+        per_node: dict[str, list[float]] = defaultdict(list)
+        for event in events:
+            if event.get("cat") == "Node" and event["args"].get("op_name") in CONV_OPS:
+                per_node[event["name"]].append(float(event["dur"]))  # dict keeps first-seen (execution) order
+        out.append([float(np.median(durations)) for durations in per_node.values()])
+    return out
 
 
 def conv_profile(fp32_model: bytes, int8_model: bytes, batch: np.ndarray, runs: int = 50) -> dict[str, Any]:
-    """Per-convolution and per-kind fp32 vs int8 kernel times at 1 thread (``batch`` is (1, 3, H, W))."""
+    """Per-convolution and per-kind fp32 vs int8 kernel times at 1 thread (``batch`` is (1, 3, H, W)).
+
+    Kernel times exclude what sits between kernels (quantize / transpose / layout reorders, dispatch),
+    so the total ratio here is a floor under the whole-model latency ratio.
+    """
     kinds = conv_kinds(fp32_model)
-    fp32, int8 = kernel_times_us(fp32_model, batch, runs), kernel_times_us(int8_model, batch, runs)
+    fp32, int8 = kernel_times_us([fp32_model, int8_model], batch, runs)
     if not len(kinds) == len(fp32) == len(int8):
         return {"error": f"could not match convolutions: {len(kinds)} in the graph, {len(fp32)} / {len(int8)} timed"}
     rows = [ConvTiming(i, k, a, b) for i, (k, a, b) in enumerate(zip(kinds, fp32, int8, strict=True))]
