@@ -210,3 +210,36 @@ def test_fp16_keeps_float32_io(lite0, data, tmp_path: Path) -> None:
     with pytest.raises(QuantizationError, match="fp16 features drift"):
         convert_fp16(lite0[0], tmp_path / "strict.onnx", check_images=data["eval"][:4], min_cosine=1.01)
     assert not (tmp_path / "strict.onnx").exists()
+
+
+def test_guard_ranks_nodes_by_the_error_they_add(tmp_path: Path) -> None:
+    """The stem that cuts the SQNR against fp32 from 40 to 20 dB outranks a later node that adds 2 dB,
+    even though the later node's own output is noisier in absolute terms."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgetl_exporters.quantize_guard import rank_sensitive_nodes
+
+    w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w1")
+    w2 = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w2")
+    lo, hi = (
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+    )
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="stem"),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["a1"], name="stem_act"),
+        helper.make_node("Conv", ["a1", "w2"], ["c2"], name="late"),
+        helper.make_node("Clip", ["c2", "lo", "hi"], ["y"], name="late_act"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4, 4])],
+        [w, w2, lo, hi],
+    )
+    path = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    ranked = rank_sensitive_nodes(path, {"x": 40.0, "a1": 20.0, "y": 18.0}, QuantizeConfig())
+    assert ranked == [["stem", "stem_act"], ["late", "late_act"]]
