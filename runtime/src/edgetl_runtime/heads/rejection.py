@@ -112,32 +112,38 @@ def _loo_cosines_from_products(
     hh: FloatArray,
     zh: FloatArray,
 ) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
-    """:func:`loo_cosines` from the inner products it needs (see there for the maths)."""
-    n, n_cls = len(za), len(counts)
+    """:func:`loo_cosines` from the inner products it needs (see there for the maths).
+
+    Holding sample n out changes one row and column of the (C, C) Gram matrix of the class means
+    (its own class y), so every product with the centre is the full Gram's plus a correction along
+    y: O(N C + C^2) with no (N, C, C) array.
+    """
+    n = len(za)
     rows = np.arange(n)
-    rest = counts[y_idx] - held_n  # (N,) own-class samples left after the hold-out
+    own_counts = counts[y_idx]
+    rest = own_counts - held_n  # (N,) own-class samples left after the hold-out
     valid = rest > 0
     inv_rest = 1.0 / np.maximum(rest, 1.0)
-    own_counts = counts[y_idx]
     means_means = sums_means / np.maximum(counts, 1.0)[:, None]  # (C, C) Gram of the class means
     # The held-out own mean is (s_y - h) / rest; every product with it expands into cached products.
     cross = (sums_means[y_idx] - hm) * inv_rest[:, None]  # (N, C) held-out own mean . class means
-    gram = np.broadcast_to(means_means, (n, n_cls, n_cls)).copy()  # (N, C, C) Gram of the rows
-    gram[rows, y_idx, :] = cross
-    gram[rows, :, y_idx] = cross
-    ss = np.diagonal(sums_means)[y_idx] * own_counts  # |s_y|^2
-    gram[rows, y_idx, y_idx] = (ss - 2 * hm[rows, y_idx] * own_counts + hh) * inv_rest**2
+    own_sq = (np.diagonal(sums_means)[y_idx] * own_counts - 2 * hm[rows, y_idx] * own_counts + hh) * inv_rest**2
     za = za.copy()
     za[rows, y_idx] = (za[rows, y_idx] * own_counts - zh) * inv_rest
-    w = np.ones((n, n_cls))  # (N, C) weights of the centre over the surviving classes
+    w = np.ones_like(za)  # (N, C) weights of the centre over the surviving classes
     w[rows, y_idx] = valid
     w /= np.maximum(w.sum(axis=1, keepdims=True), 1.0)
-    s = np.einsum("nkl,nl->nk", gram, w)  # (N, C) class mean . centre
+    w_own = w[rows, y_idx]  # (N,)
+    # s[n, k] = held-out class mean k . centre: the full Gram's, with column y swapped for cross.
+    s = w @ means_means + w_own[:, None] * (cross - means_means[y_idx])
+    s[rows, y_idx] = np.einsum("nk,nk->n", cross, w) + (own_sq - cross[rows, y_idx]) * w_own
     mu2 = np.einsum("nk,nk->n", s, w)  # (N,) |centre|^2
     zmu = np.einsum("nk,nk->n", za, w)  # (N,) z . centre
     num = za - zmu[:, None] - s + mu2[:, None]
     z_norm = np.sqrt(np.maximum(zz - 2 * zmu + mu2, 1e-24))
-    m_norm = np.sqrt(np.maximum(np.einsum("nkk->nk", gram) - 2 * s + mu2[:, None], 1e-24))
+    mean_sq = np.repeat(np.diagonal(means_means)[None], n, axis=0)  # (N, C) |held-out class mean|^2
+    mean_sq[rows, y_idx] = own_sq
+    m_norm = np.sqrt(np.maximum(mean_sq - 2 * s + mu2[:, None], 1e-24))
     sims = num / (z_norm[:, None] * m_norm)
     sims[rows[~valid], y_idx[~valid]] = -np.inf
     return sims, valid
