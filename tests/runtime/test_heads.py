@@ -172,7 +172,7 @@ def test_bad_predict_input_and_label_type() -> None:
         create_head("svm")
 
 
-@pytest.mark.parametrize("n", [14, 40])  # 40 takes the 2 x 2 block (Schur complement) inverse
+@pytest.mark.parametrize("n", [14, 40, 300])  # 40: block (Schur complement) inverses; 300: eigendecomposition
 def test_ridge_loo_closed_form_equals_brute_force(n: int) -> None:
     rng = np.random.default_rng(0)
     Z = rng.normal(size=(n, 30))

@@ -7,6 +7,7 @@ inverses, and enrolling m new samples is a bordered (block) update of the invers
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -103,22 +104,44 @@ def ridge_loo(
     """
     n = len(Y)
     a = np.asarray(alphas, dtype=np.float64)
-    M = shifted_inverses(Kc, a)  # (A, N, N)
-    dual = M @ (Y - Y.sum(axis=0) * (1.0 / n))  # (A, N, C)
+    R = Y - Y.sum(axis=0) * (1.0 / n)
+    dual, diag, blocks = _shifted_inverse_terms(Kc, a, R)
     resid = a[:, None, None] * dual  # (A, N, C) in-sample residuals
     if groups is None or int(np.bincount(groups).max()) == 1:  # (y - yhat) / (1 - h_ii)
-        one_minus_h = a[:, None] * np.einsum("aii->ai", M) - 1.0 / n  # (A, N)
+        one_minus_h = a[:, None] * diag - 1.0 / n  # (A, N)
         loo: FloatArray = Y - resid / np.maximum(one_minus_h, 1e-12)[:, :, None]
         return loo, dual
     resid = resid.copy()
     for idx in _blocks_by_size(groups):  # (G, m) rows of the G groups of size m
         m = idx.shape[1]
-        I_H = a[:, None, None, None] * M[:, idx[:, :, None], idx[:, None, :]] - 1.0 / n  # (A, G, m, m)
+        I_H = a[:, None, None, None] * blocks(idx) - 1.0 / n  # (A, G, m, m)
         if m == 1:
             resid[:, idx[:, 0]] /= np.maximum(I_H[:, :, 0, 0], 1e-12)[:, :, None]
         else:
             resid[:, idx] = np.linalg.pinv(I_H, rcond=1e-10) @ resid[:, idx]  # held-out (I - H_gg)^-1 r_g
     return Y - resid, dual
+
+
+SMALL_KERNEL = 256  # up to this N, batched inverses (fast, A N^2 memory); beyond, one eigendecomposition
+
+
+def _shifted_inverse_terms(
+    Kc: FloatArray, alphas: FloatArray, R: FloatArray
+) -> tuple[FloatArray, FloatArray, Callable[[IntArray], FloatArray]]:
+    """``M R`` (A, N, C), ``diag M`` (A, N) and a reader of the blocks ``M[idx, idx]`` (A, G, m, m) for
+    ``M = (Kc + alpha I)^-1`` at every alpha.
+
+    Small N: the inverses themselves (:func:`shifted_inverses`). Large N: one eigendecomposition
+    ``Kc = U S U^T`` serves every alpha, ``M = U (S + alpha)^-1 U^T``, and nothing A x N x N is stored.
+    """
+    if len(Kc) <= SMALL_KERNEL:
+        M = shifted_inverses(Kc, alphas)  # (A, N, N)
+        return M @ R, np.einsum("aii->ai", M), lambda idx: M[:, idx[:, :, None], idx[:, None, :]]
+    s, U = np.linalg.eigh(Kc)
+    inv = 1.0 / (np.maximum(s, 0.0)[None, :] + alphas[:, None])  # (A, N)
+    dual = U @ (inv[:, :, None] * (U.T @ R)[None])  # (A, N, C)
+    diag = inv @ (U * U).T  # (A, N)
+    return dual, diag, lambda idx: np.einsum("gik,ak,gjk->agij", U[idx], inv, U[idx])
 
 
 def ridge_loo_decisions(
