@@ -14,7 +14,7 @@ from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.latency import cpu_info
 
 if TYPE_CHECKING:
-    from edgetl.bench.latency import LatencyBenchConfig, LatencyBenchResult
+    from edgetl.bench.latency_config import LatencyBenchConfig, LatencyBenchResult
 
 DISTRIBUTIONS = ("numpy", "onnxruntime", "onnxruntime-gpu", "torch", "timm", "onnx", "tensorrt", "edgetl")
 CSV_COLUMNS = (

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from edgetl_runtime.errors import ConfigError, EdgeTLError
 
 if TYPE_CHECKING:
-    from edgetl.bench.latency import LatencyBenchResult
+    from edgetl.bench.latency_config import LatencyBenchResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -99,7 +99,7 @@ def register_latency(bench_sub: argparse._SubParsersAction) -> None:  # type: ig
 
 def add_latency_arguments(p: argparse.ArgumentParser) -> None:
     """The latency options, shared with ``benchmarks/bench_latency.py``."""
-    from edgetl.bench.latency import BACKENDS
+    from edgetl.bench.latency_config import BACKENDS
 
     p.add_argument("bundle", nargs="?", type=Path, help="an .edgetl bundle; omit it to export --model first")
     p.add_argument("--model", default="tf_efficientnet_lite0", help="backbone to export when no bundle is given")
@@ -125,7 +125,8 @@ def _list(text: str, cast: type = str) -> tuple:  # type: ignore[type-arg]
 
 
 def run_latency(args: argparse.Namespace) -> int:
-    from edgetl.bench.latency import LatencyBenchConfig, run_latency_bench
+    from edgetl.bench.latency import run_latency_bench
+    from edgetl.bench.latency_config import LatencyBenchConfig
 
     config = LatencyBenchConfig(
         backends=_list(args.backends),

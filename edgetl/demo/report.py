@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edgetl.demo.pipeline import DemoResult
+    from edgetl.demo.config import DemoResult
 
 
 def write_report(result: DemoResult, out: Path) -> Path:

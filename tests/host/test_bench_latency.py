@@ -11,7 +11,8 @@ import pytest
 from torch import nn
 
 from edgetl.backbones import create_backbone
-from edgetl.bench.latency import LatencyBenchConfig, LatencyBenchResult, probe, run_latency_bench
+from edgetl.bench.latency import probe, run_latency_bench
+from edgetl.bench.latency_config import LatencyBenchConfig, LatencyBenchResult
 from edgetl.bench.roofline import achieved_gflops, count_flops, peak_for
 from edgetl.datasets import ImageDataset
 from edgetl.export import BundleConfig, export_bundle
