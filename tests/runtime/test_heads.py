@@ -227,6 +227,20 @@ def test_ridge_one_sample_enrolments_equal_a_refit() -> None:
     np.testing.assert_allclose(inc.Minv_, full.Minv_, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ridge_large_batch_enrolments_stay_exact(dtype: Any) -> None:
+    """Batches larger than the low-rank buffer take the dense bordering path, ten times in a row."""
+    rng = np.random.default_rng(5)
+    X = np.abs(rng.normal(size=(420, 1280))).astype(dtype)
+    y = rng.integers(0, 12, len(X))
+    head = RidgeHead(alpha=0.1).fit(X[:20], y[:20])
+    for start in range(20, len(X), 40):
+        head.partial_fit(X[start : start + 40], y[start : start + 40])
+    full = RidgeHead(alpha=0.1).fit(X, y)
+    tol = 1e-4 if dtype == np.float32 else 1e-8
+    np.testing.assert_allclose(head.decision_function(X[:50]), full.decision_function(X[:50]), atol=tol)
+
+
 def test_float32_features_stay_float32_and_agree_with_float64() -> None:
     X, y = clusters(12)
     Xt, _ = clusters(5, seed=3)

@@ -353,7 +353,11 @@ class RidgeHead(BaseHead):
         Zn = Zn.astype(self._zbuf.dtype, copy=False)  # the state's precision, so no (N, D) up-cast below
         B = (self.Z_ @ Zn.T).astype(np.float64)  # (N, m)
         u = self._inverse().matmul(B)  # (N, m)
-        S = np.linalg.inv(Zn @ Zn.T + self.alpha_ * np.eye(m) - B.T @ u).astype(np.float64)  # (m, m) Schur inverse
+        schur = Zn @ Zn.T + self.alpha_ * np.eye(m) - B.T @ u  # (m, m), symmetric up to rounding
+        # Symmetrise exactly: the bordered inverse assumes it, and a slightly asymmetric S written into it
+        # is amplified ~100x by every later batch (measured: garbage after ten batches of 40).
+        S = np.linalg.inv((schur + schur.T) * 0.5)
+        S = (S + S.T) * 0.5
         q = u.T.astype(Zn.dtype) @ self.Z_  # (m, D)
         r = S @ (np.eye(C)[new_idx] - u.T @ Y_old)  # (m, C) new rows of P
         r1 = S @ (1.0 - u.sum(axis=0))  # (m,) new entries of M1
