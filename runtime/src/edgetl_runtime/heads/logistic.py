@@ -135,5 +135,6 @@ class LogisticHead(BaseHead):
         return self._fit_transformed(np.concatenate([self.Z_, Zn]), np.concatenate([remap[self.y_idx_], new_idx]))
 
     def _decision(self, Z: FloatArray) -> FloatArray:
-        out: FloatArray = (Z - self.center_) @ self.coef_.T + self.intercept_
+        center, coef = self.center_.astype(Z.dtype, copy=False), self.coef_.astype(Z.dtype, copy=False)
+        out: FloatArray = (Z - center) @ coef.T + self.intercept_  # (N, C), no float64 copy of float32 Z
         return out

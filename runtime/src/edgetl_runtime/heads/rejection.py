@@ -298,8 +298,9 @@ class SimilarityRejector:
 
     def cosines(self, Z: FloatArray) -> FloatArray:
         """Cosine ``(N, C)`` between centred samples and centred class means."""
-        mu = self.center_
-        out: FloatArray = _unit(Z - mu) @ _unit(self.means_ - mu).T
+        mu, means = self.center_, self.means_
+        protos = _unit(means - mu).astype(Z.dtype, copy=False)  # (C, D) in the queries' precision
+        out: FloatArray = _unit(Z - mu.astype(Z.dtype, copy=False)) @ protos.T  # float32 Z stays float32
         return out
 
     def score(self, Z: FloatArray) -> FloatArray:

@@ -306,7 +306,7 @@ class RidgeHead(BaseHead):
     @property
     def Minv_(self) -> FloatArray:
         """``(Z Z^T + alpha I)^-1`` ``(N, N)``, the state that makes enrolment a bordered update."""
-        return self._inverse().dense()
+        return self._inverse().dense().copy()  # a copy: writing into it must not change the head
 
     @Minv_.setter
     def Minv_(self, value: FloatArray) -> None:
@@ -398,7 +398,8 @@ class RidgeHead(BaseHead):
         return self._fit_transformed(self.Z_[keep], y_idx.ravel().astype(np.int64), self.groups_[keep])
 
     def _decision(self, Z: FloatArray) -> FloatArray:
-        out: FloatArray = Z @ self.coef_.T + self.intercept_  # (N, C) regressed one-hot scores
+        # coef_ in the queries' precision: float32 features are never up-cast as a whole (N, D) copy.
+        out: FloatArray = Z @ self.coef_.T.astype(Z.dtype, copy=False) + self.intercept_  # (N, C) one-hot scores
         return out
 
     def _logits(self, Z: FloatArray) -> FloatArray:
