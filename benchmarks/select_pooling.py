@@ -3,7 +3,7 @@
 The few-shot target is scored on the first 2000 Fashion-MNIST t10k images; choosing the pooling (avg,
 a k x k grid, or both) and ``crop_pct`` on those same images would flatter the result. This script
 makes the choice by validation inside the *train* split: for each candidate it enrols K shots per
-class from the fixed 100-per-class train pool (the same episodes as the benchmark) and scores the
+class from a fixed 100-per-class train pool (drawn like bench_heads'; episodes via ``episode()``) and scores the
 ``auto`` head on the pool images that were not enrolled. The winner is the candidate with the best
 mean validation accuracy over K = 1/5/10/20; ``edgetl bench fewshot`` then reports it on test.
 

@@ -33,7 +33,11 @@ def enrol_one_latency(
     threads: int | None = None,
     features: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """p50/p90 ms of ``Learner.add`` of one image into a ``state_size``-sample state, features cached.
+    """p50/p90/mean ms of ``Learner.add`` of one image into a ``state_size``-sample state, features cached.
+
+    ``add`` updates the fitted head incrementally (``partial_fit``): alpha, temperature and ``auto``'s
+    choice of head stay as the last full ``fit`` left them; the mean includes the periodic fold of the
+    ridge head's low-rank inverse terms (every 32 adds).
 
     Args:
         bundle: the ``.edgetl`` bundle.
@@ -75,6 +79,7 @@ def enrol_one_latency(
                 "given features do not match this bundle's cache keys; pass features from this bundle, or none."
             )
         samples, dim = len(learner.store), learner.bundle.manifest.backbone.feature_dim
+        chosen = str(getattr(learner.head, "kind_", learner.head.kind))  # what auto picked, if auto
     return {
         "p50_ms": stats.p50_ms,
         "p90_ms": stats.p90_ms,
@@ -84,4 +89,5 @@ def enrol_one_latency(
         "state_size": state_size,
         "samples_after": samples,
         "feature_dim": dim,
+        "head_in_use": chosen,
     }

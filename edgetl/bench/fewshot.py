@@ -184,7 +184,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         by_k = out.setdefault(f"{precision}/{head}", {})
         for shots in sorted({r["shots"] for r in rows}):
             accs = [r["accuracy"] for r in rows if (r["precision"], r["head"], r["shots"]) == (precision, head, shots)]
-            by_k[f"K={shots}"] = round(100 * float(np.mean(accs)), 2)
+            by_k[f"K={shots}"] = 100 * float(np.mean(accs))  # unrounded: targets compare it
     return out
 
 
