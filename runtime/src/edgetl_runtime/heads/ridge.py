@@ -177,8 +177,10 @@ def loo_temperature(decision: FloatArray, own: IntArray) -> float:
     """
     if not len(decision):
         return FALLBACK_TEMPERATURE
-    d = decision - decision.max(axis=1, keepdims=True)  # shifting by the max commutes with every T > 0
-    inv_t = 1.0 / np.asarray(TEMPERATURES)
+    # Shifting by the max commutes with every T > 0. float32: the grid's log-losses differ by far more
+    # than its rounding, and its exp is ~1.5x faster (this runs once per fit that needs probabilities).
+    d = (decision - decision.max(axis=1, keepdims=True)).astype(np.float32)
+    inv_t = (1.0 / np.asarray(TEMPERATURES)).astype(np.float32)
     lse = np.log(np.exp(d[None] * inv_t[:, None, None]).sum(axis=2)).mean(axis=1)  # (T,)
     nll = lse - d[np.arange(len(d)), own].mean() * inv_t
     return float(TEMPERATURES[int(np.argmin(nll))])
