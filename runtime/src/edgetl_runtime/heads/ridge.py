@@ -2,7 +2,8 @@
 
 With N enrolled samples much fewer than D features, everything lives in the N x N kernel
 ``K = Z Z^T``: fitting and exact leave-one-out over a whole alpha grid are one batch of N x N
-inverses, and enrolling m new samples is a bordered (block) update of the inverse, O(N^2 m).
+inverses (one eigendecomposition beyond N = 256), and enrolling m new samples is a bordered update of
+the inverse kept as low-rank terms (:mod:`edgetl_runtime.heads.bordered`), O(N^2 + N m) per batch.
 """
 
 from __future__ import annotations
