@@ -286,7 +286,7 @@ def _fit_section(result: dict[str, Any], paths: dict[str, Path]) -> list[str]:
 
 def _accuracy_of(fit: dict[str, Any], name: str) -> str:
     """Accuracy of a timing row; the variants of a head share the head's predictions."""
-    base = name.removesuffix("_fit_only").removesuffix("_with_rejection")
+    base = fit.get("variant_of", {}).get(name, name)
     return f"{fit['accuracy'][base]:.2f}" if base in fit["accuracy"] else "-"
 
 
