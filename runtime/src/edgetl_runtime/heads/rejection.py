@@ -170,21 +170,15 @@ class SimilarityRejector:
         n_classes: int,
         groups: IntArray | None = None,
         kernel: FloatArray | None = None,
-        class_stats: tuple[FloatArray, FloatArray] | None = None,
     ) -> SimilarityRejector:
         """Start from scratch on ``Z`` (N, D) normalised features with class indices ``y_idx``.
 
-        ``kernel`` is ``Z Z^T`` and ``class_stats`` is :func:`class_sums` of ``Z`` if the caller already
-        has them (the kernel makes the calibration O(N^2 C)).
+        ``kernel`` is ``Z Z^T`` if the caller already has it (the calibration is then O(N^2 C)). The
+        (C, D) class sums wait until something needs them (the kernel path does not).
         """
-        self.counts_: FloatArray
-        self._sums: FloatArray | None
-        self._sums_source: tuple[FloatArray, IntArray, int] | None
-        if class_stats is None:  # the (C, D) sums wait until something needs them (the kernel path does not)
-            self._sums, self._sums_source = None, (Z, y_idx, n_classes)
-            self.counts_ = np.bincount(y_idx, minlength=n_classes).astype(np.float64)
-        else:
-            self._sums, self._sums_source, self.counts_ = class_stats[0], None, class_stats[1]
+        self.counts_: FloatArray = np.bincount(y_idx, minlength=n_classes).astype(np.float64)
+        self._sums: FloatArray | None = None
+        self._sums_source: tuple[FloatArray, IntArray, int] | None = (Z, y_idx, n_classes)
         g = np.arange(len(Z)) if groups is None else np.asarray(groups).ravel()
         self._pending: tuple[Any, ...] | None = (Z, y_idx, g, kernel, self.counts_)
         self._calib: tuple[FloatArray, npt.NDArray[np.bool_], IntArray] | None = None
