@@ -19,7 +19,7 @@ from edgetl.weights import (
     load_positional,
     read_state_dict,
 )
-from edgetl_runtime.errors import CheckpointError, UnknownBackboneError
+from edgetl_runtime.errors import CheckpointError, ConfigError, UnknownBackboneError
 from edgetl_runtime.preprocess import PreprocessSpec
 
 # Short names for the backbones edgetl is built around; any other timm name works too.
@@ -83,7 +83,8 @@ def create_backbone(
     """Build a backbone by registry/timm name, or load a fine-tuned run directory.
 
     Args:
-        name: registry alias, timm model name, or a directory written by ``edgetl finetune``.
+        name: registry alias, timm model name, or a directory written by ``edgetl finetune`` (or the
+            checkpoint file inside it).
         weights: ``bundled`` (offline ImageNet weights), ``hub`` (timm ``pretrained=True``),
             ``none`` (random init), or a checkpoint path (.safetensors, or .pt/.pth read with
             ``weights_only=True``).
@@ -92,6 +93,14 @@ def create_backbone(
     """
     if Path(name).is_dir():
         return load_finetuned(Path(name), image_size=image_size)
+    if Path(name).is_file():  # a run's checkpoint file: its folder holds the config that rebuilds it
+        if (Path(name).parent / "edgetl_config.json").is_file():
+            return load_finetuned(Path(name).parent, image_size=image_size)
+        raise ConfigError(
+            f"{name} is a file but not inside an `edgetl finetune` run folder (no edgetl_config.json beside it). "
+            "Fix: pass the model name and the checkpoint as weights, e.g. `edgetl export mobilenetv3_large_100 "
+            f"--weights {name} ...`."
+        )
     timm_name = resolve_name(str(name))
     spec = WeightsSpec.parse(weights)
     if spec.source is WeightsSource.HUB:

@@ -23,6 +23,7 @@ from edgetl_runtime.manifest import GOLDEN_NAME, HEAD_NAME, BackboneInfo, Manife
 from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
 
 GOLDEN_COUNT = 4
+CALIBRATION_SAMPLING = "class-balanced, classes interleaved, seed 0"
 VERSIONED = ("edgetl", "torch", "timm", "onnx", "onnxruntime", "onnxslim", "numpy")
 
 
@@ -92,7 +93,7 @@ def export_bundle(
         parity = export_features_onnx(features_model, calib_inputs[:32], fp32_path, config.export)
         report["fp32_parity"] = parity.to_dict()
         members[Precision.FP32.member] = fp32_path.read_bytes()
-        quant = _quantized_members(fp32_path, calib_inputs, held_out, spec, config, quantize_config)
+        quant = _quantized_members(fp32_path, calib_inputs, held_out, spec, config, quantize_config, data_source)
         for name, (data_bytes, part_report) in quant.items():
             members[name] = data_bytes
             report[name] = part_report
@@ -110,7 +111,7 @@ def export_bundle(
         config.export.output_name,
         config.pooling,
     )
-    manifest = _manifest(info, spec, backbone, config, report, len(calib), data_source, ships_head)
+    manifest = _manifest(info, spec, backbone, config, report, data_source, ships_head)
     bundle = write_bundle(output, manifest, members)
     return ExportResult(Path(output), bundle, report)
 
@@ -131,11 +132,16 @@ def _calibration_split(data: ImageDataset | None, config: BundleConfig) -> tuple
     order = [rng.permutation(np.flatnonzero(data.labels == c)) for c in range(n_classes)]
     calib_per_class = max(1, -(-config.calibration_count // n_classes))
     eval_per_class = max(1, -(-config.eval_count // n_classes))
-    calib = np.concatenate([idx[:calib_per_class] for idx in order])
+    # Round-robin over the classes, so any prefix (quantization keeps the first num_calibration) stays balanced.
+    picks = [(rank, c, i) for c, idx in enumerate(order) for rank, i in enumerate(idx[:calib_per_class])]
+    calib = np.array([i for _, _, i in sorted(picks)], dtype=np.int64)
     held_out = np.concatenate([idx[calib_per_class : calib_per_class + eval_per_class] for idx in order])
     if len(held_out) == 0:
-        raise DatasetError(f"Only {len(data)} images: none is left for the int8 accuracy guard after calibration.")
-    return data.subset(np.sort(calib)), data.subset(np.sort(held_out))
+        raise DatasetError(
+            f"Only {len(data)} images: none is left for the int8 accuracy guard after calibration. "
+            "Fix: pass more labelled images, or lower calibration_count (--calib-count)."
+        )
+    return data.subset(calib), data.subset(np.sort(held_out))
 
 
 def _quantized_members(
@@ -145,14 +151,22 @@ def _quantized_members(
     spec: PreprocessSpec,
     config: BundleConfig,
     quantize_config: Any,
+    data_source: str,
 ) -> dict[str, tuple[bytes, dict[str, Any]]]:
     out: dict[str, tuple[bytes, dict[str, Any]]] = {}
     if Precision.INT8 in config.precisions:
-        from edgetl_exporters.quantize import quantize_for_bundle
+        from edgetl_exporters.quantize import QuantizeConfig, quantize_for_bundle
 
         eval_inputs = preprocess_batch(list(held_out.images), spec)
+        qconfig = quantize_config or QuantizeConfig.auto(num_calibration=config.calibration_count)
         out[Precision.INT8.member] = quantize_for_bundle(
-            fp32_path, calib_inputs, eval_inputs, held_out.labels, config.max_accuracy_drop, quantize_config
+            fp32_path,
+            calib_inputs,
+            eval_inputs,
+            held_out.labels,
+            config.max_accuracy_drop,
+            qconfig,
+            f"{data_source} ({CALIBRATION_SAMPLING})",
         )
     if Precision.FP16 in config.precisions:
         from edgetl_exporters.quantize import fp16_for_bundle
@@ -198,18 +212,21 @@ def _manifest(
     backbone: Backbone,
     config: BundleConfig,
     report: dict[str, Any],
-    calib_count: int,
     data_source: str,
     ships_head: bool,
 ) -> Manifest:
-    quant = report.get(Precision.INT8.member, {})
+    quant = report.get(Precision.INT8.member)
+    quantization, calibration = {}, {}
+    if quant:  # int8 was built: how, and from which images (the first num_calibration of the prepared set)
+        quantization = {**quant["config"], "ort_arguments": quant["ort_arguments"]}
+        calibration = {"count": quant["calibration_count"], "source": data_source, "sampling": CALIBRATION_SAMPLING}
     return Manifest(
         backbone=info,
         preprocess=spec,
         members={},
         precisions=config.precisions,
-        quantization=dict(quant.get("config", {})),
-        calibration={"count": calib_count, "source": data_source, "sampling": "class-balanced, seed 0"},
+        quantization=quantization,
+        calibration=calibration,
         validation={"export": config.export.to_dict(), "pooling": config.pooling, **report},
         head_labels=tuple(backbone.classes) if ships_head else (),
         versions=_versions(),

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from edgetl.commands.common import load_data
+from edgetl_exporters.quantize_config import PRESETS, CalibrationMethod, QuantizeConfig
 from edgetl_runtime.errors import ConfigError
 
 
@@ -17,6 +18,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, int8, fp16 (fp32 is always included)")
     p.add_argument("--calib", default="fashion-mnist", help="calibration data: fashion-mnist or an image folder")
     p.add_argument("--calib-count", type=int, default=300, help="images used for int8 calibration")
+    p.add_argument(
+        "--quant-preset",
+        default="auto",
+        choices=list(PRESETS),
+        help="int8 flavour for the device that runs it: auto = this host's CPU; x86-vnni, x86-avx2, arm "
+        "(onnxruntime CPU); tensorrt (symmetric int8 Q/DQ, float biases: what TensorRT builds)",
+    )
+    p.add_argument(
+        "--calib-method",
+        default=None,
+        choices=[m.value for m in CalibrationMethod],
+        help="int8 calibration (default: the preset's; minmax for CPU, percentile for tensorrt)",
+    )
     p.add_argument("--eval-count", type=int, default=600, help="held-out images for the int8 accuracy guard")
     p.add_argument("--max-drop", type=float, default=1.0, help="largest int8 accuracy drop accepted, in points")
     p.add_argument("--image-size", type=int, default=None, help="square input resolution (default: the model's)")
@@ -40,6 +54,10 @@ def run_export(args: argparse.Namespace) -> int:
     unknown = [p for p in precisions if p not in {"fp32", "int8", "fp16"}]
     if unknown:
         raise ConfigError(f"Unknown precision(s) {unknown}; choose from fp32, int8, fp16.")
+    overrides: dict[str, object] = {"num_calibration": args.calib_count}
+    if args.calib_method:
+        overrides["calibrate_method"] = args.calib_method
+    quantize_config = QuantizeConfig.preset(args.quant_preset, **overrides)
     config = BundleConfig(
         precisions,  # type: ignore[arg-type]
         args.calib_count,
@@ -56,6 +74,7 @@ def run_export(args: argparse.Namespace) -> int:
         data_source=args.calib,
         config=config,
         image_size=args.image_size,
+        quantize_config=quantize_config,
     )
     print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
     print(describe(result.bundle))
@@ -87,10 +106,40 @@ def describe(bundle: object) -> str:
         f"calibration {json.dumps(m.calibration)}",
     ]
     if m.quantization:
-        lines.append(f"quantization {json.dumps(m.quantization)}")
+        q = m.quantization
+        excluded = q.get("nodes_to_exclude", [])
+        lines.append(
+            f"quantization {q.get('quant_format')} act={q.get('activation_type')} weights={q.get('weight_type')} "
+            f"per_channel={q.get('per_channel')} reduce_range={q.get('reduce_range')} "
+            f"calib={q.get('calibrate_method')} kept in float: {len(excluded)} node(s) (--json: every argument)"
+        )
     for key, value in m.validation.items():
-        if key != "export":
-            lines.append(f"check       {key}: {json.dumps(value, default=str)[:300]}")
+        if key not in ("export", "pooling"):
+            lines.append(f"check       {key}: {_summary(value)}")
     if m.head_labels:
         lines.append(f"head        {len(m.head_labels)} classes: {', '.join(m.head_labels)}")
     return "\n".join(lines)
+
+
+def _summary(check: object) -> str:
+    """One line of the figures a person looks for in a validation entry (``--json`` has everything)."""
+    if not isinstance(check, dict):
+        return str(check)
+    parts = []
+    if "size_ratio" in check:
+        parts.append(f"size {check['size_ratio']:.3f}x fp32")
+    elif "fp16_bytes" in check and check.get("fp32_bytes"):
+        parts.append(f"size {check['fp16_bytes'] / check['fp32_bytes']:.3f}x fp32")
+    for name in ("min_cosine", "cosine_min", "cosine_mean", "mean_cosine", "max_abs_diff"):
+        if isinstance(check.get(name), float):
+            parts.append(f"{name} {check[name]:.5f}")
+    if check.get("accuracy_delta") is not None:
+        parts.append(
+            f"probe accuracy {check['accuracy_fp32']:.1f} -> {check['accuracy_int8']:.1f} "
+            f"({check['accuracy_delta']:+.2f} points, {check.get('eval_count')} held-out images)"
+        )
+    if "excluded_nodes" in check:
+        parts.append(f"{len(check['excluded_nodes'])} node(s) kept in float")
+    if check.get("latency_int8_ms") and check.get("latency_fp32_ms"):
+        parts.append(f"batch-1 p50 {check['latency_int8_ms']:.2f} vs fp32 {check['latency_fp32_ms']:.2f} ms")
+    return ", ".join(parts) if parts else json.dumps(check, default=str)[:300]

@@ -164,12 +164,52 @@ def test_int8_is_small_and_faithful(lite0, data, tmp_path: Path) -> None:
     assert json.loads(json.dumps(report.to_dict()))["size_ratio"] == pytest.approx(report.size_ratio)
 
 
+def test_tensorrt_preset_emits_only_what_tensorrt_parses(lite0, data, tmp_path: Path) -> None:
+    """TensorRT's ONNX parser takes int8 (or narrower) DequantizeLinear with zero point 0: no uint8
+    activations, no int32 biases. The x86 default has both, which is why the runtime checks the manifest."""
+    import onnx
+    from onnx import TensorProto
+
+    def qdq_types(path: Path) -> tuple[set[int], set[int]]:
+        """Element types of every quantized initializer and zero point; types of the nonzero zero points."""
+        graph = onnx.load(str(path)).graph
+        inits = {i.name: i for i in graph.initializer}
+        qdq = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        stored = {n.input[0] for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+        zero_points = {n.input[2] for n in qdq if len(n.input) > 2 and n.input[2] in inits}
+        nonzero = {z for z in zero_points if onnx.numpy_helper.to_array(inits[z]).any()}
+        return {inits[t].data_type for t in stored | zero_points}, {inits[z].data_type for z in nonzero}
+
+    trt = tmp_path / "trt.onnx"
+    report = quantize_int8(lite0[0], trt, data["calib"][:8], QuantizeConfig.tensorrt(num_calibration=8))
+    types, nonzero = qdq_types(trt)
+    assert types == {TensorProto.INT8} and not nonzero, (types, nonzero)
+    assert report.ort_arguments["extra_options"]["QuantizeBias"] is False
+    assert report.ort_arguments["activation_type"] == "QInt8" and report.config["quantize_bias"] is False
+
+    x86 = tmp_path / "x86.onnx"
+    quantize_int8(lite0[0], x86, data["calib"][:8], QuantizeConfig.x86_avx2(num_calibration=8))
+    types, _ = qdq_types(x86)
+    assert TensorProto.INT32 in types and TensorProto.UINT8 in types  # the CPU-fused form
+
+
+def test_report_records_the_exact_arguments(lite0, data, tmp_path: Path) -> None:
+    """The manifest must let anyone replay the call: every keyword, the calibration stride included."""
+    config = QuantizeConfig(calibrate_method="percentile", num_calibration=32, calibration_batch_size=4)
+    report = quantize_int8(lite0[0], tmp_path / "p.onnx", data["calib"], config)
+    args = json.loads(json.dumps(report.ort_arguments))
+    assert args["calibrate_method"] == "Percentile" and args["quant_format"] == "QDQ"
+    assert args["extra_options"]["CalibStridedMinMax"] == 8  # 8 batches of 4, folded 32 images at a time
+    assert set(args["extra_options"]) >= {"QuantizeBias", "SmoothQuant", "TensorQuantOverrides", "MinimumRealRange"}
+
+
 def test_guard_passes_without_exclusions_when_loose(lite0, data, tmp_path: Path) -> None:
     out = tmp_path / "int8.onnx"
     report = quantize_guarded(
         lite0[0], out, data["calib"], data["eval"], data["labels"], max_drop=50.0, shots=2, seeds=(0, 1), latency_runs=3
     )
     assert out.exists() and report.excluded_nodes == [] and len(report.attempts) == 1
+    assert report.config["nodes_to_exclude"] == [] and report.ort_arguments["nodes_to_exclude"] == []
     assert report.accuracy_fp32 > 30.0 and report.accuracy_delta == pytest.approx(-report.attempts[0]["drop"])
     assert report.latency_int8_ms and report.latency_int8_ms > 0
 

@@ -13,7 +13,8 @@ import pytest
 
 from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.errors import BundleError, BundleIntegrityError, EdgeTLError
-from edgetl_runtime.manifest import FORMAT_VERSION, Manifest, Precision
+from edgetl_runtime.manifest import FORMAT_VERSION, BackboneInfo, Manifest, Precision
+from edgetl_runtime.preprocess import PreprocessSpec
 
 pytestmark = pytest.mark.runtime
 
@@ -73,7 +74,7 @@ def test_manifest_with_wrong_hash_is_detected(tiny_bundle: Path, tmp_path: Path)
         Bundle.open(bad)
 
 
-@pytest.mark.parametrize("version", [0, 2, "1", None])
+@pytest.mark.parametrize("version", [0, 2, "1", None, True, 1.0])
 def test_unknown_format_version_is_refused(tiny_bundle: Path, tmp_path: Path, version: object) -> None:
     manifest = _manifest(tiny_bundle)
     manifest["format_version"] = version
@@ -143,20 +144,58 @@ def test_errors_subclass_builtins() -> None:
     assert issubclass(BundleIntegrityError, ValueError) and issubclass(BundleIntegrityError, EdgeTLError)
 
 
-def test_writer_leaves_nothing_half_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _tiny_manifest() -> Manifest:
+    return Manifest(BackboneInfo("t", "t", "none", 4), PreprocessSpec(input_size=(16, 16)), members={})
+
+
+def test_writer_leaves_nothing_half_written(tmp_path: Path) -> None:
     from edgetl_exporters import bundle_writer
 
     target = tmp_path / "out.edgetl"
     with pytest.raises(BundleError, match="golden"):
-        bundle_writer.write_bundle(target, Manifest.from_json(_manifest_text()), {"backbone.fp32.onnx": b"x"})
+        bundle_writer.write_bundle(target, _tiny_manifest(), {"backbone.fp32.onnx": b"x"})
     assert os.listdir(tmp_path) == []
 
 
-def _manifest_text() -> str:
-    return json.dumps({
-        "format_version": 1,
-        "backbone": {"name": "t", "timm_name": "t", "weights": "none", "feature_dim": 4},
-        "preprocess": {"input_size": [16, 16]},
-        "precisions": [],
-        "members": {},
-    })  # fmt: skip
+@pytest.mark.parametrize("name", ["../evil", "/abs/evil", "a\\b", "manifest.json"])
+def test_writer_refuses_unsafe_or_reserved_member_names(tmp_path: Path, name: str) -> None:
+    from edgetl_exporters import bundle_writer
+
+    members = {"backbone.fp32.onnx": b"x", "golden.npz": b"g", name: b"evil"}
+    with pytest.raises(BundleError, match="nothing was written"):
+        bundle_writer.write_bundle(tmp_path / "out.edgetl", _tiny_manifest(), members)
+    assert os.listdir(tmp_path) == []
+
+
+def test_writer_keeps_the_old_bundle_when_the_new_one_does_not_read_back(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgetl_exporters import bundle_writer
+
+    before = tiny_bundle.read_bytes()
+
+    class Unreadable:
+        @staticmethod
+        def open(path: Path) -> Bundle:
+            raise BundleError(f"{path} does not read back")
+
+    monkeypatch.setattr(bundle_writer, "Bundle", Unreadable)
+    with pytest.raises(BundleError, match="does not read back"):
+        bundle_writer.write_bundle(tiny_bundle, _tiny_manifest(), {"backbone.fp32.onnx": b"x", "golden.npz": b"g"})
+    assert tiny_bundle.read_bytes() == before
+    assert sorted(os.listdir(tiny_bundle.parent)) == [tiny_bundle.name]  # no temp file left beside it
+
+
+def test_bundles_are_readable_by_others(tiny_bundle: Path) -> None:
+    """mkstemp creates owner-only files; a bundle must get what a plain open() would give."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(tiny_bundle.stat().st_mode) == 0o666 & ~umask
+
+
+def test_manifest_without_fp32_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
+    manifest = _manifest(tiny_bundle)
+    manifest["precisions"] = []
+    bad = _rewrite(tiny_bundle, tmp_path / "nofp32.edgetl", {"manifest.json": json.dumps(manifest).encode()})
+    with pytest.raises(BundleError, match="lack fp32"):
+        Bundle.open(bad)

@@ -127,7 +127,24 @@ def _images(n: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-2, 2, size=(n, 3, SIZE, SIZE)).astype(np.float32)  # (n, 3, H, W)
 
 
-def _write(path: Path, precisions: tuple[Precision, ...] = ALL) -> Bundle:
+# What QuantizeConfig.tensorrt() records (the tiny int8 model is built that way: symmetric int8, float bias).
+TRT_QUANTIZATION = {
+    "activation_type": "int8",
+    "weight_type": "int8",
+    "activation_symmetric": True,
+    "weight_symmetric": True,
+    "quantize_bias": False,
+}
+# What the x86 CPU default records: uint8 activations with zero points, int32 biases.
+CPU_QUANTIZATION = {
+    **TRT_QUANTIZATION,
+    "activation_type": "uint8",
+    "activation_symmetric": False,
+    "quantize_bias": True,
+}
+
+
+def _write(path: Path, precisions: tuple[Precision, ...] = ALL, quantization: dict[str, Any] | None = None) -> Bundle:
     writer = pytest.importorskip("edgetl_exporters.bundle_writer")
     models = _tiny_models()
     golden = _images(4)
@@ -138,6 +155,7 @@ def _write(path: Path, precisions: tuple[Precision, ...] = ALL) -> Bundle:
         preprocess=PreprocessSpec(input_size=(SIZE, SIZE)),
         members={},
         precisions=precisions,
+        quantization=dict(quantization if quantization is not None else TRT_QUANTIZATION),
     )
     bundle: Bundle = writer.write_bundle(path, manifest, members)
     return bundle
@@ -280,6 +298,60 @@ def test_create_backend_without_tensorrt_says_what_to_install(
 def test_auto_falls_back_to_onnxruntime_without_a_gpu(trt_bundle: Bundle) -> None:
     pytest.importorskip("onnxruntime")
     assert create_backend(trt_bundle, backend="auto", precision="fp32").name.startswith("onnxruntime")
+
+
+def test_int8_readiness_is_read_from_the_manifest(tmp_path: Path) -> None:
+    assert trt_mod.int8_problem(_write(tmp_path / "trt.edgetl").manifest) is None
+    problem = trt_mod.int8_problem(_write(tmp_path / "cpu.edgetl", quantization=CPU_QUANTIZATION).manifest)
+    assert problem and "asymmetric" in problem and "int32" in problem and "--quant-preset tensorrt" in problem
+    fp32_only = _write(tmp_path / "fp32.edgetl", (Precision.FP32,)).manifest
+    assert trt_mod.int8_problem(fp32_only) == "the bundle ships no int8 model"
+
+
+def test_the_exporters_presets_agree_with_the_runtime_check() -> None:
+    quantize = pytest.importorskip("edgetl_exporters.quantize")
+    manifest = SimpleNamespace(precisions=ALL, quantization=quantize.QuantizeConfig.tensorrt().to_dict())
+    assert trt_mod.int8_problem(manifest) is None  # type: ignore[arg-type]
+    for preset in (quantize.QuantizeConfig.x86_avx2(), quantize.QuantizeConfig.arm()):
+        manifest.quantization = preset.to_dict()
+        assert trt_mod.int8_problem(manifest) is not None  # type: ignore[arg-type]
+
+
+def test_best_on_tensorrt_skips_an_int8_model_it_cannot_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tensorrt_10 = type("trt", (), {"BuilderFlag": type("F", (), {"FP16": 0})})
+    monkeypatch.setattr(trt_mod, "_trt", lambda: tensorrt_10)
+    assert trt_mod.tensorrt_precision(_write(tmp_path / "trt.edgetl"), "best") is Precision.INT8
+    cpu = _write(tmp_path / "cpu.edgetl", quantization=CPU_QUANTIZATION)
+    assert trt_mod.tensorrt_precision(cpu, "best") is Precision.FP16
+    no_fp16 = _write(tmp_path / "no16.edgetl", (Precision.FP32, Precision.INT8), CPU_QUANTIZATION)
+    assert trt_mod.tensorrt_precision(no_fp16, "best") is Precision.FP16  # TensorRT 10 lowers fp32 itself
+    assert trt_mod.tensorrt_precision(no_fp16, "fp16") is Precision.FP16
+    with pytest.raises(BackendError, match="--quant-preset tensorrt"):
+        trt_mod.tensorrt_precision(cpu, "int8")
+    tensorrt_11 = type("trt", (), {"BuilderFlag": type("F", (), {})})  # strongly typed: no FP16 flag
+    monkeypatch.setattr(trt_mod, "_trt", lambda: tensorrt_11)
+    assert trt_mod.tensorrt_precision(no_fp16, "best") is Precision.FP32
+    with pytest.raises(BundleError, match="no fp16"):
+        trt_mod.tensorrt_precision(no_fp16, "fp16")
+
+
+def test_auto_falls_back_to_onnxruntime_when_tensorrt_cannot_build(
+    trt_bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from edgetl_runtime.backends import base
+
+    def refuse(bundle: Bundle, precision: Precision, config: Any = None) -> TensorRTBackend:
+        raise BackendError("TensorRT could not parse the ONNX model")
+
+    monkeypatch.setattr(base, "_tensorrt_usable", lambda: True)
+    monkeypatch.setattr(trt_mod, "_trt", lambda: type("trt", (), {"BuilderFlag": type("F", (), {"FP16": 0})}))
+    monkeypatch.setattr(TensorRTBackend, "from_bundle", classmethod(lambda cls, *a, **k: refuse(*a, **k)))
+    with pytest.warns(UserWarning, match="using onnxruntime: TensorRT could not parse"):
+        backend = create_backend(trt_bundle, backend="auto", precision="best")
+    assert backend.name.startswith("onnxruntime") and backend.precision is Precision.INT8
+    with pytest.raises(BackendError, match="could not parse"):
+        create_backend(trt_bundle, backend="tensorrt", precision="best")
 
 
 class FakeBuilder:

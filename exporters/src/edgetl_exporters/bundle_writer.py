@@ -12,8 +12,8 @@ import numpy as np
 
 from edgetl_runtime.atomic import atomic_write
 from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.errors import BundleError
-from edgetl_runtime.manifest import GOLDEN_NAME, MANIFEST_NAME, Manifest, MemberInfo
+from edgetl_runtime.errors import BundleError, raise_all
+from edgetl_runtime.manifest import GOLDEN_NAME, MANIFEST_NAME, Manifest, MemberInfo, member_name_problem
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -31,12 +31,17 @@ def write_bundle(path: str | Path, manifest: Manifest, members: dict[str, bytes]
 
     ``manifest.members`` is replaced by the hashes of ``members``; the file appears only when complete.
     """
+    problems = [p for p in map(member_name_problem, members) if p]
+    if MANIFEST_NAME in members:
+        problems.append(f"{MANIFEST_NAME} is written by the bundle writer itself, not passed as a member")
     if GOLDEN_NAME not in members:
-        raise BundleError(f"A bundle needs {GOLDEN_NAME} so devices can check their backend; none was given.")
+        problems.append(f"a bundle needs {GOLDEN_NAME} so devices can check their backend; none was given")
+    raise_all(BundleError, problems, "Cannot write this bundle (nothing was written)")
     hashed = {name: MemberInfo(hashlib.sha256(data).hexdigest(), len(data)) for name, data in members.items()}
     final = dataclasses.replace(manifest, members=hashed)
     Manifest.from_json(final.to_json())  # the writer must never produce what the reader refuses
-    with atomic_write(path) as fh, zipfile.ZipFile(fh, "w") as archive:
+    # Bundle.open on the finished temp file: an existing bundle at ``path`` is only replaced by one that reads back.
+    with atomic_write(path, check=Bundle.open) as fh, zipfile.ZipFile(fh, "w") as archive:
         archive.writestr(MANIFEST_NAME, final.to_json(), compress_type=zipfile.ZIP_DEFLATED)
         for name, data in sorted(members.items()):
             # ONNX weights barely compress; storing them keeps loading fast on small devices.

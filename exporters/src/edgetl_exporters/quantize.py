@@ -24,10 +24,12 @@ from edgetl_exporters.quantize_core import (
     ArrayCalibrationReader,
     QuantizeReport,
     check_calibration,
+    describe_arguments,
     model_input_shape,
     prepare_fp32,
     publish,
     quantize_prepared,
+    static_arguments,
     workdir,
 )
 from edgetl_exporters.quantize_eval import cosine_stats, run_features
@@ -83,6 +85,7 @@ def quantize_int8(
         fp32_bytes=Path(fp32_path).stat().st_size,
         int8_bytes=Path(out_path).stat().st_size,
         excluded_nodes=list(config.nodes_to_exclude),
+        ort_arguments=describe_arguments(static_arguments(config, len(calib))),
     )
 
 
@@ -97,17 +100,21 @@ def convert_fp16(
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = convert_float_to_float16(
-        onnx.load(str(fp32_path)),
-        min_positive_val=5.96e-08,
-        max_finite_val=65504.0,
-        keep_io_types=True,
-        disable_shape_infer=False,
-        op_block_list=list(DEFAULT_OP_BLOCK_LIST),
-        node_block_list=[],
-        force_fp16_initializers=False,
-    )
-    report: dict[str, Any] = {"fp32_bytes": Path(fp32_path).stat().st_size, "keep_io_types": True}
+    arguments: dict[str, Any] = {
+        "min_positive_val": 5.96e-08,
+        "max_finite_val": 65504.0,
+        "keep_io_types": True,
+        "disable_shape_infer": False,
+        "op_block_list": list(DEFAULT_OP_BLOCK_LIST),
+        "node_block_list": [],
+        "force_fp16_initializers": False,
+    }
+    model = convert_float_to_float16(onnx.load(str(fp32_path)), **arguments)
+    report: dict[str, Any] = {
+        "fp32_bytes": Path(fp32_path).stat().st_size,
+        "converter": "onnxruntime.transformers.float16.convert_float_to_float16",
+        "arguments": arguments,
+    }
     with workdir(out_path) as tmp:
         onnx.save(model, str(tmp / "fp16.onnx"))
         if check_images is not None:

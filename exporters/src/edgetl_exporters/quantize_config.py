@@ -42,6 +42,11 @@ DEFAULT_OP_TYPES: tuple[str, ...] = ("Conv", "MatMul", "Gemm", "Clip", "Relu", "
 KNOWN_OP_TYPES = frozenset(DEFAULT_OP_TYPES) | {"Mul", "Concat", "MaxPool", "AveragePool", "Sigmoid", "Resize"}
 
 
+# Preset names (as typed on a command line) -> QuantizeConfig class methods. Quantize for the device
+# that will run the model: ``auto`` reads the CPU of the machine exporting it.
+PRESETS = {"auto": "auto", "x86-vnni": "x86_vnni", "x86-avx2": "x86_avx2", "arm": "arm", "tensorrt": "tensorrt"}
+
+
 def _to_enum(enum: type[Enum], value: Any, field_name: str, problems: list[str]) -> Any:
     if isinstance(value, enum):
         return value
@@ -69,6 +74,9 @@ class QuantizeConfig:
         nodes_to_exclude: node names of the *prepared* graph (see ``prepare_fp32``) kept in float.
         optimize_first: run onnxslim + ORT pre-processing so Q/DQ sit on fused Conv+BN+pad.
         keep_removable_activations: keep Clip/Relu in the graph (needed if an EP drops Q/DQ later).
+        quantize_bias: int32 bias behind a DequantizeLinear (what ORT CPU fuses into ``QLinearConv``);
+            TensorRT's ONNX parser takes only 8-bit (and narrower) DequantizeLinear, so its preset keeps
+            biases in float.
     """
 
     quant_format: QuantFormat = QuantFormat.QDQ
@@ -86,6 +94,7 @@ class QuantizeConfig:
     nodes_to_exclude: tuple[str, ...] = ()
     optimize_first: bool = True
     keep_removable_activations: bool = False
+    quantize_bias: bool = True
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -146,8 +155,18 @@ class QuantizeConfig:
             "activation_symmetric": True,
             "calibrate_method": CalibrationMethod.PERCENTILE,
             "keep_removable_activations": True,
+            "quantize_bias": False,
         }
         return cls(**{**preset, **overrides})
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> QuantizeConfig:
+        """The preset called ``name`` (one of :data:`PRESETS`), e.g. from a command line."""
+        if name not in PRESETS:
+            raise ConfigError(f"Unknown quantization preset {name!r}; choose one of {list(PRESETS)}.")
+        factory: Any = getattr(cls, PRESETS[name])
+        config: QuantizeConfig = factory(**overrides)
+        return config
 
     @classmethod
     def auto(cls, cpuinfo: str | Path = "/proc/cpuinfo", **overrides: Any) -> QuantizeConfig:
@@ -182,7 +201,10 @@ class QuantizeConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def extra_options(self) -> dict[str, Any]:
-        """Every ``extra_options`` key we rely on, set explicitly (their defaults moved between releases)."""
+        """Every documented ``extra_options`` key, set explicitly (their defaults moved between releases).
+
+        ``CalibStridedMinMax`` depends on the calibration set's size: see ``quantize_core.static_arguments``.
+        """
         return {
             "ActivationSymmetric": self.activation_symmetric,
             "WeightSymmetric": self.weight_symmetric,
@@ -198,6 +220,14 @@ class QuantizeConfig:
             "QDQKeepRemovableActivations": self.keep_removable_activations,
             "QDQDisableWeightAdjustForInt32Bias": False,
             "UseQDQContribOps": False,
+            "QuantizeBias": self.quantize_bias,
+            "ActivationRestrictedAsymmetric": False,
+            "MinimumRealRange": None,
+            "TensorQuantOverrides": {},
+            "QDQOpTypePerChannelSupportToAxis": {},
+            "SmoothQuant": False,
+            "CalibMaxIntermediateOutputs": None,
+            "CalibStridedMinMax": None,
         }
 
     def ort_kwargs(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ class QuantizeReport:
     latency_fp32_ms: float | None = None  # batch-1 p50, prepared fp32 graph
     latency_int8_ms: float | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    ort_arguments: dict[str, Any] = field(default_factory=dict)  # the exact quantize_static keywords used
 
     @property
     def size_ratio(self) -> float:
@@ -111,12 +112,17 @@ def _check_excluded(model_path: Path, nodes: tuple[str, ...]) -> None:
 # ----- building ----------------------------------------------------------------------------------
 
 
+def equal_batch_size(n_images: int, batch_size: int) -> int:
+    """The largest batch <= ``batch_size`` dividing ``n_images``: ORT's histogram collectors (entropy,
+    percentile) stack batches and fail on a ragged last one."""
+    return max(d for d in range(1, min(batch_size, n_images) + 1) if n_images % d == 0)
+
+
 class ArrayCalibrationReader:
     """onnxruntime CalibrationDataReader over an in-memory (N, 3, H, W) array."""
 
     def __init__(self, input_name: str, images: FloatArray, batch_size: int) -> None:
-        # Equal batches: ORT's histogram collectors (entropy, percentile) stack batches and fail on a ragged last one.
-        size = max(d for d in range(1, min(batch_size, len(images)) + 1) if len(images) % d == 0)
+        size = equal_batch_size(len(images), batch_size)
         self._all = [images[i : i + size] for i in range(0, len(images), size)]
         self._active = self._all
         self._input_name = input_name
@@ -165,6 +171,37 @@ def prepare_fp32(fp32_path: str | Path, out_path: str | Path, optimize: bool = T
     return Path(out_path)
 
 
+def static_arguments(config: QuantizeConfig, n_calibration: int) -> dict[str, Any]:
+    """Every keyword ``quantize_static`` gets for ``n_calibration`` images (all but the model paths and reader).
+
+    Histogram calibrators (entropy, percentile) keep every intermediate tensor of every image in
+    memory (20+ GB for Lite0 at 224 x 300 images), so they collect ~HISTOGRAM_SLICE images at a time
+    through ``CalibStridedMinMax``; the stride depends on how the images split into batches.
+    """
+    kwargs = config.ort_kwargs()
+    if config.calibrate_method is not CalibrationMethod.MINMAX and n_calibration > 0:
+        per_batch = equal_batch_size(n_calibration, config.calibration_batch_size)
+        batches = n_calibration // per_batch
+        fits = [d for d in range(1, batches + 1) if batches % d == 0 and d * per_batch <= HISTOGRAM_SLICE]
+        kwargs["extra_options"]["CalibStridedMinMax"] = max(fits, default=1)
+    return kwargs
+
+
+def describe_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` as JSON (onnxruntime's enums by name), for the manifest: the exact call, replayable."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, bool | int | float | str) or value is None:
+            return value
+        return getattr(value, "name", str(value))  # QuantType.QInt8 -> "QInt8"
+
+    return {k: plain(v) for k, v in kwargs.items()}
+
+
 def quantize_prepared(
     prepared: Path, out_path: Path, calibration: FloatArray, config: QuantizeConfig, cache_path: Path | None = None
 ) -> Path:
@@ -174,13 +211,7 @@ def quantize_prepared(
     _check_excluded(prepared, config.nodes_to_exclude)
     name, _ = model_input_shape(prepared)
     reader = ArrayCalibrationReader(name, calibration, config.calibration_batch_size)
-    kwargs = config.ort_kwargs()
-    if config.calibrate_method is not CalibrationMethod.MINMAX:
-        # Histogram calibrators keep every intermediate tensor of every image in memory (20+ GB for
-        # Lite0 at 224 x 300 images); strided collection folds ~HISTOGRAM_SLICE images at a time.
-        per_batch = len(calibration) // len(reader)
-        fits = [d for d in range(1, len(reader) + 1) if len(reader) % d == 0 and d * per_batch <= HISTOGRAM_SLICE]
-        kwargs["extra_options"]["CalibStridedMinMax"] = max(fits, default=1)
+    kwargs = static_arguments(config, len(calibration))
     try:
         quantize_static(str(prepared), str(out_path), reader, calibration_cache_path=cache_path, **kwargs)
     except Exception as exc:

@@ -31,10 +31,12 @@ from edgetl_exporters.quantize_core import (
     ArrayCalibrationReader,
     QuantizeReport,
     check_calibration,
+    describe_arguments,
     model_input_shape,
     prepare_fp32,
     publish,
     quantize_prepared,
+    static_arguments,
     workdir,
 )
 from edgetl_exporters.quantize_eval import (
@@ -206,6 +208,9 @@ def quantize_guarded(
                 if ev.drop <= max_drop:
                     break
         _fill(report, ev, best)
+        final = config.with_excluded(report.excluded_nodes)  # what the shipped model was built with
+        report.config = final.to_dict()
+        report.ort_arguments = describe_arguments(static_arguments(final, len(calib)))
         if ev.drop > max_drop:
             err = QuantizationError(_guard_message(report, max_drop))
             err.report = report  # type: ignore[attr-defined]

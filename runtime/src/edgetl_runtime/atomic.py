@@ -5,14 +5,34 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (``os.umask`` sets while it reads,
+    which would race with files other threads create)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[bytes]]:
-    """Yield a temp file beside ``path``; on success fsync and rename it over ``path``, else delete it."""
+def atomic_write(
+    path: str | os.PathLike[str], mode: str = "wb", check: Callable[[Path], object] | None = None
+) -> Iterator[IO[bytes]]:
+    """Yield a temp file beside ``path``; on success fsync and rename it over ``path``, else delete it.
+
+    ``check`` gets the finished temp file before the rename: if it raises, ``path`` keeps its old
+    content. The file gets the permissions a plain ``open`` would give (mkstemp's are owner-only).
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -20,7 +40,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
             os.fsync(fh.fileno())
+        if check is not None:
+            check(Path(tmp))
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

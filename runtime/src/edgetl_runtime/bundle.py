@@ -14,13 +14,21 @@ import stat
 import zipfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.errors import BundleError, BundleIntegrityError
-from edgetl_runtime.manifest import BEST_ORDER, GOLDEN_NAME, HEAD_NAME, MANIFEST_NAME, Manifest, Precision
+from edgetl_runtime.manifest import (
+    BEST_ORDER,
+    GOLDEN_NAME,
+    HEAD_NAME,
+    MANIFEST_NAME,
+    Manifest,
+    Precision,
+    member_name_problem,
+)
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_MEMBER_BYTES = 2 << 30  # 2 GiB: larger than any mobile backbone, smaller than a zip bomb's claim
@@ -114,11 +122,9 @@ def _checked_infos(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.Zi
     infos: dict[str, zipfile.ZipInfo] = {}
     for info in archive.infolist():
         name = info.filename
-        pure = PurePosixPath(name)
-        if pure.is_absolute() or ".." in pure.parts or "\\" in name or ":" in name or name.startswith("/"):
-            raise BundleError(
-                f"{path} holds an unsafe member name {name!r} (absolute or escaping the archive); refusing it."
-            )
+        problem = member_name_problem(name)
+        if problem:
+            raise BundleError(f"{path} holds an {problem}; refusing it.")
         if stat.S_ISLNK(info.external_attr >> 16):
             raise BundleError(f"{path} holds a symbolic link {name!r}; bundles contain regular files only.")
         if name in infos:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import PurePosixPath
 from typing import Any
 
 from edgetl_runtime.errors import BundleError, raise_all
@@ -25,6 +26,14 @@ class Precision(str, Enum):
     def member(self) -> str:
         """Archive name of the backbone model at this precision."""
         return f"backbone.{self.value}.onnx"
+
+
+def member_name_problem(name: str) -> str | None:
+    """Why ``name`` may not name a bundle member (absolute, escaping the archive, platform-specific), or None."""
+    pure = PurePosixPath(name)
+    if not name or pure.is_absolute() or name.startswith("/") or ".." in pure.parts or "\\" in name or ":" in name:
+        return f"unsafe member name {name!r} (empty, absolute, escaping the archive, or with '\\' or ':')"
+    return None
 
 
 # Preference order when the device asks for the "best" precision available.
@@ -102,7 +111,7 @@ class Manifest:
         if not isinstance(data, dict):
             raise BundleError("manifest.json must hold a JSON object; the bundle is corrupt, re-export it.")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if type(version) is not int or version != FORMAT_VERSION:  # true and 1.0 equal 1 in Python
             raise BundleError(
                 f"Unsupported bundle format_version {version!r}; this edgetl-runtime reads format {FORMAT_VERSION}. "
                 "Upgrade edgetl-runtime, or re-export the bundle with a matching edgetl."
@@ -118,18 +127,21 @@ class Manifest:
 def _parse(data: dict[str, Any]) -> Manifest:
     problems: list[str] = []
     backbone = BackboneInfo(**data["backbone"])
-    if not isinstance(backbone.feature_dim, int) or backbone.feature_dim < 1:
+    if type(backbone.feature_dim) is not int or backbone.feature_dim < 1:
         problems.append(f"backbone.feature_dim must be a positive integer, got {backbone.feature_dim!r}")
     members = {str(name): MemberInfo(**info) for name, info in dict(data["members"]).items()}
     for name, info in members.items():
+        problems += [p for p in (member_name_problem(name),) if p]
         if not (isinstance(info.sha256, str) and len(info.sha256) == 64):
             problems.append(f"member {name!r} has no valid sha256")
-        if not isinstance(info.size, int) or info.size < 0:
+        if type(info.size) is not int or info.size < 0:
             problems.append(f"member {name!r} has an invalid size {info.size!r}")
     precisions = tuple(Precision(p) for p in data["precisions"])
     problems += [
         f"precision {p.value} is listed but {p.member} is missing" for p in precisions if p.member not in members
     ]
+    if Precision.FP32 not in precisions:  # the reference every device checks its backend against
+        problems.append(f"precisions {[p.value for p in precisions]} lack fp32, which every bundle ships")
     raise_all(BundleError, problems, "manifest.json is inconsistent")
     return Manifest(
         backbone=backbone,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -96,27 +97,44 @@ def create_backend(
 ) -> Backend:
     """Pick and build a backend; ``auto`` prefers TensorRT when a GPU and tensorrt are present.
 
-    With ``verify`` the backend must reproduce the golden features before it is returned.
+    With ``verify`` the backend must reproduce the golden features before it is returned. Under
+    ``auto``, a TensorRT engine that cannot be built or fails that check gives way to onnxruntime
+    with a warning; asking for ``tensorrt`` by name raises instead.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"Unknown backend {backend!r}; choose one of {list(BACKENDS)}.")
-    chosen = bundle.resolve_precision(precision)
     if backend == "tensorrt" or (backend == "auto" and _tensorrt_usable()):
-        from edgetl_runtime.backends.tensorrt import TensorRTBackend
+        try:
+            return _tensorrt_backend(bundle, precision, verify)
+        except BackendError as exc:
+            if backend == "tensorrt":
+                raise
+            warnings.warn(f"TensorRT is not usable for this bundle, using onnxruntime: {exc}", stacklevel=2)
+    from edgetl_runtime.backends.onnxruntime import OrtBackend
 
-        built: Backend = TensorRTBackend.from_bundle(bundle, chosen)
-    else:
-        from edgetl_runtime.backends.onnxruntime import OrtBackend
+    built = OrtBackend.from_bundle(bundle, bundle.resolve_precision(precision), threads=threads)
+    return _verified(built, bundle) if verify else built
 
-        built = OrtBackend.from_bundle(bundle, chosen, threads=threads)
-    if verify:
-        report = check_against_golden(built, bundle)
-        if not report.passed:
-            raise BackendError(
-                f"{built.name} ({chosen.value}) disagrees with the host on the golden inputs: min cosine "
-                f"{report.min_cosine:.5f} < {report.threshold} against {report.reference}. This device computes a "
-                "different model; try another precision or backend, or re-export the bundle."
-            )
+
+def _tensorrt_backend(bundle: Bundle, precision: str | Precision, verify: bool) -> Backend:
+    from edgetl_runtime.backends.tensorrt import TensorRTBackend, tensorrt_precision
+
+    built = TensorRTBackend.from_bundle(bundle, tensorrt_precision(bundle, precision))
+    try:
+        return _verified(built, bundle) if verify else built
+    except BackendError:
+        built.close()
+        raise
+
+
+def _verified(built: Backend, bundle: Bundle) -> Backend:
+    report = check_against_golden(built, bundle)
+    if not report.passed:
+        raise BackendError(
+            f"{built.name} ({built.precision.value}) disagrees with the host on the golden inputs: min cosine "
+            f"{report.min_cosine:.5f} < {report.threshold} against {report.reference}. This device computes a "
+            "different model; try another precision or backend, or re-export the bundle."
+        )
     return built
 
 

@@ -26,7 +26,7 @@ from edgetl_runtime._optional import is_available, require
 from edgetl_runtime.atomic import atomic_write
 from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.errors import BackendError, ConfigError, InputError, OptionalDependencyError, raise_all
-from edgetl_runtime.manifest import Precision
+from edgetl_runtime.manifest import Manifest, Precision
 
 DEFAULT_ENGINE_DIR = Path.home() / ".cache" / "edgetl" / "engines"
 # TensorRT 10 builder flags per precision. int8 adds FP16 so the layers the Q/DQ ONNX leaves in
@@ -173,6 +173,51 @@ def profile_shapes(shape: tuple[int, ...], config: EngineBuildConfig, image_size
     if dims[0] >= 1:  # a static batch: one shape
         return (dims[0], *sample), (dims[0], *sample), (dims[0], *sample)
     return (config.min_batch, *sample), (config.opt_batch, *sample), (config.max_batch, *sample)
+
+
+def int8_problem(manifest: Manifest) -> str | None:
+    """Why TensorRT cannot build the bundle's int8 model, or None when it can.
+
+    TensorRT takes explicit quantization only as symmetric int8 Q/DQ (zero point 0) with biases in
+    float: its ONNX parser refuses uint8 and int32 DequantizeLinear. The manifest records how the int8
+    model was quantized, so this is decided without parsing it.
+    """
+    if Precision.INT8 not in manifest.precisions:
+        return "the bundle ships no int8 model"
+    q = manifest.quantization
+    bad = []
+    if q.get("activation_type") != "int8" or q.get("weight_type") != "int8":
+        bad.append(f"activations/weights are {q.get('activation_type')}/{q.get('weight_type')}, not int8/int8")
+    if not (q.get("activation_symmetric") and q.get("weight_symmetric")):
+        bad.append("its Q/DQ are asymmetric (zero point != 0)")
+    if q.get("quantize_bias", True):
+        bad.append("its biases are int32 behind DequantizeLinear")
+    if not bad:
+        return None
+    return (
+        "the bundle's int8 model is quantized for onnxruntime CPU, not TensorRT (" + "; ".join(bad) + "). "
+        "Fix: re-export with `edgetl export ... --precision fp32,int8 --quant-preset tensorrt`, or use fp16"
+    )
+
+
+def tensorrt_precision(bundle: Bundle, wanted: str | Precision = "best") -> Precision:
+    """The precision TensorRT runs for ``wanted``: ``best`` is int8 when TensorRT can build the bundle's
+    int8 model, else fp16 (shipped, or lowered from fp32 by TensorRT 10), else fp32."""
+    manifest = bundle.manifest
+    if str(getattr(wanted, "value", wanted)) == "best":
+        if int8_problem(manifest) is None:
+            return Precision.INT8
+        if Precision.FP16 in manifest.precisions or not _strongly_typed(_trt()):
+            return Precision.FP16
+        return Precision.FP32
+    if Precision(wanted) is Precision.FP16 and Precision.FP16 not in manifest.precisions:
+        _source_model(bundle, Precision.FP16)  # TensorRT 10 lowers fp32 itself; 11 raises naming the fix
+        return Precision.FP16
+    precision = bundle.resolve_precision(wanted)
+    problem = int8_problem(manifest) if precision is Precision.INT8 else None
+    if problem:
+        raise BackendError(f"TensorRT cannot run int8 here: {problem}.")
+    return precision
 
 
 def engine_cache_path(bundle: Bundle, precision: Precision, config: EngineBuildConfig) -> Path:

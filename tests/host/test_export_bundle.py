@@ -1,0 +1,124 @@
+"""A whole export, every precision, read back through the runtime: what the manifest promises is true.
+
+Real EfficientNet-Lite0 ImageNet weights at 64 px on Fashion-MNIST images, so the int8 guard, the
+fp16 check and golden verification all run on real data in well under a minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgetl.backbones import create_backbone
+from edgetl.cli import main
+from edgetl.datasets import from_arrays, load_fashion_mnist
+from edgetl.export import BundleConfig, export_bundle
+from edgetl.finetune import FinetuneConfig, finetune
+from edgetl_exporters.quantize import QuantizeConfig
+from edgetl_runtime.backends import check_against_golden, create_backend
+from edgetl_runtime.backends.tensorrt import int8_problem
+from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.errors import ConfigError
+from edgetl_runtime.manifest import Precision
+
+pytestmark = pytest.mark.host
+
+ALL = (Precision.FP32, Precision.INT8, Precision.FP16)
+
+
+@pytest.fixture(scope="module")
+def fmnist_subset():  # noqa: ANN201
+    data = load_fashion_mnist("train")
+    rng = np.random.default_rng(0)
+    return data.subset(rng.permutation(len(data))[:300])
+
+
+@pytest.fixture(scope="module")
+def lite0_bundle(tmp_path_factory: pytest.TempPathFactory, fmnist_subset) -> Bundle:  # noqa: ANN001
+    path = tmp_path_factory.mktemp("export") / "lite0.edgetl"
+    config = BundleConfig(precisions=ALL, calibration_count=40, eval_count=80, max_accuracy_drop=50.0)
+    quantize = QuantizeConfig.tensorrt(num_calibration=40)
+    result = export_bundle(
+        "tf_efficientnet_lite0",
+        path,
+        weights="bundled",
+        data=fmnist_subset,
+        data_source="fashion-mnist:train (300 random)",
+        config=config,
+        image_size=64,
+        quantize_config=quantize,
+    )
+    return result.bundle
+
+
+def test_manifest_records_what_was_built(lite0_bundle: Bundle) -> None:
+    m = lite0_bundle.manifest
+    assert m.precisions == ALL and set(m.members) == {p.member for p in ALL} | {"golden.npz"}
+    with zipfile.ZipFile(lite0_bundle.path) as archive:  # every member's SHA-256, checked independently
+        for name, info in m.members.items():
+            assert hashlib.sha256(archive.read(name)).hexdigest() == info.sha256
+    q = m.quantization
+    assert q["activation_type"] == "int8" and q["quantize_bias"] is False and q["calibrate_method"] == "percentile"
+    extra = q["ort_arguments"]["extra_options"]
+    assert extra["QuantizeBias"] is False and extra["ActivationSymmetric"] is True and extra["CalibStridedMinMax"]
+    assert q["ort_arguments"]["nodes_to_exclude"] == q["nodes_to_exclude"]
+    assert m.calibration == {
+        "count": 40,
+        "source": "fashion-mnist:train (300 random)",
+        "sampling": "class-balanced, classes interleaved, seed 0",
+    }
+    int8 = m.validation["backbone.int8.onnx"]
+    assert int8["calibration_count"] == 40 and int8["size_ratio"] < 0.35 and int8["eval_count"] >= 80
+    assert m.validation["fp32_parity"]["min_cosine"] >= 0.9999
+    assert m.validation["backbone.fp16.onnx"]["arguments"]["keep_io_types"] is True
+    assert {"torch", "timm", "onnx", "onnxruntime", "numpy"} <= set(m.versions)
+    assert int8_problem(m) is None  # the tensorrt preset is what TensorRT can build
+
+
+def test_every_precision_reproduces_golden_through_the_runtime(lite0_bundle: Bundle) -> None:
+    golden = lite0_bundle.golden()
+    assert {"features", "features_int8", "features_fp16"} <= set(golden)
+    for precision in ALL:
+        backend = create_backend(lite0_bundle, backend="onnxruntime", precision=precision)  # verifies golden
+        assert check_against_golden(backend, lite0_bundle).min_cosine_fp32 > 0.8
+
+
+def test_export_of_a_finetuned_checkpoint_file_ships_its_head(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 12)
+    images = (rng.integers(0, 60, (len(labels), 28, 28)) + 80 * labels[:, None, None]).astype(np.uint8)
+    data = from_arrays(images, labels, ["dark", "mid", "bright"])
+    torch.manual_seed(0)
+    backbone = create_backbone("mobilenetv3_small_100", weights="none", image_size=32)
+    config = FinetuneConfig(strategy="linear-probe", epochs=1, batch_size=8, val_fraction=0.25, progress=False)
+    finetune(backbone, data, None, None, config, tmp_path / "run")
+    checkpoint = next((tmp_path / "run").glob("*.safetensors"))
+
+    out = tmp_path / "ft.edgetl"
+    argv = ["export", str(checkpoint), "--precision", "fp32,int8", "--calib", "fashion-mnist", "--calib-count", "20"]
+    assert main([*argv, "--eval-count", "80", "--max-drop", "100", "--quant-preset", "x86-avx2", "-o", str(out)]) == 0
+    bundle = Bundle.open(out)
+    assert bundle.manifest.head_labels == ("dark", "mid", "bright") and bundle.head_arrays() is not None
+    assert bundle.manifest.quantization["reduce_range"] is True and bundle.manifest.calibration["count"] == 20
+    assert main(["inspect", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "probe accuracy" in printed and "node(s) kept in float" in printed and "3 classes: dark" in printed
+
+
+def test_a_loose_checkpoint_file_says_how_to_load_it(tmp_path: Path) -> None:
+    loose = tmp_path / "weights.safetensors"
+    loose.write_bytes(b"not a run folder")
+    with pytest.raises(ConfigError, match="--weights"):
+        create_backbone(str(loose))
+
+
+def test_unknown_preset_names_the_choices() -> None:
+    with pytest.raises(ConfigError, match="x86-avx2"):
+        QuantizeConfig.preset("avx512")
+    assert json.loads(json.dumps(QuantizeConfig.preset("arm").to_dict()))["activation_type"] == "int8"
