@@ -235,7 +235,9 @@ def _manifest(
 
 
 def _versions() -> dict[str, str]:
-    found = {}
+    import platform
+
+    found = {"python": platform.python_version(), "platform": platform.platform()}
     for dist in VERSIONED:
         try:
             found[dist] = importlib.metadata.version(dist)

@@ -17,7 +17,7 @@ import torch
 
 from edgetl.backbones import create_backbone
 from edgetl.cli import main
-from edgetl.datasets import from_arrays, load_fashion_mnist
+from edgetl.datasets import ImageDataset, from_arrays, load_fashion_mnist
 from edgetl.export import BundleConfig, export_bundle
 from edgetl.finetune import FinetuneConfig, finetune
 from edgetl_exporters.quantize import QuantizeConfig
@@ -33,14 +33,14 @@ ALL = (Precision.FP32, Precision.INT8, Precision.FP16)
 
 
 @pytest.fixture(scope="module")
-def fmnist_subset():  # noqa: ANN201
+def fmnist_subset() -> ImageDataset:
     data = load_fashion_mnist("train")
     rng = np.random.default_rng(0)
     return data.subset(rng.permutation(len(data))[:300])
 
 
 @pytest.fixture(scope="module")
-def lite0_bundle(tmp_path_factory: pytest.TempPathFactory, fmnist_subset) -> Bundle:  # noqa: ANN001
+def lite0_bundle(tmp_path_factory: pytest.TempPathFactory, fmnist_subset: ImageDataset) -> Bundle:
     path = tmp_path_factory.mktemp("export") / "lite0.edgetl"
     config = BundleConfig(precisions=ALL, calibration_count=40, eval_count=80, max_accuracy_drop=50.0)
     quantize = QuantizeConfig.tensorrt(num_calibration=40)
@@ -89,7 +89,9 @@ def test_every_precision_reproduces_golden_through_the_runtime(lite0_bundle: Bun
         assert check_against_golden(backend, lite0_bundle).min_cosine_fp32 > 0.8
 
 
-def test_export_of_a_finetuned_checkpoint_file_ships_its_head(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_export_of_a_finetuned_checkpoint_file_ships_its_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 12)
     images = (rng.integers(0, 60, (len(labels), 28, 28)) + 80 * labels[:, None, None]).astype(np.uint8)

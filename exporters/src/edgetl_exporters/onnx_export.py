@@ -6,6 +6,7 @@ failure raises one :class:`ParityError` listing every mismatching input.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +58,7 @@ class ParityReport:
     mean_cosine: float
     max_abs_diff: float
     threshold: float
+    simplified: bool | None = None  # whether onnxslim's graph shipped (None: not asked for)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,9 +87,9 @@ def export_features_onnx(
             f"The model returns shape {tuple(reference.shape)} for a batch of {inputs.shape[0]}; a features model must "
             "return (N, D). Create the backbone with num_classes=0 (pooled features), not a classifier or feature map."
         )
-    proto = _torch_to_onnx(model, torch.from_numpy(inputs[:1]), config)
+    proto, simplified = _torch_to_onnx(model, torch.from_numpy(inputs[:1]), config)
     data = proto.SerializeToString()
-    report = validate_parity(data, inputs, reference, config)
+    report = dataclasses.replace(validate_parity(data, inputs, reference, config), simplified=simplified)
     with atomic_write(out_path) as fh:
         fh.write(data)
     return report
@@ -104,7 +106,10 @@ def _check_inputs(inputs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def _torch_to_onnx(model: torch.nn.Module, example: torch.Tensor, config: ExportConfig) -> onnx.ModelProto:
+def _torch_to_onnx(
+    model: torch.nn.Module, example: torch.Tensor, config: ExportConfig
+) -> tuple[onnx.ModelProto, bool | None]:
+    """The checked graph, and whether onnxslim simplified it (None when ``config.simplify`` is off)."""
     import onnx
     import torch
 
@@ -131,23 +136,31 @@ def _torch_to_onnx(model: torch.nn.Module, example: torch.Tensor, config: Export
             )
             proto = onnx.load_from_string(buffer.getvalue())
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed ({config.exporter}): {type(exc).__name__}: {exc}") from exc
+        other = "torchscript" if config.exporter == "dynamo" else "dynamo"
+        raise ExportError(
+            f"torch.onnx.export failed ({config.exporter}): {type(exc).__name__}: {exc}. Fix: try "
+            f"ExportConfig(exporter={other!r}), or an opset other than {config.opset}; a model with data-dependent "
+            "control flow must be made traceable first."
+        ) from exc
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"The exported graph fails onnx.checker: {exc}") from exc
-    return _simplify(proto) if config.simplify else proto
+    return _simplify(proto) if config.simplify else (proto, None)
 
 
-def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold constants and fuse what onnxslim can; fall back to the original graph if it fails."""
+def _simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    """Fold constants and fuse what onnxslim can; fall back to the original graph, with a warning, if it fails."""
+    import warnings
+
     import onnxslim
 
     try:
         slim = onnxslim.slim(proto)
-    except Exception:  # onnxslim is an optimisation; parity validation still guards the result
-        return proto
-    return slim if slim is not None else proto
+    except Exception as exc:  # onnxslim is an optimisation; parity validation still guards the result
+        warnings.warn(f"onnxslim failed ({type(exc).__name__}: {exc}); exporting the unsimplified graph", stacklevel=2)
+        return proto, False
+    return (slim, True) if slim is not None else (proto, False)
 
 
 PARITY_HEADER = (
@@ -165,7 +178,10 @@ def validate_parity(
     session = make_session(onnx_model, threads=None)
     got = session.run([config.output_name], {config.input_name: inputs})[0]
     if got.shape != reference.shape:
-        raise ParityError(f"ONNX output shape {got.shape} differs from PyTorch's {reference.shape}.")
+        raise ParityError(
+            f"ONNX output shape {got.shape} differs from PyTorch's {reference.shape}. Fix: export with "
+            "dynamic_batch=True (the default) and trace at the batch size used here, or re-check the model's output."
+        )
     cosine = _row_cosine(got, reference)
     diff = np.abs(got - reference).max(axis=1)
     report = ParityReport(len(inputs), float(cosine.min()), float(cosine.mean()), float(diff.max()), config.min_cosine)

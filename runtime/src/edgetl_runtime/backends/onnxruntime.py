@@ -13,12 +13,11 @@ from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.errors import BackendError, InputError
 from edgetl_runtime.manifest import Precision
 
-
 # On x86 without VNNI, MLAS's fast u8 x s8 kernel adds products pairwise into int16 (vpmaddubsw), which
-# saturates unless weights are 7-bit (``reduce_range``, the x86 preset). Models quantized for TensorRT,
-# ARM or VNNI use all 8 bits: under the fast kernel their features fall to cosine ~0.7 against their own
-# exact int8 result (measured on EfficientNet-Lite0). This option selects the exact kernel; 7-bit models
-# run as fast as before (8.32 vs 8.31 ms here) and every model computes what it was quantized to.
+# saturates unless weights are 7-bit (``reduce_range``, the x86-avx2 preset). Models quantized for
+# TensorRT, ARM or VNNI use all 8 bits: under the fast kernel their Lite0 features fall to cosine
+# 0.69-0.86 to fp32, against 0.96-0.97 exact. This option selects the exact kernel: every model computes
+# what it was quantized to, and 7-bit models run as fast as before (benchmarks/bench_int8_kernels.py).
 SESSION_CONFIG = {"session.x64quantprecision": "1"}
 
 
