@@ -94,10 +94,10 @@ def create_backbone(
     if Path(name).is_dir():
         return load_finetuned(Path(name), image_size=image_size)
     if Path(name).is_file():  # a run's checkpoint file: its folder holds the config that rebuilds it
-        if (Path(name).parent / "edgetl_config.json").is_file():
+        if Path(name).name == FINETUNED_WEIGHTS and (Path(name).parent / FINETUNED_CONFIG).is_file():
             return load_finetuned(Path(name).parent, image_size=image_size)
         raise ConfigError(
-            f"{name} is a file but not inside an `edgetl finetune` run folder (no edgetl_config.json beside it). "
+            f"{name} is a file but not the {FINETUNED_WEIGHTS} of an `edgetl finetune` run folder. "
             "Fix: pass the model name and the checkpoint as weights, e.g. `edgetl export mobilenetv3_large_100 "
             f"--weights {name} ...`."
         )

@@ -74,7 +74,7 @@ def test_config_converts_strings_and_serialises() -> None:
     cfg = QuantizeConfig(activation_type="UINT8", weight_type="int8", calibrate_method="percentile", op_types=["Conv"])
     assert cfg.activation_type is QuantDType.QUINT8 and cfg.op_types == ("Conv",)
     data = json.loads(json.dumps(cfg.to_dict()))
-    assert data["calibrate_method"] == "percentile" and data["ort_extra_options"]["CalibPercentile"] == 99.999
+    assert data["calibrate_method"] == "percentile" and cfg.extra_options()["CalibPercentile"] == 99.999
     assert QuantizeConfig.from_dict(data) == cfg
 
 
@@ -193,10 +193,22 @@ def test_tensorrt_preset_emits_only_what_tensorrt_parses(lite0, data, tmp_path: 
     assert TensorProto.INT32 in types and TensorProto.UINT8 in types  # the CPU-fused form
 
 
-def test_report_records_the_exact_arguments(lite0, data, tmp_path: Path) -> None:
-    """The manifest must let anyone replay the call: every keyword, the calibration stride included."""
+def test_report_records_the_exact_arguments(lite0, data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest must let anyone replay the call: the keywords quantize_static really got, stride included."""
+    from onnxruntime import quantization
+
+    from edgetl_exporters.quantize_core import describe_arguments
+
+    real, seen = quantization.quantize_static, []
+
+    def recording(model_input: str, model_output: str, reader: object, **kwargs: object) -> None:
+        seen.append({k: v for k, v in kwargs.items() if k != "calibration_cache_path"})
+        real(model_input, model_output, reader, **kwargs)
+
+    monkeypatch.setattr(quantization, "quantize_static", recording)
     config = QuantizeConfig(calibrate_method="percentile", num_calibration=32, calibration_batch_size=4)
     report = quantize_int8(lite0[0], tmp_path / "p.onnx", data["calib"], config)
+    assert len(seen) == 1 and report.ort_arguments == describe_arguments(seen[0])
     args = json.loads(json.dumps(report.ort_arguments))
     assert args["calibrate_method"] == "Percentile" and args["quant_format"] == "QDQ"
     assert args["extra_options"]["CalibStridedMinMax"] == 8  # 8 batches of 4, folded 32 images at a time

@@ -116,8 +116,22 @@ def test_export_of_a_finetuned_checkpoint_file_ships_its_head(
 def test_a_loose_checkpoint_file_says_how_to_load_it(tmp_path: Path) -> None:
     loose = tmp_path / "weights.safetensors"
     loose.write_bytes(b"not a run folder")
-    with pytest.raises(ConfigError, match="--weights"):
-        create_backbone(str(loose))
+    (tmp_path / "metrics.json").write_text("{}")
+    (tmp_path / "edgetl_config.json").write_text("{}")  # a run folder, but not its weights file
+    for path in (loose, tmp_path / "metrics.json"):
+        with pytest.raises(ConfigError, match="--weights"):
+            create_backbone(str(path))
+
+
+def test_calibration_prefixes_stay_class_balanced() -> None:
+    """Quantization keeps the first num_calibration images: any prefix must cover the classes evenly."""
+    from edgetl.export import _calibration_split
+
+    labels = np.repeat(np.arange(10), 30)
+    data = from_arrays(np.zeros((len(labels), 8, 8), np.uint8), labels, [str(c) for c in range(10)])
+    calib, held_out = _calibration_split(data, BundleConfig(calibration_count=100, eval_count=50))
+    assert np.bincount(calib.labels[:25], minlength=10).max() - np.bincount(calib.labels[:25]).min() <= 1
+    assert sorted(np.bincount(calib.labels)) == [10] * 10 and len(held_out) == 50
 
 
 def test_unknown_preset_names_the_choices() -> None:

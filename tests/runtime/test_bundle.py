@@ -186,11 +186,23 @@ def test_writer_keeps_the_old_bundle_when_the_new_one_does_not_read_back(
     assert sorted(os.listdir(tiny_bundle.parent)) == [tiny_bundle.name]  # no temp file left beside it
 
 
-def test_bundles_are_readable_by_others(tiny_bundle: Path) -> None:
-    """mkstemp creates owner-only files; a bundle must get what a plain open() would give."""
+def test_written_files_get_open_permissions_and_replacements_keep_theirs(tmp_path: Path) -> None:
+    """mkstemp creates owner-only files: a new bundle must get what a plain open() gives, a replaced one its own."""
+    from edgetl_runtime.atomic import atomic_write
+
     umask = os.umask(0o022)
-    os.umask(umask)
-    assert stat.S_IMODE(tiny_bundle.stat().st_mode) == 0o666 & ~umask
+    try:
+        with atomic_write(tmp_path / "new.bin") as fh:
+            fh.write(b"x")
+        private = tmp_path / "private.bin"
+        private.write_bytes(b"old")
+        private.chmod(0o600)
+        with atomic_write(private) as fh:
+            fh.write(b"new")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "new.bin").stat().st_mode) == 0o644
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600 and private.read_bytes() == b"new"
 
 
 def test_manifest_without_fp32_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:

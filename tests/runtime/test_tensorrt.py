@@ -129,6 +129,7 @@ def _images(n: int, seed: int = 1) -> np.ndarray:
 
 # What QuantizeConfig.tensorrt() records (the tiny int8 model is built that way: symmetric int8, float bias).
 TRT_QUANTIZATION = {
+    "quant_format": "qdq",
     "activation_type": "int8",
     "weight_type": "int8",
     "activation_symmetric": True,
@@ -300,12 +301,51 @@ def test_auto_falls_back_to_onnxruntime_without_a_gpu(trt_bundle: Bundle) -> Non
     assert create_backend(trt_bundle, backend="auto", precision="fp32").name.startswith("onnxruntime")
 
 
+@pytest.fixture
+def exported_trt_bundle(tmp_path: Path) -> Bundle:
+    """The tiny fp32 model quantized by the exporters' ``tensorrt`` preset, bundled as `edgetl export` does."""
+    quantize = pytest.importorskip("edgetl_exporters.quantize")
+    writer = pytest.importorskip("edgetl_exporters.bundle_writer")
+    from edgetl_runtime.backends.onnxruntime import make_session
+
+    fp32 = tmp_path / "fp32.onnx"
+    fp32.write_bytes(_tiny_models()[Precision.FP32])
+    config = quantize.QuantizeConfig.tensorrt()
+    report = quantize.quantize_int8(fp32, tmp_path / "int8.onnx", _images(32, seed=5), config)
+    int8 = (tmp_path / "int8.onnx").read_bytes()
+    golden = _images(4)
+    session = make_session(int8)
+    host_int8 = session.run(None, {session.get_inputs()[0].name: golden})[0]
+    members = {
+        Precision.FP32.member: fp32.read_bytes(),
+        Precision.INT8.member: int8,
+        "golden.npz": writer.npz_bytes({"inputs": golden, "features": _reference(golden), "features_int8": host_int8}),
+    }
+    manifest = Manifest(
+        backbone=BackboneInfo("tiny", "tiny", "random", DIM),
+        preprocess=PreprocessSpec(input_size=(SIZE, SIZE)),
+        members={},
+        precisions=(Precision.FP32, Precision.INT8),
+        quantization={**report.config, "ort_arguments": report.ort_arguments},
+    )
+    bundle: Bundle = writer.write_bundle(tmp_path / "exported.edgetl", manifest, members)
+    return bundle
+
+
+def test_the_exporters_tensorrt_int8_is_ready_and_faithful_on_cpu(exported_trt_bundle: Bundle) -> None:
+    assert trt_mod.int8_problem(exported_trt_bundle.manifest) is None
+    backend = create_backend(exported_trt_bundle, backend="onnxruntime", precision="int8")  # verifies golden
+    assert check_against_golden(backend, exported_trt_bundle).min_cosine_fp32 > 0.99
+
+
 def test_int8_readiness_is_read_from_the_manifest(tmp_path: Path) -> None:
     assert trt_mod.int8_problem(_write(tmp_path / "trt.edgetl").manifest) is None
     problem = trt_mod.int8_problem(_write(tmp_path / "cpu.edgetl", quantization=CPU_QUANTIZATION).manifest)
     assert problem and "asymmetric" in problem and "int32" in problem and "--quant-preset tensorrt" in problem
     fp32_only = _write(tmp_path / "fp32.edgetl", (Precision.FP32,)).manifest
     assert trt_mod.int8_problem(fp32_only) == "the bundle ships no int8 model"
+    qoperator = _write(tmp_path / "qop.edgetl", quantization={**TRT_QUANTIZATION, "quant_format": "qoperator"})
+    assert "qoperator" in str(trt_mod.int8_problem(qoperator.manifest))
 
 
 def test_the_exporters_presets_agree_with_the_runtime_check() -> None:
@@ -333,6 +373,8 @@ def test_best_on_tensorrt_skips_an_int8_model_it_cannot_build(tmp_path: Path, mo
     assert trt_mod.tensorrt_precision(no_fp16, "best") is Precision.FP32
     with pytest.raises(BundleError, match="no fp16"):
         trt_mod.tensorrt_precision(no_fp16, "fp16")
+    with pytest.raises(BundleError, match="Unknown precision 'bogus'"):
+        trt_mod.tensorrt_precision(cpu, "bogus")
 
 
 def test_auto_falls_back_to_onnxruntime_when_tensorrt_cannot_build(
@@ -347,11 +389,43 @@ def test_auto_falls_back_to_onnxruntime_when_tensorrt_cannot_build(
     monkeypatch.setattr(base, "_tensorrt_usable", lambda: True)
     monkeypatch.setattr(trt_mod, "_trt", lambda: type("trt", (), {"BuilderFlag": type("F", (), {"FP16": 0})}))
     monkeypatch.setattr(TensorRTBackend, "from_bundle", classmethod(lambda cls, *a, **k: refuse(*a, **k)))
-    with pytest.warns(UserWarning, match="using onnxruntime: TensorRT could not parse"):
+    with pytest.warns(UserWarning, match="using onnxruntime: BackendError: TensorRT could not parse"):
         backend = create_backend(trt_bundle, backend="auto", precision="best")
     assert backend.name.startswith("onnxruntime") and backend.precision is Precision.INT8
     with pytest.raises(BackendError, match="could not parse"):
         create_backend(trt_bundle, backend="tensorrt", precision="best")
+
+
+def test_best_retries_fp16_when_the_int8_engine_fails_and_auto_survives_any_tensorrt_error(
+    trt_bundle: Bundle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from edgetl_runtime.backends import base
+    from edgetl_runtime.backends.onnxruntime import OrtBackend
+
+    asked: list[Precision] = []
+
+    def only_fp16(cls: type, bundle: Bundle, precision: Precision, config: Any = None) -> OrtBackend:
+        asked.append(precision)
+        if precision is Precision.INT8:
+            raise BackendError("TensorRT failed to build the int8 engine")
+        return OrtBackend.from_bundle(bundle, precision)  # stands in for the engine: same model, same golden
+
+    monkeypatch.setattr(base, "_tensorrt_usable", lambda: True)
+    monkeypatch.setattr(trt_mod, "_trt", lambda: type("trt", (), {"BuilderFlag": type("F", (), {"FP16": 0})}))
+    monkeypatch.setattr(TensorRTBackend, "from_bundle", classmethod(only_fp16))
+    with pytest.warns(UserWarning, match="trying TensorRT fp16"):
+        backend = create_backend(trt_bundle, backend="tensorrt", precision="best")
+    assert asked == [Precision.INT8, Precision.FP16] and backend.precision is Precision.FP16
+    with pytest.raises(BackendError):  # int8 asked for by name: no silent change of precision
+        create_backend(trt_bundle, backend="tensorrt", precision="int8")
+
+    def read_only(cls: type, *args: Any, **kwargs: Any) -> TensorRTBackend:
+        raise OSError(30, "Read-only file system", "/root/.cache/edgetl/engines")
+
+    monkeypatch.setattr(TensorRTBackend, "from_bundle", classmethod(read_only))
+    with pytest.warns(UserWarning, match="OSError"):
+        assert create_backend(trt_bundle, backend="auto", precision="fp32").name.startswith("onnxruntime")
 
 
 class FakeBuilder:
@@ -701,6 +775,18 @@ def test_run_is_thread_safe_and_close_is_final(trt_bundle: Bundle, config: Engin
     backend.close()  # idempotent
     with pytest.raises(BackendError, match="closed"):
         backend.run(batches[0])
+
+
+@needs_gpu
+@pytest.mark.gpu
+def test_the_exporters_tensorrt_int8_builds_and_auto_best_runs_it(
+    exported_trt_bundle: Bundle, config: EngineBuildConfig
+) -> None:
+    """Not a hand-made Q/DQ model: what `edgetl export --quant-preset tensorrt` writes must build and verify."""
+    with TensorRTBackend.from_bundle(exported_trt_bundle, Precision.INT8, config) as backend:
+        assert check_against_golden(backend, exported_trt_bundle).passed
+    backend = create_backend(exported_trt_bundle, backend="auto", precision="best")
+    assert backend.name == "tensorrt" and backend.precision is Precision.INT8
 
 
 @needs_gpu

@@ -187,13 +187,11 @@ class QuantizeConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, with the exact onnxruntime arguments it expands to, for the manifest."""
-        out = {
+        """JSON-ready fields; the exact onnxruntime call they expand to is ``quantize_core.static_arguments``."""
+        return {
             k: (v.value if isinstance(v, Enum) else list(v) if isinstance(v, tuple) else v)
             for k, v in self._fields().items()
         }
-        out["ort_extra_options"] = self.extra_options()
-        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantizeConfig:
@@ -211,6 +209,7 @@ class QuantizeConfig:
             "CalibTensorRangeSymmetric": self.activation_symmetric,
             "CalibPercentile": float(self.percentile),
             "CalibMovingAverage": False,
+            "CalibMovingAverageConstant": 0.01,
             "EnableSubgraph": False,
             "ForceQuantizeNoInputCheck": False,
             "MatMulConstBOnly": True,
@@ -226,6 +225,8 @@ class QuantizeConfig:
             "TensorQuantOverrides": {},
             "QDQOpTypePerChannelSupportToAxis": {},
             "SmoothQuant": False,
+            "SmoothQuantAlpha": 0.5,
+            "SmoothQuantFolding": True,
             "CalibMaxIntermediateOutputs": None,
             "CalibStridedMinMax": None,
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +32,8 @@ def atomic_write(
     """Yield a temp file beside ``path``; on success fsync and rename it over ``path``, else delete it.
 
     ``check`` gets the finished temp file before the rename: if it raises, ``path`` keeps its old
-    content. The file gets the permissions a plain ``open`` would give (mkstemp's are owner-only).
+    content. The file keeps the permissions of the file it replaces, and a new one gets what a plain
+    ``open`` would give (mkstemp's are owner-only).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +42,7 @@ def atomic_write(
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
-            os.fchmod(fh.fileno(), 0o666 & ~_umask())
+            _set_mode(fh.fileno(), target)
             os.fsync(fh.fileno())
         if check is not None:
             check(Path(tmp))
@@ -50,6 +52,15 @@ def atomic_write(
             os.unlink(tmp)
         raise
     _fsync_dir(target.parent)
+
+
+def _set_mode(fd: int, target: Path) -> None:
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except OSError:  # a new file
+        mode = 0o666 & ~_umask()
+    with contextlib.suppress(OSError):  # filesystems without permissions (CIFS, some FUSE) keep theirs
+        os.fchmod(fd, mode)
 
 
 def _fsync_dir(folder: Path) -> None:

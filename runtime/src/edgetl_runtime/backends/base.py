@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +13,9 @@ from edgetl_runtime._optional import is_available
 from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.errors import BackendError, ConfigError
 from edgetl_runtime.manifest import Precision
+
+if TYPE_CHECKING:
+    from edgetl_runtime.backends.tensorrt import TensorRTBackend
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
@@ -97,19 +100,22 @@ def create_backend(
 ) -> Backend:
     """Pick and build a backend; ``auto`` prefers TensorRT when a GPU and tensorrt are present.
 
-    With ``verify`` the backend must reproduce the golden features before it is returned. Under
-    ``auto``, a TensorRT engine that cannot be built or fails that check gives way to onnxruntime
-    with a warning; asking for ``tensorrt`` by name raises instead.
+    With ``verify`` the backend must reproduce the golden features before it is returned. With
+    ``precision="best"``, a TensorRT int8 engine that cannot be built or verified gives way to fp16.
+    Under ``auto``, TensorRT failing altogether (no engine, an unwritable engine cache, a CUDA error)
+    gives way to onnxruntime with a warning; asking for ``tensorrt`` by name raises instead.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"Unknown backend {backend!r}; choose one of {list(BACKENDS)}.")
     if backend == "tensorrt" or (backend == "auto" and _tensorrt_usable()):
         try:
             return _tensorrt_backend(bundle, precision, verify)
-        except BackendError as exc:
+        except Exception as exc:  # any TensorRT/CUDA failure: the CPU path below still serves the device
             if backend == "tensorrt":
                 raise
-            warnings.warn(f"TensorRT is not usable for this bundle, using onnxruntime: {exc}", stacklevel=2)
+            warnings.warn(
+                f"TensorRT is not usable for this bundle, using onnxruntime: {type(exc).__name__}: {exc}", stacklevel=2
+            )
     from edgetl_runtime.backends.onnxruntime import OrtBackend
 
     built = OrtBackend.from_bundle(bundle, bundle.resolve_precision(precision), threads=threads)
@@ -119,21 +125,39 @@ def create_backend(
 def _tensorrt_backend(bundle: Bundle, precision: str | Precision, verify: bool) -> Backend:
     from edgetl_runtime.backends.tensorrt import TensorRTBackend, tensorrt_precision
 
-    built = TensorRTBackend.from_bundle(bundle, tensorrt_precision(bundle, precision))
+    chosen = tensorrt_precision(bundle, precision)
+    try:
+        return _verified_or_closed(TensorRTBackend.from_bundle(bundle, chosen), bundle, verify)
+    except BackendError as exc:
+        if str(getattr(precision, "value", precision)) != "best" or chosen is not Precision.INT8:
+            raise
+        warnings.warn(f"TensorRT int8 failed ({exc}); trying TensorRT fp16.", stacklevel=3)
+        fp16 = tensorrt_precision(bundle, Precision.FP16)
+        return _verified_or_closed(TensorRTBackend.from_bundle(bundle, fp16), bundle, verify)
+
+
+def _verified_or_closed(built: TensorRTBackend, bundle: Bundle, verify: bool) -> Backend:
     try:
         return _verified(built, bundle) if verify else built
     except BackendError:
-        built.close()
+        built.close()  # free the GPU buffers of an engine nobody will use
         raise
 
 
 def _verified(built: Backend, bundle: Bundle) -> Backend:
     report = check_against_golden(built, bundle)
     if not report.passed:
+        hint = ""
+        if built.precision is Precision.INT8 and report.reference != "features":
+            hint = (
+                " If the bundle was exported by an edgetl older than its exact-int8 sessions with 8-bit weights "
+                "(x86-vnni, arm or tensorrt preset) on a CPU without VNNI, its golden int8 features came from a "
+                "saturating kernel: re-export it."
+            )
         raise BackendError(
             f"{built.name} ({built.precision.value}) disagrees with the host on the golden inputs: min cosine "
             f"{report.min_cosine:.5f} < {report.threshold} against {report.reference}. This device computes a "
-            "different model; try another precision or backend, or re-export the bundle."
+            f"different model; try another precision or backend, or re-export the bundle.{hint}"
         )
     return built
 

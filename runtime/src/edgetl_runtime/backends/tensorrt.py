@@ -15,6 +15,7 @@ import hashlib
 import importlib
 import json
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,14 @@ import numpy.typing as npt
 from edgetl_runtime._optional import is_available, require
 from edgetl_runtime.atomic import atomic_write
 from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.errors import BackendError, ConfigError, InputError, OptionalDependencyError, raise_all
+from edgetl_runtime.errors import (
+    BackendError,
+    BundleError,
+    ConfigError,
+    InputError,
+    OptionalDependencyError,
+    raise_all,
+)
 from edgetl_runtime.manifest import Manifest, Precision
 
 DEFAULT_ENGINE_DIR = Path.home() / ".cache" / "edgetl" / "engines"
@@ -153,8 +161,11 @@ def build_engine(onnx_bytes: bytes, config: EngineBuildConfig, image_size: tuple
             "(an unsupported layer, or too little workspace: raise workspace_bytes)."
         )
     if cache is not None and config.timing_cache is not None:
-        with atomic_write(config.timing_cache) as fh:
-            fh.write(bytes(cache.serialize()))
+        try:
+            with atomic_write(config.timing_cache) as fh:
+                fh.write(bytes(cache.serialize()))
+        except OSError as exc:
+            warnings.warn(f"Could not save the TensorRT timing cache ({exc}); the next build re-times.", stacklevel=2)
     return bytes(serialized)
 
 
@@ -186,6 +197,9 @@ def int8_problem(manifest: Manifest) -> str | None:
         return "the bundle ships no int8 model"
     q = manifest.quantization
     bad = []
+    extra = q.get("ort_arguments", {}).get("extra_options", {})
+    if q.get("quant_format") != "qdq" or extra.get("UseQDQContribOps"):
+        bad.append(f"it is in {q.get('quant_format')!r} form, not standard QuantizeLinear/DequantizeLinear (qdq)")
     if q.get("activation_type") != "int8" or q.get("weight_type") != "int8":
         bad.append(f"activations/weights are {q.get('activation_type')}/{q.get('weight_type')}, not int8/int8")
     if not (q.get("activation_symmetric") and q.get("weight_symmetric")):
@@ -210,10 +224,14 @@ def tensorrt_precision(bundle: Bundle, wanted: str | Precision = "best") -> Prec
         if Precision.FP16 in manifest.precisions or not _strongly_typed(_trt()):
             return Precision.FP16
         return Precision.FP32
-    if Precision(wanted) is Precision.FP16 and Precision.FP16 not in manifest.precisions:
+    try:
+        asked = Precision(getattr(wanted, "value", wanted))
+    except ValueError:
+        raise BundleError(f"Unknown precision {wanted!r}; choose best, int8, fp16 or fp32.") from None
+    if asked is Precision.FP16 and Precision.FP16 not in manifest.precisions:
         _source_model(bundle, Precision.FP16)  # TensorRT 10 lowers fp32 itself; 11 raises naming the fix
         return Precision.FP16
-    precision = bundle.resolve_precision(wanted)
+    precision = bundle.resolve_precision(asked)
     problem = int8_problem(manifest) if precision is Precision.INT8 else None
     if problem:
         raise BackendError(f"TensorRT cannot run int8 here: {problem}.")
@@ -240,11 +258,15 @@ def load_or_build_engine(bundle: Bundle, precision: Precision, config: EngineBui
         return path.read_bytes()
     onnx_bytes, source = _source_model(bundle, precision)
     engine = build_engine(onnx_bytes, config, image_size=bundle.manifest.preprocess.input_size)
-    with atomic_write(path) as fh:
-        fh.write(engine)
     meta = {**device_info(), "source_member": source.member, "config": config.to_dict()}
-    with atomic_write(path.with_suffix(".json")) as fh:  # for people inspecting the cache
-        fh.write(json.dumps(meta, indent=2).encode())
+    try:
+        with atomic_write(path) as fh:
+            fh.write(engine)
+        with atomic_write(path.with_suffix(".json")) as fh:  # for people inspecting the cache
+            fh.write(json.dumps(meta, indent=2).encode())
+    except OSError as exc:  # a read-only or full disk costs the next start a rebuild, not this one its engine
+        message = f"Could not cache the TensorRT engine in {config.engine_dir} ({exc}); pass a writable engine_dir."
+        warnings.warn(message, stacklevel=2)
     return engine
 
 
