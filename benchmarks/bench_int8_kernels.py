@@ -28,7 +28,7 @@ from bench_quantize import environment, export_fp32, load_fmnist
 
 from edgetl_exporters.quantize import QuantizeConfig, quantize_int8
 from edgetl_exporters.quantize_eval import cosine_stats, few_shot_splits, ncm_accuracy, run_features
-from edgetl_runtime.backends.onnxruntime import SESSION_CONFIG
+from edgetl_runtime.backends.onnxruntime import SESSION_CONFIG, session_options
 from edgetl_runtime.latency import measure_interleaved
 from edgetl_runtime.preprocess import preprocess_batch
 
@@ -39,11 +39,7 @@ PRESETS = ("x86-avx2", "x86-vnni", "arm", "tensorrt")
 def session(model: Path, kernel: str) -> Any:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    for key, value in KERNELS[kernel].items():
-        options.add_session_config_entry(key, value)
+    options = session_options(threads=1, config=KERNELS[kernel])
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 

@@ -220,8 +220,9 @@ def tensorrt_unsupported(bundle: Any, precision: Any, strongly_typed: bool) -> s
     from edgetl_runtime.manifest import Precision
 
     manifest = bundle.manifest
-    if precision is Precision.INT8 and int8_problem(manifest):
-        return f"{int8_problem(manifest)}. Host command: {EXPORT_COMMAND}"
+    problem = int8_problem(manifest) if precision is Precision.INT8 else None
+    if problem:
+        return f"{problem}. Host command: {EXPORT_COMMAND}"
     if precision is Precision.FP16 and Precision.FP16 not in manifest.precisions and strongly_typed:
         return f"TensorRT >= 11 builds fp16 only from an fp16 ONNX and the bundle ships none. Fix: {EXPORT_COMMAND}"
     return None
@@ -326,18 +327,13 @@ def ort_cuda_backends(bundle: Any) -> dict[str, Any]:
 
 
 def latency(backend: Any, batch: int, size: int, warmup: int, runs: int) -> dict[str, Any]:
+    from edgetl_runtime.latency import measure
+
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)  # (B, 3, H, W)
-    for _ in range(warmup):
-        backend.run(x)
-    times = np.empty(runs)
-    for i in range(runs):
-        start = time.perf_counter()
-        backend.run(x)
-        times[i] = time.perf_counter() - start
-    ms = times * 1e3
-    pct = {f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 90, 99)}
-    mean = {"mean_ms": float(ms.mean()), "images_per_s": float(batch / times.mean())}
-    return {"batch": batch, "runs": runs, **pct, **mean}
+    stats = measure(lambda: backend.run(x), runs=runs, warmup=warmup, items_per_call=batch)
+    pct = {"p50_ms": stats.p50_ms, "p90_ms": stats.p90_ms, "p99_ms": stats.p99_ms}
+    mean = {"mean_ms": stats.mean_ms, "images_per_s": batch / (stats.mean_ms / 1e3)}
+    return {"batch": batch, "runs": stats.runs, **pct, **mean}
 
 
 def table() -> str:

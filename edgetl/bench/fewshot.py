@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.datasets import ImageDataset, balanced_subset
-from edgetl_runtime.errors import ConfigError
+from edgetl_runtime.errors import ConfigError, raise_all
 from edgetl_runtime.latency import measure
 
 HEADS = ("auto", "ridge", "ncm", "logistic")
@@ -43,8 +43,7 @@ class FewShotBenchConfig:
             problems.append(f"largest K {max(self.shots)} exceeds pool_per_class {self.pool_per_class}")
         if self.seeds < 1 or self.test_count < 1:
             problems.append("seeds and test_count must be positive")
-        if problems:
-            raise ConfigError("Invalid FewShotBenchConfig: " + "; ".join(problems))
+        raise_all(ConfigError, problems, "Invalid FewShotBenchConfig")
 
 
 def episode(pool_labels: np.ndarray, shots: int, seed: int) -> np.ndarray:

@@ -66,16 +66,12 @@ def kernel_times_us(models: list[bytes], batch: np.ndarray, runs: int, threads: 
     """
     import onnxruntime as ort
 
-    from edgetl_runtime.backends.onnxruntime import SESSION_CONFIG
+    from edgetl_runtime.backends.onnxruntime import session_options
 
     with tempfile.TemporaryDirectory() as tmp:
         sessions = []
         for i, model in enumerate(models):
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            for key, value in SESSION_CONFIG.items():  # the runtime's kernels, not onnxruntime's defaults
-                options.add_session_config_entry(key, value)
+            options = session_options(threads)  # the runtime's kernels, not onnxruntime's defaults
             options.enable_profiling = True
             options.profile_file_prefix = os.path.join(tmp, f"model{i}")
             sessions.append(ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]))

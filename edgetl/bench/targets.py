@@ -28,7 +28,7 @@ from edgetl.bench.enrol import enrol_one_latency
 from edgetl.bench.fewshot import FewShotBenchConfig, accuracy_table, bundle_features, episode, summarise
 from edgetl.datasets import ImageDataset, balanced_subset, load_fashion_mnist
 from edgetl_runtime._optional import require
-from edgetl_runtime.errors import ConfigError
+from edgetl_runtime.errors import ConfigError, raise_all
 from edgetl_runtime.latency import measure_interleaved
 
 if TYPE_CHECKING:
@@ -94,8 +94,7 @@ class TargetsConfig:
             problems.append(f"mode {self.mode!r} must be 'full' or 'quick'")
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads must be >= 1 or None (onnxruntime's default), got {self.threads}")
-        if problems:
-            raise ConfigError("Invalid TargetsConfig: " + "; ".join(problems) + ".")
+        raise_all(ConfigError, problems, "Invalid TargetsConfig")
 
     @classmethod
     def quick(cls, **overrides: Any) -> TargetsConfig:

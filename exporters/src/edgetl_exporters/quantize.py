@@ -24,12 +24,10 @@ from edgetl_exporters.quantize_core import (
     ArrayCalibrationReader,
     QuantizeReport,
     check_calibration,
-    describe_arguments,
     model_input_shape,
     prepare_fp32,
     publish,
     quantize_prepared,
-    static_arguments,
     workdir,
 )
 from edgetl_exporters.quantize_eval import cosine_stats, run_features
@@ -76,7 +74,7 @@ def quantize_int8(
     calib = check_calibration(calibration, shape, config.num_calibration)
     with workdir(out_path) as tmp:
         prepared = prepare_fp32(fp32_path, tmp / "prepared.onnx", config.optimize_first)
-        built = quantize_prepared(prepared, tmp / "int8.onnx", calib, config)
+        built, arguments = quantize_prepared(prepared, tmp / "int8.onnx", calib, config)
         publish(built, out_path)
     return QuantizeReport(
         config=config.to_dict(),
@@ -85,7 +83,7 @@ def quantize_int8(
         fp32_bytes=Path(fp32_path).stat().st_size,
         int8_bytes=Path(out_path).stat().st_size,
         excluded_nodes=list(config.nodes_to_exclude),
-        ort_arguments=describe_arguments(static_arguments(config, len(calib))),
+        ort_arguments=arguments,
     )
 
 

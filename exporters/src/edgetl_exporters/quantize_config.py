@@ -187,7 +187,8 @@ class QuantizeConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields; the exact onnxruntime call they expand to is ``quantize_core.static_arguments``."""
+        """JSON-ready fields; the exact onnxruntime call they expand to is ``quantize_core.static_arguments``
+        (recorded beside them by ``quantize_prepared``)."""
         return {
             k: (v.value if isinstance(v, Enum) else list(v) if isinstance(v, tuple) else v)
             for k, v in self._fields().items()

@@ -204,8 +204,11 @@ def describe_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def quantize_prepared(
     prepared: Path, out_path: Path, calibration: FloatArray, config: QuantizeConfig, cache_path: Path | None = None
-) -> Path:
-    """``quantize_static`` with every argument explicit; ranges cached so re-quantizing skips calibration."""
+) -> tuple[Path, dict[str, Any]]:
+    """``quantize_static`` with every argument explicit; ranges cached so re-quantizing skips calibration.
+
+    Returns the model and the keywords it was built with, as JSON (:func:`describe_arguments`).
+    """
     from onnxruntime.quantization import quantize_static
 
     _check_excluded(prepared, config.nodes_to_exclude)
@@ -216,7 +219,7 @@ def quantize_prepared(
         quantize_static(str(prepared), str(out_path), reader, calibration_cache_path=cache_path, **kwargs)
     except Exception as exc:
         raise QuantizationError(f"onnxruntime quantize_static failed on {prepared.name}: {exc}") from exc
-    return out_path
+    return out_path, describe_arguments(kwargs)
 
 
 def publish(src: Path, dest: str | Path) -> Path:

@@ -31,12 +31,10 @@ from edgetl_exporters.quantize_core import (
     ArrayCalibrationReader,
     QuantizeReport,
     check_calibration,
-    describe_arguments,
     model_input_shape,
     prepare_fp32,
     publish,
     quantize_prepared,
-    static_arguments,
     workdir,
 )
 from edgetl_exporters.quantize_eval import (
@@ -47,7 +45,7 @@ from edgetl_exporters.quantize_eval import (
     interleaved_latency,
     run_features,
 )
-from edgetl_runtime.errors import ConfigError, QuantizationError
+from edgetl_runtime.errors import ConfigError, QuantizationError, raise_all
 
 FloatArray = npt.NDArray[np.float32]
 _ACTIVATIONS = ("Clip", "Relu")  # folded into their producer by the QDQ quantizer
@@ -143,8 +141,7 @@ def _check_guard_args(max_drop: float, shots: int, seeds: Sequence[int], max_exc
         problems.append(f"shots ({shots}) must be >= 1 and seeds ({list(seeds)}) non-empty")
     if max_excluded is not None and max_excluded < 0:
         problems.append(f"max_excluded must be >= 0, got {max_excluded}")
-    if problems:
-        raise ConfigError("Invalid accuracy-guard settings: " + "; ".join(problems))
+    raise_all(ConfigError, problems, "Invalid accuracy-guard settings")
 
 
 def quantize_guarded(
@@ -191,9 +188,12 @@ def quantize_guarded(
         cache = tmp / "calibration_ranges.json"
 
         def attempt(excluded: list[str]) -> tuple[Path, Evaluation]:
-            path = quantize_prepared(
-                prepared, tmp / f"int8_{len(report.attempts)}.onnx", calib, config.with_excluded(excluded), cache
+            """Quantize with ``excluded`` in float; the report describes the latest attempt (the one shipped)."""
+            tried = config.with_excluded(excluded)
+            path, report.ort_arguments = quantize_prepared(
+                prepared, tmp / f"int8_{len(report.attempts)}.onnx", calib, tried, cache
             )
+            report.config = tried.to_dict()
             ev = evaluate_against(reference, run_features(path, eval_images), labels, masks)
             report.attempts.append(_attempt_record([*config.nodes_to_exclude, *excluded], ev, path))
             return path, ev
@@ -208,9 +208,6 @@ def quantize_guarded(
                 if ev.drop <= max_drop:
                     break
         _fill(report, ev, best)
-        final = config.with_excluded(report.excluded_nodes)  # what the shipped model was built with
-        report.config = final.to_dict()
-        report.ort_arguments = describe_arguments(static_arguments(final, len(calib)))
         if ev.drop > max_drop:
             err = QuantizationError(_guard_message(report, max_drop))
             err.report = report  # type: ignore[attr-defined]

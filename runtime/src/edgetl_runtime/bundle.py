@@ -80,12 +80,9 @@ class Bundle:
 
     def resolve_precision(self, wanted: str | Precision) -> Precision:
         """``best`` -> the fastest precision shipped (int8 > fp16 > fp32); else the one asked for."""
-        if str(getattr(wanted, "value", wanted)) == "best":
+        precision = requested_precision(wanted)
+        if precision is None:
             return next(p for p in BEST_ORDER if p in self.manifest.precisions)
-        try:
-            precision = Precision(wanted)
-        except ValueError:
-            raise BundleError(f"Unknown precision {wanted!r}; choose best, int8, fp16 or fp32.") from None
         self.manifest.model_member(precision)  # raises if absent
         return precision
 
@@ -116,6 +113,17 @@ class Bundle:
         if HEAD_NAME not in self.members:
             return None
         return _load_npz(self.members[HEAD_NAME], HEAD_NAME)
+
+
+def requested_precision(wanted: str | Precision) -> Precision | None:
+    """The precision a caller asked for, or None for ``best``; anything else is a :class:`BundleError`."""
+    name = str(getattr(wanted, "value", wanted))
+    if name == "best":
+        return None
+    try:
+        return Precision(name)
+    except ValueError:
+        raise BundleError(f"Unknown precision {wanted!r}; choose best, int8, fp16 or fp32.") from None
 
 
 def _checked_infos(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.ZipInfo]:

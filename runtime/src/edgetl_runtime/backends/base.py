@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime._optional import is_available
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle import Bundle, requested_precision
 from edgetl_runtime.errors import BackendError, ConfigError
 from edgetl_runtime.manifest import Precision
 
@@ -129,7 +129,7 @@ def _tensorrt_backend(bundle: Bundle, precision: str | Precision, verify: bool) 
     try:
         return _verified_or_closed(TensorRTBackend.from_bundle(bundle, chosen), bundle, verify)
     except BackendError as exc:
-        if str(getattr(precision, "value", precision)) != "best" or chosen is not Precision.INT8:
+        if requested_precision(precision) is not None or chosen is not Precision.INT8:  # only "best" may step down
             raise
         warnings.warn(f"TensorRT int8 failed ({exc}); trying TensorRT fp16.", stacklevel=3)
         fp16 = tensorrt_precision(bundle, Precision.FP16)

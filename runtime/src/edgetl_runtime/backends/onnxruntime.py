@@ -21,16 +21,24 @@ from edgetl_runtime.manifest import Precision
 SESSION_CONFIG = {"session.x64quantprecision": "1"}
 
 
-def make_session(model: bytes | str, threads: int | None = None, providers: list[str] | None = None) -> Any:
-    """An InferenceSession with full graph optimisation, exact int8 arithmetic and a fixed thread count."""
+def session_options(threads: int | None = None, config: dict[str, str] | None = None) -> Any:
+    """Full graph optimisation, ``config`` entries (default :data:`SESSION_CONFIG`) and a fixed thread count:
+    the one place edgetl's onnxruntime sessions get their settings (benchmarks and profiles included)."""
     ort = require("onnxruntime", "The onnxruntime backend")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    for key, value in SESSION_CONFIG.items():
+    for key, value in (SESSION_CONFIG if config is None else config).items():
         options.add_session_config_entry(key, value)
     if threads:
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
+    return options
+
+
+def make_session(model: bytes | str, threads: int | None = None, providers: list[str] | None = None) -> Any:
+    """An InferenceSession with full graph optimisation, exact int8 arithmetic and a fixed thread count."""
+    ort = require("onnxruntime", "The onnxruntime backend")
+    options = session_options(threads)
     available = ort.get_available_providers()
     wanted = providers or ["CPUExecutionProvider"]
     missing = [p for p in wanted if p not in available]

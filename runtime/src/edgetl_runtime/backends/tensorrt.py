@@ -25,15 +25,8 @@ import numpy.typing as npt
 
 from edgetl_runtime._optional import is_available, require
 from edgetl_runtime.atomic import atomic_write
-from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.errors import (
-    BackendError,
-    BundleError,
-    ConfigError,
-    InputError,
-    OptionalDependencyError,
-    raise_all,
-)
+from edgetl_runtime.bundle import Bundle, requested_precision
+from edgetl_runtime.errors import BackendError, ConfigError, InputError, OptionalDependencyError, raise_all
 from edgetl_runtime.manifest import Manifest, Precision
 
 DEFAULT_ENGINE_DIR = Path.home() / ".cache" / "edgetl" / "engines"
@@ -218,16 +211,13 @@ def tensorrt_precision(bundle: Bundle, wanted: str | Precision = "best") -> Prec
     """The precision TensorRT runs for ``wanted``: ``best`` is int8 when TensorRT can build the bundle's
     int8 model, else fp16 (shipped, or lowered from fp32 by TensorRT 10), else fp32."""
     manifest = bundle.manifest
-    if str(getattr(wanted, "value", wanted)) == "best":
+    asked = requested_precision(wanted)
+    if asked is None:  # best
         if int8_problem(manifest) is None:
             return Precision.INT8
         if Precision.FP16 in manifest.precisions or not _strongly_typed(_trt()):
             return Precision.FP16
         return Precision.FP32
-    try:
-        asked = Precision(getattr(wanted, "value", wanted))
-    except ValueError:
-        raise BundleError(f"Unknown precision {wanted!r}; choose best, int8, fp16 or fp32.") from None
     if asked is Precision.FP16 and Precision.FP16 not in manifest.precisions:
         _source_model(bundle, Precision.FP16)  # TensorRT 10 lowers fp32 itself; 11 raises naming the fix
         return Precision.FP16
