@@ -28,18 +28,18 @@ from bench_quantize import environment, export_fp32, load_fmnist
 
 from edgetl_exporters.quantize import QuantizeConfig, quantize_int8
 from edgetl_exporters.quantize_eval import cosine_stats, few_shot_splits, ncm_accuracy, run_features
-from edgetl_runtime.backends.onnxruntime import SESSION_CONFIG, session_options
+from edgetl_runtime.backends.onnxruntime import Int8Kernel, session_options
 from edgetl_runtime.latency import measure_interleaved
 from edgetl_runtime.preprocess import preprocess_batch
 
-KERNELS = {"exact": SESSION_CONFIG, "fast": {key: "0" for key in SESSION_CONFIG}}
+KERNELS = tuple(k.value for k in Int8Kernel)
 PRESETS = ("x86-avx2", "x86-vnni", "arm", "tensorrt")
 
 
 def session(model: Path, kernel: str) -> Any:
     import onnxruntime as ort
 
-    options = session_options(threads=1, config=KERNELS[kernel])
+    options = session_options(threads=1, kernel=Int8Kernel(kernel))
     return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 

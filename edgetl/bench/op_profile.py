@@ -59,19 +59,22 @@ def conv_kinds(fp32_model: bytes) -> list[str]:
     return kinds
 
 
-def kernel_times_us(models: list[bytes], batch: np.ndarray, runs: int, threads: int = 1) -> list[list[float]]:
+def kernel_times_us(
+    models: list[bytes], batch: np.ndarray, runs: int, threads: int = 1, kernel: str = "exact"
+) -> list[list[float]]:
     """Median time of every convolution kernel of each model, in execution order.
 
-    The models' profiled calls alternate, so a change in machine load hits them alike.
+    The models' profiled calls alternate, so a change in machine load hits them alike. ``kernel`` is
+    the int8 kernel mode (``fast``/``exact``): profile with the one the device runtime chose.
     """
     import onnxruntime as ort
 
-    from edgetl_runtime.backends.onnxruntime import session_options
+    from edgetl_runtime.backends.onnxruntime import Int8Kernel, session_options
 
     with tempfile.TemporaryDirectory() as tmp:
         sessions = []
         for i, model in enumerate(models):
-            options = session_options(threads)  # the runtime's kernels, not onnxruntime's defaults
+            options = session_options(threads, Int8Kernel(kernel))  # the runtime's kernels, not ORT's defaults
             options.enable_profiling = True
             options.profile_file_prefix = os.path.join(tmp, f"model{i}")
             sessions.append(ort.InferenceSession(model, options, providers=["CPUExecutionProvider"]))

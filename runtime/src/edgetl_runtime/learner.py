@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_runtime.backends.base import Backend, create_backend
+from edgetl_runtime.arguments import check_labels, check_threads
+from edgetl_runtime.backends.base import Backend
+from edgetl_runtime.backends.selection import Selection, select_backend
 from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.errors import InputError, NotFittedError
@@ -33,10 +35,17 @@ class Learner:
     """
 
     def __init__(
-        self, bundle: Bundle, backend: Backend, store: FeatureStore, head: str = "auto", flip_enrolment: bool = False
+        self,
+        bundle: Bundle,
+        backend: Backend,
+        store: FeatureStore,
+        head: str = "auto",
+        flip_enrolment: bool = False,
+        selection: Selection | None = None,
     ) -> None:
         self.bundle = bundle
         self.backend = backend
+        self.selection = selection  # why this backend/precision/kernel (None when built by the caller)
         self.store = store
         self.head_kind = head
         self.flip_enrolment = flip_enrolment
@@ -46,6 +55,8 @@ class Learner:
         self._changes = 0  # bumped with every committed add/remove
         self._fitted: tuple[int, BaseHead | AutoHead] | None = None
         self._head_lock = threading.RLock()
+        # Another process may enrol into the same state file: its commits change data_version (ours do not).
+        self._data_version, self._samples_token = store.data_version(), store.samples_token()
 
     @classmethod
     def load(
@@ -58,6 +69,7 @@ class Learner:
         threads: int | None = None,
         head: str = "auto",
         flip_enrolment: bool = False,
+        measure: bool = True,
     ) -> Learner:
         """Open a bundle (verifying it), build and golden-check a backend, open or create the state.
 
@@ -65,14 +77,19 @@ class Learner:
             bundle: the ``.edgetl`` file (or an opened :class:`Bundle`).
             state: SQLite file for enrolled samples; ``None`` keeps them in memory.
             backend: ``auto``, ``onnxruntime`` or ``tensorrt``.
-            precision: ``best`` (int8 > fp16 > fp32), or one of them.
+            precision: ``best``: the fastest precision that passes the golden check on this device,
+                timed briefly at the first load (cached per bundle, CPU and thread count); or one of
+                ``int8``, ``fp16``, ``fp32``.
             threads: intra-op threads for onnxruntime (``None``: its default).
             head: ``auto``, or a head kind from :func:`edgetl_runtime.heads.create_head`.
             flip_enrolment: also enrol the mirror image of each sample (costs a second backbone run;
                 measured +0.2-0.4 points at K >= 5 on Fashion-MNIST, -0.5 at K = 1).
+            measure: with ``best``, time the verified precisions (about 1.5 s, once per device); False
+                picks int8 when its member was built for this CPU family, else fp32, untimed.
         """
+        threads = check_threads(threads)
         opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-        built = create_backend(opened, backend, precision, threads)
+        built, selection = select_backend(opened, backend, precision, threads, measure=measure)
         digest = opened.manifest.model_digest(built.precision)
         store = FeatureStore(
             None if state is None else Path(state),
@@ -81,7 +98,7 @@ class Learner:
             preprocess_key=preprocess_key(opened.manifest.preprocess),
         )
         try:
-            learner = cls(opened, built, store, head, flip_enrolment)
+            learner = cls(opened, built, store, head, flip_enrolment, selection)
             if len(store):
                 learner.fit()
         except BaseException:
@@ -94,20 +111,12 @@ class Learner:
     def add(self, images: Images, labels: Sequence[Any] | str) -> list[int]:
         """Enrol images with their labels in one transaction; returns the new sample ids."""
         batch = as_image_list(images)
-        if isinstance(labels, str):
-            names = [labels] * len(batch)
-        elif isinstance(labels, (Sequence, np.ndarray)) and not isinstance(labels, (bytes, bytearray)):
-            names = [str(v) for v in labels]
-        else:
-            raise InputError(f"Labels must be a str or a list of str, got {type(labels).__name__}.")
-        if len(names) != len(batch):
-            raise InputError(f"Got {len(batch)} images but {len(names)} labels; pass one label per image, or one str.")
-        if any(not name for name in names):
-            raise InputError("Labels must be non-empty strings.")
+        names = check_labels(labels, len(batch))  # refused, never str()-converted: see arguments.LABEL_RULE
         if self.flip_enrolment:
             batch, names = batch + [hflip(img) for img in batch], names + names
         keys, features = self.extractor.extract(batch)  # the slow part: outside the head lock
         with self._head_lock:
+            self._sync_external()  # another process's enrolment since the last fit: refit, do not update
             ids = self.store.add_samples(keys, names, features)
             fitted, self._changes = self._fitted, self._changes + 1
             if fitted is not None and fitted[0] == self._changes - 1:  # current head: update it in place
@@ -115,8 +124,11 @@ class Learner:
                 self._fitted = (self._changes, fitted[1])
         return ids
 
-    def remove(self, *, label: str | None = None, ids: Sequence[int] | None = None) -> int:
-        """Forget a class or specific samples; the head is refit on the next prediction."""
+    def remove(
+        self, *, label: str | None = None, ids: Sequence[int] | npt.NDArray[np.integer[Any]] | None = None
+    ) -> int:
+        """Forget a class or specific samples (a list or 1-D integer array of ids); the head is refit on the next
+        prediction."""
         with self._head_lock:
             removed = self.store.remove(label=label, ids=ids)
             self._changes += 1
@@ -136,8 +148,25 @@ class Learner:
             self._fitted = (self._changes, create_head(self.head_kind).fit(features, labels))
         return self
 
+    def _sync_external(self) -> None:
+        """Mark the head stale if another process added or removed samples; call with ``_head_lock`` held.
+
+        ``PRAGMA data_version`` costs microseconds and moves only on other connections' commits; the
+        samples token then tells enrolments from mere cache writes, so a neighbour's predictions never
+        force a refit.
+        """
+        version = self.store.data_version()
+        if version == self._data_version:
+            return
+        self._data_version = version
+        token = self.store.samples_token()
+        if token != self._samples_token:
+            self._samples_token = token
+            self._changes += 1
+
     def _current_head(self) -> BaseHead | AutoHead:
-        """The head reflecting every committed change; call with ``_head_lock`` held."""
+        """The head reflecting every change committed by any process before the call; hold ``_head_lock``."""
+        self._sync_external()
         if self._fitted is None or self._fitted[0] != self._changes:
             self.fit()  # threads queued on the lock behind this refit find it current and reuse it
         assert self._fitted is not None
@@ -194,6 +223,9 @@ class Learner:
             "precisions": [p.value for p in m.precisions],
             "backend": self.backend.name,
             "precision": self.backend.precision.value,
+            "int8_kernel": self.selection.kernel if self.selection else None,
+            "chosen_because": self.selection.reason if self.selection else "backend given by the caller",
+            "selection": self.selection.to_dict() if self.selection else None,
             "input_size": list(m.preprocess.input_size),
             "samples": len(self.store),
             "classes": self.store.counts(),

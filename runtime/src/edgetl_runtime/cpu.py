@@ -1,0 +1,122 @@
+"""Which CPU this is, in the terms that decide int8 speed and exactness.
+
+A bundle is exported on one machine and run on another, so every int8 decision is taken from the
+device's own CPU: its family (x86 with or without VNNI, ARM64), its model name and its ISA flags.
+Reports print the same record, so a figure never travels without the machine that produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+# Flags that change which int8 / fp16 kernels onnxruntime's MLAS can use.
+INTERESTING_FLAGS = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "fphp",
+    "asimdhp",
+)
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
+
+
+class CpuFamily(str, Enum):
+    """CPU families an int8 member can be meant for (written in the manifest, checked on the device)."""
+
+    X86_VNNI = "x86-vnni"  # u8 x s8 dot products exact in int32 (VPDPBUSD)
+    X86_AVX2 = "x86-avx2"  # no VNNI: the fast u8 x s8 kernel adds pairs in int16 and saturates on 8-bit weights
+    ARM64 = "arm64"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The device's CPU: what a kernel choice and a cached timing are keyed by."""
+
+    model: str
+    machine: str
+    flags: frozenset[str]
+    logical_cores: int
+
+    @property
+    def family(self) -> CpuFamily:
+        machine = self.machine.lower()
+        if machine.startswith(("aarch64", "arm64")):
+            return CpuFamily.ARM64
+        if machine in {"x86_64", "amd64", "i686", "x86"}:
+            return CpuFamily.X86_VNNI if self.flags & VNNI_FLAGS else CpuFamily.X86_AVX2
+        return CpuFamily.OTHER
+
+    @property
+    def vnni(self) -> bool:
+        return bool(self.flags & VNNI_FLAGS)
+
+    @property
+    def identity(self) -> str:
+        """Stable digest of model + machine + relevant flags: a timing measured here is only reused here."""
+        relevant = sorted(self.flags & set(INTERESTING_FLAGS))
+        text = "|".join([self.model, self.machine, ",".join(relevant), str(self.logical_cores)])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "machine": self.machine,
+            "family": self.family.value,
+            "logical_cores": self.logical_cores,
+            "isa": {flag: flag in self.flags for flag in INTERESTING_FLAGS},
+            "vnni": self.vnni,
+            "identity": self.identity,
+        }
+
+    def describe(self) -> str:
+        """One line for reports: model, family and the int8-relevant flags present."""
+        present = [f for f in INTERESTING_FLAGS if f in self.flags]
+        return f"{self.model} ({self.machine}, {self.family.value}; {self.logical_cores} cores; {' '.join(present)})"
+
+
+def read_cpu(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo", machine: str | None = None) -> CpuInfo:
+    """Parse ``/proc/cpuinfo`` (x86 ``model name``/``flags``, ARM ``Features``/``CPU part``); never raises."""
+    model = ""
+    flags: frozenset[str] = frozenset()
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in {"model name", "Model", "Hardware"} and not model:
+            model = value.strip()
+        elif key == "CPU part" and not model:
+            model = f"ARM part {value.strip()}"
+        elif key in {"flags", "Features"} and not flags:
+            flags = frozenset(value.split())
+    machine = machine or platform.machine()
+    return CpuInfo(model or platform.processor() or machine, machine, flags, os.cpu_count() or 1)
+
+
+_THIS_CPU: CpuInfo | None = None
+
+
+def this_cpu() -> CpuInfo:
+    """The CPU this process runs on (read once)."""
+    global _THIS_CPU  # noqa: PLW0603 - a process-wide constant, read lazily
+    if _THIS_CPU is None:
+        _THIS_CPU = read_cpu()
+    return _THIS_CPU
