@@ -87,7 +87,7 @@ def test_corrupt_state_file_is_refused(tiny_bundle: Path, tmp_path: Path) -> Non
         ([np.zeros((8, 8, 3), np.float32)], "a", "dtype float32"),
         ([np.full((8, 8), np.nan)], "a", "NaN"),
         ([np.zeros((2, 8, 8, 3, 1), np.uint8)], "a", "shape"),
-        (np.zeros((1, 1, 8, 8, 3), np.uint8), "a", "batch array"),
+        (np.zeros((1, 1, 8, 8, 3), np.uint8), "a", "image array"),
         ([np.zeros((8, 8, 3), np.uint8)] * 2, ["a"], "one label per image"),
         ([np.zeros((8, 8, 3), np.uint8)], [""], "non-empty"),
         (["/no/such/file.png"], "a", "does not exist"),

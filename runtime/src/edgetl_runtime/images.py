@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from edgetl_runtime._optional import require
 from edgetl_runtime.errors import InputError
-from edgetl_runtime.preprocess import as_rgb_uint8
+from edgetl_runtime.preprocess import as_rgb_uint8, image_batch
 
 ImageLike: TypeAlias = npt.NDArray[Any] | str | os.PathLike[str]
 Images: TypeAlias = Sequence[ImageLike] | npt.NDArray[Any]
@@ -33,15 +33,14 @@ def load_image(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
 
 
 def as_image_list(images: Images) -> list[npt.NDArray[np.uint8]]:
-    """Validate a batch: a list of images/paths, or an array ``(N, H, W)`` / ``(N, H, W, C)``."""
+    """Validate images: a path, a list of images/paths, or an array split by :func:`image_batch`.
+
+    One ``(H, W, 3)`` array is one image (never H images of W pixels); see ``image_batch`` for the rule.
+    """
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     if isinstance(images, np.ndarray):
-        if images.ndim not in (3, 4):
-            raise InputError(
-                f"An image batch array must be (N, H, W) or (N, H, W, C), got shape {images.shape}; "
-                "wrap a single image in a list."
-            )
+        images = image_batch(images)
     elif not isinstance(images, Sequence):
         raise InputError(
             f"Images must be a list of arrays or file paths, or an array batch; got {type(images).__name__}."

@@ -211,17 +211,51 @@ def preprocess_one(image: npt.ArrayLike, spec: PreprocessSpec) -> npt.NDArray[np
     return np.ascontiguousarray(((cropped - mean) / std).transpose(2, 0, 1), dtype=np.float32)
 
 
+CHANNELS = (1, 3, 4)  # gray, RGB, RGBA: the channel counts an (H, W, C) image may have
+
+
+def image_batch(images: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
+    """Split an image *array* into images by one rule, refusing shapes it cannot tell apart.
+
+    * ``(H, W)`` is one grayscale image; ``(H, W, C)`` with C in 1, 3, 4 is one image.
+    * ``(N, H, W)`` with the last axis not 1, 3 or 4 is a batch of grayscale images, unless its first
+      axis is 1, 3 or 4: that is also a channels-first ``(C, H, W)`` image, so it is refused.
+    * ``(N, H, W, C)`` with C in 1, 3, 4 is a batch; channels-first ``(N, C, H, W)`` is refused.
+
+    Anything ambiguous raises :class:`InputError` saying how to pass it (a list is never ambiguous).
+    """
+    shape = images.shape
+    if images.ndim == 2 or (images.ndim == 3 and shape[2] in CHANNELS):
+        return [images]
+    if images.ndim == 3 and shape[0] in CHANNELS:
+        raise InputError(
+            f"An image array of shape {shape} is ambiguous: a channels-first ({shape[0]}, H, W) image or "
+            f"{shape[0]} grayscale images. Fix: pass one image as (H, W, C) (img.transpose(1, 2, 0)), or "
+            "several grayscale images as a list (list(arr))."
+        )
+    if images.ndim == 3:
+        return list(images)
+    if images.ndim == 4 and shape[3] in CHANNELS:
+        return list(images)
+    if images.ndim == 4 and shape[1] in CHANNELS:
+        raise InputError(
+            f"An image batch of shape {shape} is channels-first (N, C, H, W); edgetl takes (N, H, W, C). "
+            "Fix: arr.transpose(0, 2, 3, 1)."
+        )
+    raise InputError(
+        f"An image array must be one image (H, W) / (H, W, C) or a batch (N, H, W) / (N, H, W, C) with C in "
+        f"{CHANNELS}, got shape {shape}. Fix: pass a list of images."
+    )
+
+
 def preprocess_batch(images: list[Any] | npt.NDArray[Any], spec: PreprocessSpec) -> npt.NDArray[np.float32]:
     """A batch of images of any size -> ``(N, 3, H, W)`` float32, validating each one.
 
-    ``images`` is a list of images, or an array batch ``(N, H, W)`` / ``(N, H, W, C)``.
+    ``images`` is a list of images, or an array split by :func:`image_batch` (one image or a batch).
     """
-    if isinstance(images, np.ndarray) and images.ndim not in (3, 4):
-        raise InputError(
-            f"An image batch array must be (N, H, W) or (N, H, W, C), got shape {images.shape}; "
-            "wrap a single image in a list."
-        )
-    if not isinstance(images, (list, tuple, np.ndarray)):
+    if isinstance(images, np.ndarray):
+        images = image_batch(images)
+    if not isinstance(images, (list, tuple)):
         raise InputError(f"Images must be a list of arrays or an array batch, got {type(images).__name__}.")
     if len(images) == 0:
         raise InputError("No images given; pass at least one image.")
