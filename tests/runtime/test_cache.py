@@ -255,8 +255,9 @@ def test_sqlite_error_midway_through_add_rolls_everything_back() -> None:
             "BEGIN SELECT RAISE(ABORT, 'boom'); END"
         )
         before = snapshot(store)
-        with pytest.raises(sqlite3.IntegrityError, match="boom"):
+        with pytest.raises(StateError, match="boom") as info:  # typed, the SQLite error chained
             store.add_samples(["n0", "n1", "n2"], ["ok", "ok", "boom"], feats(3, 4))
+        assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
         assert snapshot(store) == before
         assert not store._db.in_transaction
 

@@ -8,18 +8,30 @@ Features are float32 little-endian BLOBs; nothing is pickled.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sqlite3
 import threading
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_runtime.errors import InputError, StateError, raise_all
+from edgetl_runtime.arguments import LABEL_RULE, check_ids, check_label, label_problem
+from edgetl_runtime.errors import (
+    InputError,
+    StateError,
+    StateFullError,
+    StateLockedError,
+    StateReadOnlyError,
+    StateWriteError,
+    raise_all,
+)
 
 SCHEMA_VERSION = 1
 _CHUNK = 500  # host parameters per statement; stays under SQLITE_MAX_VARIABLE_NUMBER of old SQLite builds.
@@ -34,8 +46,94 @@ CREATE TABLE samples (
 CREATE INDEX samples_label ON samples(label);
 CREATE INDEX samples_feature_key ON samples(feature_key);
 """
-_COLUMNS = {"meta": ["key", "value"], "features": ["key", "vec"], "samples": ["id", "label", "feature_key"]}
 _FIX_CORRUPT = "delete the state file (enrolments are lost) or restore it from a backup"
+_FIX_SCHEMA = (
+    "if you added these objects yourself, drop them with the sqlite3 tool (the enrolments are kept); "
+    "otherwise the file was tampered with or damaged: restore it from a backup or use a new state path"
+)
+# SQLite primary result codes (sqlite3.h); Python >= 3.11 exposes them as ``sqlite_errorcode``.
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
+_MESSAGES = {  # Python 3.10 has no sqlite_errorcode: the same codes by SQLite's fixed English messages
+    "database is locked": _BUSY,
+    "database table is locked": _LOCKED,
+    "attempt to write a readonly database": _READONLY,
+    "database or disk is full": _FULL,
+    "disk I/O error": _IOERR,
+    "unable to open database file": _CANTOPEN,
+    "database disk image is malformed": _CORRUPT,
+    "file is not a database": _NOTADB,
+}
+
+
+def _primary_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF  # extended codes carry the primary code in their low byte
+    return next((c for text, c in _MESSAGES.items() if text in str(exc)), None)
+
+
+def _state_error(exc: BaseException, where: str, action: str, timeout: float) -> StateError:
+    """The typed error, with a truthful fix, for an SQLite failure while ``action`` (e.g. "enrolling")."""
+    code = _primary_code(exc)
+    head = f"{action} state database {where!r} failed ({exc})"
+    if code in (_BUSY, _LOCKED):
+        return StateLockedError(
+            f"{head}: another connection or process held its write lock for more than {timeout:g} s. Nothing was "
+            "written and the file is not damaged: do not delete it. Fix: retry once the other writer is done, or "
+            "stop the other process that has this state open."
+        )
+    if code == _READONLY:
+        return StateReadOnlyError(
+            f"{head}: the file, its folder (SQLite writes -wal/-shm files beside it) or the file system is "
+            "read-only. Nothing was written; the enrolments already there are intact and predict still works. "
+            "Fix: make the file and its folder writable (chmod u+w, or remount read-write), or use a writable copy."
+        )
+    if code == _FULL:
+        return StateFullError(
+            f"{head}: the disk is full. Nothing was written; the state is intact. Fix: free space on the device "
+            "(cached features of predicted images can go: they are evicted beyond max_unenrolled) and retry."
+        )
+    if code in (_IOERR, _CANTOPEN):
+        return StateWriteError(
+            f"{head}: SQLite could not read or write the state or its -wal/-shm/-journal files beside it (storage "
+            "removed or failing, folder missing or read-only). Nothing was committed; the file is not known to be "
+            "damaged. Fix: check the storage and the folder's permissions, then retry; copy the file elsewhere "
+            "before deleting anything."
+        )
+    return StateError(f"{head}: it is damaged. Fix: {_FIX_CORRUPT}.")
+
+
+@functools.lru_cache(maxsize=1)
+def _expected_schema() -> dict[tuple[str, str], tuple[str, str | None]]:
+    """(type, name) -> (table, SQL text) of every schema object :data:`_SCHEMA` creates, as SQLite records it."""
+    con = sqlite3.connect(":memory:")
+    try:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                con.execute(statement)
+        return _schema_objects(con)
+    finally:
+        con.close()
+
+
+def _schema_objects(con: sqlite3.Connection) -> dict[tuple[str, str], tuple[str, str | None]]:
+    rows = con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+    return {(str(t), str(n)): (str(tbl), sql if sql is None else str(sql)) for t, n, tbl, sql in rows}
+
+
+def _schema_problems(actual: dict[tuple[str, str], tuple[str, str | None]]) -> list[str]:
+    expected = _expected_schema()
+    problems = [f"{t} {n!r} is missing" for (t, n) in sorted(expected.keys() - actual.keys())]
+    problems += [
+        f"{t} {n!r} on {actual[t, n][0]!r} is not part of the edgetl schema: {str(actual[t, n][1])[:120]!r}"
+        for (t, n) in sorted(actual.keys() - expected.keys())
+    ]
+    problems += [
+        f"{t} {n!r} differs from the edgetl schema: {str(actual[t, n][1])[:120]!r}"
+        for (t, n) in sorted(actual.keys() & expected.keys())
+        if actual[t, n] != expected[t, n]
+    ]
+    return problems
 
 
 def _as_float32(array: object, what: str) -> npt.NDArray[np.float32]:
@@ -45,13 +143,6 @@ def _as_float32(array: object, what: str) -> npt.NDArray[np.float32]:
         raise InputError(
             f"{what} must be numeric, got {type(array).__name__} ({exc}). Fix: pass a float array."
         ) from exc
-
-
-def _as_ids(ids: Sequence[int]) -> list[int]:
-    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
-    if bad:
-        raise InputError(f"Sample ids must be ints, got {bad[:10]}. Fix: pass ids returned by add_samples().")
-    return sorted({int(i) for i in ids})
 
 
 class FeatureStore:
@@ -69,6 +160,13 @@ class FeatureStore:
         max_unenrolled: how many features of images that are *not* enrolled (predicted ones) to keep;
             beyond it the oldest are evicted, so months of predictions cannot grow the file without bound.
             Enrolled samples' features are never evicted.
+        busy_timeout: seconds a write waits for another connection's write lock before
+            :class:`StateLockedError`.
+
+    A state file that cannot be written (read-only file, folder or file system) still opens: it can be
+    read and predicted from (``read_only`` is True, features are not cached), and enrolling raises
+    :class:`StateReadOnlyError`. Each write failure has its own typed error; none advises deleting a
+    healthy file.
     """
 
     def __init__(
@@ -79,6 +177,7 @@ class FeatureStore:
         feature_dim: int,
         preprocess_key: str,
         max_unenrolled: int = 10_000,
+        busy_timeout: float = 10.0,
     ) -> None:
         if not isinstance(feature_dim, int) or feature_dim <= 0:
             raise InputError(f"feature_dim must be a positive int, got {feature_dim!r}")
@@ -89,28 +188,44 @@ class FeatureStore:
         self.bundle_digest = bundle_digest
         self.feature_dim = feature_dim
         self.preprocess_key = preprocess_key
+        self.busy_timeout = float(busy_timeout)
+        self.read_only = False
         self._lock = threading.RLock()
         self._con: sqlite3.Connection | None = None
+        self._warned_uncached = False
         where = self.path or ":memory:"
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly one call.
-            con = sqlite3.connect(where, isolation_level=None, check_same_thread=False, timeout=10.0)
+            con = sqlite3.connect(where, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
         except sqlite3.Error as exc:
             raise StateError(f"Cannot open state database {where!r}: {exc}. Fix: check the directory exists.") from exc
         try:
             self._open(con, where)
-        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # damaged TEXT fails to decode as UTF-8
+        except sqlite3.DatabaseError as exc:
             con.close()
-            raise StateError(
-                f"State database {where!r} is not a readable SQLite database ({exc}). Fix: {_FIX_CORRUPT}."
-            ) from exc
+            code = _primary_code(exc)
+            if code in (_NOTADB, _CORRUPT, None):
+                raise StateError(
+                    f"State database {where!r} is not a readable SQLite database ({exc}). Fix: {_FIX_CORRUPT}."
+                ) from exc
+            raise _state_error(exc, where, "Opening", self.busy_timeout) from exc
+        except UnicodeDecodeError as exc:  # damaged TEXT fails to decode as UTF-8
+            con.close()
+            raise StateError(f"State database {where!r} holds undecodable text ({exc}). Fix: {_FIX_CORRUPT}.") from exc
         except BaseException:
             con.close()
             raise
         self._con = con
 
     def _open(self, con: sqlite3.Connection, where: str) -> None:
-        """Check the file, set durability pragmas, create or verify the schema, then switch to WAL."""
+        """Check the file, set durability pragmas, create or verify the schema, then switch to WAL.
+
+        Verification only reads (a deferred transaction), so a read-only or busy file is checked
+        without waiting for the write lock; only an empty database is written, under BEGIN IMMEDIATE.
+        """
+        # Functions with side effects never run from schema objects (defence in depth: the schema check
+        # below refuses any trigger or view anyway).
+        con.execute("PRAGMA trusted_schema=OFF")
         problems = [row[0] for row in con.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
             raise StateError(f"State database {where!r} failed quick_check: {problems[:5]}. Fix: {_FIX_CORRUPT}.")
@@ -119,17 +234,68 @@ class FeatureStore:
         # returns, so commits sync by default; cache-only writes relax this (see put_features).
         con.execute("PRAGMA synchronous=FULL")
         con.execute("PRAGMA foreign_keys=ON")
-        with self._transaction(con):
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if not tables - {"sqlite_sequence"}:
-                for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT our transaction
-                    if statement.strip():
-                        con.execute(statement)
-                con.executemany("INSERT INTO meta VALUES (?, ?)", self._expected_meta().items())
-            else:
-                self._check_meta(con, where, tables)
+        with self._read_transaction(con):
+            objects = _schema_objects(con)
+            if objects:
+                self._check_schema(con, where, objects)
+        if not objects:
+            with self._transaction(con):  # re-read under the write lock: another process may have created it
+                objects = _schema_objects(con)
+                if not objects:
+                    for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT our transaction
+                        if statement.strip():
+                            con.execute(statement)
+                    con.executemany("INSERT INTO meta VALUES (?, ?)", self._expected_meta().items())
+                else:
+                    self._check_schema(con, where, objects)
+        self.read_only = not self._writable(con)
         # WAL only once the file is known to be ours: switching rewrites the header of a foreign database.
-        con.execute("PRAGMA journal_mode=WAL")
+        if not self.read_only:
+            con.execute("PRAGMA journal_mode=WAL")
+
+    @staticmethod
+    def _writable(con: sqlite3.Connection) -> bool:
+        """Whether this connection may write; SQLite opens an unwritable file read-only without an error.
+
+        A write statement that changes nothing fails at once with SQLITE_READONLY on such a file; the
+        busy timeout is set to 0 for the probe, so a lock held elsewhere (a writable file) never blocks it.
+        """
+        timeout = con.execute("PRAGMA busy_timeout").fetchone()[0]
+        con.execute("PRAGMA busy_timeout=0")
+        try:
+            con.execute("BEGIN")
+            con.execute("UPDATE meta SET value = value WHERE 0")
+            return True
+        except sqlite3.OperationalError as exc:
+            if _primary_code(exc) == _READONLY:
+                return False
+            if _primary_code(exc) in (_BUSY, _LOCKED):
+                return True
+            raise
+        finally:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            con.execute(f"PRAGMA busy_timeout={int(timeout)}")
+
+    def _check_schema(
+        self, con: sqlite3.Connection, where: str, objects: dict[tuple[str, str], tuple[str, str | None]]
+    ) -> None:
+        """Refuse anything but the exact edgetl schema (SQL text of every table, index, trigger, view), then meta."""
+        tables = {name for kind, name in objects if kind == "table"}
+        if not {"meta", "features", "samples"} <= tables:
+            raise StateError(
+                f"{where!r} is a SQLite database but not edgetl state (tables: {sorted(tables)}). "
+                "Fix: pass a new state path; do not point the store at another application's database."
+            )
+        # quick_check does not read the schema text, and a trigger or a missing constraint only acts at the
+        # first write: compare every object's SQL with the schema this version creates before anything runs.
+        problems = _schema_problems(objects)
+        if problems:
+            raise StateError(
+                f"State database {where!r} does not hold the edgetl schema (schema_version {SCHEMA_VERSION}); "
+                f"nothing in it was run: {'; '.join(problems[:5])}. Fix: {_FIX_SCHEMA}."
+            )
+        self._check_meta(con, where)
 
     def _expected_meta(self) -> dict[str, str]:
         return {
@@ -139,17 +305,8 @@ class FeatureStore:
             "preprocess_key": self.preprocess_key,
         }
 
-    def _check_meta(self, con: sqlite3.Connection, where: str, tables: set[str]) -> None:
+    def _check_meta(self, con: sqlite3.Connection, where: str) -> None:
         """Refuse a database made by another schema, bundle, feature size or preprocessing."""
-        if not {"meta", "features", "samples"} <= tables:
-            raise StateError(
-                f"{where!r} is a SQLite database but not edgetl state (tables: {sorted(tables)}). "
-                "Fix: pass a new state path; do not point the store at another application's database."
-            )
-        # quick_check does not read the schema text: a damaged column name only fails at the first query.
-        columns = {t: [r[1] for r in con.execute(f"PRAGMA table_info({t})")] for t in _COLUMNS}
-        if columns != _COLUMNS:
-            raise StateError(f"State database {where!r} has a damaged schema (columns {columns}). Fix: {_FIX_CORRUPT}.")
         meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("schema_version") != str(SCHEMA_VERSION):
             raise StateError(
@@ -173,11 +330,42 @@ class FeatureStore:
         with self._lock:
             try:
                 yield
-            except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            except sqlite3.DatabaseError as exc:
+                raise _state_error(exc, self.path or ":memory:", "Reading", self.busy_timeout) from exc
+            except UnicodeDecodeError as exc:
                 raise StateError(
-                    f"Reading state database {self.path or ':memory:'!r} failed ({exc}). If another process holds "
-                    f"it, retry; otherwise it is damaged. Fix: {_FIX_CORRUPT}."
+                    f"Reading state database {self.path or ':memory:'!r} failed ({exc}): it holds undecodable "
+                    f"text. Fix: {_FIX_CORRUPT}."
                 ) from exc
+
+    @contextmanager
+    def _writing(self, action: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """Lock, one transaction, and each SQLite failure as its typed error (nothing is kept on any error)."""
+        with self._lock:
+            db = self._db
+            if self.read_only:
+                raise _state_error(
+                    sqlite3.OperationalError("attempt to write a readonly database"),
+                    self.path or ":memory:",
+                    action,
+                    self.busy_timeout,
+                )
+            try:
+                with self._transaction(db, durable=durable):
+                    yield db
+            except sqlite3.DatabaseError as exc:
+                raise _state_error(exc, self.path or ":memory:", action, self.busy_timeout) from exc
+
+    @staticmethod
+    @contextmanager
+    def _read_transaction(con: sqlite3.Connection) -> Iterator[None]:
+        """A deferred transaction: one consistent snapshot to read, no write lock taken."""
+        con.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -255,10 +443,14 @@ class FeatureStore:
         # Upsert, not INSERT OR REPLACE: REPLACE deletes the row first, which a sample referencing it forbids.
         self._db.executemany("INSERT INTO features VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET vec=excluded.vec", rows)
 
-    def put_features(self, items: Mapping[str, npt.NDArray[np.floating]]) -> None:
-        """Cache features without enrolling them, in one transaction."""
+    def put_features(self, items: Mapping[str, npt.NDArray[np.floating]]) -> bool:
+        """Cache features without enrolling them, in one transaction; returns whether they were cached.
+
+        The cache is derived data, so caching is best effort: a read-only state skips it, and a failed
+        write (locked, disk full) warns once and is skipped, so a prediction never fails for its cache.
+        """
         if not items:
-            return
+            return True
         keys = list(items)
         dim = self.feature_dim
         problems = [
@@ -269,9 +461,18 @@ class FeatureStore:
         raise_all(InputError, problems, "Cannot cache features")
         vectors = np.stack([_as_float32(items[k], f"feature for {k!r}") for k in keys])  # (N, D) float32
         raise_all(InputError, self._check_vectors(keys, vectors, "cached"), "Cannot cache features")
-        with self._lock, self._transaction(self._db, durable=False):  # the cache is derived: losing it costs a rerun
-            self._upsert(keys, vectors)
-            self._evict_unenrolled()
+        if self.read_only:
+            return False
+        try:
+            with self._writing("Caching features in", durable=False):  # derived data: losing it costs a rerun
+                self._upsert(keys, vectors)
+                self._evict_unenrolled()
+        except StateWriteError as exc:
+            if not self._warned_uncached:
+                self._warned_uncached = True
+                warnings.warn(f"Features are not cached: {exc}", RuntimeWarning, stacklevel=2)
+            return False
+        return True
 
     def _evict_unenrolled(self) -> None:
         """Drop the oldest cached features no sample uses, beyond ``max_unenrolled`` (inside a transaction)."""
@@ -299,17 +500,14 @@ class FeatureStore:
             problems.append(
                 f"got {len(keys)} keys, {len(labels)} labels and {vectors.shape[:1]} feature rows; all must match"
             )
-        problems += [
-            f"label #{i} must be a non-empty str, got {lab!r}"
-            for i, lab in enumerate(labels)
-            if not lab or not isinstance(lab, str)
-        ]
+        problems += [f"label #{i}: {p} ({LABEL_RULE})" for i, p in enumerate(map(label_problem, labels)) if p][:20]
         raise_all(InputError, problems, "Cannot enrol samples")
         if not keys:
             return []
-        with self._lock, self._transaction(self._db):
+        names = [check_label(label) for label in labels]  # NFC: one spelling per class
+        with self._writing("Enrolling into"):
             self._upsert(keys, vectors)
-            return [self._insert_sample(key, str(label)) for key, label in zip(keys, labels, strict=True)]
+            return [self._insert_sample(key, name) for key, name in zip(keys, names, strict=True)]
 
     def _insert_sample(self, key: str, label: str) -> int:
         row = self._db.execute(
@@ -317,21 +515,23 @@ class FeatureStore:
         ).fetchone()
         return int(row[0])
 
-    def remove(self, *, label: str | None = None, ids: Sequence[int] | None = None) -> int:
+    def remove(
+        self, *, label: str | None = None, ids: Sequence[int] | npt.NDArray[np.integer[Any]] | None = None
+    ) -> int:
         """Remove every sample of ``label``, or the samples with ``ids``; returns how many were removed.
 
         Cached features stay: they are still valid for this bundle and save a backbone run if re-enrolled.
         """
         if (label is None) == (ids is None):
             raise InputError(f"remove() needs exactly one of label= or ids=, got label={label!r}, ids={ids!r}")
-        with self._lock, self._transaction(self._db):
-            db = self._db
-            if label is not None:
-                removed = db.execute("DELETE FROM samples WHERE label = ?", (label,)).rowcount
+        name = None if label is None else check_label(label)
+        wanted = [] if ids is None else check_ids(ids)
+        with self._writing("Removing from") as db:
+            if name is not None:
+                removed = db.execute("DELETE FROM samples WHERE label = ?", (name,)).rowcount
                 if removed == 0:
-                    raise InputError(f"Unknown label {label!r}; known labels: {self.labels()}. Fix: pass one of those.")
+                    raise InputError(f"Unknown label {name!r}; known labels: {self.labels()}. Fix: pass one of those.")
                 return int(removed)
-            wanted = _as_ids(ids or ())
             unknown = sorted(set(wanted) - self._existing_ids(wanted))
             if unknown:
                 raise InputError(
@@ -408,11 +608,25 @@ class FeatureStore:
             ]
         return problems
 
+    def data_version(self) -> int:
+        """SQLite's ``PRAGMA data_version``: changes whenever ANOTHER connection commits to this file."""
+        with self._reading():
+            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def samples_token(self) -> tuple[int, int]:
+        """(count, sum of ids) of the enrolled samples: ids only grow, so any add or remove changes it."""
+        with self._reading():
+            count, total = self._db.execute("SELECT count(*), coalesce(sum(id), 0) FROM samples").fetchone()
+        return int(count), int(total)
+
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the main file (e.g. before copying the state elsewhere)."""
         with self._lock:
-            if self.path is not None:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if self.path is not None and not self.read_only:
+                try:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.DatabaseError as exc:
+                    raise _state_error(exc, self.path, "Checkpointing", self.busy_timeout) from exc
 
     def close(self) -> None:
         """Close the connection; safe to call twice."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgetl_runtime.arguments import MAX_THREADS
 from edgetl_runtime.errors import EdgeTLError, InputError
 from edgetl_runtime.latency import cpu_info, measure
 from edgetl_runtime.learner import Learner
@@ -20,10 +21,17 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
-    except ValueError:
+    except ValueError:  # also a number with more digits than int() converts
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}")
+    return value
+
+
+def _threads(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_THREADS} threads, got {text[:40]!r}")
     return value
 
 
@@ -33,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--state", type=Path, default=None, help="enrolment database (default: BUNDLE.state.sqlite)")
     parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
     parser.add_argument("--precision", default="best", choices=["best", "int8", "fp16", "fp32"])
-    parser.add_argument("--threads", type=_positive_int, default=None, help="onnxruntime intra-op threads")
+    parser.add_argument("--threads", type=_threads, default=None, help="onnxruntime intra-op threads")
     parser.add_argument("--head", default="auto", help="auto, ncm, ridge or logistic")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="bundle, backend and enrolled classes")

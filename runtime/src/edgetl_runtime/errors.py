@@ -69,6 +69,22 @@ class StateError(EdgeTLError, ValueError):
     """A device state database is corrupt or belongs to another bundle."""
 
 
+class StateWriteError(StateError):
+    """A healthy state database could not be written; nothing was committed and nothing is lost."""
+
+
+class StateLockedError(StateWriteError):
+    """Another connection held the state's write lock for longer than the busy timeout."""
+
+
+class StateReadOnlyError(StateWriteError):
+    """The state file (or its folder) is read-only: it can be read and predicted from, not enrolled into."""
+
+
+class StateFullError(StateWriteError):
+    """The disk (or SQLite's page limit) is full."""
+
+
 class BackendError(EdgeTLError, RuntimeError):
     """An inference backend is unavailable or failed."""
 

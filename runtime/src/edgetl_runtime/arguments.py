@@ -1,0 +1,112 @@
+"""What the public API accepts as a label, a sample id and a thread count, checked once at the boundary.
+
+A label is stored in SQLite and compared byte for byte, so two spellings of one class must not become
+two classes and a value must read back exactly as it was written: hence one rule, enforced before
+anything is stored and applied again to the labels used to look classes up.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edgetl_runtime.errors import InputError, raise_all
+
+MAX_LABEL_CHARS = 256
+LABEL_RULE = (
+    f"a label is a non-empty str of at most {MAX_LABEL_CHARS} characters without control characters "
+    "(U+0000-U+001F, U+007F-U+009F) or lone surrogates; it is stored NFC-normalised"
+)
+MAX_SAMPLE_ID = 2**63 - 1  # SQLite INTEGER PRIMARY KEY range; ids start at 1
+MAX_THREADS = 1024
+
+
+def label_problem(value: object) -> str | None:
+    """Why ``value`` is not a label, or None. Non-str values are refused, never converted with ``str()``."""
+    if not isinstance(value, str):
+        return f"{value!r} is a {type(value).__name__}, not a str"
+    if not value:
+        return "'' is empty"
+    if len(value) > MAX_LABEL_CHARS:
+        return f"{value[:20]!r}... has {len(value)} characters"
+    bad = sorted({c for c in value if unicodedata.category(c) in ("Cc", "Cs")})
+    if bad:
+        return f"{value!r} contains {', '.join(f'U+{ord(c):04X}' for c in bad[:5])}"
+    return None
+
+
+def check_label(value: object, what: str = "label") -> str:
+    """``value`` as a stored label (NFC), or an :class:`InputError` stating the rule."""
+    problem = label_problem(value)
+    if problem:
+        raise InputError(f"Invalid {what}: {problem}; {LABEL_RULE}. Fix: pass such a str.")
+    return unicodedata.normalize("NFC", str(value))
+
+
+def check_labels(labels: object, count: int) -> list[str]:
+    """One label per item: a str (for all ``count``) or a sequence / 1-D array of ``count`` labels."""
+    if isinstance(labels, str):
+        items: list[Any] = [labels] * count
+    elif (isinstance(labels, np.ndarray) and labels.ndim == 1) or (
+        isinstance(labels, Sequence) and not isinstance(labels, (bytes, bytearray))
+    ):
+        items = list(labels)
+    else:
+        raise InputError(
+            f"Labels must be a str or a list of str, got {type(labels).__name__} {_short(labels)}. "
+            f"Fix: pass one label per image, or one str; {LABEL_RULE}."
+        )
+    if len(items) != count:
+        raise InputError(f"Got {count} images but {len(items)} labels; pass one label per image, or one str.")
+    problems = [f"label #{i}: {p}" for i, p in enumerate(map(label_problem, items)) if p]
+    raise_all(InputError, problems[:20], f"Invalid labels, {len(problems)} in all ({LABEL_RULE})")
+    return [unicodedata.normalize("NFC", str(v)) for v in items]
+
+
+def check_ids(ids: object) -> list[int]:
+    """Sample ids as sorted distinct Python ints: a list/tuple/set of ints or a 1-D integer array."""
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+            raise InputError(
+                f"Sample ids must be a 1-D integer array, got dtype {ids.dtype} shape {ids.shape}. "
+                "Fix: pass ids returned by add()."
+            )
+        values: list[Any] = ids.tolist()
+    elif isinstance(ids, (list, tuple, set, frozenset)):
+        values = list(ids)
+    else:
+        raise InputError(
+            f"Sample ids must be a list of ints, got {type(ids).__name__} {_short(ids)}. "
+            "Fix: pass a list such as [3, 7] (ids returned by add())."
+        )
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+    if bad:
+        raise InputError(f"Sample ids must be ints, got {_short(bad[:10])}. Fix: pass ids returned by add().")
+    out = sorted({int(v) for v in values})
+    outside = [v for v in out if not 1 <= v <= MAX_SAMPLE_ID]
+    if outside:
+        raise InputError(
+            f"Sample ids {_short(outside[:10])} are outside 1..2**63-1, the range of SQLite ids; no sample has them. "
+            "Fix: pass ids returned by add()."
+        )
+    return out
+
+
+def check_threads(threads: object) -> int | None:
+    """``None`` (the backend's default) or an int in 1..:data:`MAX_THREADS`."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or not 1 <= threads <= MAX_THREADS:
+        raise InputError(
+            f"threads must be None or an int in 1..{MAX_THREADS}, got {_short(threads)}. "
+            "Fix: pass the number of cores to use (os.cpu_count()), or None for the backend's default."
+        )
+    return int(threads)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
