@@ -46,6 +46,7 @@ class ImageDataset:
     images: list[np.ndarray] | np.ndarray
     labels: np.ndarray  # (N,) int64
     classes: list[str]
+    labelled: bool = True  # False: a folder of images without classes (calibration only; labels all 0)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -64,7 +65,7 @@ class ImageDataset:
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageDataset:
         idx = np.asarray(indices, dtype=np.int64)
         images = self.images[idx] if isinstance(self.images, np.ndarray) else [self.images[i] for i in idx]
-        return ImageDataset(images, self.labels[idx], list(self.classes))
+        return ImageDataset(images, self.labels[idx], list(self.classes), self.labelled)
 
     def select_classes(self, class_ids: Sequence[int]) -> ImageDataset:
         """Keep only ``class_ids`` and renumber them 0..k-1 (e.g. source vs unseen target classes)."""
@@ -242,3 +243,26 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> 
     images = _read_idx(folder / f"{prefix}-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
     labels = _read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", 8).astype(np.int64)
     return ImageDataset(images, labels, list(FASHION_MNIST_CLASSES))
+
+
+def load_unlabelled_folder(root: str | Path) -> ImageDataset:
+    """Every image directly inside ``root``, without classes: enough to calibrate int8 (judged by feature
+    agreement with fp32, since accuracy cannot be measured without labels)."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images, bad = [], []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                images.append(np.asarray(im.convert("RGB")))
+        except (UnidentifiedImageError, OSError) as exc:
+            bad.append(f"{path}: {exc}")
+    if bad:
+        raise DatasetError(
+            f"{len(bad)} unreadable image file(s) in {root}; fix or remove them:\n  " + "\n  ".join(bad[:10])
+        )
+    if not images:
+        raise DatasetError(f"No images found in {root}; expected image files with suffixes {sorted(IMAGE_SUFFIXES)}.")
+    return ImageDataset(images, np.zeros(len(images), dtype=np.int64), ["unlabelled"], labelled=False)

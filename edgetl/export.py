@@ -33,7 +33,7 @@ class BundleConfig:
 
     precisions: tuple[Precision, ...] = (Precision.FP32, Precision.INT8)
     calibration_count: int = 300
-    eval_count: int = 600  # held-out labelled images for the int8 accuracy guard
+    eval_count: int = 1000  # held-out images for the int8 guard: enough that a 1-point drop is resolvable
     max_accuracy_drop: float = 1.0
     pooling: str = "avg"  # exported feature vector, see edgetl.pooling ("avg", "grid2", "avg+grid2", ...)
     crop_pct: float | None = None  # None: the backbone's own; 1.0 keeps objects that fill the frame whole
@@ -73,12 +73,14 @@ def export_bundle(
         model: a backbone name, a fine-tuned run directory, or a :class:`Backbone`.
         output: the bundle path; written atomically, only after every check passed.
         weights: weights source when ``model`` is a name (``bundled``, ``hub``, ``none`` or a path).
-        data: labelled target-domain images: calibration and accuracy guard draw disjoint subsets.
-            Defaults to Fashion-MNIST train.
+        data: target-domain images: calibration and accuracy guard draw disjoint subsets. Labelled
+            data gets the few-shot accuracy guard; unlabelled (``labelled=False``) a feature-agreement
+            guard. Defaults to Fashion-MNIST train.
         data_source: how ``data`` is described in the manifest's calibration provenance.
         config: precisions and checks.
         image_size: square input resolution override.
-        quantize_config: an ``edgetl_exporters.quantize.QuantizeConfig`` (default: auto for this CPU).
+        quantize_config: an ``edgetl_exporters.quantize.QuantizeConfig`` (default: ``portable``, exact and
+            fast on x86 with or without VNNI and on ARM64; see ``QuantizeConfig.preset``).
     """
     config = config or BundleConfig()
     backbone = model if isinstance(model, Backbone) else create_backbone(model, weights)
@@ -124,24 +126,32 @@ def bundle_spec(spec: PreprocessSpec, image_size: int | None, crop_pct: float | 
 
 
 def _calibration_split(data: ImageDataset | None, config: BundleConfig) -> tuple[ImageDataset, ImageDataset]:
-    """Disjoint, class-balanced calibration and held-out sets (the guard never scores calibration images)."""
+    """Disjoint calibration and held-out sets (the guard never scores calibration images).
+
+    Labelled data is drawn class-balanced; held-out images are only needed (and only required) when
+    int8 is built. Unlabelled data is drawn at random; its guard judges feature agreement.
+    """
     data = data if data is not None else load_fashion_mnist("train")
-    data.require_trainable("calibration and the int8 accuracy guard")
-    n_classes = len(data.classes)
+    if data.labelled:
+        data.require_trainable("calibration and the int8 accuracy guard")
+    elif len(data) == 0:
+        raise DatasetError("The calibration folder holds no images; give it at least a few dozen.")
+    wants_guard = Precision.INT8 in config.precisions
     rng = np.random.default_rng(0)
-    order = [rng.permutation(np.flatnonzero(data.labels == c)) for c in range(n_classes)]
-    calib_per_class = max(1, -(-config.calibration_count // n_classes))
-    eval_per_class = max(1, -(-config.eval_count // n_classes))
+    groups = range(len(data.classes)) if data.labelled else [0]
+    order = [rng.permutation(np.flatnonzero(data.labels == c)) for c in groups]
+    calib_per_class = max(1, -(-config.calibration_count // len(order)))
+    eval_per_class = max(1, -(-config.eval_count // len(order))) if wants_guard else 0
     # Round-robin over the classes, so any prefix (quantization keeps the first num_calibration) stays balanced.
     picks = [(rank, c, i) for c, idx in enumerate(order) for rank, i in enumerate(idx[:calib_per_class])]
     calib = np.array([i for _, _, i in sorted(picks)], dtype=np.int64)
     held_out = np.concatenate([idx[calib_per_class : calib_per_class + eval_per_class] for idx in order])
-    if len(held_out) == 0:
+    if wants_guard and len(held_out) == 0:
         raise DatasetError(
             f"Only {len(data)} images: none is left for the int8 accuracy guard after calibration. "
-            "Fix: pass more labelled images, or lower calibration_count (--calib-count)."
+            "Fix: pass more images, or lower calibration_count (--calib-count)."
         )
-    return data.subset(calib), data.subset(np.sort(held_out))
+    return data.subset(calib), data.subset(np.sort(held_out).astype(np.int64))
 
 
 def _quantized_members(
@@ -158,12 +168,12 @@ def _quantized_members(
         from edgetl_exporters.quantize import QuantizeConfig, quantize_for_bundle
 
         eval_inputs = preprocess_batch(list(held_out.images), spec)
-        qconfig = quantize_config or QuantizeConfig.auto(num_calibration=config.calibration_count)
+        qconfig = quantize_config or QuantizeConfig.portable(num_calibration=config.calibration_count)
         out[Precision.INT8.member] = quantize_for_bundle(
             fp32_path,
             calib_inputs,
             eval_inputs,
-            held_out.labels,
+            held_out.labels if held_out.labelled else None,
             config.max_accuracy_drop,
             qconfig,
             f"{data_source} ({CALIBRATION_SAMPLING})",
@@ -218,7 +228,15 @@ def _manifest(
     quant = report.get(Precision.INT8.member)
     quantization, calibration = {}, {}
     if quant:  # int8 was built: how, and from which images (the first num_calibration of the prepared set)
-        quantization = {**quant["config"], "ort_arguments": quant["ort_arguments"]}
+        from edgetl_runtime.int8_targets import infer_targets
+
+        targets = list(infer_targets(quant["config"]))  # the CPU families this int8 form is exact and fast on
+        quantization = {
+            **quant["config"],
+            "targets": targets,
+            "guard": quant["guard"],
+            "ort_arguments": quant["ort_arguments"],
+        }
         calibration = {"count": quant["calibration_count"], "source": data_source, "sampling": CALIBRATION_SAMPLING}
     return Manifest(
         backbone=info,

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from edgetl.commands.common import load_data
+from edgetl.commands.common import load_calibration
 from edgetl_exporters.quantize_config import PRESETS, CalibrationMethod, QuantizeConfig
 from edgetl_runtime.errors import ConfigError
 
@@ -16,14 +16,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("model", help="backbone name (e.g. tf_efficientnet_lite0) or an `edgetl finetune` output folder")
     p.add_argument("--weights", default="bundled", help="bundled | hub | none | PATH (ignored for fine-tuned runs)")
     p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, int8, fp16 (fp32 is always included)")
-    p.add_argument("--calib", default="fashion-mnist", help="calibration data: fashion-mnist or an image folder")
+    p.add_argument(
+        "--calib",
+        default="fashion-mnist",
+        help="calibration data: fashion-mnist, a folder of class folders (few-shot accuracy guard), or a folder "
+        "of unlabelled images (feature-agreement guard)",
+    )
     p.add_argument("--calib-count", type=int, default=300, help="images used for int8 calibration")
     p.add_argument(
+        "--target",
         "--quant-preset",
-        default="auto",
+        dest="target",
+        default="portable",
         choices=list(PRESETS),
-        help="int8 flavour for the device that runs it: auto = this host's CPU; x86-vnni, x86-avx2, arm "
-        "(onnxruntime CPU); tensorrt (symmetric int8 Q/DQ, float biases: what TensorRT builds)",
+        help="the device the int8 model is for: portable = exact and fast on x86 with or without VNNI and on "
+        "ARM64 (default); x86-vnni, x86-avx2, arm (onnxruntime CPU, specialised); tensorrt (symmetric int8 "
+        "Q/DQ, float biases: what TensorRT builds); host (alias auto) = this exporting machine's CPU",
     )
     p.add_argument(
         "--calib-method",
@@ -31,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         choices=[m.value for m in CalibrationMethod],
         help="int8 calibration (default: the preset's; minmax for CPU, percentile for tensorrt)",
     )
-    p.add_argument("--eval-count", type=int, default=600, help="held-out images for the int8 accuracy guard")
+    p.add_argument("--eval-count", type=int, default=1000, help="held-out images for the int8 accuracy guard")
     p.add_argument("--max-drop", type=float, default=1.0, help="largest int8 accuracy drop accepted, in points")
     p.add_argument("--image-size", type=int, default=None, help="square input resolution (default: the model's)")
     p.add_argument(
@@ -57,7 +65,7 @@ def run_export(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {"num_calibration": args.calib_count}
     if args.calib_method:
         overrides["calibrate_method"] = args.calib_method
-    quantize_config = QuantizeConfig.preset(args.quant_preset, **overrides)
+    quantize_config = QuantizeConfig.preset(args.target, **overrides)
     config = BundleConfig(
         precisions,  # type: ignore[arg-type]
         args.calib_count,
@@ -70,7 +78,7 @@ def run_export(args: argparse.Namespace) -> int:
         args.model,
         args.output,
         weights=args.weights,
-        data=load_data(args.calib, "train"),
+        data=load_calibration(args.calib),
         data_source=args.calib,
         config=config,
         image_size=args.image_size,
@@ -113,6 +121,11 @@ def describe(bundle: object) -> str:
             f"per_channel={q.get('per_channel')} reduce_range={q.get('reduce_range')} "
             f"calib={q.get('calibrate_method')} kept in float: {len(excluded)} node(s) (--json: every argument)"
         )
+        from edgetl_runtime.int8_targets import int8_targets
+
+        lines.append(f"int8 for    {', '.join(int8_targets(q))}")
+        if q.get("guard"):
+            lines.append(f"int8 guard  {_guard_line(q['guard'])}")
     for key, value in m.validation.items():
         if key not in ("export", "pooling"):
             lines.append(f"check       {key}: {_summary(value)}")
@@ -143,3 +156,16 @@ def _summary(check: object) -> str:
     if check.get("latency_int8_ms") and check.get("latency_fp32_ms"):
         parts.append(f"batch-1 p50 {check['latency_int8_ms']:.2f} vs fp32 {check['latency_fp32_ms']:.2f} ms")
     return ", ".join(parts) if parts else json.dumps(check, default=str)[:300]
+
+
+def _guard_line(guard: dict[str, object]) -> str:
+    """The int8 guard's verdict with its interval, e.g. ``drop 0.12 points [−0.31, 0.55] (95 %) ≤ 1.0``."""
+    low, high = guard.get("interval", [float("nan"), float("nan")])  # type: ignore[misc]
+    conf = float(guard.get("confidence", 0.95))  # type: ignore[arg-type]
+    verdict = "passed" if guard.get("passed") else "FAILED"
+    if "drop" in guard:
+        value = f"drop {guard['drop']:+.2f} points [{low:+.2f}, {high:+.2f}] ({conf:.0%}), max {guard.get('max_drop')}"
+    else:
+        mean = float(guard.get("cosine_mean", float("nan")))  # type: ignore[arg-type]
+        value = f"mean cosine {mean:.4f} [{low:.4f}, {high:.4f}] ({conf:.0%}), min {guard.get('min_cosine')}"
+    return f"{verdict}: {value} — {guard.get('kind')}, {guard.get('images')} images"

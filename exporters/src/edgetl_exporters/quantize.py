@@ -8,7 +8,7 @@ is the public face; the pieces live in ``quantize_config`` (settings and presets
 Typical use::
 
     report = quantize_guarded("backbone.fp32.onnx", "backbone.int8.onnx", calib, eval_x, eval_y,
-                              config=QuantizeConfig.auto(), max_drop=1.0, source="fashion-mnist:train[:300]")
+                              config=QuantizeConfig.portable(), max_drop=1.0, source="fashion-mnist:train[:300]")
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def quantize_for_bundle(
     fp32_path: str | Path,
     calibration: FloatArray,
     eval_images: FloatArray,
-    eval_labels: npt.NDArray[Any],
+    eval_labels: npt.NDArray[Any] | None,
     max_drop: float = 1.0,
     config: QuantizeConfig | None = None,
     source: str = "unspecified",
@@ -149,7 +149,7 @@ def quantize_for_bundle(
             calibration,
             eval_images,
             eval_labels,
-            config or QuantizeConfig.auto(),
+            config or QuantizeConfig.portable(),
             max_drop,
             source,
         )

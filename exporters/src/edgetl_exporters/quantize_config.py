@@ -8,13 +8,14 @@ names each argument once and hands all of them to onnxruntime explicitly.
 from __future__ import annotations
 
 import math
-import platform
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edgetl_runtime.cpu import CpuFamily, read_cpu
 from edgetl_runtime.errors import ConfigError, raise_all
+from edgetl_runtime.int8_targets import infer_targets
 
 
 class QuantFormat(str, Enum):
@@ -42,9 +43,18 @@ DEFAULT_OP_TYPES: tuple[str, ...] = ("Conv", "MatMul", "Gemm", "Clip", "Relu", "
 KNOWN_OP_TYPES = frozenset(DEFAULT_OP_TYPES) | {"Mul", "Concat", "MaxPool", "AveragePool", "Sigmoid", "Resize"}
 
 
-# Preset names (as typed on a command line) -> QuantizeConfig class methods. Quantize for the device
-# that will run the model: ``auto`` reads the CPU of the machine exporting it.
-PRESETS = {"auto": "auto", "x86-vnni": "x86_vnni", "x86-avx2": "x86_avx2", "arm": "arm", "tensorrt": "tensorrt"}
+# Target names (as typed on a command line) -> QuantizeConfig class methods. Quantize for the device
+# that will run the model, not for the exporting host: ``portable`` is exact and fast on x86 with and
+# without VNNI and on ARM64; ``host`` (alias ``auto``) reads the CPU of the machine exporting it.
+PRESETS = {
+    "portable": "portable",
+    "x86-vnni": "x86_vnni",
+    "x86-avx2": "x86_avx2",
+    "arm": "arm",
+    "tensorrt": "tensorrt",
+    "host": "host",
+    "auto": "host",
+}
 
 
 def _to_enum(enum: type[Enum], value: Any, field_name: str, problems: list[str]) -> Any:
@@ -132,6 +142,12 @@ class QuantizeConfig:
     # ----- presets -------------------------------------------------------------------------------
 
     @classmethod
+    def portable(cls, **overrides: Any) -> QuantizeConfig:
+        """Every CPU family: u8 activations with 7-bit weights are exact under every x86 kernel (VNNI or
+        not) and take MLAS's u8 x s8 dot-product kernels on ARM64. The default export."""
+        return cls(**{"reduce_range": True, **overrides})
+
+    @classmethod
     def x86_vnni(cls, **overrides: Any) -> QuantizeConfig:
         """x86 with AVX512-VNNI / AVX-VNNI: u8s8, full 8-bit weights (no saturation risk)."""
         return cls(**{"reduce_range": False, **overrides})
@@ -169,12 +185,19 @@ class QuantizeConfig:
         return config
 
     @classmethod
-    def auto(cls, cpuinfo: str | Path = "/proc/cpuinfo", **overrides: Any) -> QuantizeConfig:
-        """The preset for the CPU this runs on (quantize on the host that resembles the target)."""
-        machine = platform.machine().lower()
-        if machine.startswith(("arm", "aarch")):
+    def host(cls, cpuinfo: str | Path = "/proc/cpuinfo", **overrides: Any) -> QuantizeConfig:
+        """The preset for the CPU this runs on: right only when the exporting host is also the device."""
+        family = read_cpu(cpuinfo).family
+        if family is CpuFamily.ARM64:
             return cls.arm(**overrides)
-        return cls.x86_vnni(**overrides) if cpu_has_vnni(cpuinfo) else cls.x86_avx2(**overrides)
+        return cls.x86_vnni(**overrides) if family is CpuFamily.X86_VNNI else cls.x86_avx2(**overrides)
+
+    auto = host  # the former name of ``host``
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """CPU families (or ``tensorrt``) this int8 form is exact and fast on; written into the manifest."""
+        return infer_targets(self.to_dict())
 
     # ----- serialisation and hand-off to onnxruntime ---------------------------------------------
 
@@ -261,12 +284,4 @@ class QuantizeConfig:
 
 def cpu_has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether the CPU flags list AVX512-VNNI or AVX-VNNI (False when the file is unreadable)."""
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return False
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[-1].split())
-            return bool(flags & {"avx512_vnni", "avx_vnni"})
-    return False
+    return read_cpu(cpuinfo).vnni

@@ -46,6 +46,7 @@ class QuantizeReport:
     latency_int8_ms: float | None = None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     ort_arguments: dict[str, Any] = field(default_factory=dict)  # the exact quantize_static keywords used
+    guard: dict[str, Any] = field(default_factory=dict)  # how the int8 was judged, with its interval
 
     @property
     def size_ratio(self) -> float:

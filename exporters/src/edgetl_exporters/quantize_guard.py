@@ -1,6 +1,11 @@
 """Accuracy-guarded int8: quantize, measure the task, and keep the most sensitive nodes in float.
 
-When the few-shot probe loses more than ``max_drop`` points, nodes are ranked by the damage they
+The task is judged with the device's own ``auto`` head on paired few-shot episodes, with a bootstrap
+interval (``quantize_judge``): nodes are kept in float only when the drop is both over ``max_drop``
+and significant (its interval excludes 0), and a larger float set replaces a smaller one only when
+it is significantly better. Without labels the guard judges feature agreement with fp32 instead.
+
+When the guard fails, nodes are ranked by the damage they
 do: how much the int8 model's error against the fp32 model (SQNR of each dequantized activation vs
 the fp32 model's same tensor, via onnxruntime's ``qdq_loss_debug``) grows from a node's inputs to its
 output. Growing sets of the worst ones are kept in float and the model re-quantized from cached
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +43,8 @@ from edgetl_exporters.quantize_core import (
     quantize_prepared,
     workdir,
 )
-from edgetl_exporters.quantize_eval import (
-    Evaluation,
-    check_eval_data,
-    evaluate_against,
-    few_shot_splits,
-    interleaved_latency,
-    run_features,
-)
+from edgetl_exporters.quantize_eval import check_eval_data, interleaved_latency, run_features
+from edgetl_exporters.quantize_judge import Judge, Judgement
 from edgetl_runtime.errors import ConfigError, QuantizationError, raise_all
 
 FloatArray = npt.NDArray[np.float32]
@@ -121,27 +121,48 @@ def _exclusion_sizes(n_candidates: int, max_excluded: int) -> list[int]:
     return [*sizes, cap] if cap > 0 else []
 
 
-def _attempt_record(excluded: list[str], ev: Evaluation, path: Path) -> dict[str, Any]:
-    return {
-        "excluded_nodes": list(excluded),
-        "accuracy_fp32": ev.accuracy_fp32,
-        "accuracy_int8": ev.accuracy_quant,
-        "drop": ev.drop,
-        "cosine_mean": ev.cosine_mean,
-        "cosine_min": ev.cosine_min,
-        "int8_bytes": path.stat().st_size,
-    }
+def _attempt_record(excluded: list[str], judgement: Judgement, path: Path) -> dict[str, Any]:
+    return {"excluded_nodes": list(excluded), **judgement.summary(), "int8_bytes": path.stat().st_size}
 
 
-def _check_guard_args(max_drop: float, shots: int, seeds: Sequence[int], max_excluded: int | None) -> None:
+def _check_guard_args(max_drop: float, shots: int, episodes: int, max_excluded: int | None, min_cosine: float) -> None:
     problems = []
     if not math.isfinite(max_drop):
         problems.append(f"max_drop must be a finite number of accuracy points, got {max_drop}")
-    if shots < 1 or not seeds:
-        problems.append(f"shots ({shots}) must be >= 1 and seeds ({list(seeds)}) non-empty")
+    if shots < 1 or episodes < 2:
+        problems.append(f"shots ({shots}) must be >= 1 and episodes ({episodes}) >= 2")
     if max_excluded is not None and max_excluded < 0:
         problems.append(f"max_excluded must be >= 0, got {max_excluded}")
+    if not 0.0 < min_cosine <= 1.0:
+        problems.append(f"min_cosine must lie in (0, 1], got {min_cosine}")
     raise_all(ConfigError, problems, "Invalid accuracy-guard settings")
+
+
+@dataclass(frozen=True)
+class GuardRule:
+    """When int8 fails: labelled, a drop over ``max_drop`` that is significant; unlabelled, a mean
+    feature cosine significantly below ``min_cosine``."""
+
+    judge: Judge
+    max_drop: float
+    min_cosine: float
+
+    def fails(self, judgement: Judgement) -> bool:
+        if judgement.drop is not None:
+            return judgement.drop.value > self.max_drop and judgement.drop.significant
+        return self.judge.agreement(judgement).high < self.min_cosine
+
+    def describe(self, judgement: Judgement) -> dict[str, Any]:
+        out = {**self.judge.describe(), "passed": not self.fails(judgement)}
+        if judgement.drop is not None:
+            d = judgement.drop
+            out.update(max_drop=self.max_drop, drop=d.value, interval=[d.low, d.high], confidence=d.confidence)
+        else:
+            a = self.judge.agreement(judgement)
+            out.update(
+                min_cosine=self.min_cosine, cosine_mean=a.value, interval=[a.low, a.high], confidence=a.confidence
+            )
+        return out
 
 
 def quantize_guarded(
@@ -149,21 +170,23 @@ def quantize_guarded(
     out_path: str | Path,
     calibration: FloatArray,
     eval_images: FloatArray,
-    eval_labels: npt.NDArray[Any],
+    eval_labels: npt.NDArray[Any] | None,
     config: QuantizeConfig | None = None,
     max_drop: float = 1.0,
     source: str = "unspecified",
     shots: int = 5,
-    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    episodes: int = 10,
     max_excluded: int | None = None,
     probe_images: int = 8,
     latency_runs: int = 50,
+    min_cosine: float = 0.9,
 ) -> QuantizeReport:
-    """int8 whose ``shots``-shot nearest-class-mean accuracy drops at most ``max_drop`` points.
+    """int8 whose ``shots``-shot accuracy (device ``auto`` head) is not significantly over ``max_drop`` below fp32.
 
     Args:
-        eval_images / eval_labels: held-out labelled images (not the calibration ones), preprocessed.
-        max_drop: tolerated fp32 - int8 accuracy, in points, averaged over ``seeds`` support draws.
+        eval_images / eval_labels: held-out images (not the calibration ones), preprocessed; labels
+            ``None`` for unlabelled data, judged by feature agreement (``min_cosine``) instead.
+        max_drop: tolerated fp32 - int8 accuracy, in points, paired over ``episodes`` support draws.
         max_excluded: most nodes kept in float before giving up; default half the quantizable ones.
         probe_images: eval images used to measure where the int8 error against fp32 grows.
         latency_runs: batch-1 timed runs (2 threads, interleaved fp32/int8) for the report; 0 skips.
@@ -173,43 +196,49 @@ def quantize_guarded(
             ``report`` attribute holds every attempt. Nothing is written to ``out_path``.
     """
     config = config or QuantizeConfig()
-    _check_guard_args(max_drop, shots, seeds, max_excluded)
+    _check_guard_args(max_drop, shots, episodes, max_excluded, min_cosine)
     _, shape = model_input_shape(fp32_path)
     calib = check_calibration(calibration, shape, config.num_calibration)
     check_calibration(eval_images, shape, len(eval_images))  # same shape/finite checks
-    labels = np.asarray(eval_labels)
-    check_eval_data(eval_images, labels, shots)
-    masks = few_shot_splits(labels, shots, seeds)
+    labels = None if eval_labels is None else np.asarray(eval_labels)
+    if labels is not None:
+        check_eval_data(eval_images, labels, shots)
     reference = run_features(fp32_path, eval_images)  # (N, D)
+    rule = GuardRule(Judge(reference, labels, shots, episodes), max_drop, min_cosine)
     report = QuantizeReport(config.to_dict(), len(calib), source, Path(fp32_path).stat().st_size, 0)
     report.eval_count = len(eval_images)
     with workdir(out_path) as tmp:
         prepared = prepare_fp32(fp32_path, tmp / "prepared.onnx", config.optimize_first)
         cache = tmp / "calibration_ranges.json"
 
-        def attempt(excluded: list[str]) -> tuple[Path, Evaluation]:
-            """Quantize with ``excluded`` in float; the report describes the latest attempt (the one shipped)."""
+        def attempt(excluded: list[str]) -> tuple[Path, Judgement]:
+            """Quantize with ``excluded`` in float and judge it against fp32."""
             tried = config.with_excluded(excluded)
-            path, report.ort_arguments = quantize_prepared(
+            path, arguments = quantize_prepared(
                 prepared, tmp / f"int8_{len(report.attempts)}.onnx", calib, tried, cache
             )
-            report.config = tried.to_dict()
-            ev = evaluate_against(reference, run_features(path, eval_images), labels, masks)
-            report.attempts.append(_attempt_record([*config.nodes_to_exclude, *excluded], ev, path))
-            return path, ev
+            judgement = rule.judge(run_features(path, eval_images))
+            report.attempts.append(_attempt_record([*config.nodes_to_exclude, *excluded], judgement, path))
+            attempts_args[path] = (tried, arguments)
+            return path, judgement
 
-        best, ev = attempt([])
-        if ev.drop > max_drop:
+        attempts_args: dict[Path, tuple[QuantizeConfig, dict[str, Any]]] = {}
+        best, judged = attempt([])
+        if rule.fails(judged):
             sqnr = accumulated_sqnr(prepared, best, eval_images[:probe_images], tmp)
             ranked = rank_sensitive_nodes(prepared, sqnr, config)
             limit = len(ranked) // 2 if max_excluded is None else max_excluded
             for k in _exclusion_sizes(len(ranked), limit):
-                best, ev = attempt([n for group in ranked[:k] for n in group])
-                if ev.drop <= max_drop:
-                    break
-        _fill(report, ev, best)
-        if ev.drop > max_drop:
-            err = QuantizationError(_guard_message(report, max_drop))
+                path, candidate = attempt([n for group in ranked[:k] for n in group])
+                if rule.judge.improvement(candidate, judged).significant:  # a real fix, not a lucky draw
+                    best, judged = path, candidate
+                    if not rule.fails(judged):
+                        break
+        shipped_config, report.ort_arguments = attempts_args[best]
+        report.config = shipped_config.to_dict()
+        _fill(report, judged, best, rule)
+        if rule.fails(judged):
+            err = QuantizationError(_guard_message(report, rule))
             err.report = report  # type: ignore[attr-defined]
             raise err
         if latency_runs > 0:
@@ -219,19 +248,26 @@ def quantize_guarded(
     return report
 
 
-def _fill(report: QuantizeReport, ev: Evaluation, path: Path) -> None:
-    last = report.attempts[-1]
-    report.excluded_nodes = list(last["excluded_nodes"])
+def _fill(report: QuantizeReport, judged: Judgement, path: Path, rule: GuardRule) -> None:
+    report.excluded_nodes = list(report.config.get("nodes_to_exclude", []))
     report.int8_bytes = path.stat().st_size
-    report.cosine_mean, report.cosine_min = ev.cosine_mean, ev.cosine_min
-    report.accuracy_fp32, report.accuracy_int8 = ev.accuracy_fp32, ev.accuracy_quant
-    report.accuracy_delta = ev.accuracy_quant - ev.accuracy_fp32
+    report.cosine_mean, report.cosine_min = judged.cosine_mean, judged.cosine_min
+    report.guard = rule.describe(judged)
+    if judged.drop is not None and judged.accuracy_fp32 is not None and judged.accuracy_quant is not None:
+        report.accuracy_fp32, report.accuracy_int8 = judged.accuracy_fp32, judged.accuracy_quant
+        report.accuracy_delta = -judged.drop.value
 
 
-def _guard_message(report: QuantizeReport, max_drop: float) -> str:
-    tried = ", ".join(f"{len(a['excluded_nodes'])} in float -> drop {a['drop']:.2f}" for a in report.attempts)
+def _guard_message(report: QuantizeReport, rule: GuardRule) -> str:
+    def one(a: dict[str, Any]) -> str:
+        if "drop" in a:
+            low, high = a["drop_interval"]
+            return f"{len(a['excluded_nodes'])} in float -> drop {a['drop']:.2f} [{low:.2f}, {high:.2f}]"
+        return f"{len(a['excluded_nodes'])} in float -> cosine {a['cosine_mean']:.4f}"
+
+    limit = f"max_drop={rule.max_drop} points" if rule.judge.labelled else f"min_cosine={rule.min_cosine}"
     return (
-        f"int8 could not stay within max_drop={max_drop} accuracy points ({tried}). "
-        "Fix: calibrate on more / more representative images, try calibrate_method='percentile' or "
-        "'entropy', raise max_excluded or max_drop, or ship fp16/fp32 instead."
+        f"int8 stayed significantly beyond {limit} ({', '.join(one(a) for a in report.attempts)}). "
+        "Fix: calibrate on more / more representative images, try --calib-method percentile or entropy, "
+        "raise max_excluded or --max-drop, or ship fp16/fp32 instead."
     )
