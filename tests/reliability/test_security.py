@@ -133,21 +133,24 @@ def test_object_array_in_golden_is_refused_not_executed(reliability_bundle: Path
 def test_hashes_are_checked_before_any_member_is_parsed(
     reliability_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A tampered golden.npz that is a perfectly valid npz in a valid zip: refused before np.load or onnxruntime."""
+    """A tampered golden.npz that is a perfectly valid npz in a valid zip: refused before any parser sees a member
+    (the npz reader, the ONNX external-data scan, onnxruntime), and np.load is never used at all."""
     ort = pytest.importorskip("onnxruntime")
+    import edgetl_runtime.bundle as bundle_module
+
     calls: list[str] = []
-    real_load, real_session = np.load, ort.InferenceSession
 
-    def spy_load(*args: Any, **kwargs: Any) -> Any:
-        calls.append("np.load")
-        return real_load(*args, **kwargs)
+    def spy(name: str, real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return real(*args, **kwargs)
 
-    def spy_session(*args: Any, **kwargs: Any) -> Any:
-        calls.append("onnxruntime")
-        return real_session(*args, **kwargs)
+        return call
 
-    monkeypatch.setattr(np, "load", spy_load)
-    monkeypatch.setattr(ort, "InferenceSession", spy_session)
+    monkeypatch.setattr(np, "load", spy("np.load", np.load))
+    monkeypatch.setattr(bundle_module, "read_npz", spy("read_npz", bundle_module.read_npz))
+    monkeypatch.setattr(bundle_module, "check_self_contained", spy("scan", bundle_module.check_self_contained))
+    monkeypatch.setattr(ort, "InferenceSession", spy("onnxruntime", ort.InferenceSession))
 
     golden = Bundle.open(reliability_bundle).golden()
     calls.clear()
@@ -163,7 +166,7 @@ def test_hashes_are_checked_before_any_member_is_parsed(
         Learner.load(bad, backend="onnxruntime")
     assert calls == [], f"parsed before verification: {calls}"
     Learner.load(reliability_bundle, backend="onnxruntime").close()  # the spies do see a good load
-    assert "np.load" in calls and "onnxruntime" in calls
+    assert {"read_npz", "scan", "onnxruntime"} <= set(calls) and "np.load" not in calls, calls
 
 
 def test_an_oversized_manifest_is_refused_before_parsing(reliability_bundle: Path, tmp_path: Path) -> None:

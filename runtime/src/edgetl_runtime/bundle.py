@@ -8,7 +8,6 @@ used.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import stat
 import zipfile
@@ -29,10 +28,16 @@ from edgetl_runtime.manifest import (
     Precision,
     member_name_problem,
 )
+from edgetl_runtime.npz import ArrayHeader, expect_array, read_npz
+from edgetl_runtime.onnx_scan import check_self_contained
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_MEMBER_BYTES = 2 << 30  # 2 GiB: larger than any mobile backbone, smaller than a zip bomb's claim
 MAX_COMPRESSION_RATIO = 200  # ONNX weights compress ~1.1x; a ratio like this is a bomb, not a model
+# The methods the writer uses. zipfile inflates bzip2 and LZMA without any output bound (a 951-byte
+# member reached 2 GB before a size check could run); deflate honours the bound _read asks for.
+ALLOWED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,8 @@ class Bundle:
                 manifest = Manifest.from_json(_read(archive, infos[MANIFEST_NAME], MAX_MANIFEST_BYTES))
                 _check_member_list(manifest, infos, path)
                 members = {name: _read_verified(archive, infos[name], manifest) for name in manifest.members}
+            for precision in manifest.precisions:  # verified bytes, but still nothing outside the bundle
+                check_self_contained(members[precision.member], precision.member)
         except BundleError:
             raise
         # A damaged archive surfaces as any of these from zipfile/zlib (bad CRC, bad deflate stream, an
@@ -87,32 +94,41 @@ class Bundle:
         return precision
 
     def golden(self) -> dict[str, npt.NDArray[np.generic]]:
-        """Fixed inputs ``(G, 3, H, W)`` and their fp32 features ``(G, D)``, to re-check any backend."""
-        golden = _load_npz(self.members[GOLDEN_NAME], GOLDEN_NAME)
-        inputs, features = golden.get("inputs"), golden.get("features")
-        dim, size = self.manifest.backbone.feature_dim, tuple(self.manifest.preprocess.input_size)
-        if (
-            inputs is None
-            or features is None
-            or inputs.dtype.kind != "f"
-            or features.dtype.kind != "f"
-            or inputs.shape[1:] != (3, *size)
-            or features.shape[1:] != (dim,)
-            or len(inputs) != len(features)
-            or len(inputs) == 0
-        ):
-            got = {k: (v.dtype.str, v.shape) for k, v in golden.items()}
-            raise BundleError(
-                f"{GOLDEN_NAME} must hold float 'inputs' (G, 3, {size[0]}, {size[1]}) and 'features' (G, {dim}) "
-                f"with G >= 1, got {got}. Re-export the bundle."
-            )
-        return golden
+        """Fixed inputs ``(G, 3, H, W)`` and their fp32 features ``(G, D)``, to re-check any backend.
+
+        Every array's dtype and shape is checked against the manifest from its header, before it is read.
+        """
+        return read_npz(self.members[GOLDEN_NAME], GOLDEN_NAME, self._golden_problems)
+
+    def _golden_problems(self, headers: dict[str, ArrayHeader]) -> list[str]:
+        dim, (height, width) = self.manifest.backbone.feature_dim, self.manifest.preprocess.input_size
+        inputs = headers.get("inputs")
+        count = inputs.shape[0] if inputs is not None and inputs.shape else None
+        problems = expect_array(headers, "inputs", "f", (count, 3, height, width))
+        if count == 0:
+            problems.append("'inputs' holds no rows; a golden check needs G >= 1")
+        references = ["features"] + [f"features_{p.value}" for p in Precision if p is not Precision.FP32]
+        for key in references:  # the host's output at each precision (fp32 always)
+            problems += expect_array(headers, key, "f", (count, dim), required=key == "features")
+        known = {"inputs", *references}
+        return problems + [f"array {h.describe()} is not a golden array" for k, h in headers.items() if k not in known]
 
     def head_arrays(self) -> dict[str, npt.NDArray[np.generic]] | None:
-        """The host-trained head's arrays, if the bundle ships one."""
+        """The host-trained head's arrays, if the bundle ships one (checked against the manifest before reading)."""
         if HEAD_NAME not in self.members:
             return None
-        return _load_npz(self.members[HEAD_NAME], HEAD_NAME)
+        return read_npz(self.members[HEAD_NAME], HEAD_NAME, self._head_problems)
+
+    def _head_problems(self, headers: dict[str, ArrayHeader]) -> list[str]:
+        labels = self.manifest.head_labels
+        coef = headers.get("coef")
+        count = len(labels) if labels else (coef.shape[0] if coef is not None and coef.shape else None)
+        problems = expect_array(headers, "coef", "f", (count, self.manifest.backbone.feature_dim))
+        problems += expect_array(headers, "intercept", "f", (count,))
+        problems += expect_array(headers, "classes", "U", (count,))
+        problems += expect_array(headers, "kind", "U", ())
+        known = {"coef", "intercept", "classes", "kind"}
+        return problems + [f"array {h.describe()} is not a head array" for k, h in headers.items() if k not in known]
 
 
 def requested_precision(wanted: str | Precision) -> Precision | None:
@@ -137,6 +153,11 @@ def _checked_infos(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.Zi
             raise BundleError(f"{path} holds a symbolic link {name!r}; bundles contain regular files only.")
         if name in infos:
             raise BundleError(f"{path} holds member {name!r} twice; refusing an ambiguous archive.")
+        if info.compress_type not in ALLOWED_METHODS:
+            raise BundleError(
+                f"{path} member {name!r} uses zip compression method {info.compress_type}; bundles use only "
+                f"{' or '.join(ALLOWED_METHODS.values())} (other methods inflate without a bound). Re-export it."
+            )
         if info.file_size > MAX_MEMBER_BYTES or info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1024):
             raise BundleError(
                 f"{path} member {name!r} declares {info.file_size} bytes from {info.compress_size} compressed; "
@@ -162,13 +183,19 @@ def _check_member_list(manifest: Manifest, infos: dict[str, zipfile.ZipInfo], pa
 
 
 def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
+    """At most ``limit`` bytes, read (and inflated) in 1 MiB steps: never more than the limit plus one step."""
     if info.file_size > limit:
         raise BundleError(f"Member {info.filename!r} is {info.file_size} bytes, more than the {limit} allowed.")
+    data = bytearray()
     with archive.open(info) as fh:
-        data = fh.read(limit + 1)  # never trust the declared size alone
+        while len(data) <= limit:  # never trust the declared size alone
+            chunk = fh.read(min(_CHUNK, limit + 1 - len(data)))
+            if not chunk:
+                break
+            data += chunk
     if len(data) > limit:
         raise BundleError(f"Member {info.filename!r} inflates past {limit} bytes; refusing it.")
-    return data
+    return bytes(data)
 
 
 def _read_verified(archive: zipfile.ZipFile, info: zipfile.ZipInfo, manifest: Manifest) -> bytes:
@@ -187,11 +214,3 @@ def _read_verified(archive: zipfile.ZipFile, info: zipfile.ZipInfo, manifest: Ma
             "do not use it, copy or export it again."
         )
     return data
-
-
-def _load_npz(data: bytes, name: str) -> dict[str, npt.NDArray[np.generic]]:
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
-        raise BundleError(f"{name} in the bundle cannot be read as a numpy archive ({exc}); re-export it.") from None
