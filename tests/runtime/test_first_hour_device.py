@@ -5,6 +5,7 @@ Each test fails on the code before the fix it covers; items are named in the tes
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,130 @@ def test_item1_ambiguous_arrays_are_refused_with_the_way_to_pass_them(shape: tup
     for call in (as_image_list, lambda a: preprocess_batch(a, TINY_SPEC)):
         with pytest.raises(InputError, match=fix):
             call(arr)
+
+
+# ------------------------------------------------------------------ item 8: rejection from one class up
+
+
+def _cluster(center: np.ndarray, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.abs(center + 0.3 * rng.normal(size=(n, len(center))))
+
+
+@pytest.mark.parametrize("kind", ["auto", "ridge", "ncm", "logistic"])
+def test_item8_one_enrolled_class_rejects_what_is_unlike_it(kind: str) -> None:
+    from edgetl_runtime.heads import create_head
+
+    rng = np.random.default_rng(0)
+    cat, moon = np.abs(rng.normal(size=64)), np.abs(rng.normal(size=64))
+    head = create_head(kind).fit(_cluster(cat, 20, 1), ["cat"] * 20)
+    queries = np.concatenate([_cluster(cat, 10, 2), _cluster(moon, 10, 3)])
+    labels = list(head.predict(queries, reject=True))
+    # ~5 % of genuine cats fall below the 5 % quantile threshold by design; every moon is unknown.
+    assert labels[10:] == ["unknown"] * 10 and labels[:10].count("cat") >= 8
+    # What is thresholded is the similarity that is printed.
+    sims = head.similarity(queries)
+    assert [s >= head.reject_threshold_ for s in sims] == [lbl == "cat" for lbl in labels]
+    # A second class joins incrementally: rejection stays calibrated, and a full fit agrees on the labels.
+    dog = np.abs(rng.normal(size=64))
+    head.partial_fit(_cluster(dog, 6, 4), ["dog"] * 6)
+    assert np.isfinite(head.reject_threshold_)
+    assert list(head.predict(_cluster(dog, 3, 5), reject=True)) == ["dog"] * 3
+
+
+def _write_pngs(folder: Path, color: tuple[int, int, int], n: int, seed: int) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        pixels = np.clip(np.array(color) + rng.integers(-25, 26, size=(18 + i, 22, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    return folder
+
+
+def _device(bundle: Path, *argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
+    from edgetl_runtime.cli import main
+
+    code = main(["--bundle", str(bundle), "--backend", "onnxruntime", *argv])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if code == 0 and out.strip() else {}), err
+
+
+def test_item8_cli_prints_the_thresholded_similarity_and_rejects_with_one_class(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("PIL")
+    red = _write_pngs(tmp_path / "red", (220, 30, 30), 6, 0)
+    blue = _write_pngs(tmp_path / "blue", (30, 30, 220), 2, 1)
+    more_red = _write_pngs(tmp_path / "more_red", (220, 30, 30), 2, 2)
+    assert _device(tiny_bundle, "add", str(red), "--label", "cat", capsys=capsys)[0] == 0
+    code, out, _ = _device(tiny_bundle, "predict", str(blue), str(more_red), "--reject", capsys=capsys)
+    assert code == 0
+    threshold = out["reject_threshold"]
+    preds = out["predictions"]
+    assert [p["label"] for p in preds] == ["unknown", "unknown", "cat", "cat"]
+    for p in preds:  # the printed number is the one compared with the printed threshold
+        assert (p["similarity"] >= threshold) == (p["label"] != "unknown")
+
+
+# ------------------------------------------------------------------ item 11: the device CLI keeps its promises
+
+
+def _enrol_red_green(bundle: Path, tmp_path: Path, n: int, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, color, seed in (("red", (220, 30, 30), 0), ("green", (30, 220, 30), 1)):
+        _device(bundle, "add", str(_write_pngs(tmp_path / name, color, n, seed)), "--label", name, capsys=capsys)
+
+
+def test_item11_fit_prints_leave_one_out_quality(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("PIL")
+    _enrol_red_green(tiny_bundle, tmp_path, 4, capsys)
+    code, out, _ = _device(tiny_bundle, "fit", capsys=capsys)
+    assert code == 0
+    assert out["loo_accuracy"] == 1.0 and out["loo_scored_samples"] == 8
+    assert isinstance(out["reject_threshold"], float)
+
+
+def test_item11_predict_accepts_a_folder(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("PIL")
+    _enrol_red_green(tiny_bundle, tmp_path, 3, capsys)
+    folder = _write_pngs(tmp_path / "queries", (220, 30, 30), 3, 2)
+    code, out, err = _device(tiny_bundle, "predict", str(folder), capsys=capsys)
+    assert code == 0, err
+    assert [p["label"] for p in out["predictions"]] == ["red"] * 3
+
+
+def test_item11_re_adding_the_same_images_is_reported_or_skipped(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("PIL")
+    red = _write_pngs(tmp_path / "r", (220, 30, 30), 3, 0)
+    assert _device(tiny_bundle, "add", str(red), "--label", "red", capsys=capsys)[1]["added"] == 3
+    code, out, _ = _device(tiny_bundle, "add", str(red), "--label", "red", "--skip-duplicates", capsys=capsys)
+    assert code == 0 and out["added"] == 0 and out["already_enrolled"] == 3 and out["classes"] == {"red": 3}
+    code, out, _ = _device(tiny_bundle, "add", str(red), "--label", "red", capsys=capsys)
+    assert out["added"] == 3 and out["already_enrolled"] == 3 and "--skip-duplicates" in out["note"]
+    learner = Learner.load(tiny_bundle, tiny_bundle.with_suffix(".state.sqlite"), backend="onnxruntime")
+    with pytest.warns(UserWarning, match="enrolled already"):
+        learner.add(list(red.iterdir()), "red")
+
+
+def _all_actions(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_actions(sub)
+        else:
+            yield parser, action
+
+
+def test_item11_every_flag_has_help_and_defaults_show_and_version_exists(capsys) -> None:
+    from edgetl_runtime.cli import build_parser
+
+    parser = build_parser()
+    undocumented = [a.dest for p, a in _all_actions(parser) if not a.help]
+    assert undocumented == []
+    assert "(default: auto)" in parser.format_help()
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--version"])
+    assert exc.value.code == 0 and "edgetl-device" in capsys.readouterr().out

@@ -575,6 +575,19 @@ class FeatureStore:
         with self._reading():
             return [r[0] for r in self._db.execute("SELECT DISTINCT label FROM samples ORDER BY label")]
 
+    def enrolled_labels(self, keys: Sequence[str]) -> dict[str, list[str]]:
+        """Labels under which each of ``keys`` is already enrolled (keys not enrolled are absent)."""
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, list[str]] = {}
+        with self._reading():
+            for start in range(0, len(keys), _CHUNK):
+                chunk = keys[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT feature_key, label FROM samples WHERE feature_key IN ({marks}) ORDER BY id"
+                for key, label in self._db.execute(query, chunk):
+                    found.setdefault(str(key), []).append(str(label))
+        return found
+
     def counts(self) -> dict[str, int]:
         """Number of enrolled samples per label."""
         with self._reading():

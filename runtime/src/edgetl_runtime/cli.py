@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgetl_runtime.arguments import MAX_THREADS
 from edgetl_runtime.errors import EdgeTLError, InputError
+from edgetl_runtime.images import as_image_list
 from edgetl_runtime.latency import cpu_info, measure
 from edgetl_runtime.learner import Learner
 
@@ -35,27 +38,58 @@ def _threads(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgetl-runtime")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgetl-device", description=__doc__)
-    parser.add_argument("--bundle", required=True, type=Path, help="the .edgetl bundle")
-    parser.add_argument("--state", type=Path, default=None, help="enrolment database (default: BUNDLE.state.sqlite)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"])
-    parser.add_argument("--precision", default="best", choices=["best", "int8", "fp16", "fp32"])
-    parser.add_argument("--threads", type=_threads, default=None, help="onnxruntime intra-op threads")
-    parser.add_argument("--head", default="auto", help="auto, ncm, ridge or logistic")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="edgetl-device", description=__doc__, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--bundle", required=True, type=Path, help="the .edgetl bundle written by `edgetl export`")
+    parser.add_argument("--state", type=Path, default=None, help="enrolment database (None: BUNDLE.state.sqlite)")
+    parser.add_argument(
+        "--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"], help="inference engine"
+    )
+    parser.add_argument(
+        "--precision", default="best", choices=["best", "int8", "fp16", "fp32"], help="backbone precision to run"
+    )
+    parser.add_argument("--threads", type=_threads, default=None, help="onnxruntime intra-op threads (None: its own)")
+    parser.add_argument("--head", default="auto", help="few-shot head: auto, ncm, ridge or logistic")
+    parser.add_argument(
+        "--no-measure",
+        action="store_true",
+        help="with --precision best, skip the one-off timing at load: int8 if built for this CPU family, else fp32",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="bundle, backend and enrolled classes")
-    add = sub.add_parser("add", help="enrol every image in DIR under one label")
-    add.add_argument("dir", type=Path)
-    add.add_argument("--label", required=True)
-    sub.add_parser("fit", help="refit the head and report leave-one-out quality")
-    predict = sub.add_parser("predict", help="classify image files")
-    predict.add_argument("files", nargs="+", type=Path)
-    predict.add_argument("--reject", action="store_true", help="answer 'unknown' below the calibrated confidence")
-    bench = sub.add_parser("bench", help="backbone latency on this device (batch 1)")
-    bench.add_argument("--runs", type=_positive_int, default=100)
-    remove = sub.add_parser("remove", help="forget a class")
-    remove.add_argument("--label", required=True)
+    sub.add_parser("info", help="bundle, backend and enrolled classes", formatter_class=fmt)
+    add = sub.add_parser("add", help="enrol every image in DIR under one label", formatter_class=fmt)
+    add.add_argument("dir", type=Path, help="folder of image files (.png, .jpg, ...)")
+    add.add_argument("--label", required=True, help="class name for every image in DIR")
+    add.add_argument(
+        "--skip-duplicates",
+        action="store_true",
+        help="leave out images enrolled already (same pixels); without it they are enrolled again, with a warning",
+    )
+    sub.add_parser(
+        "fit", help="refit the head and print its leave-one-out accuracy and rejection threshold", formatter_class=fmt
+    )
+    predict = sub.add_parser("predict", help="classify image files, or every image in a folder", formatter_class=fmt)
+    predict.add_argument("files", nargs="+", type=Path, help="image files and/or folders of images")
+    predict.add_argument(
+        "--reject",
+        action="store_true",
+        help="answer 'unknown' when an image's similarity to every class is below reject_threshold (both printed)",
+    )
+    bench = sub.add_parser("bench", help="backbone latency on this device (batch 1)", formatter_class=fmt)
+    bench.add_argument("--runs", type=_positive_int, default=100, help="timed runs")
+    remove = sub.add_parser("remove", help="forget a class", formatter_class=fmt)
+    remove.add_argument("--label", required=True, help="class to forget")
     return parser
 
 
@@ -68,36 +102,108 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
+def _files_and_folders(paths: Sequence[Path]) -> list[Path]:
+    """Image files as given, folders replaced by the image files inside them (sorted)."""
+    return [f for p in paths for f in (_image_files(p) if p.is_dir() else [p])]
+
+
+def _loo_quality(head: Any) -> dict[str, object]:
+    """Leave-one-out accuracy of the fitted head on the enrolled samples, and the rejection threshold."""
+    inner = getattr(head, "head_", head)  # AutoHead: the head it chose
+    rejector = head.rejector_
+    valid = ~np.isnan(rejector.scores_)
+    out: dict[str, object] = {"head_chosen": inner.kind}
+    if getattr(head, "loo_accuracy_", None):
+        out["loo_accuracy"] = round(head.loo_accuracy_.get(head.kind_, float("nan")), 4)
+        out["loo_accuracy_by_head"] = {k: round(v, 4) for k, v in head.loo_accuracy_.items()}
+    elif valid.any():  # nearest-class-mean leave-one-out, which every head's rejector computes
+        out["loo_accuracy"] = round(float(rejector.correct_[valid].mean()), 4)
+    else:
+        out["loo_accuracy"] = None
+    out["loo_scored_samples"] = int(valid.sum())
+    threshold = float(rejector.threshold_)
+    out["reject_threshold"] = round(threshold, 4) if np.isfinite(threshold) else None
+    if not valid.any():
+        out["note"] = (
+            "leave-one-out needs a class with at least 2 images: neither accuracy nor the rejection threshold "
+            "could be measured. Fix: enrol more images per class."
+        )
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     state = args.state or args.bundle.with_suffix(".state.sqlite")
     with Learner.load(
-        args.bundle, state, backend=args.backend, precision=args.precision, threads=args.threads, head=args.head
+        args.bundle,
+        state,
+        backend=args.backend,
+        precision=args.precision,
+        threads=args.threads,
+        head=args.head,
+        measure=not args.no_measure,
     ) as learner:
         if args.command == "add":
-            ids = learner.add(_image_files(args.dir), args.label)
-            return {"added": len(ids), "label": args.label, "classes": learner.store.counts()}
+            images = as_image_list(_image_files(args.dir))
+            dupes = learner.already_enrolled(images)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # reported in the output instead
+                ids = learner.add(images, args.label, skip_duplicates=args.skip_duplicates)
+            out: dict[str, object] = {"added": len(ids), "label": args.label, "classes": learner.store.counts()}
+            if dupes:
+                out["already_enrolled"] = len(dupes)
+                out["note"] = (
+                    f"{len(dupes)} image(s) were enrolled already and were skipped"
+                    if args.skip_duplicates
+                    else f"{len(dupes)} image(s) were enrolled already and now count twice; "
+                    "rerun with --skip-duplicates to leave them out (remove --label to start the class again)"
+                )
+            return out
         if args.command == "remove":
             return {"removed": learner.remove(label=args.label), "classes": learner.store.counts()}
         if args.command == "fit":
             learner.fit()
-            return {"classes": list(learner.classes_), "samples": len(learner.store), "head": repr(learner.head)}
-        if args.command == "predict":
-            labels = learner.predict(args.files, reject=args.reject)
-            proba = learner.predict_proba(args.files).max(axis=1)
+            head = learner.head
             return {
-                "predictions": [
-                    {"file": str(f), "label": str(lbl), "confidence": round(float(p), 4)}
-                    for f, lbl, p in zip(args.files, labels, proba, strict=True)
-                ]
+                "classes": list(learner.classes_),
+                "samples": len(learner.store),
+                "head": repr(head),
+                **_loo_quality(head),
             }
+        if args.command == "predict":
+            files = _files_and_folders(args.files)
+            features = learner.features(files)  # once: labels, probabilities and similarities share it
+            head = learner.head
+            labels = head.predict(features, reject=args.reject)
+            proba = head.predict_proba(features).max(axis=1)
+            similarity = head.similarity(features)
+            threshold = float(head.reject_threshold_)
+            out = {
+                "reject_threshold": round(threshold, 4) if np.isfinite(threshold) else None,
+                "predictions": [
+                    {
+                        "file": str(f),
+                        "label": str(lbl),
+                        "probability": round(float(p), 4),
+                        "similarity": round(float(c), 4),
+                    }
+                    for f, lbl, p, c in zip(files, labels, proba, similarity, strict=True)
+                ],
+            }
+            if args.reject and not np.isfinite(threshold):
+                out["note"] = "nothing can be rejected yet: enrol at least 2 images of a class to calibrate rejection"
+            return out
         if args.command == "bench":
             size = learner.bundle.manifest.preprocess.input_size
             image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
             stats = measure(lambda: learner.extractor.run_backbone([image]), runs=args.runs, warmup=10)
+            selection = learner.selection.to_dict() if learner.selection else None
             return {
                 "backend": learner.backend.name,
                 "precision": learner.backend.precision.value,
-                "latency_ms": stats.to_dict(),
+                "int8_kernel": learner.selection.kernel if learner.selection else None,
+                "latency_ms": stats.to_dict(),  # preprocessing + backbone, batch 1, the chosen precision
+                "chosen_because": learner.selection.reason if learner.selection else None,
+                "candidates_at_load": selection["candidates"] if selection else [],
                 "cpu": cpu_info(),
             }
         return learner.info()

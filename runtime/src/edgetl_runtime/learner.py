@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -108,10 +109,39 @@ class Learner:
 
     # ---------------------------------------------------------------- enrolment
 
-    def add(self, images: Images, labels: Sequence[Any] | str) -> list[int]:
-        """Enrol images with their labels in one transaction; returns the new sample ids."""
+    def already_enrolled(self, images: Images) -> dict[int, list[str]]:
+        """Index -> labels of each image (pixels, not file name) that is enrolled already or earlier in ``images``."""
+        batch = as_image_list(images)
+        keys = self.extractor.keys(batch)
+        found = self.store.enrolled_labels(keys)
+        seen: set[str] = set()
+        out: dict[int, list[str]] = {}
+        for i, key in enumerate(keys):
+            if key in found or key in seen:
+                out[i] = found.get(key, [])
+            seen.add(key)
+        return out
+
+    def add(self, images: Images, labels: Sequence[Any] | str, *, skip_duplicates: bool = False) -> list[int]:
+        """Enrol images with their labels in one transaction; returns the new sample ids.
+
+        An image enrolled already (same pixels) would count twice, in the head and in the rejection
+        calibration: with ``skip_duplicates`` it is left out, otherwise it is enrolled again with a warning.
+        """
         batch = as_image_list(images)
         names = check_labels(labels, len(batch))  # refused, never str()-converted: see arguments.LABEL_RULE
+        dupes = self.already_enrolled(batch)
+        if dupes and skip_duplicates:
+            keep = [i for i in range(len(batch)) if i not in dupes]
+            batch, names = [batch[i] for i in keep], [names[i] for i in keep]
+            if not batch:
+                return []
+        elif dupes:
+            warnings.warn(
+                f"{len(dupes)} of {len(batch)} image(s) are enrolled already; they were enrolled again and count "
+                "twice. Fix: pass skip_duplicates=True (edgetl-device add --skip-duplicates), or remove them.",
+                stacklevel=2,
+            )
         if self.flip_enrolment:
             batch, names = batch + [hflip(img) for img in batch], names + names
         keys, features = self.extractor.extract(batch)  # the slow part: outside the head lock

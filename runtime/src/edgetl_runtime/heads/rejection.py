@@ -16,9 +16,13 @@ How the threshold is calibrated (every head uses this, whatever its classifier):
    (one shot per class), the threshold falls back to the largest cosine between two different class
    means: a query less similar to its nearest class than the two closest classes are to each other
    is unknown. With a single enrolled class and sample, nothing is rejected (threshold -inf).
+5. With a single enrolled class there is no centre to subtract (it would be the class mean itself):
+   similarities are plain cosines of the normalised features, calibrated the same way, so one class
+   with a few samples already rejects what is unlike it.
 
 ``partial_fit`` updates the means exactly; the scores of the new samples are computed (leave-one-out)
-at the moment they join, and older scores are kept as they were.
+at the moment they join, and older scores are kept as they were (dropped when the class count crosses
+from one to two, which changes the centring; the next full ``fit`` rescores every sample).
 """
 
 from __future__ import annotations
@@ -130,6 +134,13 @@ def _loo_cosines_from_products(
     own_sq = (np.diagonal(sums_means)[y_idx] * own_counts - 2 * hm[rows, y_idx] * own_counts + hh) * inv_rest**2
     za = za.copy()
     za[rows, y_idx] = (za[rows, y_idx] * own_counts - zh) * inv_rest
+    if int((counts > 0).sum()) < 2:  # one class: no centre (see SimilarityRejector.center_), plain cosines
+        mean_sq = np.repeat(np.diagonal(means_means)[None], n, axis=0)  # (N, C)
+        mean_sq[rows, y_idx] = own_sq
+        sims = za / (np.sqrt(np.maximum(zz, 1e-24))[:, None] * np.sqrt(np.maximum(mean_sq, 1e-24)))
+        sims[:, counts == 0] = -np.inf
+        sims[rows[~valid], y_idx[~valid]] = -np.inf
+        return sims, valid
     w = np.ones_like(za)  # (N, C) weights of the centre over the surviving classes
     w[rows, y_idx] = valid
     w /= np.maximum(w.sum(axis=1, keepdims=True), 1.0)
@@ -256,10 +267,13 @@ class SimilarityRejector:
     def partial_fit(self, Z: FloatArray, y_idx: IntArray, n_classes: int, remap: IntArray) -> SimilarityRejector:
         """Add samples; ``remap[k]`` is the new index of old class k (classes may have been inserted)."""
         old_scores, old_correct, old_class = self._calibration()  # scored against the old means
+        was_single = self.single_class_
         sums, counts = np.zeros((n_classes, Z.shape[1])), np.zeros(n_classes)
         sums[remap], counts[remap] = self.sums_, self.counts_
         new_sums, new_counts = class_sums(Z, y_idx, n_classes)
         self.sums_, self.counts_ = sums + new_sums, counts + new_counts
+        if was_single != self.single_class_:  # old scores are uncentred cosines: not comparable any more
+            old_scores, old_correct = np.full(len(old_scores), np.nan), np.zeros(len(old_correct), dtype=bool)
         sims, valid = loo_cosines(Z, y_idx, self.sums_, self.counts_, np.arange(len(Z)))
         own = sims[np.arange(len(Z)), y_idx]
         correct = valid & (np.argmax(sims, axis=1) == y_idx)
@@ -275,7 +289,10 @@ class SimilarityRejector:
         new_index = np.full(len(self.counts_), -1, dtype=np.int64)
         new_index[keep_idx] = np.arange(len(keep_idx))
         kept = new_index[score_class] >= 0
+        was_single = self.single_class_
         self.sums_, self.counts_ = self.sums_[keep_idx], self.counts_[keep_idx]
+        if was_single != self.single_class_:  # centred scores do not calibrate uncentred cosines
+            scores, correct = np.full(len(scores), np.nan), np.zeros(len(correct), dtype=bool)
         return self._set_calibration(scores[kept], correct[kept], new_index[score_class[kept]])
 
     @property
@@ -286,9 +303,21 @@ class SimilarityRejector:
 
     @property
     def center_(self) -> FloatArray:
-        """Mean of the class means ``(D,)`` (balanced, so a large class does not dominate)."""
+        """Mean of the class means ``(D,)`` (balanced, so a large class does not dominate).
+
+        With a single enrolled class the centre would be that class's own mean, and every centred
+        cosine to it degenerate (a moon photo would score like a cat): the centre is then the origin,
+        i.e. plain cosines of the normalised features, calibrated by leave-one-out all the same.
+        """
+        if int((self.counts_ > 0).sum()) < 2:
+            return np.zeros(self.sums_.shape[1])
         out: FloatArray = self.means_.mean(axis=0)
         return out
+
+    @property
+    def single_class_(self) -> bool:
+        """Whether fewer than two classes are enrolled (uncentred cosines, see ``center_``)."""
+        return int((self.counts_ > 0).sum()) < 2
 
     def cosines(self, Z: FloatArray) -> FloatArray:
         """Cosine ``(N, C)`` between centred samples and centred class means."""
