@@ -232,7 +232,7 @@ CASES: dict[str, tuple[type[Exception] | int, Callable[[Ctx], Callable[[], objec
     "bundle-missing-member": (BundleError, _open(lambda c: c.variant("m.edgetl", {"golden.npz": None}))),
     "bundle-absurd-input-size": (BundleError, _open(lambda c: c.variant("i.edgetl", manifest=lambda m: m["preprocess"].update(input_size=[10**6, 10**6])))),
     "bundle-nan-mean": (BundleError, _open(lambda c: c.variant("nan.edgetl", manifest=lambda m: m["preprocess"].update(mean=[float("nan")] * 3)))),
-    "bundle-feature-dim-lies": (BundleError, _open(lambda c: c.variant("fd.edgetl", manifest=lambda m: m["backbone"].update(feature_dim=32)))),
+    "bundle-feature-dim-lies": (BackendError, _open(lambda c: c.variant("fd.edgetl", manifest=lambda m: m["backbone"].update(feature_dim=32)))),
     "bundle-signed-garbage-onnx": (BundleError, _open(lambda c: c.consistent("o.edgetl", backbone__fp32__onnx=b"\x08\x07garbage"))),
     "bundle-signed-golden-not-npz": (BundleError, _open(lambda c: c.consistent("gn.edgetl", golden__npz=b"not a zip"))),
     "bundle-signed-golden-missing-key": (BundleError, _open(lambda c: c.consistent("gk.edgetl", golden__npz=_npz(inputs=np.zeros((1, 3, 16, 16), np.float32))))),

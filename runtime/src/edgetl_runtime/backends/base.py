@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.graph_check import check_features
 from edgetl_runtime.manifest import Precision
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -64,7 +65,7 @@ def check_against_golden(backend: Backend, bundle: Bundle) -> GoldenReport:
     if key not in golden:  # an older bundle without per-precision references: only fp32 is known
         key = "features"
     expected = np.asarray(golden[key], dtype=np.float32)
-    got = backend.run(inputs)
+    got = check_features(backend.run(inputs), len(inputs), fp32.shape[1], backend.name)  # (G, D) or BackendError
     cosine = _row_cosine(got, expected)
     threshold = GOLDEN_MIN_COSINE[backend.precision if key != "features" else Precision.FP32]
     if key == "features" and backend.precision is not Precision.FP32:

@@ -12,6 +12,7 @@ import numpy.typing as npt
 from edgetl_runtime._optional import require
 from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.errors import BackendError, InputError
+from edgetl_runtime.graph_check import check_session_io, run_session
 from edgetl_runtime.manifest import Precision
 
 
@@ -92,6 +93,7 @@ class OrtBackend:
         kernel: Int8Kernel = HOST_KERNEL,
     ) -> OrtBackend:
         session = make_session(bundle.model_bytes(precision), threads, providers, kernel)
+        check_session_io(session, bundle.manifest, precision.member)  # names, ranks, shapes, dtypes
         info = bundle.manifest.backbone
         provider = session.get_providers()[0].replace("ExecutionProvider", "")
         name = f"onnxruntime-{provider.lower()}"
@@ -100,5 +102,4 @@ class OrtBackend:
     def run(self, inputs: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         if inputs.ndim != 4 or inputs.dtype != np.float32:
             raise InputError(f"Backend input must be float32 (N, 3, H, W), got {inputs.dtype} {inputs.shape}.")
-        (features,) = self.session.run([self.output_name], {self.input_name: inputs})
-        return np.asarray(features, dtype=np.float32)
+        return run_session(self.session, self.input_name, self.output_name, inputs, self.name)  # (N, D) float32
