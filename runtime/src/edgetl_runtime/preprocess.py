@@ -21,6 +21,9 @@ from edgetl_runtime.errors import ConfigError, InputError, raise_all
 MAX_INPUT_SIDE = 4096  # model input side; a larger one in a manifest is corruption or an allocation attack
 # Resampling builds dense (out, in) weight matrices: refuse an image whose extreme aspect ratio would make
 # them huge (a 1x5000 strip resized to a 256 shorter side needs 82k x 5k weights, 3 GB).
+# Bounds the product, not each factor: input 4096 and crop_pct 0.1 are each allowed, but together they
+# resize every image to a 40960-pixel shorter side (20 GiB for one 40x40 image). 2**25 admits 4096 at 0.75.
+MAX_RESIZE_PIXELS = 1 << 25
 MAX_RESAMPLE_WEIGHTS = 1 << 26  # a 6000x4000 photo for a 4096-pixel model needs 42M; a 1x5000 strip at 256 needs 400M
 
 
@@ -54,8 +57,9 @@ class PreprocessSpec:
             object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         except (TypeError, ValueError, OverflowError) as exc:  # e.g. "a" or inf where a number belongs
             raise ConfigError(
-                f"PreprocessSpec needs numbers for input_size, mean and std, got {self.input_size!r}, "
-                f"{self.mean!r}, {self.std!r} ({exc})."
+            object.__setattr__(self, "crop_pct", float(self.crop_pct))
+                f"PreprocessSpec needs numbers for input_size, crop_pct, mean and std, got {self.input_size!r}, "
+                f"{self.crop_pct!r}, {self.mean!r}, {self.std!r} ({exc})."
             ) from None
         problems = []
         if len(self.input_size) != 2 or not 8 <= min(self.input_size) <= max(self.input_size) <= MAX_INPUT_SIDE:
@@ -66,6 +70,12 @@ class PreprocessSpec:
             problems.append(f"crop_pct must lie in [0.1, 1.0], got {self.crop_pct}")
         if len(self.mean) != 3 or len(self.std) != 3:
             problems.append(f"mean and std need 3 values (RGB), got {self.mean} and {self.std}")
+        elif not problems and self.resize_size**2 > MAX_RESIZE_PIXELS:
+            problems.append(
+                f"input_size {self.input_size} with crop_pct {self.crop_pct} resizes every image to a shorter side of "
+                f"{self.resize_size} pixels ({self.resize_size**2} > {MAX_RESIZE_PIXELS} per channel, "
+                f"{self.resize_size**2 * 12 / 2**30:.1f} GiB for a square image); raise crop_pct or lower input_size"
+            )
         if any(not math.isfinite(s) or s <= 0 for s in self.std):
             problems.append(f"std values must be positive and finite, got {self.std}")
         if self.channel_order != "RGB" or self.layout != "NCHW":
