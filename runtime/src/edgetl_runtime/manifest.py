@@ -103,7 +103,7 @@ class Manifest:
     def from_json(cls, text: str | bytes) -> Manifest:
         """Parse and validate; every problem is reported at once, as a :class:`BundleError`."""
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_unique_keys)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
             raise BundleError(
                 f"manifest.json is not valid JSON ({exc}); the bundle is corrupt, re-export it."
@@ -122,6 +122,20 @@ class Manifest:
             raise BundleError(
                 f"manifest.json is malformed: {type(exc).__name__}: {exc}. Re-export the bundle."
             ) from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice: json.loads would keep the last silently, so two readers
+    (or a reviewer and the device) could see different manifests in the same bytes."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise BundleError(
+                f"manifest.json gives the key {key[:80]!r} twice in one object; a manifest must be unambiguous. "
+                "The bundle is corrupt or tampered with: re-export it."
+            )
+        out[key] = value
+    return out
 
 
 def _parse(data: dict[str, Any]) -> Manifest:
