@@ -19,17 +19,48 @@ ImageLike: TypeAlias = npt.NDArray[Any] | str | os.PathLike[str]
 Images: TypeAlias = Sequence[ImageLike] | npt.NDArray[Any]
 
 
+RASTER_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")  # Pillow format names, identified by content
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
 def load_image(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
-    """Read an image file as HxWx3 uint8 RGB (Pillow, imported only when files are used)."""
+    """Read an image file as HxWx3 uint8 RGB, upright (Pillow, imported only when files are used).
+
+    The format is identified by content, not name, and must be a raster format in
+    :data:`RASTER_FORMATS`: Pillow would hand a PostScript file named ``.jpg`` to Ghostscript. EXIF
+    orientation is applied, so a phone photo is seen as it is displayed; 16-bit images are scaled to
+    8 bits (``round(v * 255 / 65535)``), not clipped at 255.
+    """
     image_module = require("PIL.Image", "Reading image files")
+    image_ops = require("PIL.ImageOps", "Reading image files")
     p = Path(path)
     if not p.is_file():
         raise InputError(f"Image file {p} does not exist.")
     try:
-        with image_module.open(p) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, DecompressionBombError ...
+        with image_module.open(p, formats=RASTER_FORMATS) as im:
+            return _rgb8(image_ops.exif_transpose(im), p)
+    except image_module.UnidentifiedImageError:
+        raise InputError(
+            f"{p} is not a {', '.join(RASTER_FORMATS)} image (identified by its content, not its name). "
+            "Fix: convert it to one of those formats."
+        ) from None
+    except InputError:
+        raise
+    except Exception as exc:  # PIL raises OSError, DecompressionBombError, SyntaxError, ValueError ...
         raise InputError(f"{p} is not a readable image ({type(exc).__name__}: {exc}).") from None
+
+
+def _rgb8(im: Any, path: Path) -> npt.NDArray[np.uint8]:
+    """A decoded Pillow image -> (H, W, 3) uint8, scaling 16-bit samples instead of clipping them."""
+    if im.mode in _SIXTEEN_BIT:  # 16-bit grayscale (PNG, TIFF); "I" holds the same 0..65535 range
+        wide = np.clip(np.asarray(im).astype(np.int64), 0, 65535)  # (H, W)
+        gray = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)  # (H, W, 3)
+    if im.mode == "F":
+        raise InputError(
+            f"{path} holds 32-bit float pixels, which have no defined range. Fix: save it as an 8- or 16-bit image."
+        )
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
 
 
 def as_image_list(images: Images) -> list[npt.NDArray[np.uint8]]:
