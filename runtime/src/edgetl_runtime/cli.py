@@ -214,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         print(json.dumps(run(args), indent=2))
     except EdgeTLError as exc:
-        print(f"edgetl-device {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines())  # one line, whatever the error lists
+        print(f"edgetl-device {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 
