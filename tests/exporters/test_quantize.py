@@ -218,33 +218,46 @@ def test_report_records_the_exact_arguments(lite0, data, tmp_path: Path, monkeyp
 def test_guard_passes_without_exclusions_when_loose(lite0, data, tmp_path: Path) -> None:
     out = tmp_path / "int8.onnx"
     report = quantize_guarded(
-        lite0[0], out, data["calib"], data["eval"], data["labels"], max_drop=50.0, shots=2, seeds=(0, 1), latency_runs=3
+        lite0[0], out, data["calib"], data["eval"], data["labels"], max_drop=50.0, shots=2, episodes=3, latency_runs=3
     )
     assert out.exists() and report.excluded_nodes == [] and len(report.attempts) == 1
     assert report.config["nodes_to_exclude"] == [] and report.ort_arguments["nodes_to_exclude"] == []
     assert report.accuracy_fp32 > 30.0 and report.accuracy_delta == pytest.approx(-report.attempts[0]["drop"])
+    guard = report.guard
+    assert guard["passed"] and guard["episodes"] == 3 and guard["images"] == len(data["eval"])
+    low, high = guard["interval"]
+    assert low <= guard["drop"] <= high and "auto" in guard["kind"]
     assert report.latency_int8_ms and report.latency_int8_ms > 0
 
 
 def test_guard_excludes_sensitive_nodes_then_refuses(lite0, data, tmp_path: Path) -> None:
-    """int8 can never beat fp32 by 100 points: the guard must grow exclusions, then raise."""
+    """Unlabelled, int8 features can never agree with fp32 at cosine 1.0: exclusions grow, then it raises."""
     out = tmp_path / "int8.onnx"
-    with pytest.raises(QuantizationError, match="max_drop=-100") as info:
+    with pytest.raises(QuantizationError, match=r"min_cosine=1\.0") as info:
         quantize_guarded(
-            lite0[0], out, data["calib"], data["eval"], data["labels"], max_drop=-100.0, shots=2, seeds=(0,),
-            max_excluded=2, latency_runs=0,
-        )  # fmt: skip
-    attempts = info.value.report.attempts  # type: ignore[attr-defined]
-    sizes = [len(a["excluded_nodes"]) for a in attempts]
-    assert len(attempts) == 3 and sizes[0] == 0 and sizes[0] < sizes[1] < sizes[2], sizes
-    assert set(attempts[1]["excluded_nodes"]) < set(attempts[2]["excluded_nodes"])
-    assert any("Conv" in n for n in attempts[1]["excluded_nodes"])
+            lite0[0], out, data["calib"], data["eval"], None, min_cosine=1.0, max_excluded=2, latency_runs=0
+        )
+    report = info.value.report  # type: ignore[attr-defined]
+    sizes = [len(a["excluded_nodes"]) for a in report.attempts]
+    assert len(sizes) == 3 and sizes[0] == 0 and sizes[0] < sizes[1] < sizes[2], sizes
+    assert set(report.attempts[1]["excluded_nodes"]) < set(report.attempts[2]["excluded_nodes"])
+    assert any("Conv" in n for n in report.attempts[1]["excluded_nodes"])
+    assert not report.guard["passed"] and "feature agreement" in report.guard["kind"]
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_unlabelled_guard_ships_int8_judged_by_feature_agreement(lite0, data, tmp_path: Path) -> None:
+    report = quantize_guarded(lite0[0], tmp_path / "u.onnx", data["calib"], data["eval"], None, latency_runs=0)
+    assert report.guard["passed"] and report.accuracy_delta is None and report.excluded_nodes == []
+    low, high = report.guard["interval"]
+    assert 0.9 <= low <= report.guard["cosine_mean"] <= high <= 1.0
 
 
 def test_guard_rejects_bad_eval_data(lite0, data, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="shots"):
         quantize_guarded(lite0[0], tmp_path / "i.onnx", data["calib"], data["eval"][:12], data["labels"][:12], shots=5)
+    with pytest.raises(ConfigError, match="episodes"):
+        quantize_guarded(lite0[0], tmp_path / "i.onnx", data["calib"], data["eval"], data["labels"], episodes=1)
     with pytest.raises(ConfigError, match="max_drop"):
         quantize_guarded(
             lite0[0], tmp_path / "i.onnx", data["calib"], data["eval"], data["labels"], max_drop=float("nan")

@@ -76,8 +76,8 @@ def paired_difference(first: npt.NDArray[np.float64], second: npt.NDArray[np.flo
     rng = np.random.default_rng(seed)
     w = rng.multinomial(n_episodes, np.full(n_episodes, 1.0 / n_episodes), size=BOOTSTRAP_DRAWS).astype(np.float64)
     v = rng.multinomial(n_images, np.full(n_images, 1.0 / n_images), size=BOOTSTRAP_DRAWS).astype(np.float64)
-    num = np.einsum("be,bn->b", w @ diff, v)  # (B,)
-    den = np.maximum(np.einsum("be,bn->b", w @ mask, v), 1.0)
+    num = np.einsum("bn,bn->b", w @ diff, v)  # (B,)
+    den = np.maximum(np.einsum("bn,bn->b", w @ mask, v), 1.0)
     draws = 100.0 * num / den
     tail = 100.0 * (1.0 - CONFIDENCE) / 2.0
     low, high = np.percentile(draws, [tail, 100.0 - tail])

@@ -133,41 +133,10 @@ def process_peak_rss_mb() -> float:
 
 
 def cpu_info() -> dict[str, Any]:
-    """CPU model, core count and the ISA flags that decide int8 speed (VNNI, AVX-512, AVX2, NEON/dotprod)."""
-    model: str = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in {"model name", "Model", "CPU part"} and model in {"", platform.machine()}:
-                    model = value.strip()
-                elif key in {"flags", "Features"} and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    interesting = [
-        "avx2",
-        "avx512f",
-        "avx512_vnni",
-        "avx_vnni",
-        "avx512_bf16",
-        "amx_int8",
-        "fma",
-        "f16c",
-        "asimd",
-        "asimddp",
-        "i8mm",
-        "fphp",
-    ]
-    return {
-        "model": model,
-        "machine": platform.machine(),
-        "logical_cores": os.cpu_count(),
-        "isa": {flag: flag in flags for flag in interesting},
-        "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
-    }
+    """CPU model, family, core count and the ISA flags that decide int8 speed (see :mod:`edgetl_runtime.cpu`)."""
+    from edgetl_runtime.cpu import this_cpu
+
+    return this_cpu().to_dict()
 
 
 def probe_backend(

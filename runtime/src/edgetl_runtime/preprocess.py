@@ -8,6 +8,7 @@ host and device agree to float precision rather than to "close enough".
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -18,12 +19,13 @@ import numpy.typing as npt
 
 from edgetl_runtime.errors import ConfigError, InputError, raise_all
 
+PREPROCESS_CHUNK = 32  # same-size images resampled in one product (bounded memory for big photos)
 MAX_INPUT_SIDE = 4096  # model input side; a larger one in a manifest is corruption or an allocation attack
-# Resampling builds dense (out, in) weight matrices: refuse an image whose extreme aspect ratio would make
-# them huge (a 1x5000 strip resized to a 256 shorter side needs 82k x 5k weights, 3 GB).
 # Bounds the product, not each factor: input 4096 and crop_pct 0.1 are each allowed, but together they
 # resize every image to a 40960-pixel shorter side (20 GiB for one 40x40 image). 2**25 admits 4096 at 0.75.
 MAX_RESIZE_PIXELS = 1 << 25
+# Resampling builds dense (out, in) weight matrices: refuse an image whose extreme aspect ratio would make
+# them huge (a 1x5000 strip resized to a 256 shorter side needs 82k x 5k weights, 3 GB).
 MAX_RESAMPLE_WEIGHTS = 1 << 26  # a 6000x4000 photo for a 4096-pixel model needs 42M; a 1x5000 strip at 256 needs 400M
 
 
@@ -55,9 +57,9 @@ class PreprocessSpec:
             object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
             object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
             object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+            object.__setattr__(self, "crop_pct", float(self.crop_pct))
         except (TypeError, ValueError, OverflowError) as exc:  # e.g. "a" or inf where a number belongs
             raise ConfigError(
-            object.__setattr__(self, "crop_pct", float(self.crop_pct))
                 f"PreprocessSpec needs numbers for input_size, crop_pct, mean and std, got {self.input_size!r}, "
                 f"{self.crop_pct!r}, {self.mean!r}, {self.std!r} ({exc})."
             ) from None
@@ -68,14 +70,14 @@ class PreprocessSpec:
             problems.append(f"mean values must be finite, got {self.mean}")
         if not 0.1 <= self.crop_pct <= 1.0:
             problems.append(f"crop_pct must lie in [0.1, 1.0], got {self.crop_pct}")
-        if len(self.mean) != 3 or len(self.std) != 3:
-            problems.append(f"mean and std need 3 values (RGB), got {self.mean} and {self.std}")
         elif not problems and self.resize_size**2 > MAX_RESIZE_PIXELS:
             problems.append(
                 f"input_size {self.input_size} with crop_pct {self.crop_pct} resizes every image to a shorter side of "
                 f"{self.resize_size} pixels ({self.resize_size**2} > {MAX_RESIZE_PIXELS} per channel, "
                 f"{self.resize_size**2 * 12 / 2**30:.1f} GiB for a square image); raise crop_pct or lower input_size"
             )
+        if len(self.mean) != 3 or len(self.std) != 3:
+            problems.append(f"mean and std need 3 values (RGB), got {self.mean} and {self.std}")
         if any(not math.isfinite(s) or s <= 0 for s in self.std):
             problems.append(f"std values must be positive and finite, got {self.std}")
         if self.channel_order != "RGB" or self.layout != "NCHW":
@@ -161,35 +163,77 @@ def resample_matrix(in_size: int, out_size: int, interpolation: Interpolation) -
     return w.astype(np.float32)
 
 
-def _resize_shorter(img: npt.NDArray[np.float32], short: int, interpolation: Interpolation) -> npt.NDArray[np.float32]:
-    h, w = img.shape[:2]
+@functools.lru_cache(maxsize=128)
+def crop_weights(
+    in_size: int, resized: int, start: int, length: int, interpolation: Interpolation
+) -> npt.NDArray[np.float32]:
+    """Rows ``start:start+length`` of the ``(resized, in_size)`` resampling matrix: resize and crop in one
+    product, computing only the pixels the crop keeps. Cached: a camera or dataset repeats its sizes."""
+    weights = np.ascontiguousarray(resample_matrix(in_size, resized, interpolation)[start : start + length])
+    weights.setflags(write=False)
+    return weights
+
+
+def _geometry(h: int, w: int, spec: PreprocessSpec, index: int) -> tuple[int, int, int, int]:
+    """Size after the shorter-side resize, and the centre crop's top/left offsets."""
+    short = spec.resize_size
     if h <= w:
         new_h, new_w = short, int(short * w / h)
     else:
         new_h, new_w = int(short * h / w), short
     if max(new_h * h, new_w * w) > MAX_RESAMPLE_WEIGHTS:
         raise InputError(
-            f"image 0 is {h}x{w}: its aspect ratio is too extreme to resize to a shorter side of {short} "
+            f"image {index} is {h}x{w}: its aspect ratio is too extreme to resize to a shorter side of {short} "
             f"(would give {new_h}x{new_w}). Fix: crop it closer to square first."
         )
-    wh = resample_matrix(h, new_h, interpolation)  # (new_h, h)
-    ww = resample_matrix(w, new_w, interpolation)  # (new_w, w)
-    out: npt.NDArray[np.float32] = np.einsum("ij,jkc,lk->ilc", wh, img, ww, optimize=True)  # (new_h, new_w, 3)
+    th, tw = spec.input_size
+    if new_h < th or new_w < tw:
+        raise InputError(f"Cannot centre-crop {new_h}x{new_w} to {th}x{tw}; the resize step should make it larger.")
+    return new_h, new_w, int(round((new_h - th) / 2.0)), int(round((new_w - tw) / 2.0))
+
+
+def _resample(planes: npt.NDArray[np.float32], wh: npt.NDArray[np.float32], ww: npt.NDArray[np.float32]) -> Any:
+    """``wh @ planes @ ww.T`` for ``(P, h, w)`` planes, contracting the cheaper side first."""
+    h, w = planes.shape[1:]
+    th, tw = wh.shape[0], ww.shape[0]
+    if th * w * (h + tw) <= h * tw * (w + th):
+        return np.matmul(np.matmul(wh, planes), ww.T)
+    return np.matmul(wh, np.matmul(planes, ww.T))
+
+
+def _preprocess_same_size(
+    images: list[npt.NDArray[np.uint8]], spec: PreprocessSpec, index: int, out: npt.NDArray[np.float32] | None = None
+) -> npt.NDArray[np.float32]:
+    """Images of one shape ``(h, w, C)``, C = 1 (gray: resampled once, not three times) or 3 -> ``(n, 3, H, W)``.
+
+    Normalisation is folded into one multiply-add per channel: resampling weights sum to 1, so
+    ``((W x W') / 255 - mean) / std == W x W' * (1 / (255 std)) - mean / std``.
+    """
+    h, w, channels = images[0].shape
+    new_h, new_w, top, left = _geometry(h, w, spec, index)
+    th, tw = spec.input_size
+    wh = crop_weights(h, new_h, top, th, spec.interpolation)  # (H, h)
+    ww = crop_weights(w, new_w, left, tw, spec.interpolation)  # (W, w)
+    stacked = np.stack(images).transpose(0, 3, 1, 2).reshape(len(images) * channels, h, w)  # (n*C, h, w)
+    planes = _resample(stacked.astype(np.float32), wh, ww).reshape(len(images), channels, th, tw)
+    std = np.asarray(spec.std, dtype=np.float32)
+    scale = (1.0 / (255.0 * std)).astype(np.float32)[None, :, None, None]  # (1, 3, 1, 1)
+    shift = (-np.asarray(spec.mean, dtype=np.float32) / std)[None, :, None, None]
+    if out is None:
+        out = np.empty((len(images), 3, th, tw), dtype=np.float32)
+    np.multiply(planes, scale, out=out)  # (n, 3, H, W): a gray plane broadcasts over the three channels
+    out += shift
     return out
-
-
-def _center_crop(img: npt.NDArray[np.float32], size: tuple[int, int]) -> npt.NDArray[np.float32]:
-    h, w = img.shape[:2]
-    th, tw = size
-    if h < th or w < tw:
-        raise InputError(f"Cannot centre-crop {h}x{w} to {th}x{tw}; the resize step should make it larger.")
-    top = int(round((h - th) / 2.0))
-    left = int(round((w - tw) / 2.0))
-    return img[top : top + th, left : left + tw]
 
 
 def as_rgb_uint8(image: npt.ArrayLike, index: int = 0) -> npt.NDArray[np.uint8]:
     """Validate one image (HxW grayscale, HxWx1 or HxWx3 RGB, uint8) and return it as HxWx3 uint8."""
+    arr = _as_planes(image, index)
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
+
+
+def _as_planes(image: npt.ArrayLike, index: int = 0) -> npt.NDArray[np.uint8]:
+    """Validate one image and return it as ``(H, W, 1)`` gray or ``(H, W, 3)`` RGB uint8 (alpha dropped)."""
     where = f"image {index}"
     try:
         arr = np.asarray(image)
@@ -204,21 +248,12 @@ def as_rgb_uint8(image: npt.ArrayLike, index: int = 0) -> npt.NDArray[np.uint8]:
         raise InputError(f"{where} has shape {arr.shape}; expected HxW (grayscale) or HxWx3 (RGB).")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise InputError(f"{where} is empty (shape {arr.shape}).")
-    if arr.shape[2] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.shape[2] == 4:
-        arr = arr[:, :, :3]
-    return arr
+    return arr[:, :, :3] if arr.shape[2] == 4 else arr
 
 
 def preprocess_one(image: npt.ArrayLike, spec: PreprocessSpec) -> npt.NDArray[np.float32]:
     """One image -> ``(3, H, W)`` float32 normalised model input."""
-    rgb = as_rgb_uint8(image).astype(np.float32)  # (h, w, 3) in 0..255
-    resized = _resize_shorter(rgb, spec.resize_size, spec.interpolation)
-    cropped = _center_crop(resized, spec.input_size) / np.float32(255.0)
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(((cropped - mean) / std).transpose(2, 0, 1), dtype=np.float32)
+    return _preprocess_same_size([_as_planes(image)], spec, 0)[0]
 
 
 CHANNELS = (1, 3, 4)  # gray, RGB, RGBA: the channel counts an (H, W, C) image may have
@@ -269,10 +304,17 @@ def preprocess_batch(images: list[Any] | npt.NDArray[Any], spec: PreprocessSpec)
         raise InputError(f"Images must be a list of arrays or an array batch, got {type(images).__name__}.")
     if len(images) == 0:
         raise InputError("No images given; pass at least one image.")
+    planes = [_as_planes(img, i) for i, img in enumerate(images)]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, arr in enumerate(planes):  # same-shape images are resampled together, in chunks
+        groups.setdefault(arr.shape, []).append(i)
     out = np.empty((len(images), 3, *spec.input_size), dtype=np.float32)
-    for i, img in enumerate(images):
-        try:
-            out[i] = preprocess_one(img, spec)
-        except InputError as exc:
-            raise InputError(str(exc).replace("image 0", f"image {i}")) from None
+    for members in groups.values():
+        for start in range(0, len(members), PREPROCESS_CHUNK):
+            chunk = members[start : start + PREPROCESS_CHUNK]
+            batch = [planes[i] for i in chunk]
+            if chunk[-1] - chunk[0] == len(chunk) - 1:  # consecutive images: write into the output in place
+                _preprocess_same_size(batch, spec, chunk[0], out[chunk[0] : chunk[-1] + 1])
+            else:
+                out[chunk] = _preprocess_same_size(batch, spec, chunk[0])
     return out
