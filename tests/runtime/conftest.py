@@ -57,7 +57,12 @@ def golden_for(model: bytes, spec: PreprocessSpec, count: int = 3) -> dict[str, 
 
 
 def write_tiny_bundle(
-    path: Path, *, int8_copy: bool = False, seed: int = 0, members_extra: dict[str, bytes] | None = None
+    path: Path,
+    *,
+    int8_copy: bool = False,
+    seed: int = 0,
+    members_extra: dict[str, bytes] | None = None,
+    quantization: dict[str, object] | None = None,
 ) -> Path:
     write_bundle = pytest.importorskip("edgetl_exporters.bundle_writer").write_bundle
     npz_bytes = pytest.importorskip("edgetl_exporters.bundle_writer").npz_bytes
@@ -73,6 +78,7 @@ def write_tiny_bundle(
         preprocess=TINY_SPEC,
         members={},
         precisions=tuple(precisions),
+        quantization=dict(quantization or {}),
         versions={"test": "1"},
     )
     write_bundle(path, manifest, members)

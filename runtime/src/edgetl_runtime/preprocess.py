@@ -253,7 +253,8 @@ def _as_planes(image: npt.ArrayLike, index: int = 0) -> npt.NDArray[np.uint8]:
 
 def preprocess_one(image: npt.ArrayLike, spec: PreprocessSpec) -> npt.NDArray[np.float32]:
     """One image -> ``(3, H, W)`` float32 normalised model input."""
-    return _preprocess_same_size([_as_planes(image)], spec, 0)[0]
+    out: npt.NDArray[np.float32] = _preprocess_same_size([_as_planes(image)], spec, 0)[0]
+    return out
 
 
 CHANNELS = (1, 3, 4)  # gray, RGB, RGBA: the channel counts an (H, W, C) image may have
