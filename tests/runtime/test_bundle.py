@@ -120,8 +120,18 @@ def test_declared_zip_bomb_is_refused(tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.edgetl"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("manifest.json", "{}")
-        z.writestr("backbone.fp32.onnx", b"\0" * (20 << 20))  # 20 MB of zeros deflate ~1000x
+        z.writestr("golden.npz", b"\0" * (20 << 20))  # 20 MB of zeros deflate ~1000x
     with pytest.raises(BundleError, match="zip bomb"):
+        Bundle.open(bomb)
+
+
+def test_a_compressed_model_is_refused(tmp_path: Path) -> None:
+    """The writer stores models uncompressed; a deflated one could inflate up to the ratio cap, so it is refused."""
+    bomb = tmp_path / "bomb.edgetl"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("manifest.json", "{}")
+        z.writestr("backbone.fp32.onnx", b"\0" * 1000)
+    with pytest.raises(BundleError, match="stores models uncompressed"):
         Bundle.open(bomb)
 
 

@@ -34,6 +34,7 @@ from edgetl_runtime.errors import (
 )
 
 SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 10.0  # how long a write waits for another connection's write lock (tests shorten it)
 _CHUNK = 500  # host parameters per statement; stays under SQLITE_MAX_VARIABLE_NUMBER of old SQLite builds.
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -161,7 +162,7 @@ class FeatureStore:
             beyond it the oldest are evicted, so months of predictions cannot grow the file without bound.
             Enrolled samples' features are never evicted.
         busy_timeout: seconds a write waits for another connection's write lock before
-            :class:`StateLockedError`.
+            :class:`StateLockedError` (default :data:`BUSY_TIMEOUT_S`).
 
     A state file that cannot be written (read-only file, folder or file system) still opens: it can be
     read and predicted from (``read_only`` is True, features are not cached), and enrolling raises
@@ -177,7 +178,7 @@ class FeatureStore:
         feature_dim: int,
         preprocess_key: str,
         max_unenrolled: int = 10_000,
-        busy_timeout: float = 10.0,
+        busy_timeout: float | None = None,
     ) -> None:
         if not isinstance(feature_dim, int) or feature_dim <= 0:
             raise InputError(f"feature_dim must be a positive int, got {feature_dim!r}")
@@ -188,7 +189,7 @@ class FeatureStore:
         self.bundle_digest = bundle_digest
         self.feature_dim = feature_dim
         self.preprocess_key = preprocess_key
-        self.busy_timeout = float(busy_timeout)
+        self.busy_timeout = float(BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout)
         self.read_only = False
         self._lock = threading.RLock()
         self._con: sqlite3.Connection | None = None
