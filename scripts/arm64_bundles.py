@@ -1,0 +1,149 @@
+"""Host side of the ARM64 checks: small real bundles and Fashion-MNIST images, exported once and cached.
+
+One bundle per int8 preset of ``edgetl_exporters.quantize_config.PRESETS`` (each also ships fp32):
+EfficientNet-Lite0 with its bundled ImageNet weights at a small input size (96 px by default), calibrated
+on class-balanced Fashion-MNIST train images. The accuracy guard runs but may not exclude nodes
+(``max_accuracy_drop`` is wide), so each int8 model is exactly its preset. Beside them, ``fmnist.npz``
+holds Fashion-MNIST t10k images (uint8 28x28, labels, class names) for the device-side tests and the
+numerics benchmark, which only need numpy to read it.
+
+The folder is ``CACHE/bundles-KEY``; KEY hashes every Python source the export runs (edgetl/,
+exporters/src, runtime/src, this file), the exporting packages' versions and the arguments, so a
+change to any of them exports afresh and an unchanged tree reuses the bundles.
+
+Usage (prints the folder)::
+
+    .venv/bin/python scripts/arm64_bundles.py [--size 96] [--cache ~/.cache/edgetl/arm64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = ("x86-avx2", "x86-vnni", "arm", "tensorrt")
+SOURCES = ("edgetl", "exporters/src", "runtime/src")
+VERSIONED = ("torch", "timm", "onnx", "onnxruntime", "onnxslim", "numpy")
+DEFAULT_CACHE = Path(os.environ.get("EDGETL_ARM64_CACHE", Path.home() / ".cache" / "edgetl" / "arm64"))
+CALIBRATION_POOL = 300  # random Fashion-MNIST train images: calibration + the export's accuracy guard
+CALIBRATION_COUNT = 64
+EVAL_COUNT = 120
+TEST_PER_CLASS = 60  # Fashion-MNIST t10k images per class written to fmnist.npz
+
+
+def cache_key(size: int) -> str:
+    digest = hashlib.sha256()
+    files = [Path(__file__).resolve()]
+    for folder in SOURCES:
+        files += sorted((REPO / folder).rglob("*.py"))
+    for path in files:
+        digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for dist in VERSIONED:
+        try:
+            digest.update(f"{dist}=={importlib.metadata.version(dist)}\n".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{dist} missing\n".encode())
+    digest.update(f"size={size} calib={CALIBRATION_COUNT} eval={EVAL_COUNT} test={TEST_PER_CLASS}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _test_images(out: Path) -> None:
+    from edgetl.datasets import FASHION_MNIST_CLASSES, load_fashion_mnist
+
+    test = load_fashion_mnist("test")
+    rng = np.random.default_rng(0)
+    keep = np.concatenate(
+        [rng.permutation(np.flatnonzero(test.labels == c))[:TEST_PER_CLASS] for c in range(len(test.classes))]
+    )
+    keep = keep[rng.permutation(len(keep))]
+    images = np.asarray(test.images)[keep]
+    np.savez(
+        out / "fmnist.npz",
+        images=images.astype(np.uint8),
+        labels=test.labels[keep].astype(np.int64),
+        classes=np.array(FASHION_MNIST_CLASSES),
+        source=np.array(f"fashion-mnist:t10k, {TEST_PER_CLASS} random per class (seed 0)"),
+    )
+
+
+def export_all(out: Path, size: int) -> dict[str, float]:
+    """Export one fp32+int8 bundle per preset into ``out``; returns seconds per preset."""
+    from edgetl.datasets import load_fashion_mnist
+    from edgetl.export import BundleConfig, export_bundle
+    from edgetl_exporters.quantize import QuantizeConfig
+    from edgetl_runtime.manifest import Precision
+
+    train = load_fashion_mnist("train")
+    pool = train.subset(np.random.default_rng(0).permutation(len(train))[:CALIBRATION_POOL])
+    config = BundleConfig(
+        precisions=(Precision.FP32, Precision.INT8),
+        calibration_count=CALIBRATION_COUNT,
+        eval_count=EVAL_COUNT,
+        max_accuracy_drop=100.0,  # report the drop, never exclude nodes: each model is exactly its preset
+    )
+    seconds = {}
+    for preset in PRESETS:
+        start = time.perf_counter()
+        export_bundle(
+            "tf_efficientnet_lite0",
+            out / f"{preset}.edgetl",
+            weights="bundled",
+            data=pool,
+            data_source=f"fashion-mnist:train ({CALIBRATION_POOL} random, seed 0)",
+            config=config,
+            image_size=size,
+            quantize_config=QuantizeConfig.preset(preset, num_calibration=CALIBRATION_COUNT),
+        )
+        seconds[preset] = round(time.perf_counter() - start, 1)
+        print(f"arm64_bundles: exported {preset} in {seconds[preset]} s", file=sys.stderr)
+    return seconds
+
+
+def ensure_bundles(size: int = 96, cache: Path = DEFAULT_CACHE) -> Path:
+    """The cached bundle folder for this source tree, exported first when missing."""
+    final = cache / f"bundles-{cache_key(size)}"
+    if (final / "done.json").is_file():
+        return final
+    cache.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=cache))
+    try:
+        seconds = export_all(work, size)
+        _test_images(work)
+        info = {"size": size, "presets": list(PRESETS), "export_seconds": seconds}
+        (work / "done.json").write_text(json.dumps(info, indent=2) + "\n")
+        try:
+            work.rename(final)
+        except OSError:  # a concurrent run finished first: keep its copy
+            if not (final / "done.json").is_file():
+                raise
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    for old in cache.glob("bundles-*"):  # bundles of older source trees
+        if old != final and old.is_dir() and time.time() - old.stat().st_mtime > 7 * 86400:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=96, help="square input size in pixels (default 96)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    args = parser.parse_args(argv)
+    print(ensure_bundles(args.size, args.cache))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
