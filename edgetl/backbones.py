@@ -47,6 +47,7 @@ class Backbone:
     weights: str
     classes: list[str] = field(default_factory=list)
     head: nn.Linear | None = None  # the fine-tuned classifier, when loaded from a fine-tune run
+    training_data: dict[str, object] | None = None  # a fine-tune run's data record: export calibrates on it
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(N, feature_dim)`` for a preprocessed batch ``(N, 3, H, W)``."""
@@ -64,6 +65,11 @@ def resolve_name(name: str) -> str:
         return ALIASES[name]
     if name in timm.list_models():
         return name
+    if "/" in name or "\\" in name or name.startswith("."):  # a path, not a model name
+        raise ConfigError(
+            f"{name} does not exist: no such `edgetl finetune` run folder or checkpoint file. Fix: check the path "
+            "(the folder given to `edgetl finetune -o`), or pass a model name such as tf_efficientnet_lite0."
+        )
     candidates = sorted(set(ALIASES) | set(timm.list_models()))
     close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -104,7 +110,7 @@ def create_backbone(
     timm_name = resolve_name(str(name))
     spec = WeightsSpec.parse(weights)
     if spec.source is WeightsSource.HUB:
-        model = timm.create_model(timm_name, pretrained=True, num_classes=num_classes)
+        model = _hub_model(timm_name, num_classes)
     elif spec.source is WeightsSource.BUNDLED:
         path = bundled_checkpoint(timm_name)
         model = timm.create_model(timm_name, pretrained=False)
@@ -119,8 +125,72 @@ def create_backbone(
     model.eval()
     preprocess = preprocess_spec_for(model)
     if image_size is not None:
+        check_image_size(model, timm_name, image_size)
         preprocess = preprocess.with_size(image_size)
     return Backbone(str(name), timm_name, model, preprocess, pooled_dim(model), spec.describe())
+
+
+STRIDE = 32  # every registered backbone downsamples by 32
+
+
+def check_image_size(model: nn.Module, timm_name: str, size: int) -> None:
+    """Refuse, before any training, a size the exported model could not reproduce.
+
+    TF "same" padding (timm's ``tf_*`` models: ``Conv2dSame`` ...) pads by the input size; it traces
+    into ONNX exactly only at multiples of the network stride, so another size trains fine and then
+    fails the export's parity check.
+    """
+    if size % STRIDE and any(type(m).__name__.endswith("Same") for m in model.modules()):
+        lower, upper = max(STRIDE, size // STRIDE * STRIDE), (size // STRIDE + 1) * STRIDE
+        raise ConfigError(
+            f"--image-size {size} does not suit {timm_name}: its TF 'same' padding exports exactly only at "
+            f"multiples of {STRIDE}. Fix: use {lower} or {upper}, or a symmetric-padding model (e.g. "
+            f"{timm_name.removeprefix('tf_')})."
+        )
+
+
+def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    """Whether the Hugging Face hub answers a TCP connect within ``timeout`` (no retries), and why not."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return False, "HF_HUB_OFFLINE is set"
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return False, f"{host}:{port} unreachable ({type(exc).__name__}: {exc})"
+    return True, ""
+
+
+def _hub_model(timm_name: str, num_classes: int) -> nn.Module:
+    """timm ``pretrained=True``, failing fast with one line when the hub cannot be reached.
+
+    Unreachable hub: only the local Hugging Face cache is tried (offline mode), so a cached model still
+    loads and a missing one fails at once instead of after a minute of retries.
+    """
+    from unittest import mock
+
+    from huggingface_hub import constants
+
+    reachable, why = _hub_reachable()
+    offline = mock.patch.object(constants, "HF_HUB_OFFLINE", True) if not reachable else mock.patch.dict({})
+    try:
+        with offline:
+            return timm.create_model(timm_name, pretrained=True, num_classes=num_classes)
+    except Exception as exc:  # hub, network, cache and format errors all mean: no hub weights
+        where = f"the hub is unreachable ({why}) and they are not in the local cache" if not reachable else str(exc)
+        where = where.splitlines()[0][:300] if where.strip() else type(exc).__name__
+        raise CheckpointError(
+            f"--weights hub could not load {timm_name}: {where}. "
+            "Fix: connect to huggingface.co (or set HF_ENDPOINT to a mirror), or use --weights bundled, "
+            "a local checkpoint path, or --weights none."
+        ) from exc
 
 
 def pooled_dim(model: nn.Module) -> int:
@@ -166,6 +236,9 @@ def load_finetuned(run_dir: Path, image_size: int | None = None) -> Backbone:
     model.eval()
     head.eval()
     if image_size is not None:
+        check_image_size(model, timm_name, image_size)
         spec = spec.with_size(image_size)
     weights = f"finetuned:{run_dir}"
-    return Backbone(str(cfg.get("name", timm_name)), timm_name, model, spec, pooled_dim(model), weights, classes, head)
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else None
+    name = str(cfg.get("name", timm_name))
+    return Backbone(name, timm_name, model, spec, pooled_dim(model), weights, classes, head, data)

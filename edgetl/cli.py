@@ -13,13 +13,33 @@ from edgetl_runtime.errors import EdgeTLError
 COMMANDS = ("finetune", "export", "inspect", "bench", "demo")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgetl")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command's --help prints each flag's default."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgetl", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         module = f"edgetl.commands.{name}"
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module).register(subparsers)
+    _show_defaults(parser)
     return parser
 
 

@@ -116,14 +116,93 @@ def stack_images(images: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack(list(images))
 
 
-def load_image_folder(root: str | Path) -> ImageDataset:
-    """One subfolder per class. Reports every unreadable file at once instead of skipping it."""
-    from PIL import Image, UnidentifiedImageError
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")  # torchvision ImageFolder users' split folders
+_VAL_NAMES = ("val", "valid", "validation")
 
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _is_split(folder: Path) -> bool:
+    return folder.name.lower() in SPLIT_NAMES
+
+
+def folder_layout(root: str | Path) -> str:
+    """``"classes"`` (one folder per class) or ``"splits"`` (train/ + val/ and/or test/, each of class folders).
+
+    Refuses the layouts that would silently train on the wrong classes: split folders beside class
+    folders, split folders holding images but no class folders, and class folders split inside.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"Dataset folder {root} does not exist or is not a folder.")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    dirs = _subdirs(root)
+    splits = [d for d in dirs if _is_split(d)]
+    fix = (
+        "Fix: use one folder per class (DATA/cat/*.jpg, DATA/dog/*.jpg), or split folders each holding one "
+        "folder per class (DATA/train/cat/*.jpg, DATA/val/cat/*.jpg, optional DATA/test/...)."
+    )
+    if splits and len(splits) < len(dirs):
+        others = [d.name for d in dirs if not _is_split(d)]
+        raise DatasetError(f"{root} mixes split folders {[d.name for d in splits]} with class folders {others}. {fix}")
+    if splits:
+        flat = [d.name for d in splits if not _subdirs(d)]
+        if flat:
+            raise DatasetError(
+                f"{root}/{flat[0]} holds no class folders, so its images have no labels (the split folders "
+                f"{[d.name for d in splits]} would become the classes). {fix}"
+            )
+        if not any(d.name.lower() == "train" for d in splits):
+            raise DatasetError(f"{root} has split folders {[d.name for d in splits]} but no train/. {fix}")
+        return "splits"
+    inverted = [d.name for d in dirs if _subdirs(d) and all(_is_split(s) for s in _subdirs(d))]
+    if inverted:
+        raise DatasetError(
+            f"The class folders {inverted[:5]} of {root} are themselves split into train/val/test folders. {fix}"
+        )
+    return "classes"
+
+
+def load_image_splits(root: str | Path) -> dict[str, ImageDataset]:
+    """A ``root`` laid out as :func:`folder_layout` ``"splits"``: ``{"train": ..., "val": ..., "test": ...}``.
+
+    Every split is labelled with train's classes (a val/test class train lacks is refused); ``valid`` and
+    ``validation`` are read as ``val``.
+    """
+    root = Path(root)
+    if folder_layout(root) != "splits":
+        return {"train": load_image_folder(root)}
+    folders = {("val" if d.name.lower() in _VAL_NAMES else d.name.lower()): d for d in _subdirs(root)}
+    train = load_image_folder(folders.pop("train"))
+    out = {"train": train}
+    for name, folder in folders.items():
+        part = load_image_folder(folder, require_trainable=False)
+        unknown = sorted(set(part.classes) - set(train.classes))
+        if unknown:
+            raise DatasetError(
+                f"{folder} has class folders {unknown} that {root}/train lacks; every class needs training images."
+            )
+        index = [train.classes.index(c) for c in part.classes]
+        out[name] = ImageDataset(part.images, np.asarray(index, dtype=np.int64)[part.labels], list(train.classes))
+    return out
+
+
+def load_image_folder(root: str | Path, require_trainable: bool = True) -> ImageDataset:
+    """One subfolder per class. Reports every unreadable file at once instead of skipping it.
+
+    A train/val(/test) split layout is refused here (its split folders are not classes): use
+    :func:`load_image_splits`.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    if folder_layout(root) == "splits":
+        raise DatasetError(
+            f"{root} holds split folders {[d.name for d in _subdirs(root)]}, not class folders. Fix: load it with "
+            f"load_image_splits() (the CLI does), or pass one split, e.g. {root / 'train'}."
+        )
+    class_dirs = _subdirs(root)
     images, labels, bad = [], [], []
     for label, cdir in enumerate(class_dirs):
         for path in sorted(p for p in cdir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
@@ -146,7 +225,8 @@ def load_image_folder(root: str | Path) -> ImageDataset:
     if empty:
         raise DatasetError(f"Class folder(s) {empty} in {root} hold no images; add images or remove the folders.")
     dataset = ImageDataset(images, np.asarray(labels), [d.name for d in class_dirs])
-    dataset.require_trainable(f"folder {root}")
+    if require_trainable:
+        dataset.require_trainable(f"folder {root}")
     return dataset
 
 

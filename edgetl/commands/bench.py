@@ -28,7 +28,7 @@ def register_targets(bench_sub: argparse._SubParsersAction) -> None:  # type: ig
     q.add_argument("--quick", action="store_true", help="smoke run: 96 px, 1 seed, K=1,5, 200 test images")
     q.add_argument("--image-size", type=int, default=None, help="square input size (default 224; --quick: 96)")
     q.add_argument("--threads", type=int, default=None, help="onnxruntime threads for features + 2nd latency row")
-    q.add_argument("--output-dir", type=Path, default=Path("runs/targets"))
+    q.add_argument("--output-dir", type=Path, default=Path("runs/targets"), help="where the report and files go")
     q.set_defaults(func=run_targets)
 
 
@@ -57,13 +57,13 @@ def register_fewshot(bench_sub: argparse._SubParsersAction) -> None:  # type: ig
     q = bench_sub.add_parser("fewshot", help="accuracy vs K per head (vs sklearn, SimpleShot), fp32 vs int8; fit time")
     q.add_argument("bundle", type=Path, help="an .edgetl bundle (fp32, plus int8 to compare)")
     q.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an image folder (train/test split)")
-    q.add_argument("--shots", default="1,5,10,20")
-    q.add_argument("--seeds", type=int, default=5)
-    q.add_argument("--pool-per-class", type=int, default=100)
-    q.add_argument("--test-count", type=int, default=2000)
-    q.add_argument("--precisions", default="fp32,int8")
-    q.add_argument("--threads", type=int, default=2)
-    q.add_argument("--output-dir", type=Path, default=Path("runs/bench"))
+    q.add_argument("--shots", default="1,5,10,20", help="comma list of K (images per class enrolled)")
+    q.add_argument("--seeds", type=int, default=5, help="episodes (random draws of the K shots) per K")
+    q.add_argument("--pool-per-class", type=int, default=100, help="train images per class the shots come from")
+    q.add_argument("--test-count", type=int, default=2000, help="fixed test images scored in every episode")
+    q.add_argument("--precisions", default="fp32,int8", help="bundle precisions to compare (where shipped)")
+    q.add_argument("--threads", type=int, default=2, help="onnxruntime threads for the features")
+    q.add_argument("--output-dir", type=Path, default=Path("runs/bench"), help="where the JSON/CSV/PNG go")
     q.set_defaults(func=run_fewshot)
 
 
@@ -108,13 +108,13 @@ def add_latency_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export-precision", default="fp32,int8", help="precisions to export when no bundle is given")
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma list; absent ones are listed as skipped")
     p.add_argument("--precisions", default="fp32,fp16,int8", help="bundle precisions to time (where shipped)")
-    p.add_argument("--batch-sizes", default="1,8,32")
+    p.add_argument("--batch-sizes", default="1,8,32", help="comma list of batch sizes to time")
     p.add_argument("--threads", default="1,2", help="intra-op thread counts (torch and onnxruntime CPU)")
     p.add_argument("--runs", type=int, default=100, help="timed calls per cell (fewer if --max-seconds cuts it)")
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs before timing")
     p.add_argument("--max-seconds", type=float, default=4.0, help="timed-time cap per cell, after 10 calls")
     p.add_argument("--no-probe", action="store_true", help="skip the fresh-process cold-start / peak-RSS probes")
-    p.add_argument("--output-dir", type=Path, default=Path("runs/bench"))
+    p.add_argument("--output-dir", type=Path, default=Path("runs/bench"), help="where the JSON/CSV/PNG go")
 
 
 def _list(text: str, cast: type = str) -> tuple:  # type: ignore[type-arg]

@@ -9,9 +9,9 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("demo", help="fine-tune, export, adapt on a simulated device, benchmark, report")
     p.add_argument("--image-size", type=int, default=96, help="a multiple of 32")
-    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--seeds", type=int, default=5, help="few-shot episodes per K")
     p.add_argument("--epochs", type=int, default=2, help="host fine-tuning epochs")
-    p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"))
+    p.add_argument("-o", "--output", type=Path, default=Path("runs/demo"), help="run folder (report.md and files)")
     p.set_defaults(func=run)
 
 

@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=run_export)
 
     q = subparsers.add_parser("inspect", help="print a bundle's manifest for a person")
-    q.add_argument("bundle", type=Path)
+    q.add_argument("bundle", type=Path, help="an .edgetl bundle")
     q.add_argument("--json", action="store_true", help="print the raw manifest JSON")
     q.set_defaults(func=run_inspect)
 

@@ -6,13 +6,22 @@ Runs the same under ``torchrun --nproc_per_node=N -m edgetl.cli finetune ...`` (
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from edgetl.commands.common import load_data
-from edgetl.datasets import ImageDataset, balanced_subset, k_shot, stratified_split
+from edgetl.commands.common import is_fashion_mnist, load_data
+from edgetl.datasets import (
+    ImageDataset,
+    balanced_subset,
+    folder_layout,
+    k_shot,
+    load_image_splits,
+    stratified_split,
+)
 from edgetl_runtime.errors import ConfigError
 
 STRATEGIES = ("linear-probe", "partial", "full", "gradual")
@@ -25,37 +34,91 @@ _CONFIG_FLAGS = (
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("finetune", help="fine-tune a backbone on labelled images (linear probe ... full)")
-    p.add_argument("model", help="backbone name (e.g. tf_efficientnet_lite0, mobilenetv3_small_100)")
-    p.add_argument("--weights", default="bundled", help="bundled | hub | none | PATH")
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an image folder (one subfolder per class)")
-    p.add_argument("--classes", default=None, help="subset of class ids, e.g. 0-4 or 0,2,7")
-    p.add_argument("--strategy", default="linear-probe", choices=STRATEGIES)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int, help="per process")
-    p.add_argument("--image-size", type=int, default=None, help="square input resolution (default: the model's)")
+    p.add_argument(
+        "model", nargs="?", help="backbone name (e.g. tf_efficientnet_lite0, mobilenetv3_small_100); or from --config"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a run's edgetl_config.json (or a JSON of flag: value) to start from; flags given here override it",
+    )
+    p.add_argument("--weights", default="bundled", help="bundled | hub | none (random: a warning) | PATH")
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="fashion-mnist, a folder of class folders, or a folder of train/ + val/ (+ test/) split folders "
+        "each holding class folders (used as the splits)",
+    )
+    p.add_argument("--classes", default=None, help="subset of class ids, e.g. 0-4 or 0,2,7 (None: all)")
+    p.add_argument("--strategy", default="linear-probe", choices=STRATEGIES, help="which weights train")
+    p.add_argument("--epochs", type=int, help="passes over the training data (None: the strategy's preset)")
+    p.add_argument("--lr", type=float, help="peak learning rate (None: the strategy's preset)")
+    p.add_argument("--batch-size", type=int, help="images per step and process (None: the strategy's preset)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="square input resolution (None: the model's); tf_* models need a multiple of 32",
+    )
     p.add_argument("--train-per-class", type=int, default=None, help="use at most N training images per class")
     p.add_argument("--k-shot", type=int, default=None, help="use exactly K training images per class")
     p.add_argument("--test-per-class", type=int, default=None, help="evaluate on at most N test images per class")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="image folders: fraction held out for test")
-    p.add_argument("--val-fraction", type=float, help="fraction of train held out for early stopping")
+    p.add_argument(
+        "--test-fraction", type=float, default=0.2, help="a folder of class folders: fraction held out for test"
+    )
+    p.add_argument("--val-fraction", type=float, help="fraction of train held out for early stopping (no val/ split)")
     p.add_argument("--freeze-stages", type=int, help="partial: freeze the first N stages (stem first)")
     p.add_argument("--unfreeze-every", type=int, help="gradual: epochs between unfreezing stages")
     p.add_argument("--layer-decay", type=float, help="LR multiplier per stage towards the stem (1 = off)")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--warmup-epochs", type=float)
-    p.add_argument("--optimizer", choices=("adamw", "sgd"))
+    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (None: the preset's)")
+    p.add_argument("--weight-decay", type=float, help="AdamW/SGD weight decay (None: the preset's)")
+    p.add_argument("--warmup-epochs", type=float, help="linear LR warm-up length in epochs (None: the preset's)")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), help="optimizer (None: the preset's, adamw)")
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs (0 = off)")
     p.add_argument("--freeze-bn", action="store_true", help="keep every BatchNorm in eval mode")
     p.add_argument("--no-augment", action="store_true", help="train on the eval transform")
     p.add_argument("--feature-cache", default=None, help="linear probe: folder for cached backbone features (.npz)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default: torch's)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--seed", type=int, help="random seed for splits, init and shuffling (None: 0)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (None: 0, in-process)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (None: torch's)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (None: cuda if available)")
     p.add_argument("-o", "--output", required=True, type=Path, help="run folder (checkpoint, metrics.json, curves.png)")
     p.set_defaults(func=run_finetune)
+
+
+# Flags a saved run config may set (everything but where this run goes and the config file itself).
+_NOT_FROM_CONFIG = {"config", "output", "func", "command"}
+
+
+def resolve_config_file(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the flags not given on the command line from ``--config`` (a run's ``edgetl_config.json``, whose
+    ``command`` entry holds the flags that made it, or a plain JSON object of flag: value)."""
+    if args.config is None:
+        if args.model is None:
+            raise ConfigError("finetune needs a model name, e.g. `edgetl finetune tf_efficientnet_lite0 ...`.")
+        return args
+    from edgetl.cli import build_parser
+
+    try:
+        saved = json.loads(Path(args.config).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--config {args.config} could not be read as JSON ({exc}). Fix: pass a run's "
+                          "edgetl_config.json or a JSON object of flags.") from None  # fmt: skip
+    flags = saved.get("command", saved) if isinstance(saved, dict) else None
+    if not isinstance(flags, dict):
+        raise ConfigError(
+            f"--config {args.config} holds no flags: expected a JSON object or a run's edgetl_config.json."
+        )
+    defaults = vars(build_parser().parse_args(["finetune", "-o", "."]))
+    flags = {str(k).replace("-", "_"): v for k, v in flags.items() if str(k).replace("-", "_") not in _NOT_FROM_CONFIG}
+    unknown = sorted(set(flags) - set(defaults))
+    if unknown:
+        raise ConfigError(f"--config {args.config} sets unknown flags {unknown}; see `edgetl finetune --help`.")
+    for key, value in flags.items():
+        if getattr(args, key) == defaults[key]:  # not given on the command line
+            setattr(args, key, value)
+    return resolve_config_file(argparse.Namespace(**{**vars(args), "config": None}))
 
 
 def parse_classes(text: str) -> list[int]:
@@ -84,11 +147,17 @@ def build_config(args: argparse.Namespace) -> Any:
     return preset(**overrides)
 
 
-def load_splits(args: argparse.Namespace) -> tuple[ImageDataset, ImageDataset]:
-    """Train and test sets after the class subset, K-shot / per-class sampling."""
+def load_splits(args: argparse.Namespace) -> tuple[ImageDataset, ImageDataset | None, ImageDataset | None]:
+    """Train, val (a val/ split folder, else None: held out from train) and test sets after the class subset
+    and K-shot / per-class sampling."""
     seed = args.seed or 0
-    if args.data.lower() in {"fashion-mnist", "fashion_mnist", "fmnist"}:
+    val: ImageDataset | None = None
+    test: ImageDataset | None
+    if is_fashion_mnist(args.data):
         train, test = load_data(args.data, "train"), load_data(args.data, "test")
+    elif folder_layout(args.data) == "splits":  # train/ + val/ (+ test/): the user's own splits
+        splits = load_image_splits(args.data)
+        train, val, test = splits["train"], splits.get("val"), splits.get("test")
     else:
         if not 0 < args.test_fraction < 1:
             raise ConfigError(f"--test-fraction must lie in (0, 1), got {args.test_fraction}.")
@@ -99,20 +168,35 @@ def load_splits(args: argparse.Namespace) -> tuple[ImageDataset, ImageDataset]:
         bad = [i for i in ids if not 0 <= i < len(train.classes)]
         if bad:
             raise ConfigError(f"--classes {bad} out of range; the data has classes 0..{len(train.classes) - 1}.")
-        train, test = train.select_classes(ids), test.select_classes(ids)
+        train = train.select_classes(ids)
+        val, test = (None if d is None else d.select_classes(ids) for d in (val, test))
     if args.k_shot is not None:
         train = k_shot(train, args.k_shot, seed=seed)[0]
     if args.train_per_class is not None:
         train = balanced_subset(train, args.train_per_class, seed=seed)
-    if args.test_per_class is not None:
+    if args.test_per_class is not None and test is not None:
         test = balanced_subset(test, args.test_per_class, seed=seed)
-    return train, test
+    return train, val, test
+
+
+def data_record(args: argparse.Namespace) -> dict[str, Any]:
+    """What the run trained on, for ``edgetl export`` to calibrate on by default."""
+    source = "fashion-mnist" if is_fashion_mnist(args.data) else str(Path(args.data).resolve())
+    return {"source": source, "classes": parse_classes(args.classes) if args.classes else None}
+
+
+def command_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that made this run (``--config`` replays them), data as an absolute path."""
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_FROM_CONFIG}
+    flags["data"] = data_record(args)["source"]
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}
 
 
 def run_finetune(args: argparse.Namespace) -> int:
     from edgetl.backbones import create_backbone
     from edgetl.finetune import finetune
 
+    args = resolve_config_file(args)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(message)s")
     if args.threads is not None:
@@ -120,9 +204,17 @@ def run_finetune(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     config = build_config(args)
-    train, test = load_splits(args)
+    if args.weights == "none" and main_rank:
+        print(
+            "edgetl finetune: warning: --weights none starts from random weights (training from scratch needs "
+            "far more data and epochs); use --weights bundled or hub for ImageNet features.",
+            file=sys.stderr,
+        )
+    # The backbone first: a size it cannot export (tf_* models off multiples of 32) fails before any data loads.
     backbone = create_backbone(args.model, weights=args.weights, image_size=args.image_size)
-    result = finetune(backbone, train, None, test, config, args.output)
+    train, val, test = load_splits(args)
+    provenance = {"data": data_record(args), "command": command_record(args)}
+    result = finetune(backbone, train, val, test, config, args.output, provenance=provenance)
     if main_rank:
         val = f"{result.val_accuracy:.4f}" if result.val_accuracy is not None else "n/a"
         test_acc = f"{result.test_accuracy:.4f}" if result.test_accuracy is not None else "n/a"

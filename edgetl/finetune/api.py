@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,9 +55,12 @@ class _Outcome:
 
 def finetune(
     backbone: Backbone, train: ImageDataset, val: ImageDataset | None, test: ImageDataset | None,
-    config: FinetuneConfig, output_dir: Path | str,
+    config: FinetuneConfig, output_dir: Path | str, *, provenance: dict[str, Any] | None = None,
 ) -> FinetuneResult:  # fmt: skip
     """Fine-tune ``backbone`` on ``train`` and write the best-validation model to ``output_dir``.
+
+    ``provenance`` (e.g. ``{"data": {"source": ..., "classes": ...}, "command": {...}}``) is stored in the
+    run's ``edgetl_config.json``: ``edgetl export`` calibrates on the recorded data, ``--config`` replays it.
 
     The backbone's model is trained in place; on return ``backbone.head`` and ``backbone.classes``
     hold the classifier, as :func:`edgetl.create_backbone(output_dir)` would rebuild it. Without
@@ -78,7 +82,7 @@ def finetune(
         def on_best(epoch: int, history: History) -> None:
             if ctx.is_main:  # only rank 0 touches the disk
                 metrics = {"best_epoch": epoch, "val_accuracy": history.val_acc[epoch]}
-                ckpt.save_checkpoint(output_dir, backbone, head, train.classes, config, metrics)
+                ckpt.save_checkpoint(output_dir, backbone, head, train.classes, config, metrics, provenance)
 
         if config.strategy is Strategy.LINEAR_PROBE:
             probe = run_linear_probe(backbone, head, {"train": train, "val": val, "test": test}, config, ctx, on_best)
@@ -90,7 +94,7 @@ def finetune(
         backbone.model.eval()
         backbone.head, backbone.classes = head.eval(), list(train.classes)
         if ctx.is_main:
-            ckpt.save_checkpoint(output_dir, backbone, head, train.classes, config, _summary(result))
+            ckpt.save_checkpoint(output_dir, backbone, head, train.classes, config, _summary(result), provenance)
             result.save(output_dir)
         D.barrier(ctx)
     return result

@@ -36,7 +36,7 @@ def checkpoint_tensors(model: nn.Module, head: nn.Linear) -> dict[str, torch.Ten
 
 def save_checkpoint(
     output_dir: Path, backbone: Backbone, head: nn.Linear, classes: list[str], config: FinetuneConfig,
-    metrics: dict[str, Any],
+    metrics: dict[str, Any], provenance: dict[str, Any] | None = None,
 ) -> Path:  # fmt: skip
     """Write ``model.safetensors`` then ``edgetl_config.json`` (the config last: it marks a complete checkpoint)."""
     output_dir = Path(output_dir)
@@ -50,6 +50,7 @@ def save_checkpoint(
         "weights": backbone.weights,
         "finetune": config.to_dict(),
         "metrics": metrics,
+        **(provenance or {}),  # "data" (export calibrates on it) and "command" (finetune --config replays it)
     }
     write_atomic(output_dir / FINETUNED_CONFIG, (json.dumps(cfg, indent=2) + "\n").encode())
     return output_dir

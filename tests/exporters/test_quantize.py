@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from edgetl_exporters.quantize import (
+    Fp16Config,
     QuantDType,
     QuantizeConfig,
     convert_fp16,
@@ -273,7 +274,7 @@ def test_fp16_keeps_float32_io(lite0, data, tmp_path: Path) -> None:
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].type == "tensor(float)" and session.get_outputs()[0].type == "tensor(float)"
     with pytest.raises(QuantizationError, match="fp16 features drift"):
-        convert_fp16(lite0[0], tmp_path / "strict.onnx", check_images=data["eval"][:4], min_cosine=1.01)
+        convert_fp16(lite0[0], tmp_path / "strict.onnx", data["eval"][:4], config=Fp16Config(1.0, max_kept=1))
     assert not (tmp_path / "strict.onnx").exists()
 
 

@@ -185,12 +185,14 @@ def validate_parity(
     cosine = _row_cosine(got, reference)
     diff = np.abs(got - reference).max(axis=1)
     report = ParityReport(len(inputs), float(cosine.min()), float(cosine.mean()), float(diff.max()), config.min_cosine)
-    problems = [
-        f"input {i}: cosine {c:.6f} < {config.min_cosine}, max abs diff {d:.3g}"
-        for i, (c, d) in enumerate(zip(cosine, diff, strict=True))
-        if not c >= config.min_cosine
-    ]
-    raise_all(ParityError, problems, PARITY_HEADER)
+    bad = [i for i, c in enumerate(cosine) if not c >= config.min_cosine]
+    if bad:  # one line: the count, the worst input and which ones (a person reads this, not 32 lines)
+        worst = min(bad, key=lambda i: float(np.nan_to_num(cosine[i], nan=-2.0)))
+        listed = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+        raise ParityError(
+            f"{PARITY_HEADER} ({len(bad)} of {len(inputs)} inputs below cosine {config.min_cosine}: worst input "
+            f"{worst} cosine {cosine[worst]:.6f}, max abs diff {diff[worst]:.3g}; inputs {listed})."
+        )
     return report
 
 

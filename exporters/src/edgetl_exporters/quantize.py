@@ -13,12 +13,15 @@ Typical use::
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from edgetl_exporters.fp16 import Fp16Config
+from edgetl_exporters.fp16 import convert_fp16 as fp16_convert
 from edgetl_exporters.quantize_config import CalibrationMethod, QuantDType, QuantFormat, QuantizeConfig, cpu_has_vnni
 from edgetl_exporters.quantize_core import (
     ArrayCalibrationReader,
@@ -30,13 +33,12 @@ from edgetl_exporters.quantize_core import (
     quantize_prepared,
     workdir,
 )
-from edgetl_exporters.quantize_eval import cosine_stats, run_features
 from edgetl_exporters.quantize_guard import quantize_guarded
-from edgetl_runtime.errors import QuantizationError
 
 __all__ = [
     "ArrayCalibrationReader",
     "CalibrationMethod",
+    "Fp16Config",
     "QuantDType",
     "QuantFormat",
     "QuantizeConfig",
@@ -88,47 +90,20 @@ def quantize_int8(
 
 
 def convert_fp16(
-    fp32_path: str | Path, out_path: str | Path, check_images: FloatArray | None = None, min_cosine: float = 0.999
+    fp32_path: str | Path,
+    out_path: str | Path,
+    check_images: FloatArray | None = None,
+    min_cosine: float | None = None,
+    config: Fp16Config | None = None,
 ) -> dict[str, Any]:
-    """fp16 weights and compute with float32 I/O (``keep_io_types``), so callers feed the same arrays.
+    """fp16 weights and compute with float32 I/O; see :func:`edgetl_exporters.fp16.convert_fp16`.
 
-    With ``check_images`` the fp16 features must keep ``min_cosine`` to fp32 on every image, else
-    :class:`QuantizationError` and nothing is written. Returns sizes and cosine stats for the manifest.
+    ``min_cosine`` overrides ``config.min_cosine`` (kept for callers of the older signature).
     """
-    import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    arguments: dict[str, Any] = {
-        "min_positive_val": 5.96e-08,
-        "max_finite_val": 65504.0,
-        "keep_io_types": True,
-        "disable_shape_infer": False,
-        "op_block_list": list(DEFAULT_OP_BLOCK_LIST),
-        "node_block_list": [],
-        "force_fp16_initializers": False,
-    }
-    model = convert_float_to_float16(onnx.load(str(fp32_path)), **arguments)
-    report: dict[str, Any] = {
-        "fp32_bytes": Path(fp32_path).stat().st_size,
-        "converter": "onnxruntime.transformers.float16.convert_float_to_float16",
-        "arguments": arguments,
-    }
-    with workdir(out_path) as tmp:
-        onnx.save(model, str(tmp / "fp16.onnx"))
-        if check_images is not None:
-            fp32_feats = run_features(fp32_path, check_images)
-            cos_mean, cos_min = cosine_stats(fp32_feats, run_features(tmp / "fp16.onnx", check_images))
-            report.update(
-                cosine_mean=cos_mean, cosine_min=cos_min, min_cosine=min_cosine, check_count=len(check_images)
-            )
-            if cos_min < min_cosine:
-                raise QuantizationError(
-                    f"fp16 features drift from fp32: min cosine {cos_min:.5f} (mean {cos_mean:.5f}) < {min_cosine}; "
-                    "keep fp32, or block the offending ops via onnxruntime.transformers.float16 op_block_list"
-                )
-        publish(tmp / "fp16.onnx", out_path)
-    report["fp16_bytes"] = Path(out_path).stat().st_size
-    return report
+    config = config or Fp16Config()
+    if min_cosine is not None:
+        config = dataclasses.replace(config, min_cosine=min_cosine)
+    return fp16_convert(fp32_path, out_path, check_images, config)
 
 
 def quantize_for_bundle(
@@ -156,9 +131,11 @@ def quantize_for_bundle(
         return (tmp / "int8.onnx").read_bytes(), report.to_dict()
 
 
-def fp16_for_bundle(fp32_path: str | Path, check_images: FloatArray | None = None) -> tuple[bytes, dict[str, Any]]:
+def fp16_for_bundle(
+    fp32_path: str | Path, check_images: FloatArray | None = None, config: Fp16Config | None = None
+) -> tuple[bytes, dict[str, Any]]:
     """Checked fp16 bytes plus their report, for a bundle member."""
     fp32_path = Path(fp32_path)
     with workdir(fp32_path) as tmp:
-        report = convert_fp16(fp32_path, tmp / "fp16.onnx", check_images)
+        report = convert_fp16(fp32_path, tmp / "fp16.onnx", check_images, config=config)
         return (tmp / "fp16.onnx").read_bytes(), report

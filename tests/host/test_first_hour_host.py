@@ -1,0 +1,221 @@
+"""Issue 16 on the host: what a new user's first hour hits (their own folders, export defaults, errors).
+
+Each test fails on the code before the fix it covers; items are named in the test names. The data
+are small real pictures (skimage's sample photos) saved as PNG and JPEG files of mixed sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl.cli import main
+from edgetl_runtime.errors import DatasetError
+
+pytestmark = pytest.mark.host
+
+PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")  # skimage.data RGB photos: one class each
+
+
+def photo_crops(name: str, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` random crops (mixed sizes, some flipped) of one real photo."""
+    import skimage.data
+
+    img = getattr(skimage.data, name)()
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        h, w = int(rng.integers(60, 140)), int(rng.integers(60, 140))
+        top, left = int(rng.integers(0, img.shape[0] - h)), int(rng.integers(0, img.shape[1] - w))
+        crop = img[top : top + h, left : left + w]
+        out.append(np.ascontiguousarray(crop[:, ::-1] if rng.random() < 0.5 else crop))
+    return out
+
+
+def write_class_folders(root: Path, n: int = 6, classes: tuple[str, ...] = PHOTOS[:2], seed: int = 0) -> Path:
+    """root/<class>/<i>.png|jpg from crops of one photo per class."""
+    from PIL import Image
+
+    for c, name in enumerate(classes):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, crop in enumerate(photo_crops(name, n, seed + 17 * c)):
+            Image.fromarray(crop).save(folder / (f"{i}.jpg" if i % 2 else f"{i}.png"))
+    return root
+
+
+def cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------ item 2: train/val folder layouts
+
+
+def test_item2_train_val_layout_is_read_as_splits_not_as_two_classes(tmp_path: Path) -> None:
+    from edgetl.commands.common import load_data
+    from edgetl.datasets import folder_layout, load_image_splits
+
+    write_class_folders(tmp_path / "split" / "train", n=4)
+    write_class_folders(tmp_path / "split" / "val", n=2, seed=5)
+    assert folder_layout(tmp_path / "split") == "splits"
+    splits = load_image_splits(tmp_path / "split")
+    assert set(splits) == {"train", "val"}
+    assert splits["train"].classes == splits["val"].classes == ["chelsea", "coffee"]
+    assert len(splits["train"]) == 8 and len(splits["val"]) == 4
+    assert load_data(str(tmp_path / "split")).classes == ["chelsea", "coffee"]
+
+
+def test_item2_finetune_uses_the_splits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgetl.cli import build_parser
+    from edgetl.commands.finetune import load_splits
+
+    write_class_folders(tmp_path / "split" / "train", n=4)
+    write_class_folders(tmp_path / "split" / "val", n=2, seed=5)
+    write_class_folders(tmp_path / "split" / "test", n=3, seed=9)
+    args = build_parser().parse_args(
+        ["finetune", "mobilenetv3_small_100", "--data", str(tmp_path / "split"), "-o", str(tmp_path / "run")]
+    )
+    train, val, test = load_splits(args)
+    assert train.classes == ["chelsea", "coffee"] and len(train) == 8
+    assert val is not None and len(val) == 4 and test is not None and len(test) == 6
+
+
+@pytest.mark.parametrize(
+    ("layout", "match"),
+    [
+        (("train/a.png", "val/b.png"), "no class folders"),
+        (("train/cat/a.png", "cat/b.png"), "mixes split folders"),
+        (("cat/train/a.png", "cat/val/b.png", "dog/train/c.png", "dog/val/d.png"), "themselves split"),
+        (("val/cat/a.png", "test/cat/b.png"), "no train"),
+    ],
+)
+def test_item2_layouts_that_would_mislabel_are_refused(tmp_path: Path, layout: tuple[str, ...], match: str) -> None:
+    from PIL import Image
+
+    from edgetl.datasets import load_image_folder
+
+    for rel in layout:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / rel)
+    with pytest.raises(DatasetError, match=match):
+        load_image_folder(tmp_path)
+
+
+# ------------------------------------------------------------------ items 6, 10, 11: errors at the first command
+
+
+def test_item6_hub_offline_fails_fast_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    code, _, err = cli("export", "mobilenetv3_small_100", "--weights", "hub", "--precision", "fp32",
+                       "-o", str(tmp_path / "m.edgetl"), capsys=capsys)  # fmt: skip
+    assert code == 2 and time.perf_counter() - start < 20
+    assert len(err.strip().splitlines()) == 1 and "--weights bundled" in err
+
+
+def test_item6_unreachable_hub_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    from edgetl.backbones import create_backbone
+    from edgetl_runtime.errors import CheckpointError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # discard port: connection refused
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="unreachable"):
+        create_backbone("mobilenetv3_small_100", "hub")
+    assert time.perf_counter() - start < 20
+
+
+def test_item6_weights_none_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli("export", "mobilenetv3_small_100", "--weights", "none", "--precision", "fp32",
+                       "--image-size", "64", "-o", str(tmp_path / "m.edgetl"), capsys=capsys)  # fmt: skip
+    assert code == 0 and "random" in err and "warning" in err
+
+
+def test_item10_tf_same_padding_size_is_refused_by_finetune_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_class_folders(tmp_path / "photos", n=3)
+    start = time.perf_counter()
+    code, _, err = cli("finetune", "tf_efficientnet_lite0", "--data", str(tmp_path / "photos"),
+                       "--image-size", "100", "-o", str(tmp_path / "run"), capsys=capsys)  # fmt: skip
+    assert code == 2 and "multiples of 32" in err and "96 or 128" in err
+    assert len(err.strip().splitlines()) == 1 and time.perf_counter() - start < 30
+    assert not (tmp_path / "run").exists()
+
+
+def test_item10_parity_failure_is_one_line() -> None:
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from edgetl_exporters.onnx_export import validate_parity
+    from edgetl_runtime.errors import ParityError
+
+    nodes = [helper.make_node("GlobalAveragePool", ["images"], ["p"]), helper.make_node("Flatten", ["p"], ["features"])]
+    graph = helper.make_graph(
+        nodes,
+        "gap",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 3, 8, 8])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(32, 3, 8, 8)).astype(np.float32)
+    with pytest.raises(ParityError) as exc:
+        validate_parity(model.SerializeToString(), inputs, rng.normal(size=(32, 3)).astype(np.float32))
+    assert len(str(exc.value).splitlines()) == 1 and "32 of 32 inputs" in str(exc.value)
+
+
+def test_item11_export_of_a_missing_run_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = cli("export", str(tmp_path / "runs" / "nope"), "--precision", "fp32",
+                       "-o", str(tmp_path / "m.edgetl"), capsys=capsys)  # fmt: skip
+    assert code == 2 and "does not exist" in err and "Unknown backbone" not in err
+
+
+def _all_actions(parser):  # type: ignore[no-untyped-def]
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from ((f"{name} {where}", a) for where, a in _all_actions(sub))
+        else:
+            yield "", action
+
+
+def test_item11_every_flag_has_help_defaults_show_and_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from edgetl.cli import build_parser
+
+    parser = build_parser()
+    undocumented = [f"{where}{a.dest}" for where, a in _all_actions(parser) if not a.help]
+    assert undocumented == []
+    finetune = parser._subparsers._group_actions[0].choices["finetune"]  # type: ignore[union-attr]
+    assert "(default: linear-probe)" in finetune.format_help()
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--version"])
+    assert exc.value.code == 0 and "edgetl" in capsys.readouterr().out
+
+
+def test_item11_finetune_reads_a_saved_run_config(tmp_path: Path) -> None:
+    from edgetl.cli import build_parser
+    from edgetl.commands.finetune import resolve_config_file
+
+    saved = {"command": {"model": "mobilenetv3_small_100", "strategy": "partial", "freeze_stages": 2,
+                         "epochs": 4, "image_size": 64, "data": "fashion-mnist"}}  # fmt: skip
+    (tmp_path / "run.json").write_text(json.dumps(saved))
+    args = build_parser().parse_args(
+        ["finetune", "--config", str(tmp_path / "run.json"), "--epochs", "2", "-o", str(tmp_path / "r")]
+    )
+    args = resolve_config_file(args)
+    assert (args.model, args.strategy, args.freeze_stages, args.image_size) == ("mobilenetv3_small_100", "partial", 2, 64)
+    assert args.epochs == 2  # the command line wins over the file
