@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgetl_runtime.blas import single_threaded_blas
 from edgetl_runtime.errors import ConfigError, InputError, raise_all
 
 PREPROCESS_CHUNK = 32  # same-size images resampled in one product (bounded memory for big photos)
@@ -305,6 +306,11 @@ def preprocess_batch(images: list[Any] | npt.NDArray[Any], spec: PreprocessSpec)
         raise InputError(f"Images must be a list of arrays or an array batch, got {type(images).__name__}.")
     if len(images) == 0:
         raise InputError("No images given; pass at least one image.")
+    with single_threaded_blas():
+        return _preprocess_list(images, spec)
+
+
+def _preprocess_list(images: list[Any] | tuple[Any, ...], spec: PreprocessSpec) -> npt.NDArray[np.float32]:
     planes = [_as_planes(img, i) for i, img in enumerate(images)]
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, arr in enumerate(planes):  # same-shape images are resampled together, in chunks
