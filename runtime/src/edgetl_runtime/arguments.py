@@ -27,7 +27,7 @@ MAX_THREADS = 1024
 def label_problem(value: object) -> str | None:
     """Why ``value`` is not a label, or None. Non-str values are refused, never converted with ``str()``."""
     if not isinstance(value, str):
-        return f"{value!r} is a {type(value).__name__}, not a str"
+        return f"{_short(value)} is of type {type(value).__name__}, not str"
     if not value:
         return "'' is empty"
     if len(value) > MAX_LABEL_CHARS:

@@ -118,7 +118,7 @@ def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> tuple[
     if dtype.hasobject or dtype.fields is not None or dtype.kind not in ALLOWED_KINDS or dtype.itemsize == 0:
         return (
             None,
-            f"array {header.describe()} has a dtype that is not plain numbers or text (object arrays need pickle)",
+            f"array {header.describe()} is not plain numbers or text (an object array needs pickle)",
         )
     if any(d < 0 for d in header.shape):
         return None, f"array {header.describe()} declares a negative dimension"

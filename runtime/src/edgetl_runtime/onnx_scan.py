@@ -21,20 +21,25 @@ from edgetl_runtime.errors import BundleError
 
 MAX_DEPTH = 100  # protobuf's own default recursion limit
 
-# Message kinds and, for each, the fields (number -> kind) that hold sub-messages worth visiting.
+# Message kinds and, for each, the fields that hold sub-messages worth visiting: number -> (kind, name, repeated).
 _MODEL, _TRAINING, _FUNCTION, _GRAPH, _NODE, _ATTRIBUTE, _SPARSE, _TENSOR = range(8)
-_CHILDREN: dict[int, dict[int, int]] = {
-    _MODEL: {7: _GRAPH, 20: _TRAINING, 25: _FUNCTION},  # graph, training_info, functions
-    _TRAINING: {1: _GRAPH, 2: _GRAPH},  # initialization, algorithm
-    _FUNCTION: {7: _NODE, 11: _ATTRIBUTE},  # node, attribute_proto
-    _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},  # node, initializer, sparse_initializer
-    _NODE: {5: _ATTRIBUTE},  # attribute
-    _ATTRIBUTE: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
-    _SPARSE: {1: _TENSOR, 2: _TENSOR},  # values, indices
+_CHILDREN: dict[int, dict[int, tuple[int, str, bool]]] = {
+    _MODEL: {7: (_GRAPH, "graph", False), 20: (_TRAINING, "training_info", True), 25: (_FUNCTION, "functions", True)},
+    _TRAINING: {1: (_GRAPH, "initialization", False), 2: (_GRAPH, "algorithm", False)},
+    _FUNCTION: {7: (_NODE, "node", True), 11: (_ATTRIBUTE, "attribute_proto", True)},
+    _GRAPH: {1: (_NODE, "node", True), 5: (_TENSOR, "initializer", True), 15: (_SPARSE, "sparse_initializer", True)},
+    _NODE: {5: (_ATTRIBUTE, "attribute", True)},
+    _ATTRIBUTE: {
+        5: (_TENSOR, "t", False),
+        6: (_GRAPH, "g", False),
+        10: (_TENSOR, "tensors", True),
+        11: (_GRAPH, "graphs", True),
+        22: (_SPARSE, "sparse_tensor", False),
+        23: (_SPARSE, "sparse_tensors", True),
+    },
+    _SPARSE: {1: (_TENSOR, "values", False), 2: (_TENSOR, "indices", False)},
     _TENSOR: {},  # external_data entries are read where they are seen (_Frame.see)
 }
-_NAMES = {_MODEL: "model", _TRAINING: "training_info", _FUNCTION: "function", _GRAPH: "graph", _NODE: "node"}
-_NAMES.update({_ATTRIBUTE: "attribute", _SPARSE: "sparse_tensor", _TENSOR: "tensor"})
 _TENSOR_NAME, _EXTERNAL_DATA, _DATA_LOCATION, _EXTERNAL = 8, 13, 14, 1
 _NODE_OP_TYPE = 4
 
@@ -143,8 +148,9 @@ def external_references(model: bytes, limit: int = 100) -> list[str]:
             if child is not None and wire == 2:
                 if len(stack) >= MAX_DEPTH:
                     raise _Malformed(f"messages nest deeper than {MAX_DEPTH}")
+                kind, name, repeated = child
                 index = frame.counts[number] = frame.counts.get(number, -1) + 1
-                stack.append(_Frame(child, buf, a, b, f"{frame.path}.{_NAMES[child]}[{index}]"))
+                stack.append(_Frame(kind, buf, a, b, f"{frame.path}.{name}" + (f"[{index}]" if repeated else "")))
     except _Malformed as exc:
         raise BundleError(f"The ONNX model is not a well-formed protobuf ({exc}); re-export the bundle.") from None
     return found

@@ -58,6 +58,8 @@ class PreprocessSpec:
             object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
             object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
             object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+            if isinstance(self.crop_pct, (str, bytes, bool)):  # float() would accept "0.5" and True
+                raise TypeError(f"crop_pct {self.crop_pct!r} is not a number")
             object.__setattr__(self, "crop_pct", float(self.crop_pct))
         except (TypeError, ValueError, OverflowError) as exc:  # e.g. "a" or inf where a number belongs
             raise ConfigError(
