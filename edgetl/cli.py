@@ -6,6 +6,7 @@ import argparse
 import importlib
 import importlib.util
 import sys
+import warnings
 from collections.abc import Sequence
 
 from edgetl_runtime.errors import EdgeTLError
@@ -45,11 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+
+    def one_line(message: Warning | str, *_: object, **__: object) -> None:  # not Python's file:line form
+        print(f"edgetl {args.command}: warning: {message}", file=sys.stderr)
+
+    shown = warnings.showwarning
+    warnings.showwarning = one_line
     try:
         return int(args.func(args) or 0)
     except EdgeTLError as exc:
         print(f"edgetl {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -6,19 +6,20 @@ import dataclasses
 import datetime as dt
 import importlib.metadata
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgetl.backbones import Backbone, create_backbone
+from edgetl.backbones import Backbone, check_image_size, create_backbone
 from edgetl.datasets import ImageDataset, load_fashion_mnist
 from edgetl.pooling import PooledFeatures, parse_pooling
 from edgetl_exporters.bundle_writer import npz_bytes, write_bundle
 from edgetl_exporters.onnx_export import ExportConfig, export_features_onnx
 from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.errors import ConfigError, DatasetError
+from edgetl_runtime.errors import ConfigError, DatasetError, QuantizationError
 from edgetl_runtime.manifest import GOLDEN_NAME, HEAD_NAME, BackboneInfo, Manifest, Precision
 from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
 
@@ -38,6 +39,8 @@ class BundleConfig:
     pooling: str = "avg"  # exported feature vector, see edgetl.pooling ("avg", "grid2", "avg+grid2", ...)
     crop_pct: float | None = None  # None: the backbone's own; 1.0 keeps objects that fill the frame whole
     export: ExportConfig = field(default_factory=ExportConfig)
+    fp16: Any = None  # an edgetl_exporters.fp16.Fp16Config (None: its defaults)
+    skip_failed: bool = False  # ship the precisions that passed when int8 or fp16 fails (with a warning)
 
     def __post_init__(self) -> None:
         precisions = tuple(Precision(p) for p in self.precisions)
@@ -62,7 +65,7 @@ def export_bundle(
     *,
     weights: str = "bundled",
     data: ImageDataset | None = None,
-    data_source: str = "fashion-mnist:train",
+    data_source: str | None = None,
     config: BundleConfig | None = None,
     image_size: int | None = None,
     quantize_config: Any = None,
@@ -75,7 +78,9 @@ def export_bundle(
         weights: weights source when ``model`` is a name (``bundled``, ``hub``, ``none`` or a path).
         data: target-domain images: calibration and accuracy guard draw disjoint subsets. Labelled
             data gets the few-shot accuracy guard; unlabelled (``labelled=False``) a feature-agreement
-            guard. Defaults to Fashion-MNIST train.
+            guard. ``None``: a fine-tuned run's own training data (recorded in its config); without
+            such a record int8 is refused (nothing silently calibrates on another domain), and fp32 /
+            fp16 are checked on synthetic images.
         data_source: how ``data`` is described in the manifest's calibration provenance.
         config: precisions and checks.
         image_size: square input resolution override.
@@ -84,6 +89,9 @@ def export_bundle(
     """
     config = config or BundleConfig()
     backbone = model if isinstance(model, Backbone) else create_backbone(model, weights)
+    if image_size is not None:
+        check_image_size(backbone.model, backbone.timm_name, image_size)
+    data, data_source = export_data(backbone, data, data_source, config)
     spec = bundle_spec(backbone.spec, image_size, config.crop_pct)
     calib, held_out = _calibration_split(data, config)
     calib_inputs = preprocess_batch(list(calib.images), spec)  # (C, 3, H, W)
@@ -99,6 +107,8 @@ def export_bundle(
         for name, (data_bytes, part_report) in quant.items():
             members[name] = data_bytes
             report[name] = part_report
+    shipped = tuple(p for p in config.precisions if p is Precision.FP32 or p.member in members)
+    config = dataclasses.replace(config, precisions=shipped)  # skip_failed may have dropped one
     golden = _golden(features_model, calib_inputs[:GOLDEN_COUNT], members)
     members[GOLDEN_NAME] = npz_bytes(golden)
     ships_head = backbone.head is not None and config.pooling == "avg"  # the fine-tuned head reads avg features
@@ -131,7 +141,7 @@ def _calibration_split(data: ImageDataset | None, config: BundleConfig) -> tuple
     Labelled data is drawn class-balanced; held-out images are only needed (and only required) when
     int8 is built. Unlabelled data is drawn at random; its guard judges feature agreement.
     """
-    data = data if data is not None else load_fashion_mnist("train")
+    data = data if data is not None else synthetic_images()
     if data.labelled:
         data.require_trainable("calibration and the int8 accuracy guard")
     elif len(data) == 0:
@@ -163,26 +173,100 @@ def _quantized_members(
     quantize_config: Any,
     data_source: str,
 ) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    """The int8 / fp16 members asked for. Each is tried even if the other failed, so a failure names what
+    passed and how to ship it (``--precision``, ``--skip-failed``) instead of discarding it silently."""
     out: dict[str, tuple[bytes, dict[str, Any]]] = {}
+    failed: dict[Precision, str] = {}
+    if Precision.FP16 in config.precisions:  # first: seconds, where int8's guard takes minutes
+        from edgetl_exporters.quantize import fp16_for_bundle
+
+        try:
+            out[Precision.FP16.member] = fp16_for_bundle(fp32_path, calib_inputs[:32], config.fp16)
+        except QuantizationError as exc:
+            failed[Precision.FP16] = str(exc)
     if Precision.INT8 in config.precisions:
         from edgetl_exporters.quantize import QuantizeConfig, quantize_for_bundle
 
         eval_inputs = preprocess_batch(list(held_out.images), spec)
         qconfig = quantize_config or QuantizeConfig.portable(num_calibration=config.calibration_count)
-        out[Precision.INT8.member] = quantize_for_bundle(
-            fp32_path,
-            calib_inputs,
-            eval_inputs,
-            held_out.labels if held_out.labelled else None,
-            config.max_accuracy_drop,
-            qconfig,
-            f"{data_source} ({CALIBRATION_SAMPLING})",
-        )
-    if Precision.FP16 in config.precisions:
-        from edgetl_exporters.quantize import fp16_for_bundle
-
-        out[Precision.FP16.member] = fp16_for_bundle(fp32_path, calib_inputs[:32])
+        try:
+            out[Precision.INT8.member] = quantize_for_bundle(
+                fp32_path,
+                calib_inputs,
+                eval_inputs,
+                held_out.labels if held_out.labelled else None,
+                config.max_accuracy_drop,
+                qconfig,
+                f"{data_source} ({CALIBRATION_SAMPLING})",
+            )
+        except QuantizationError as exc:
+            failed[Precision.INT8] = str(exc)
+    if failed:
+        passed = [p.value for p in config.precisions if p not in failed]
+        what = "; ".join(f"{p.value}: {msg}" for p, msg in failed.items())
+        if not config.skip_failed:
+            raise QuantizationError(
+                f"{what}. Nothing was written. {', '.join(passed)} passed: to ship them without "
+                f"{', '.join(p.value for p in failed)}, rerun with --precision {','.join(passed)} or add "
+                "--skip-failed (BundleConfig(skip_failed=True))."
+            )
+        warnings.warn(f"left out of the bundle (--skip-failed): {what}", stacklevel=3)
     return out
+
+
+def export_data(
+    backbone: Backbone, data: ImageDataset | None, data_source: str | None, config: BundleConfig
+) -> tuple[ImageDataset | None, str]:
+    """The images that calibrate and check the export, and how the manifest names them.
+
+    Given data is used as is; else a fine-tuned run's recorded training data; else int8 is refused
+    (calibrating a user's model on an unrelated dataset gives silently wrong ranges) and fp32 / fp16
+    are checked on synthetic images (``None``).
+    """
+    if data is not None:
+        return data, data_source or "caller's images"
+    record = backbone.training_data
+    if record and record.get("source"):
+        return training_data(record), f"{record['source']} (the fine-tune run's training data)"
+    if Precision.INT8 in config.precisions:
+        raise ConfigError(
+            "int8 needs calibration images from the model's domain, and none were given. Fix: pass --calib DIR "
+            "(a folder of your images; with one folder per class the accuracy guard also measures the drop), "
+            "or --calib fashion-mnist; or export without int8 (--precision fp32,fp16). A run of `edgetl "
+            "finetune` calibrates on its own training data by default."
+        )
+    return None, "synthetic check images (no calibration data: fp32/fp16 only)"
+
+
+def training_data(record: dict[str, Any]) -> ImageDataset:
+    """A fine-tune run's training data from its ``edgetl_config.json`` ``data`` record."""
+    from edgetl.datasets import load_image_splits
+
+    source = str(record["source"])
+    if source.lower() in {"fashion-mnist", "fashion_mnist", "fmnist"}:
+        data = load_fashion_mnist("train")
+    elif Path(source).is_dir():
+        data = load_image_splits(source)["train"]
+    else:
+        raise DatasetError(
+            f"The run was fine-tuned on {source}, which is not there any more. Fix: pass its images with --calib DIR."
+        )
+    classes = record.get("classes")
+    return data.select_classes([int(c) for c in classes]) if classes else data
+
+
+def synthetic_images(count: int = 32, size: int = 96, seed: int = 0) -> ImageDataset:
+    """Smooth random colour fields (not noise: convolutions see edges and gradients) for parity checks."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (count, 6, 6, 3)).astype(np.float32)
+    x = np.linspace(0, 5, size)
+    i0 = np.floor(x).astype(int).clip(0, 4)
+    f = (x - i0)[None, :, None, None]
+    rows = coarse[:, i0] * (1 - f) + coarse[:, i0 + 1] * f  # (N, size, 6, 3)
+    g = (x - i0)[None, None, :, None]
+    fields = rows[:, :, i0] * (1 - g) + rows[:, :, i0 + 1] * g  # (N, size, size, 3)
+    images = np.clip(fields + rng.normal(0, 8, fields.shape), 0, 255).astype(np.uint8)
+    return ImageDataset(images, np.zeros(count, dtype=np.int64), ["synthetic"], labelled=False)
 
 
 def _golden(features_model: Any, inputs: np.ndarray, members: dict[str, bytes]) -> dict[str, np.ndarray]:

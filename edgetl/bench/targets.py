@@ -214,8 +214,10 @@ def export_bundles(config: TargetsConfig) -> dict[str, Path]:
         "avg": replace(common, pooling="avg", precisions=(Precision.FP32,)),
     }
     paths = {name: folder / f"{stem}_{name}.edgetl" for name in configs}
+    calib = load_fashion_mnist("train")  # the targets are Fashion-MNIST figures: calibrate on its train split
     for name, bundle_config in configs.items():
-        export_bundle(backbone, paths[name], config=bundle_config, image_size=config.image_size)
+        export_bundle(backbone, paths[name], data=calib, data_source="fashion-mnist:train", config=bundle_config,
+                      image_size=config.image_size)  # fmt: skip
     return paths
 
 

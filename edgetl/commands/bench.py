@@ -202,6 +202,7 @@ def prepare_bundle(
 
     If quantization fails, an fp32-only bundle is benchmarked instead; the returned notes say why.
     """
+    from edgetl.datasets import load_fashion_mnist
     from edgetl.export import BundleConfig, export_bundle
     from edgetl_runtime.bundle import Bundle
     from edgetl_runtime.manifest import Precision
@@ -215,7 +216,9 @@ def prepare_bundle(
         return path, []
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        export_bundle(model, path, weights=weights, config=BundleConfig(precisions=wanted), image_size=image_size)
+        calib = load_fashion_mnist("train") if Precision.INT8 in wanted else None  # what the latency bench times
+        export_bundle(model, path, weights=weights, data=calib, data_source="fashion-mnist:train" if calib else None,
+                      config=BundleConfig(precisions=wanted), image_size=image_size)  # fmt: skip
         return path, []
     except (EdgeTLError, ImportError) as exc:
         if wanted == (Precision.FP32,):

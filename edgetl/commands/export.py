@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from edgetl.commands.common import load_calibration
+from edgetl_exporters.fp16 import Fp16Config
 from edgetl_exporters.quantize_config import PRESETS, CalibrationMethod, QuantizeConfig
 from edgetl_runtime.errors import ConfigError
 
@@ -18,9 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--precision", default="fp32,int8", help="comma list of fp32, int8, fp16 (fp32 is always included)")
     p.add_argument(
         "--calib",
-        default="fashion-mnist",
-        help="calibration data: fashion-mnist, a folder of class folders (few-shot accuracy guard), or a folder "
-        "of unlabelled images (feature-agreement guard)",
+        default=None,
+        help="calibration data: a folder of class folders (few-shot accuracy guard), a folder of unlabelled "
+        "images (feature-agreement guard), or fashion-mnist. None: a fine-tuned run's own training data; "
+        "needed for int8 otherwise",
     )
     p.add_argument("--calib-count", type=int, default=300, help="images used for int8 calibration")
     p.add_argument(
@@ -46,6 +49,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--crop-pct", type=float, default=None, help="centre-crop fraction (default: the model's; 1.0 = none)"
     )
     p.add_argument("--pooling", default="avg", help="exported features: avg, grid2..grid4, or e.g. avg+grid2")
+    p.add_argument(
+        "--fp16-min-cosine",
+        type=float,
+        default=Fp16Config.min_cosine,
+        help="worst feature cosine of fp16 to fp32 accepted; below it nodes are kept in fp32 automatically",
+    )
+    p.add_argument(
+        "--fp16-keep-ops",
+        default="",
+        help="comma list of ONNX op types always kept in fp32 in the fp16 model, e.g. Conv,Add",
+    )
+    p.add_argument(
+        "--skip-failed",
+        action="store_true",
+        help="when int8 or fp16 fails its check, ship the precisions that passed (with a warning) instead of nothing",
+    )
     p.add_argument("-o", "--output", required=True, type=Path, help="bundle path, e.g. model.edgetl")
     p.set_defaults(func=run_export)
 
@@ -62,6 +81,12 @@ def run_export(args: argparse.Namespace) -> int:
     unknown = [p for p in precisions if p not in {"fp32", "int8", "fp16"}]
     if unknown:
         raise ConfigError(f"Unknown precision(s) {unknown}; choose from fp32, int8, fp16.")
+    if args.weights == "none" and not Path(args.model).exists():
+        print(
+            "edgetl export: warning: --weights none exports random weights: its features mean nothing until "
+            "fine-tuned. Use --weights bundled or hub for ImageNet features.",
+            file=sys.stderr,
+        )
     overrides: dict[str, object] = {"num_calibration": args.calib_count}
     if args.calib_method:
         overrides["calibrate_method"] = args.calib_method
@@ -73,12 +98,14 @@ def run_export(args: argparse.Namespace) -> int:
         args.max_drop,
         pooling=args.pooling,
         crop_pct=args.crop_pct,
+        fp16=Fp16Config(args.fp16_min_cosine, tuple(o.strip() for o in args.fp16_keep_ops.split(",") if o.strip())),
+        skip_failed=args.skip_failed,
     )
     result = export_bundle(
         args.model,
         args.output,
         weights=args.weights,
-        data=load_calibration(args.calib),
+        data=None if args.calib is None else load_calibration(args.calib),
         data_source=args.calib,
         config=config,
         image_size=args.image_size,

@@ -26,7 +26,7 @@ from edgetl.finetune import distributed as D
 from edgetl.finetune.config import FinetuneConfig
 from edgetl.finetune.data import TorchImageDataset, eval_loader
 from edgetl.finetune.optim import build_optimizer, build_scheduler, head_groups
-from edgetl.finetune.trainer import Evaluation, History, evaluate, fit
+from edgetl.finetune.trainer import Evaluation, History, evaluate, fit, progress_iter
 from edgetl_runtime.atomic import atomic_write
 
 log = logging.getLogger("edgetl.finetune")
@@ -69,7 +69,8 @@ def extract_features(backbone: Backbone, data: ImageDataset, config: FinetuneCon
     model = backbone.model.to(ctx.device).eval()
     loader = eval_loader(TorchImageDataset(data, backbone.spec, augment=False), 2 * config.batch_size, ctx,
                          config.workers)  # fmt: skip
-    chunks = [model(x.to(ctx.device)).float() for x, _ in loader]
+    desc = f"features ({len(data)} images)"
+    chunks = [model(x.to(ctx.device)).float() for x, _ in progress_iter(loader, ctx, config.progress, desc)]
     local = torch.cat(chunks) if chunks else torch.zeros((0, backbone.feature_dim), device=ctx.device)
     x = D.gather_rows(local, len(data), ctx).cpu()
     return Features(x, torch.from_numpy(data.labels.copy()))

@@ -43,9 +43,49 @@ class History:
     stopped_early: bool = False
 
 
-def _progress(loader: DataLoader[Any], ctx: D.DistContext, enabled: bool, desc: str) -> Any:
-    show = enabled and ctx.is_main and sys.stderr.isatty()
-    return tqdm(loader, desc=desc, leave=False, disable=not show, dynamic_ncols=True)
+PROGRESS_EVERY_S = 20.0  # seconds between progress lines when stderr is not a terminal
+
+
+class LogProgress:
+    """Iterate ``items``, logging "desc: i/n batches (p %), elapsed, ETA" every ``every_s`` seconds.
+
+    What a run piped to a file or a CI log shows instead of tqdm's bar (which redraws one line with
+    carriage returns and stays silent off a terminal): the first line after the first batch, so the
+    ETA is known early, then one every ``every_s`` seconds.
+    """
+
+    def __init__(self, items: Any, desc: str, every_s: float | None = None) -> None:
+        self.items, self.desc = items, desc
+        self.every_s = PROGRESS_EVERY_S if every_s is None else every_s
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Any:
+        total = len(self.items)
+        start = last = time.perf_counter()
+        for i, item in enumerate(self.items, 1):
+            yield item
+            now = time.perf_counter()
+            if i < total and (i == 1 or now - last >= self.every_s):
+                last = now
+                eta = (now - start) / i * (total - i)
+                log.info("%s: %d/%d batches (%d%%), %s elapsed, ETA %s", self.desc, i, total, 100 * i // total,
+                         _clock(now - start), _clock(eta))  # fmt: skip
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def progress_iter(loader: DataLoader[Any], ctx: D.DistContext, enabled: bool, desc: str) -> Any:
+    """A tqdm bar on a terminal; periodic log lines otherwise (files, pipes, CI); nothing when disabled."""
+    if not (enabled and ctx.is_main):
+        return loader
+    if sys.stderr.isatty():
+        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    return LogProgress(loader, desc)
 
 
 def _autocast(device: torch.device) -> Any:
@@ -81,7 +121,7 @@ def train_one_epoch(
     """One pass over this rank's shard; returns (mean loss, accuracy) over all ranks."""
     model.train()
     sums = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # loss*n, correct, n
-    for x, y in _progress(loader, ctx, progress, desc):
+    for x, y in progress_iter(loader, ctx, progress, desc):
         x, y = x.to(ctx.device, non_blocking=True), y.to(ctx.device, non_blocking=True)
         with _autocast(ctx.device):
             logits = model(x).float()

@@ -217,5 +217,112 @@ def test_item11_finetune_reads_a_saved_run_config(tmp_path: Path) -> None:
         ["finetune", "--config", str(tmp_path / "run.json"), "--epochs", "2", "-o", str(tmp_path / "r")]
     )
     args = resolve_config_file(args)
-    assert (args.model, args.strategy, args.freeze_stages, args.image_size) == ("mobilenetv3_small_100", "partial", 2, 64)
+    assert (args.model, args.strategy, args.freeze_stages, args.image_size) == (
+        "mobilenetv3_small_100",
+        "partial",
+        2,
+        64,
+    )
     assert args.epochs == 2  # the command line wins over the file
+
+
+# ------------------------------------------------------------------ items 3, 4, 5: what export calibrates on
+
+
+@pytest.fixture
+def no_fashion_mnist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Fashion-MNIST is not on disk (EDGETL_FASHION_MNIST points at an empty folder)."""
+    (tmp_path / "no-fmnist").mkdir()
+    monkeypatch.setenv("EDGETL_FASHION_MNIST", str(tmp_path / "no-fmnist"))
+
+
+def test_item3_fp32_export_needs_no_dataset(
+    tmp_path: Path, no_fashion_mnist: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgetl_runtime.bundle import Bundle
+
+    code, _, err = cli("export", "tf_efficientnet_lite0", "--precision", "fp32,fp16", "--image-size", "64",
+                       "-o", str(tmp_path / "m.edgetl"), capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    assert [p.value for p in Bundle.open(tmp_path / "m.edgetl").manifest.precisions] == ["fp32", "fp16"]
+
+
+def test_item3_int8_without_calibration_data_is_refused_with_the_fix(
+    tmp_path: Path, no_fashion_mnist: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = cli("export", "tf_efficientnet_lite0", "--precision", "fp32,int8", "--image-size", "64",
+                       "-o", str(tmp_path / "m.edgetl"), capsys=capsys)  # fmt: skip
+    assert code == 2 and "--calib" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.edgetl").exists()
+
+
+def test_item3_a_finetuned_run_calibrates_on_its_own_data(tmp_path: Path, no_fashion_mnist: None) -> None:
+    from edgetl.backbones import create_backbone
+    from edgetl.datasets import load_image_folder
+    from edgetl.export import BundleConfig, export_bundle
+    from edgetl.finetune import FinetuneConfig, finetune
+
+    photos = write_class_folders(tmp_path / "photos", n=14)
+    data = load_image_folder(photos)
+    backbone = create_backbone("mobilenetv3_small_100", "none", image_size=64)
+    config = FinetuneConfig.linear_probe(epochs=1, val_fraction=0, progress=False)
+    record = {"data": {"source": str(photos), "classes": None}}
+    finetune(backbone, data, None, None, config, tmp_path / "run", provenance=record)
+    assert json.loads((tmp_path / "run" / "edgetl_config.json").read_text())["data"]["source"] == str(photos)
+    bundle_config = BundleConfig(("fp32", "int8"), calibration_count=8, eval_count=20, max_accuracy_drop=100.0)
+    result = export_bundle(tmp_path / "run", tmp_path / "m.edgetl", config=bundle_config)
+    calibration = result.bundle.manifest.calibration
+    assert str(photos) in calibration["source"] and "fashion" not in calibration["source"].lower()
+
+
+def test_item4_fp32_export_from_a_small_folder_keeps_no_guard_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = write_class_folders(tmp_path / "photos", n=5)  # 10 images, --calib-count 300
+    code, _, err = cli("export", "mobilenetv3_small_100", "--weights", "none", "--precision", "fp32",
+                       "--calib", str(photos), "--image-size", "64", "-o", str(tmp_path / "m.edgetl"),
+                       capsys=capsys)  # fmt: skip
+    assert code == 0, err
+
+
+def test_item5_fp16_knobs_on_the_cli_and_what_passed_is_not_lost_silently(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgetl_runtime.bundle import Bundle
+
+    base = ["export", "mobilenetv3_small_100", "--weights", "none", "--precision", "fp32,fp16", "--image-size", "64",
+            "--fp16-min-cosine", "1.0", "--fp16-keep-ops", "Conv"]  # fmt: skip
+    out = tmp_path / "m.edgetl"
+    code, _, err = cli(*base, "-o", str(out), capsys=capsys)
+    assert code == 2 and not out.exists()
+    error = [line for line in err.splitlines() if "error" in line]
+    assert len(error) == 1 and "--precision fp32" in error[0] and "--skip-failed" in error[0]
+    code, _, err = cli(*base, "--skip-failed", "-o", str(out), capsys=capsys)
+    assert code == 0, err
+    assert [p.value for p in Bundle.open(out).manifest.precisions] == ["fp32"]
+    code, _, err = cli(*base[:-4], "--fp16-keep-ops", "Conv", "-o", str(out), capsys=capsys)
+    assert code == 0, err
+    fp16 = Bundle.open(out).manifest.validation["backbone.fp16.onnx"]
+    assert "Conv" in fp16["arguments"]["op_block_list"]
+
+
+# ------------------------------------------------------------------ item 9: progress off a terminal
+
+
+def test_item9_progress_lines_when_not_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys
+) -> None:
+    import logging
+
+    from edgetl.finetune import trainer
+
+    monkeypatch.setattr(trainer, "PROGRESS_EVERY_S", 0.0)  # every batch: the test needs no 20 s wait
+    caplog.set_level(logging.INFO, logger="edgetl.finetune")
+    photos = write_class_folders(tmp_path / "photos", n=6)
+    code, _, err = cli("finetune", "mobilenetv3_small_100", "--weights", "none", "--data", str(photos),
+                       "--strategy", "partial", "--freeze-stages", "2", "--epochs", "1", "--batch-size", "2",
+                       "--image-size", "64", "-o", str(tmp_path / "run"), capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    lines = [r.getMessage() for r in caplog.records if "batches (" in r.getMessage()]
+    assert lines and all("ETA" in line and "elapsed" in line for line in lines)
+    assert lines[0].startswith("epoch 1/1: 1/")
