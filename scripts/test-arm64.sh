@@ -48,7 +48,7 @@ BUNDLES=${BUNDLES##*$'\n'}
 echo "    $BUNDLES"
 
 export EDGETL_ARM64_BUNDLES=$BUNDLES EDGETL_ARM64_OUT=$OUT
-PYTEST=(-m pytest tests/arm64 -q -p no:cacheprovider)
+PYTEST=(-P -m pytest tests/arm64 -q -p no:cacheprovider)  # -P: the work tree is not on sys.path
 if [ $NATIVE = 1 ]; then
     step "4/4 pytest tests/arm64 with the host's Python (--native)"
     EDGETL_DEVICE_SCRIPT=$(dirname "$PY")/edgetl-device timeout "$TIMEOUT" "$PY" "${PYTEST[@]}" || fail "tests/arm64 (native)"
