@@ -139,7 +139,7 @@ def _calibration_split(data: ImageDataset | None, config: BundleConfig) -> tuple
     """Disjoint calibration and held-out sets (the guard never scores calibration images).
 
     Labelled data is drawn class-balanced; held-out images are only needed (and only required) when
-    int8 is built. Unlabelled data is drawn at random; its guard judges feature agreement.
+    int8 is built, and then calibration takes at most half of the smallest class. Unlabelled data is drawn at random; its guard judges feature agreement.
     """
     data = data if data is not None else synthetic_images()
     if data.labelled:
@@ -151,6 +151,8 @@ def _calibration_split(data: ImageDataset | None, config: BundleConfig) -> tuple
     groups = range(len(data.classes)) if data.labelled else [0]
     order = [rng.permutation(np.flatnonzero(data.labels == c)) for c in groups]
     calib_per_class = max(1, -(-config.calibration_count // len(order)))
+    if wants_guard:  # a small folder: calibration must not swallow every image the guard scores
+        calib_per_class = min(calib_per_class, max(1, min(len(idx) for idx in order) // 2))
     eval_per_class = max(1, -(-config.eval_count // len(order))) if wants_guard else 0
     # Round-robin over the classes, so any prefix (quantization keeps the first num_calibration) stays balanced.
     picks = [(rank, c, i) for c, idx in enumerate(order) for rank, i in enumerate(idx[:calib_per_class])]
