@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 MiB = 1 << 20
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n"
 METHODS = {"bzip2": zipfile.ZIP_BZIP2, "lzma": zipfile.ZIP_LZMA, "deflate64": 9, "zstd": 93, "ppmd": 98, "m77": 77}
 
 
@@ -233,9 +234,10 @@ def onnx_model(
 ) -> bytes:
     """The tiny test backbone (1x1 conv, relu, global pool, flatten), with an optional hostile ``tail``.
 
-    Tails: ``unsqueeze`` (N, D, 1), ``reduce_batch`` (1, D), ``transpose`` (D, N), ``rank1`` (N,),
-    ``int64`` (an integer output), ``reshape3`` (a fixed (3, D): works for 3 images only), ``hidden_reduce``
-    (1, D) though declared and inferred (batch, D): only a run shows it (opset 18).
+    Tails: ``unsqueeze`` (N, D, 1), ``reduce_batch`` (1, D), ``transpose`` (D, N), ``rank1`` (N,), ``int64``
+    (an integer output), ``reshape3`` (a fixed (3, D): right for 3 images only), ``hidden_gather3`` (the same,
+    hidden from shape inference), ``hidden_reduce`` (1, D) though declared and inferred (batch, D): only a run
+    shows either of the last two.
     """
     from onnx import TensorProto, helper, numpy_helper
 
@@ -279,6 +281,24 @@ def onnx_model(
     elif tail == "int64":
         nodes.append(helper.make_node("Cast", ["flat"], [out_name], to=TensorProto.INT64))
         out_type = TensorProto.INT64
+    elif tail == "hidden_gather3":  # rows [0, 1, 2] through NonZero on the data: right for 3 images only (data
+        # dependent, so onnxruntime cannot fold the Gather into a Slice, which would clamp instead of failing)
+        inits += [
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero_f"),
+            numpy_helper.from_array(np.array([0.0, 1.0, 2.0], np.float32), "rows_f"),
+        ]
+        nodes += [
+            helper.make_node("ReduceMax", ["flat"], ["peak"], keepdims=0),
+            helper.make_node("Mul", ["peak", "zero_f"], ["nothing"]),
+            helper.make_node("Add", ["nothing", "rows_f"], ["rows"]),
+            helper.make_node("Cast", ["rows"], ["rows_i"], to=TensorProto.INT64),
+            helper.make_node("NonZero", ["rows_i"], ["nz"]),  # data-dependent length: no inferred batch
+            helper.make_node("Squeeze", ["nz"], ["nz_rows"]),
+            helper.make_node("Gather", ["rows_i", "nz_rows"], ["picked"], axis=0),
+            helper.make_node("Concat", ["start_row", "picked"], ["order"], axis=0),
+            helper.make_node("Gather", ["flat", "order"], [out_name], axis=0),
+        ]
+        inits.append(numpy_helper.from_array(np.array([0], np.int64), "start_row"))
     elif tail == "reshape3":
         inits.append(numpy_helper.from_array(np.array([3, dim], np.int64), "shape3"))
         nodes.append(helper.make_node("Reshape", ["flat", "shape3"], [out_name]))
@@ -389,3 +409,58 @@ def _varint(value: int) -> bytes:
         out.append(byte | (0x80 if value else 0))
         if not value:
             return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------------- peak memory
+
+
+def sparse_bytes(size: int, seed: int = 0) -> bytes:
+    """Bytes that deflate ~28x: just under the reader's 32x cap, so only the cap's own bound protects."""
+    rng = np.random.default_rng(seed)
+    return (rng.integers(1, 256, size, dtype=np.uint8) * (rng.random(size) > 0.99)).astype(np.uint8).tobytes()
+
+
+def memory_corpus(src: Path, folder: Path) -> dict[str, tuple[Path, bool]]:
+    """The hostile bundles whose peak memory is measured: name -> (bundle, whether the act also adds an image).
+
+    Each is refused; before round 2 several took gigabytes (a 951-byte bzip2 bundle reached 2 GB, a 0.31 MB
+    golden 3.8 GB, a declared 2**40 rows raised MemoryError, input 4096 at crop 0.1 asked ~20 GiB per image).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = (10 * MiB) // (3 * 16 * 16 * 4)
+    ratio_cap = npz(
+        {
+            "inputs.npy": npy((rows, 3, 16, 16), data=sparse_bytes(rows * 3 * 16 * 16 * 4)),
+            "features.npy": npy((rows, 16)),
+        }
+    )
+    out = {
+        "bzip2-2gib-manifest": bomb_bundle(src, folder / "a.edgetl", "manifest.json", zipfile.ZIP_BZIP2, 2**31),
+        "bzip2-2gib-golden": bomb_bundle(src, folder / "b.edgetl", "golden.npz", zipfile.ZIP_BZIP2, 2**31),
+        "lzma-128mib-golden": bomb_bundle(src, folder / "c.edgetl", "golden.npz", zipfile.ZIP_LZMA, 128 * MiB),
+        "npz-deflate-256mib-entry": resign(
+            src, folder / "d.edgetl", None, {"golden.npz": zipfile.ZIP_STORED}, golden__npz=deflate_npz_bomb(256 * MiB)
+        ),
+        "npz-2pow40-rows": resign(
+            src,
+            folder / "e.edgetl",
+            None,
+            {"golden.npz": zipfile.ZIP_STORED},
+            golden__npz=npz(golden_entries(inputs__npy=npy((2**40, 3, 16, 16), data=bytes(64)))),
+        ),
+        "golden-at-ratio-cap-10mib": resign(src, folder / "f.edgetl", golden__npz=ratio_cap),
+        "onnx-external-dev-zero-1gib": resign(
+            src, folder / "g.edgetl", backbone__fp32__onnx=external_model(location="/dev/zero", length=2**30)
+        ),
+        "graph-reduces-batch-hidden": resign(
+            src, folder / "h.edgetl", backbone__fp32__onnx=onnx_model(tail="hidden_reduce")
+        ),
+    }
+    spec = folder / "i.edgetl"
+    doc, members = bundle_doc_and_members(src)
+    doc["preprocess"].update(input_size=[4096, 4096], crop_pct=0.1)
+    with zipfile.ZipFile(spec, "w") as archive:  # the manifest is not hashed: edit it, keep the members
+        archive.writestr("manifest.json", json.dumps(doc))
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return {**{k: (v, False) for k, v in out.items()}, "spec-4096-crop-0.1-then-add-40x40": (spec, True)}

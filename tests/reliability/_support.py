@@ -274,3 +274,50 @@ def run_concurrency(
         "corrupt": int(bool(problems)),
         "problems": problems[:5],
     }
+
+
+# ---------------------------------------------------------------------------------------------- peak memory
+
+MEMORY_CHILD = HERE / "_memory_child.py"
+MAX_REFUSED_GROWTH_MIB = 64
+
+
+def refused_bundle_memory(bundle: Path, folder: Path) -> dict[str, Any]:
+    """Open every bundle of ``_hostile.memory_corpus`` in one child; the growth of its peak RSS over a warm baseline.
+
+    Returns ``{"rows": [{bundle, outcome, peak_mib, rss_mib, reset}], "worst", "worst_mib", "not_refused", "reset"}``.
+    """
+    from . import _hostile
+
+    corpus = _hostile.memory_corpus(bundle, folder)
+    args = [f"{name}={path}{'+add' if add else ''}" for name, (path, add) in corpus.items()]
+    rows = _memory_child(bundle, args)
+    worst = max(rows, key=lambda r: r["peak_mib"])
+    refused = [r for r in rows if r["outcome"] != "loaded" and not r["outcome"].startswith("RAW")]
+    return {"rows": rows, "worst": worst["bundle"], "worst_mib": worst["peak_mib"],
+            "not_refused": len(rows) - len(refused), "reset": all(r["reset"] for r in rows)}  # fmt: skip
+
+
+def _memory_child(bundle: Path, args: list[str]) -> list[dict[str, Any]]:
+    import json
+
+    done = subprocess.run(
+        [sys.executable, str(MEMORY_CHILD), str(bundle), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"memory child failed ({done.returncode}): {done.stderr[-2000:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def control_bomb_memory(bundle: Path, folder: Path) -> float:
+    """Growth when the npz bomb's golden is read with np.load, as before round 2 (the meter must see it)."""
+    from . import _hostile
+
+    corpus = _hostile.memory_corpus(bundle, folder) if not (folder / "d.edgetl").exists() else None
+    path = corpus["npz-deflate-256mib-entry"][0] if corpus else folder / "d.edgetl"
+    rows = _memory_child(bundle, ["--control", str(path)])
+    return float(rows[-1]["peak_mib"])

@@ -409,7 +409,7 @@ def _text(content: bytes) -> Callable[[Path], object]:
     return lambda path: path.write_bytes(content)
 
 
-EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n"
+EPS = H.EPS
 
 
 def _png_prefix(path: Path) -> None:
