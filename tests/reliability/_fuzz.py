@@ -39,6 +39,8 @@ DOCUMENTED: dict[str, tuple[type[BaseException], ...]] = {
     "preprocess_batch": (InputError,),
     "as_image_list": (InputError,),
     "state_open": (StateError,),
+    "npz_read": (BundleError,),
+    "onnx_scan": (BundleError,),
 }
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
@@ -197,6 +199,54 @@ def _state(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]
     return flips, call
 
 
+def _flipped(data: bytes) -> st.SearchStrategy[bytes]:
+    """``data`` with a few bytes flipped, truncated, or with bytes inserted: mostly near-valid inputs."""
+    size = len(data)
+
+    def flip(edits: list[tuple[int, int]]) -> bytes:
+        out = bytearray(data)
+        for pos, xor in edits:
+            out[pos % size] ^= xor
+        return bytes(out)
+
+    flips = st.lists(st.tuples(st.integers(0, size - 1), st.integers(1, 255)), min_size=1, max_size=8).map(flip)
+    cuts = st.integers(0, size - 1).map(lambda n: data[:n])
+    inserts = st.tuples(st.integers(0, size), st.binary(min_size=1, max_size=16)).map(
+        lambda a: data[: a[0]] + a[1] + data[a[0] :]
+    )
+    return st.one_of(flips, cuts, inserts, st.just(data))
+
+
+def _npz_read(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]:
+    from edgetl_runtime.npz import expect_array, read_npz
+
+    from . import _hostile as H
+
+    valid = H.npz(H.golden_entries())
+    descr = st.sampled_from(["<f4", ">f8", "|u1", "<i8", "<U3", "|O", "|S2", "<c8", "|b1", "<V4"])
+    shapes = st.lists(st.integers(-2, 2**40), min_size=0, max_size=4).map(tuple)
+
+    def entry(descr: str, shape: tuple[int, ...], size: int) -> bytes:
+        header = {"descr": descr, "fortran_order": False, "shape": shape}
+        return H.npz({"inputs.npy": H.npy((), header=header, data=bytes(size))})
+
+    headers = st.builds(entry, descr, shapes, st.integers(0, 256))
+
+    def call(data: bytes) -> None:
+        read_npz(data, "golden.npz", lambda h: expect_array(h, "inputs", "f", (None, 3, 16, 16), required=False))
+
+    return st.one_of(_flipped(valid), headers, st.binary(max_size=64)), call
+
+
+def _onnx_scan(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]:
+    from edgetl_runtime.onnx_scan import external_references
+
+    from . import _hostile as H
+
+    models = [H.onnx_model(), H.external_model("subgraph"), H.external_model("sparse")]
+    return st.one_of(*(_flipped(m) for m in models), st.binary(max_size=64)), external_references
+
+
 TARGETS: dict[str, Callable[[Fixture], tuple[st.SearchStrategy[Any], Callable[[Any], object]]]] = {
     "bundle_open": _bundle_open,
     "manifest_from_json": _manifest,
@@ -204,6 +254,8 @@ TARGETS: dict[str, Callable[[Fixture], tuple[st.SearchStrategy[Any], Callable[[A
     "preprocess_batch": _preprocess,
     "as_image_list": _images,
     "state_open": _state,
+    "npz_read": _npz_read,
+    "onnx_scan": _onnx_scan,
 }
 
 

@@ -111,8 +111,8 @@ def _header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> tuple[
                 shape, fortran_order, dtype = fmt.read_array_header_2_0(fh)
             else:
                 return None, f"array {key!r} has .npy format version {version}; only 1.0 and 2.0 are read"
-        except (ValueError, TypeError, KeyError, OverflowError) as exc:
-            return None, f"array {key!r} has no valid .npy header ({exc})"
+        except Exception as exc:  # numpy's header parser raises ValueError, tokenize.TokenError, RecursionError ...
+            return None, f"array {key!r} has no valid .npy header ({type(exc).__name__}: {exc})"
         offset = fh.tell()
     header = ArrayHeader(key, dtype, tuple(shape), bool(fortran_order), offset, info)
     if dtype.hasobject or dtype.fields is not None or dtype.kind not in ALLOWED_KINDS or dtype.itemsize == 0:
