@@ -2,10 +2,12 @@
 
 Runs the same checks as ``tests/reliability`` (they share ``tests/reliability/_support.py`` and ``_fuzz.py``)
 with larger counts, and writes ``runs/stress/summary.json`` with every count and the totals of lost
-samples, corrupt states, undocumented exceptions and torn reads. Exit status 1 if any total is non-zero.
+samples, corrupt states, undocumented exceptions, torn reads and refused bundles that cost more than
+64 MiB. Exit status 1 if any total is non-zero.
 
     .venv/bin/python benchmarks/stress.py                      # 200 kills, 1000 examples/target, 2 x 10 s
     .venv/bin/python benchmarks/stress.py --trials 20 --examples 100 --seconds 2   # a quick look
+    .venv/bin/python benchmarks/stress.py --parts crash,memory   # only the SIGKILL trials and peak memory
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from reliability import _fuzz, _support  # noqa: E402  (after the path tweak)
 
+PARTS = ("crash", "fuzz", "memory", "concurrency", "corpus")
+
 
 def crash_trials(bundle: Path, work: Path, trials: int) -> dict[str, Any]:
-    keys = ("returned", "removed", "lost", "resurrected", "corrupt", "early")
+    keys = ("returned", "removed", "lost", "resurrected", "corrupt", "early", "aimed_remove", "in_remove")
     totals: dict[str, Any] = {"trials": trials, **dict.fromkeys(keys, 0)}
     problems = []
     for trial in range(trials):
@@ -80,26 +84,41 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=1000, help="fuzz examples per target")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds per concurrency run")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "stress" / "summary.json")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        parser.error(f"unknown parts {sorted(parts - set(PARTS))}; choose from {','.join(PARTS)}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgetl-stress-") as tmp:
         work = Path(tmp)
         bundle = _support.write_tiny_bundle(work / "tiny.edgetl")
-        print(f"crash safety: {args.trials} SIGKILL trials", flush=True)
-        crash = crash_trials(bundle, work, args.trials)
-        print(f"fuzzing: {args.examples} examples x {len(_fuzz.TARGETS)} targets", flush=True)
-        fuzz = fuzz_all(args.examples)
+        crash = {k: 0 for k in ("lost", "resurrected", "corrupt")}
+        if "crash" in parts:
+            print(f"crash safety: {args.trials} SIGKILL trials", flush=True)
+            crash = crash_trials(bundle, work, args.trials)
+        fuzz: dict[str, Any] = {}
+        if "fuzz" in parts:
+            print(f"fuzzing: {args.examples} examples x {len(_fuzz.TARGETS)} targets", flush=True)
+            fuzz = fuzz_all(args.examples)
+        memory: dict[str, Any] = {"worst_mib": 0.0, "not_refused": 0}
+        if "memory" in parts:
+            print("peak memory of refused hostile bundles", flush=True)
+            memory = _support.refused_bundle_memory(bundle, work / "memory")
+            print(f"  worst {memory['worst']}: {memory['worst_mib']} MiB", flush=True)
         concurrency = []
-        for head, pause in (("ncm", 0.0), ("auto", 0.02)):  # AutoHead refits are O(N): pace its enrolment
+        for head, pause in (("ncm", 0.0), ("auto", 0.02)) if "concurrency" in parts else ():  # auto refits are O(N)
             print(f"concurrency: 8 predicting + 1 enrolling, head={head}, {args.seconds} s", flush=True)
             state = work / f"threads-{head}.sqlite"
             result = _support.run_concurrency(bundle, state, args.seconds, head=head, enrol_pause=pause)
             concurrency.append({"head": head, "enrol_pause_s": pause, **result})
             print(f"  {result}", flush=True)
         reliability = REPO / "tests" / "reliability"
-        print("bad-input corpus and security checks", flush=True)
-        files = [str(reliability / "test_bad_input_corpus.py"), str(reliability / "test_security.py")]
-        corpus = pytest_counts(files, work)
+        corpus = {"failures": 0, "errors": 0}
+        if "corpus" in parts:
+            print("bad-input corpus, security and round-2 checks", flush=True)
+            names = ("test_bad_input_corpus.py", "test_security.py", "test_round2.py")
+            corpus = pytest_counts([str(reliability / name) for name in names], work)
     totals = {
         "lost": crash["lost"] + crash["resurrected"],
         "corrupt": crash["corrupt"] + sum(c["corrupt"] for c in concurrency),
@@ -107,6 +126,8 @@ def main() -> int:
         + sum(c["n_errors"] for c in concurrency),
         "torn_reads": sum(c["torn"] for c in concurrency),
         "corpus_failures": corpus["failures"] + corpus["errors"],
+        "refused_bundles_over_64_mib": memory["not_refused"]
+        + int(memory["worst_mib"] > _support.MAX_REFUSED_GROWTH_MIB),
     }
     summary = {
         "command": " ".join([".venv/bin/python", "benchmarks/stress.py", *sys.argv[1:]]),
@@ -115,6 +136,7 @@ def main() -> int:
         "fuzz": fuzz,
         "concurrency": concurrency,
         "corpus_and_security": corpus,
+        "refused_bundle_memory": memory,
         "environment": {
             "python": platform.python_version(),
             "platform": platform.platform(),

@@ -1,22 +1,46 @@
 """Crash-test child: enrol forever on a tiny bundle, printing each id after ``add`` returned; killed by SIGKILL.
 
 Protocol (one line each, flushed): ``R <id> <label>`` once ``add`` returned the id; ``X <id>`` before
-``remove(ids=[id])`` is called and ``D <id>`` after it returned; ``S`` after ``save()`` returned.
+``remove(ids=[id])`` is called and ``D <id>`` after it returned; ``XL <label>`` / ``DL <label>`` the same around
+``remove(label=...)``; ``S`` after ``save()`` returned.
+
+With ``slow-remove`` as a 4th argument every remove holds its write transaction open 20 ms before COMMIT
+(after the DELETE ran), so a kill aimed at a remove lands inside the transaction rather than around it.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
+from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.learner import Learner
 
 
-def main(bundle: str, state: str, seed: int) -> None:
+def _slow_removes(store: FeatureStore) -> None:
+    real = store._writing
+
+    @contextmanager
+    def writing(action: str, **kwargs: bool) -> Iterator[sqlite3.Connection]:
+        with real(action, **kwargs) as db:
+            yield db
+            if action.startswith("Removing"):
+                time.sleep(0.02)  # rows deleted, COMMIT not yet run
+
+    store._writing = writing  # type: ignore[method-assign]
+
+
+def main(bundle: str, state: str, seed: int, slow_remove: bool = False) -> None:
     rng = np.random.default_rng(seed)
     labels = ["red", "green", "blue", "gray"]
     with Learner.load(bundle, state, backend="onnxruntime", head="ncm") as learner:
+        if slow_remove:
+            _slow_removes(learner.store)
         alive: list[int] = []
         i = 0
         while True:
@@ -31,6 +55,13 @@ def main(bundle: str, state: str, seed: int) -> None:
                 print(f"X {victim}", flush=True)
                 learner.remove(ids=[victim])
                 print(f"D {victim}", flush=True)
+            gone = labels[i // 11 % len(labels)]
+            if i % 11 == 10 and gone in learner.store.counts():  # a whole class: one DELETE of several rows
+                print(f"XL {gone}", flush=True)
+                learner.remove(label=gone)
+                print(f"DL {gone}", flush=True)
+                present = set(learner.store.samples()[0].tolist())
+                alive = [k for k in alive if k in present]
             if i % 5 == 4:
                 learner.save()
                 print("S", flush=True)
@@ -38,4 +69,4 @@ def main(bundle: str, state: str, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:] == ["slow-remove"])

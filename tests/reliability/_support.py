@@ -115,41 +115,53 @@ def state_problems(bundle: Path, state: Path) -> list[str]:
 def crash_trial(bundle: Path, state: Path, seed: int) -> dict[str, Any]:
     """Start a child enrolling in a loop, SIGKILL it at a random point, then account for every returned id.
 
+    The seed picks when: ``seed % 4 == 0`` during start-up (schema creation, first add), ``== 1`` inside a
+    ``remove`` (``seed % 8 == 5``: a ``remove(label=...)``, else by id; the child holds each remove's
+    transaction open 20 ms after its DELETE, and the kill lands 2-15 ms after the remove is announced),
+    otherwise at a random time after the first add.
     Returns counts: ``returned`` ids the child printed (its ``add`` had returned), ``lost`` of those
-    missing or relabelled after reopen, ``corrupt`` 1 if the state fails to reopen or its checks.
+    missing or relabelled after reopen, ``corrupt`` 1 if the state fails to reopen or its checks,
+    ``in_remove`` 1 if the child was killed between announcing a remove and reporting it done.
     """
     rng = random.Random(seed)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    early, aim_remove = seed % 4 == 0, seed % 4 == 1
+    target = "XL " if seed % 8 == 5 else "X "
     child = subprocess.Popen(
-        [sys.executable, str(CHILD), str(bundle), str(state), str(seed)],
+        [sys.executable, str(CHILD), str(bundle), str(state), str(seed), *(["slow-remove"] if aim_remove else [])],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
     )
-    early = rng.random() < 0.25  # a quarter of the kills land during start-up (schema creation, first add)
     first = ""
     try:
         if early:
             time.sleep(rng.uniform(0.0, 1.5))
         else:
-            first = child.stdout.readline() if child.stdout else ""
-            if not first:
-                raise RuntimeError(f"crash child died: {child.stderr.read() if child.stderr else ''}")
-            time.sleep(rng.uniform(0.0, 0.6))
+            while True:
+                line = child.stdout.readline() if child.stdout else ""
+                if not line:
+                    raise RuntimeError(f"crash child died: {child.stderr.read() if child.stderr else ''}")
+                first += line
+                if not aim_remove or line.startswith(target):
+                    break
+            time.sleep(rng.uniform(0.002, 0.015) if aim_remove else rng.uniform(0.0, 0.6))
     finally:
         os.kill(child.pid, signal.SIGKILL)
     out, err = child.communicate(timeout=30)
     if child.returncode != -signal.SIGKILL:
         raise RuntimeError(f"crash child exited by itself ({child.returncode}): {err[-2000:]}")
     lines = (first + out).split("\n")[:-1]  # text after the last newline may be a torn write
-    return {**account(bundle, state, lines), "early": early}
+    return {**account(bundle, state, lines), "early": early, "aimed_remove": aim_remove}
 
 
 def account(bundle: Path, state: Path, lines: list[str]) -> dict[str, Any]:
     """Check a killed child's state against what it printed (see ``_crash_child.py`` for the protocol)."""
     returned: dict[str, str] = {}
     intended, removed = set(), set()
+    announced: dict[str, set[str]] = {}  # label -> ids a remove(label=...) in flight may take
+    pending = 0
     for kind, *rest in (line.split(" ") for line in lines):
         if kind == "R":
             returned[rest[0]] = rest[1]
@@ -157,7 +169,14 @@ def account(bundle: Path, state: Path, lines: list[str]) -> dict[str, Any]:
             intended.add(rest[0])  # remove() may have committed before the kill: absence is allowed
         elif kind == "D":
             removed.add(rest[0])  # remove() returned: the id must stay gone
+        elif kind == "XL":
+            announced[rest[0]] = {i for i, label in returned.items() if label == rest[0]} - removed
+            intended |= announced[rest[0]]
+        elif kind == "DL":
+            removed |= announced.pop(rest[0])
+        pending = int(kind in ("X", "XL")) if kind in ("X", "XL", "D", "DL") else pending
     result: dict[str, Any] = {"returned": len(returned), "removed": len(removed), "lost": 0, "resurrected": 0}
+    result["in_remove"] = pending
     result.update(corrupt=0, problems=[], lines=lines)
     if not state.exists():
         return result

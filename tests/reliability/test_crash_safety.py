@@ -1,4 +1,7 @@
-"""SIGKILL a child that enrols and saves in a loop: every reopened state is healthy and lost nothing.
+"""SIGKILL a child that enrols, removes and saves in a loop: every reopened state is healthy and lost nothing.
+
+A quarter of the trials kill during start-up (schema creation: there is no migration, schema_version 1 is the
+only one), a quarter inside a remove (by id or by label, its transaction held open), the rest at random.
 
 ``EDGETL_STRESS_TRIALS`` sets the number of kills (CI default 5; benchmarks/stress.py runs >= 200).
 """
@@ -22,6 +25,13 @@ def test_sigkill_loses_no_returned_sample(reliability_bundle: Path, tmp_path: Pa
     result = crash_trial(reliability_bundle, tmp_path / "state.sqlite", seed=trial)
     assert result["corrupt"] == 0, result["problems"]
     assert result["lost"] == 0 and result["resurrected"] == 0, result["problems"]
+
+
+@pytest.mark.parametrize("seed", [1, 5])  # seed % 4 == 1: aimed at a remove (5: remove(label=...))
+def test_sigkill_inside_a_remove_loses_nothing(reliability_bundle: Path, tmp_path: Path, seed: int) -> None:
+    result = crash_trial(reliability_bundle, tmp_path / "state.sqlite", seed=seed)
+    assert result["aimed_remove"] and result["in_remove"] == 1, result["lines"][-3:]
+    assert result["corrupt"] == 0 and result["lost"] == 0 and result["resurrected"] == 0, result["problems"]
 
 
 def test_the_oracle_sees_a_lost_and_a_resurrected_sample(reliability_bundle: Path, tmp_path: Path) -> None:
