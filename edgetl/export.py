@@ -25,6 +25,7 @@ from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
 
 GOLDEN_COUNT = 4
 CALIBRATION_SAMPLING = "class-balanced, classes interleaved, seed 0"
+GUARD_SHOTS = 5  # images per class the int8 guard's few-shot probe enrols (quantize_guarded's default shots)
 VERSIONED = ("edgetl", "torch", "timm", "onnx", "onnxruntime", "onnxslim", "numpy")
 
 
@@ -139,7 +140,8 @@ def _calibration_split(data: ImageDataset | None, config: BundleConfig) -> tuple
     """Disjoint calibration and held-out sets (the guard never scores calibration images).
 
     Labelled data is drawn class-balanced; held-out images are only needed (and only required) when
-    int8 is built, and then calibration takes at most half of the smallest class. Unlabelled data is drawn at random; its guard judges feature agreement.
+    int8 is built, and then calibration takes at most half of the smallest class. Unlabelled data is
+    drawn at random; its guard judges feature agreement.
     """
     data = data if data is not None else synthetic_images()
     if data.labelled:
@@ -191,12 +193,22 @@ def _quantized_members(
 
         eval_inputs = preprocess_batch(list(held_out.images), spec)
         qconfig = quantize_config or QuantizeConfig.portable(num_calibration=config.calibration_count)
+        labels = held_out.labels if held_out.labelled else None
+        thinnest = int(np.bincount(labels)[np.unique(labels)].min()) if labels is not None and len(labels) else 0
+        if labels is not None and thinnest <= GUARD_SHOTS:  # a small folder: the few-shot probe has no queries
+            warnings.warn(
+                f"only {thinnest} held-out image(s) in a class, too few for the int8 accuracy guard (it enrols "
+                f"{GUARD_SHOTS} per class and scores the rest): int8 is judged by feature agreement with fp32 "
+                f"instead. Fix: give more than {2 * GUARD_SHOTS + 2} images per class for the accuracy guard.",
+                stacklevel=3,
+            )
+            labels = None
         try:
             out[Precision.INT8.member] = quantize_for_bundle(
                 fp32_path,
                 calib_inputs,
                 eval_inputs,
-                held_out.labels if held_out.labelled else None,
+                labels,
                 config.max_accuracy_drop,
                 qconfig,
                 f"{data_source} ({CALIBRATION_SAMPLING})",
