@@ -417,6 +417,28 @@ def _png_prefix(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:40])
 
 
+def _bad_deflate(c: Ctx) -> Path:
+    """golden.npz with bytes of its deflate stream flipped (size and CRC as declared)."""
+    path = Path(shutil.copy(c.bundle, c.dir / "zl.edgetl"))
+    data = bytearray(path.read_bytes())
+    at = data.find(b"golden.npz") + len(b"golden.npz") + 8  # a few bytes into the member's compressed data
+    data[at : at + 4] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` x ``height`` pixels (no pixel data): a decompression bomb's claim."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
 def _cli_add(label: str) -> Callable[[Ctx], Callable[[], object]]:
     def prepare(c: Ctx) -> Callable[[], object]:
         from PIL import Image
@@ -495,6 +517,14 @@ _LABELS: dict[str, Any] = {
 }  # fmt: skip
 
 ROUND2: dict[str, _Case] = {
+    # --- claims of the threat model that had no case of their own --------------------------------------------------
+    "bundle-backslash-name": (BundleError, _open(lambda c: c.variant("bs.edgetl", extra={"..\\..\\evil.dll": b"x"}))),
+    "bundle-drive-letter-name": (BundleError, _open(lambda c: c.variant("dl.edgetl", extra={"C:/evil.dll": b"x"}))),
+    "bundle-encrypted-flag": (BundleError, _open(lambda c: _file(c, "enc.edgetl", _encrypted(c.bundle.read_bytes())))),
+    "bundle-bad-crc": (BundleError, _open(lambda c: H.relabel(Path(shutil.copy(c.bundle, c.dir / "crc.edgetl")), "golden.npz", crc=0))),
+    "bundle-bad-deflate-stream": (BundleError, _open(_bad_deflate)),
+    "bundle-manifest-negative-size": (BundleError, _open(lambda c: c.variant("ns.edgetl", manifest=lambda m: m["members"]["golden.npz"].update(size=-1)))),
+    "image-file-decompression-bomb-png": (InputError, _image_file("bomb.png", _text(_png_header(30000, 30000)))),
     # --- 1. compression bombs before the hash check: only stored/deflate, every read bounded ---------------------
     **{f"bundle-{m}-{method}-member": (BundleError, _bomb(m, code))
        for m in ("manifest.json", "golden.npz", "backbone.fp32.onnx") for method, code in H.METHODS.items()},

@@ -118,6 +118,8 @@ class Manifest:
             )
         try:
             return _parse(data)
+        except BundleError:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BundleError(
                 f"manifest.json is malformed: {type(exc).__name__}: {exc}. Re-export the bundle."
