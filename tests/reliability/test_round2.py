@@ -516,7 +516,8 @@ def test_a_running_learner_sees_another_process_enrol(reliability_bundle: Path, 
 
 
 def test_the_threat_model_names_only_tests_that_exist() -> None:
-    """docs/threat-model.md lists each threat with the test covering it: every test it names must exist."""
+    """docs/threat-model.md lists each threat with the test covering it: every test and corpus case it names must
+    exist, and the corpus size it states must be the real one."""
     import ast
     import re
 
@@ -531,3 +532,10 @@ def test_the_threat_model_names_only_tests_that_exist() -> None:
         if test not in names:
             missing.append(f"{file}::{test}")
     assert missing == [], missing
+    from .test_bad_input_corpus import CASES
+
+    kinds = "bundle|image|label|remove|predict|state|option|cli"
+    cases = set(re.findall(rf'"((?:{kinds})-[A-Za-z0-9._-]+)"', text))
+    assert len(cases) >= 100 and sorted(cases - set(CASES)) == [], sorted(cases - set(CASES))
+    counts = re.findall(r"\b(\d+) cases\b", text)
+    assert str(len(CASES)) in counts, f"the threat model gives the corpus size as {counts}, it has {len(CASES)}"
