@@ -1,6 +1,7 @@
 """Host side of the ARM64 checks: small real bundles and Fashion-MNIST images, exported once and cached.
 
-One bundle per int8 preset of ``edgetl_exporters.quantize_config.PRESETS`` (each also ships fp32):
+One bundle per int8 target of ``edgetl_exporters.quantize_config.PRESETS`` but ``host``/``auto`` (which
+name the exporting machine, not a device): portable, x86-avx2, x86-vnni, arm, tensorrt. Each also ships fp32:
 EfficientNet-Lite0 with its bundled ImageNet weights at a small input size (96 px by default), calibrated
 on class-balanced Fashion-MNIST train images. The accuracy guard runs but may not exclude nodes
 (``max_accuracy_drop`` is wide), so each int8 model is exactly its preset. Beside them, ``fmnist.npz``
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-PRESETS = ("x86-avx2", "x86-vnni", "arm", "tensorrt")
+HOST_ALIASES = ("host", "auto")  # presets naming the exporting machine's CPU, not a device
 SOURCES = ("edgetl", "exporters/src", "runtime/src")
 VERSIONED = ("torch", "timm", "onnx", "onnxruntime", "onnxslim", "numpy")
 DEFAULT_CACHE = Path(os.environ.get("EDGETL_ARM64_CACHE", Path.home() / ".cache" / "edgetl" / "arm64"))
@@ -77,6 +78,12 @@ def _test_images(out: Path) -> None:
     )
 
 
+def presets() -> list[str]:
+    from edgetl_exporters.quantize_config import PRESETS
+
+    return [name for name in PRESETS if name not in HOST_ALIASES]
+
+
 def export_all(out: Path, size: int) -> dict[str, float]:
     """Export one fp32+int8 bundle per preset into ``out``; returns seconds per preset."""
     from edgetl.datasets import load_fashion_mnist
@@ -93,7 +100,7 @@ def export_all(out: Path, size: int) -> dict[str, float]:
         max_accuracy_drop=100.0,  # report the drop, never exclude nodes: each model is exactly its preset
     )
     seconds = {}
-    for preset in PRESETS:
+    for preset in presets():
         start = time.perf_counter()
         export_bundle(
             "tf_efficientnet_lite0",
@@ -120,7 +127,7 @@ def ensure_bundles(size: int = 96, cache: Path = DEFAULT_CACHE) -> Path:
     try:
         seconds = export_all(work, size)
         _test_images(work)
-        info = {"size": size, "presets": list(PRESETS), "export_seconds": seconds}
+        info = {"size": size, "presets": list(seconds), "export_seconds": seconds}
         (work / "done.json").write_text(json.dumps(info, indent=2) + "\n")
         try:
             work.rename(final)
@@ -130,10 +137,20 @@ def ensure_bundles(size: int = 96, cache: Path = DEFAULT_CACHE) -> Path:
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
-    for old in cache.glob("bundles-*"):  # bundles of older source trees
-        if old != final and old.is_dir() and time.time() - old.stat().st_mtime > 7 * 86400:
-            shutil.rmtree(old, ignore_errors=True)
+    _prune(cache, final)
     return final
+
+
+def _prune(cache: Path, keep: Path, recent: int = 2) -> None:
+    """Drop bundles of older source trees (all but the ``recent`` newest) and hour-old interrupted exports."""
+    done = sorted(
+        (p for p in cache.glob("bundles-*") if p.is_dir() and ".tmp-" not in p.name and p != keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    stale = [p for p in cache.glob("bundles-*.tmp-*") if time.time() - p.stat().st_mtime > 3600]
+    for old in done[recent - 1 :] + stale:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,7 +34,15 @@ from edgetl_runtime.manifest import Precision
 
 pytestmark = pytest.mark.arm64
 
-PRESETS = ("x86-avx2", "x86-vnni", "arm", "tensorrt")  # edgetl_exporters.quantize_config.PRESETS, less auto
+
+def _exported_presets() -> tuple[str, ...]:
+    """The int8 targets scripts/arm64_bundles.py exported (edgetl_exporters' PRESETS less host/auto)."""
+    done = Path(os.environ.get("EDGETL_ARM64_BUNDLES", "")) / "done.json"
+    return tuple(json.loads(done.read_text())["presets"]) if done.is_file() else ()
+
+
+PRESETS = _exported_presets()
+REQUIRED_PRESETS = {"x86-avx2", "x86-vnni", "arm", "tensorrt"}
 
 EXPECTED_MACHINE = os.environ.get("EDGETL_ARM64_EXPECT_MACHINE")  # "aarch64" under make test-arm64
 CPU = os.environ.get("EDGETL_ARM64_CPU", "native") if EXPECTED_MACHINE else "native"
@@ -80,6 +88,10 @@ def results() -> Iterator[dict[str, Any]]:
         path = Path(out) / "results.json"
         previous = json.loads(path.read_text()) if path.is_file() else {}
         path.write_text(json.dumps({**previous, **collected}, indent=2, sort_keys=True) + "\n")
+
+
+def test_every_int8_target_was_exported(bundle_dir: Path) -> None:
+    assert REQUIRED_PRESETS <= set(PRESETS), PRESETS
 
 
 def test_this_is_the_device_environment() -> None:
