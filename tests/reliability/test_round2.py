@@ -115,6 +115,23 @@ def test_the_npz_reader_checks_headers_before_reading_any_array() -> None:
         read_npz(H.npz(H.golden_entries()), "golden.npz", lambda headers: ["rows must be 7"])
 
 
+def test_the_writers_head_passes_the_header_checks(reliability_bundle: Path, tmp_path: Path) -> None:
+    """A head.npz as edgetl.export._head_npz writes it (through the writer's npz_bytes) reads back unchanged."""
+    from edgetl_exporters.bundle_writer import npz_bytes, write_bundle
+
+    original = Bundle.open(reliability_bundle)
+    arrays = {
+        "kind": np.array("linear"),
+        "coef": np.ones((3, 16), np.float32),
+        "intercept": np.zeros(3, np.float32),
+        "classes": np.array(["dark", "mid", "bright"], dtype=str),
+    }
+    manifest = original.manifest.__class__(**{**vars(original.manifest), "head_labels": ("dark", "mid", "bright")})
+    bundle = write_bundle(tmp_path / "h.edgetl", manifest, {**original.members, "head.npz": npz_bytes(arrays)})
+    head = bundle.head_arrays()
+    assert head is not None and all(np.array_equal(head[k], v) for k, v in arrays.items())
+
+
 # ---------------------------------------------------------------------------------------------- 3: external data
 
 

@@ -105,7 +105,7 @@ def test_non_image_file_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
     fake = tmp_path / "notes.png"
     fake.write_text("not an image")
     learner = Learner.load(tiny_bundle, backend="onnxruntime")
-    with pytest.raises(InputError, match="not a readable image"):
+    with pytest.raises(InputError, match="is not a JPEG, PNG, BMP, GIF, TIFF, WEBP image"):
         learner.add([fake], "a")
 
 
