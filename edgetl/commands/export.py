@@ -57,6 +57,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="exported features: avg, grid2..grid4, or e.g. avg+grid2 (auto: grid3 for a pretrained backbone, "
         "measured best for few-shot; avg for a fine-tuned run, whose head reads avg features)",
     )
+    p.add_argument(
+        "--fp16-min-cosine",
+        type=float,
+        default=Fp16Config.min_cosine,
+        help="worst feature cosine of fp16 to fp32 accepted; below it nodes are kept in fp32 automatically",
+    )
+    p.add_argument(
+        "--fp16-keep-ops",
+        default="",
+        help="comma list of ONNX op types always kept in fp32 in the fp16 model, e.g. Conv,Add",
+    )
+    p.add_argument(
+        "--skip-failed",
+        action="store_true",
+        help="when int8 or fp16 fails its check, ship the precisions that passed (with a warning) instead of nothing",
+    )
     p.add_argument("-o", "--output", required=True, type=Path, help="bundle path, e.g. model.edgetl")
     p.set_defaults(func=run_export)
 
