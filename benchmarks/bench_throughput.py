@@ -24,8 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgetl.datasets import load_fashion_mnist
 from edgetl_runtime.backends.onnxruntime import make_session
 from edgetl_runtime.cpu import this_cpu
@@ -56,9 +54,10 @@ def main() -> None:
 
     test = load_fashion_mnist("test")
     rounds = [list(test.images[r * args.images : (r + 1) * args.images]) for r in range(args.repeats)]
-    with tempfile.TemporaryDirectory() as tmp, Learner.load(
-        args.bundle, Path(tmp) / "state.sqlite", threads=args.threads
-    ) as learner:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Learner.load(args.bundle, Path(tmp) / "state.sqlite", threads=args.threads) as learner,
+    ):
         spec, backend, selection = learner.bundle.manifest.preprocess, learner.backend, learner.selection
         session = make_session(learner.bundle.model_bytes(backend.precision), args.threads, kernel=backend.kernel)  # type: ignore[attr-defined]
         name = session.get_inputs()[0].name

@@ -92,14 +92,17 @@ def kernel_times_us(
     return out
 
 
-def conv_profile(fp32_model: bytes, int8_model: bytes, batch: np.ndarray, runs: int = 50) -> dict[str, Any]:
-    """Per-convolution and per-kind fp32 vs int8 kernel times at 1 thread (``batch`` is (1, 3, H, W)).
+def conv_profile(
+    fp32_model: bytes, int8_model: bytes, batch: np.ndarray, runs: int = 50, kernel: str = "exact"
+) -> dict[str, Any]:
+    """Per-convolution and per-kind fp32 vs int8 kernel times at 1 thread (``batch`` is (1, 3, H, W)),
+    under the int8 ``kernel`` mode the device runtime chose.
 
     Kernel times exclude what sits between kernels (quantize / transpose / layout reorders, dispatch),
     so the total ratio here is a floor under the whole-model latency ratio.
     """
     kinds = conv_kinds(fp32_model)
-    fp32, int8 = kernel_times_us([fp32_model, int8_model], batch, runs)
+    fp32, int8 = kernel_times_us([fp32_model, int8_model], batch, runs, kernel=kernel)
     if not len(kinds) == len(fp32) == len(int8):
         return {"error": f"could not match convolutions: {len(kinds)} in the graph, {len(fp32)} / {len(int8)} timed"}
     rows = [ConvTiming(i, k, a, b) for i, (k, a, b) in enumerate(zip(kinds, fp32, int8, strict=True))]
@@ -112,6 +115,7 @@ def conv_profile(fp32_model: bytes, int8_model: bytes, batch: np.ndarray, runs: 
     return {
         "runs": runs,
         "threads": 1,
+        "int8_kernel": kernel,
         "by_kind": by_kind,
         "total": {"fp32_ms": total_f / 1e3, "int8_ms": total_q / 1e3, "ratio": total_q / total_f},
         "convs": [{**asdict(r), "ratio": r.ratio} for r in rows],

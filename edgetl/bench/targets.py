@@ -290,30 +290,44 @@ def _latency_input(bundle: Path, image: np.ndarray) -> tuple[Bundle, np.ndarray]
 
 
 def measure_latency(opened: Bundle, batch: np.ndarray, config: TargetsConfig) -> dict[str, Any]:
-    """Target 3: batch-1 p50 through the runtime's own backend, fp32 and int8 calls alternating."""
-    from edgetl_runtime.backends import create_backend
+    """Target 3: batch-1 p50 through the runtime's own backend, fp32 and int8 calls alternating.
+
+    int8 runs under the kernel the runtime chose on this CPU; ``best`` records what a device asking
+    for the best precision gets here, and why.
+    """
+    import tempfile
+
+    from edgetl_runtime.backends import select_backend
+    from edgetl_runtime.backends.choice_cache import ChoiceCache
 
     out: dict[str, Any] = {}
     for threads in dict.fromkeys((1, config.threads)):
-        runners = {p: create_backend(opened, "onnxruntime", p, threads=threads) for p in ("fp32", "int8")}
-        calls = {p: partial(runner.run, batch) for p, runner in runners.items()}
+        built = {p: select_backend(opened, "onnxruntime", p, threads=threads) for p in ("fp32", "int8")}
+        calls = {p: partial(runner.run, batch) for p, (runner, _) in built.items()}
         stats = measure_interleaved(calls, rounds=config.latency_runs, warmup_rounds=config.latency_warmup)
+        with tempfile.TemporaryDirectory() as tmp:  # a fresh measurement, not a cached one
+            _, best = select_backend(opened, "onnxruntime", "best", threads=threads, cache=ChoiceCache(Path(tmp)))
         out[f"threads_{threads or 'default'}"] = {
             "threads": threads,
-            "backend": runners["fp32"].name,
+            "backend": built["fp32"][0].name,
+            "int8_kernel": built["int8"][1].kernel,
             **{p: s.to_dict() for p, s in stats.items()},
             "ratio_p50": stats["int8"].p50_ms / stats["fp32"].p50_ms,
+            "best": {"precision": best.precision, "kernel": best.kernel, "reason": best.reason},
         }
     return out
 
 
 def profile_convolutions(opened: Bundle, batch: np.ndarray, config: TargetsConfig) -> dict[str, Any]:
-    """Why target 3 lands where it does: fp32 vs int8 time of every convolution kind (1 thread)."""
+    """Why target 3 lands where it does: fp32 vs int8 time of every convolution kind (1 thread), under
+    the int8 kernel the runtime chose on this CPU."""
     from edgetl.bench.op_profile import conv_profile
+    from edgetl_runtime.backends import select_backend
     from edgetl_runtime.manifest import Precision
 
+    kernel = select_backend(opened, "onnxruntime", "int8", threads=1)[1].kernel or "exact"
     fp32, int8 = opened.model_bytes(Precision.FP32), opened.model_bytes(Precision.INT8)
-    return conv_profile(fp32, int8, batch, runs=max(5, config.latency_runs // 4))
+    return conv_profile(fp32, int8, batch, runs=max(5, config.latency_runs // 4), kernel=kernel)
 
 
 def measure_fit(

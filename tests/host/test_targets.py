@@ -20,7 +20,7 @@ from edgetl.bench.targets_report import write_report
 from edgetl_runtime.errors import ConfigError
 
 pytestmark = pytest.mark.host
-TARGET_IDS = ["1", "2", "3", "4 K=1", "4 K=5", "5 ridge", "5 auto", "6 memory", "6 sqlite", "7"]
+TARGET_IDS = ["1", "2", "3", "3b", "4 K=1", "4 K=5", "5 ridge", "5 auto", "6 memory", "6 sqlite", "7"]
 
 
 def _stats(p50: float) -> dict[str, Any]:
@@ -45,14 +45,16 @@ def passing_result(tmp_path: Path) -> dict[str, Any]:
         "int8_drop": {h: paired_drop(rows, h) for h in ("auto", "sklearn_lr")},
         "latency": {
             f"threads_{t}": {"threads": t, "backend": "onnxruntime-cpu", "fp32": _stats(20.0), "int8": _stats(10.0),
-                             "ratio_p50": 0.5} for t in (1, "default")
+                             "ratio_p50": 0.5, "int8_kernel": "fast",
+                             "best": {"precision": "int8", "kernel": "fast", "reason": "fastest"}}
+            for t in (1, "default")
         },
         "fit": {"samples": 50, "feature_dim": 1280, "accuracy": {"sklearn_lr": 75.0, "ridge": 76.0, "auto": 75.0},
                 "timing": {"sklearn_lr": _stats(60.0), "ridge": _stats(0.5), "auto": _stats(0.6)},
                 "speedup": {"ridge": 120.0, "auto": 100.0}},
         "enrol": enrol,
         "environment": {
-            "cpu": {"model": "test CPU", "logical_cores": 2, "isa": {"avx2": True}, "vnni": False},
+            "cpu": {"model": "test CPU", "logical_cores": 2, "isa": {"avx2": True}, "vnni": True, "family": "x86-vnni"},
             "platform": "test", "python": "3", "versions": {"numpy": "2"}, "threads": {"onnxruntime_features": 2},
             "load_average_start": [0.0, 0.0, 0.0], "load_average_end": [0.0, 0.0, 0.0],
         },
@@ -76,7 +78,7 @@ def test_every_target_passes_at_its_threshold(tmp_path: Path) -> None:
     [
         (lambda r: r["size"].update(ratio=0.31), "1"),
         (lambda r: r["int8_drop"]["sklearn_lr"].update(drop_points=0.6), "2"),  # either head fails target 2
-        (lambda r: r["latency"]["threads_1"].update(ratio_p50=0.56), "3"),
+        (lambda r: r["latency"]["threads_1"].update(ratio_p50=0.56), "3"),  # 0.55 on a VNNI CPU
         (lambda r: r["fewshot"]["summary"]["int8/auto"].update({"K=5": 74.9}), "4 K=5"),
         (lambda r: r["fit"]["speedup"].update(ridge=99.0), "5 ridge"),
         (lambda r: r["fit"]["accuracy"].update(auto=74.9), "5 auto"),  # faster but less accurate than sklearn
@@ -89,6 +91,41 @@ def test_each_target_fails_just_past_its_threshold(tmp_path: Path, change: Any, 
     status = _status(result)
     assert status[failed] == "FAIL"
     assert [i for i, s in status.items() if s == "FAIL"] == [failed]
+
+
+def test_latency_goal_follows_the_measured_cpu_family(tmp_path: Path) -> None:
+    result = passing_result(tmp_path)
+    result["latency"]["threads_1"]["ratio_p50"] = 0.65
+    result["environment"]["cpu"].update(family="x86-avx2", vnni=False)
+    row = next(r for r in judge(result) if r.id == "3")
+    assert row.passed is True and row.target == "<= 0.7" and "x86-avx2" in row.name
+    result["environment"]["cpu"].update(family="x86-vnni", vnni=True)
+    assert next(r for r in judge(result) if r.id == "3").passed is False
+
+
+def test_best_precision_slower_than_fp32_fails(tmp_path: Path) -> None:
+    result = passing_result(tmp_path)
+    result["latency"]["threads_default"]["ratio_p50"] = 1.1  # int8 slower, yet best chose it
+    row = next(r for r in judge(result) if r.id == "3b")
+    assert row.passed is False
+    result["latency"]["threads_default"]["best"]["precision"] = "fp32"
+    assert next(r for r in judge(result) if r.id == "3b").passed is True
+
+
+def test_report_prose_follows_the_measured_cpu(tmp_path: Path) -> None:
+    result = passing_result(tmp_path)
+    kinds = {"pointwise": (3.0, 1.5), "depthwise": (1.0, 1.1), "stem": (0.5, 0.6)}
+    result["conv_profile"] = {
+        "runs": 5, "threads": 1, "int8_kernel": "fast",
+        "by_kind": {k: {"count": 1, "fp32_ms": f, "int8_ms": q, "ratio": q / f} for k, (f, q) in kinds.items()},
+        "total": {"fp32_ms": 4.5, "int8_ms": 3.2, "ratio": 3.2 / 4.5}, "convs": [{}, {}, {}],
+    }  # fmt: skip
+    vnni = write_report(result, tmp_path)["markdown"].read_text()
+    assert "x86-vnni" in vnni and "fast x86 kernel" in vnni and "Without VNNI" not in vnni
+    result["environment"]["cpu"].update(family="x86-avx2", vnni=False)
+    result["conv_profile"]["int8_kernel"] = "exact"
+    plain = write_report(result, tmp_path / "b")["markdown"].read_text()
+    assert "Without VNNI, AVX2" in plain and "exact x86 kernel" in plain
 
 
 def test_default_thread_latency_is_reported_not_judged(tmp_path: Path) -> None:
