@@ -47,6 +47,7 @@ class DemoResult:
     exports: dict[str, Any] = field(default_factory=dict)
     few_shot: list[FewShotCell] = field(default_factory=list)
     latency: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=dict)  # the CPU and what the runtime chose on it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,4 +57,5 @@ class DemoResult:
             "exports": self.exports,
             "few_shot": [c.to_dict() for c in self.few_shot],
             "latency": self.latency,
+            "machine": self.machine,
         }

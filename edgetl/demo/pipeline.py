@@ -56,6 +56,7 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
     for name, model in (("imagenet", config.backbone), ("finetuned", out / "finetuned")):
         with step(f"export {name} bundle"):
             bundles[name], result.exports[name] = _export(config, model, calib, out / f"{name}.edgetl")
+    result.machine = _machine(bundles, config.threads)
     target_pool = balanced_subset(train.select_classes(config.target_classes), config.pool_per_class, seed=2)
     target_test = balanced_subset(test.select_classes(config.target_classes), config.test_per_class, seed=0)
     for name, path in bundles.items():
@@ -69,6 +70,23 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
     (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     write_report(result, out)
     return result
+
+
+def _machine(bundles: dict[str, Path], threads: int | None) -> dict[str, Any]:
+    """This CPU and, per bundle, the precision and int8 kernel a device asking for ``best`` gets here."""
+    import tempfile
+
+    from edgetl_runtime.backends import select_backend
+    from edgetl_runtime.backends.choice_cache import ChoiceCache
+    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.cpu import this_cpu
+
+    choices = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path in bundles.items():
+            _, sel = select_backend(Bundle.open(path), "onnxruntime", "best", threads, cache=ChoiceCache(Path(tmp)))
+            choices[name] = sel.to_dict()
+    return {"cpu": this_cpu().to_dict(), "cpu_line": this_cpu().describe(), "best": choices}
 
 
 def _finetune(config: DemoConfig, source: ImageDataset, source_test: ImageDataset, run_dir: Path) -> dict[str, Any]:

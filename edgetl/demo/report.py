@@ -36,6 +36,10 @@ def write_report(result: DemoResult, out: Path) -> Path:
         "",
         _latency_lines(result.latency),
         "",
+        "## Machine",
+        "",
+        *_machine_lines(result.machine),
+        "",
         "## Step timings (s)",
         "",
         *[f"- {name}: {seconds:.1f}" for name, seconds in result.timings_s.items()],
@@ -46,6 +50,15 @@ def write_report(result: DemoResult, out: Path) -> Path:
     path.write_text("\n".join(lines))
     print("\n" + _few_shot_table(result) + f"\n\nreport: {path}")
     return path
+
+
+def _machine_lines(machine: dict[str, Any]) -> list[str]:
+    """The CPU these figures come from, and what ``precision="best"`` chose on it for each bundle."""
+    lines = [f"CPU: {machine.get('cpu_line', 'not recorded')}."]
+    for name, sel in (machine.get("best") or {}).items():
+        kernel = f", int8 kernel {sel['kernel']}" if sel.get("kernel") else ""
+        lines.append(f"- `{name}`: best = {sel['precision']}{kernel}: {sel['reason']}")
+    return lines
 
 
 def _few_shot_table(result: DemoResult) -> str:
