@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_runtime.backends.onnxruntime import make_session
+from edgetl_runtime.backends.onnxruntime import HOST_KERNEL, Int8Kernel, make_session
 from edgetl_runtime.errors import InputError, raise_all
 from edgetl_runtime.latency import LatencyStats, measure_interleaved
 
@@ -115,9 +115,14 @@ def evaluate_against(
 
 
 def interleaved_latency(
-    models: dict[str, str | Path], image: FloatArray, runs: int = 100, warmup: int = 10, threads: int = 2
+    models: dict[str, str | Path],
+    image: FloatArray,
+    runs: int = 100,
+    warmup: int = 10,
+    threads: int = 2,
+    kernel: Int8Kernel = HOST_KERNEL,
 ) -> dict[str, LatencyStats]:
     """Batch latency of several models, timed round-robin in one process so shared-CPU noise hits all alike."""
-    sessions = {k: make_session(str(p), threads) for k, p in models.items()}
+    sessions = {k: make_session(str(p), threads, kernel=kernel) for k, p in models.items()}
     calls = {k: partial(s.run, None, {s.get_inputs()[0].name: image}) for k, s in sessions.items()}
     return measure_interleaved(calls, rounds=runs, warmup_rounds=warmup)

@@ -45,7 +45,10 @@ from edgetl_exporters.quantize_core import (
 )
 from edgetl_exporters.quantize_eval import check_eval_data, interleaved_latency, run_features
 from edgetl_exporters.quantize_judge import Judge, Judgement
+from edgetl_runtime.backends.onnxruntime import Int8Kernel
+from edgetl_runtime.cpu import this_cpu
 from edgetl_runtime.errors import ConfigError, QuantizationError, raise_all
+from edgetl_runtime.int8_targets import needs_exact_kernel
 
 FloatArray = npt.NDArray[np.float32]
 _ACTIVATIONS = ("Clip", "Relu")  # folded into their producer by the QDQ quantizer
@@ -242,7 +245,11 @@ def quantize_guarded(
             err.report = report  # type: ignore[attr-defined]
             raise err
         if latency_runs > 0:
-            lat = interleaved_latency({"fp32": prepared, "int8": best}, eval_images[:1], runs=latency_runs)
+            # Timed under the int8 kernel a device like this host would choose (see the runtime's selection).
+            exact = needs_exact_kernel(report.config, this_cpu())
+            kernel = Int8Kernel.EXACT if exact else Int8Kernel.FAST
+            models = {"fp32": prepared, "int8": best}
+            lat = interleaved_latency(models, eval_images[:1], runs=latency_runs, kernel=kernel)
             report.latency_fp32_ms, report.latency_int8_ms = lat["fp32"].p50_ms, lat["int8"].p50_ms
         publish(best, out_path)
     return report
