@@ -38,7 +38,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-from edgetl.bench.fewshot import episode, simpleshot_predict, sklearn_lr_predict  # noqa: E402
+from edgetl.bench.fewshot import simpleshot_predict, sklearn_lr_predict  # noqa: E402
+from edgetl_runtime.fewshot import episode  # noqa: E402
 from edgetl_runtime.latency import measure, measure_interleaved  # noqa: E402
 
 LAYERS = ("b4", "b5", "b6")  # pooled outputs of blocks[4..6] (112, 192, 320 channels)

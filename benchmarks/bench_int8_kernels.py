@@ -27,9 +27,11 @@ from typing import Any
 from bench_quantize import environment, export_fp32, load_fmnist
 
 from edgetl_exporters.quantize import QuantizeConfig, quantize_int8
-from edgetl_exporters.quantize_eval import cosine_stats, few_shot_splits, ncm_accuracy, run_features
+from edgetl_exporters.quantize_eval import run_features
 from edgetl_runtime.backends.onnxruntime import Int8Kernel, session_options
+from edgetl_runtime.fewshot import probe_accuracy, support_masks
 from edgetl_runtime.latency import measure_interleaved
+from edgetl_runtime.numerics import row_cosine
 from edgetl_runtime.preprocess import preprocess_batch
 
 KERNELS = tuple(k.value for k in Int8Kernel)
@@ -60,18 +62,18 @@ def main() -> None:
         calib = preprocess_batch(list(load_fmnist("train", args.calib)[0]), spec)
         images, labels = load_fmnist("test", args.test)
         test = preprocess_batch(list(images), spec)
-        masks = few_shot_splits(labels, 5, range(args.seeds))
+        masks = support_masks(labels, 5, args.seeds)  # the device's probe: its `auto` head per episode
         reference = run_features(session(fp32, "exact"), test)
-        acc_fp32 = ncm_accuracy(reference, labels, masks)
+        acc_fp32 = probe_accuracy(reference, labels, masks)
         rows, timed = [], {"fp32": session(fp32, "exact")}
         for preset in PRESETS:
             model = work / f"{preset}.onnx"
             quantize_int8(fp32, model, calib, QuantizeConfig.preset(preset, num_calibration=args.calib))
             for kernel in KERNELS:
                 feats = run_features(session(model, kernel), test)
-                cos_mean, cos_min = cosine_stats(reference, feats)
-                drop = acc_fp32 - ncm_accuracy(feats, labels, masks)
-                row = {"preset": preset, "kernel": kernel, "cosine_mean": cos_mean, "cosine_min": cos_min}
+                cosine = row_cosine(reference, feats)  # (N,)
+                drop = acc_fp32 - probe_accuracy(feats, labels, masks)
+                row = {"preset": preset, "kernel": kernel, "cosine_mean": cosine.mean(), "cosine_min": cosine.min()}
                 rows.append({**row, "drop_points": drop, "bytes": model.stat().st_size})
                 timed[f"{preset}/{kernel}"] = session(model, kernel)
         one = test[:1]

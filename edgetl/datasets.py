@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgetl_runtime.errors import DatasetError, InputError
+from edgetl_runtime.fewshot import support_indices
 from edgetl_runtime.preprocess import as_rgb_uint8
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -238,14 +239,7 @@ def k_shot(dataset: ImageDataset, k: int, seed: int = 0) -> tuple[ImageDataset, 
     short = [f"{dataset.classes[c]} ({n})" for c, n in enumerate(counts) if 0 < n < k]
     if short:
         raise DatasetError(f"K={k} is larger than the number of images in class(es) {short}; lower K or add images.")
-    rng = np.random.default_rng(seed)
-    picked = np.concatenate(
-        [
-            rng.choice(np.flatnonzero(dataset.labels == c), k, replace=False)
-            for c in range(len(dataset.classes))
-            if counts[c] > 0
-        ]
-    )
+    picked = support_indices(dataset.labels, k, np.random.default_rng(seed))
     rest = np.setdiff1d(np.arange(len(dataset)), picked)
     return dataset.subset(np.sort(picked)), dataset.subset(rest)
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from edgetl.datasets import ImageDataset, balanced_subset
 from edgetl_runtime.errors import ConfigError, raise_all
+from edgetl_runtime.fewshot import episode
 from edgetl_runtime.latency import measure
 
 HEADS = ("auto", "ridge", "ncm", "logistic")
@@ -44,13 +45,6 @@ class FewShotBenchConfig:
         if self.seeds < 1 or self.test_count < 1:
             problems.append("seeds and test_count must be positive")
         raise_all(ConfigError, problems, "Invalid FewShotBenchConfig")
-
-
-def episode(pool_labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
-    """Pool indices of ``shots`` images per class; identical for every head and precision."""
-    rng = np.random.default_rng(seed * 100 + shots)
-    classes = np.unique(pool_labels)
-    return np.concatenate([rng.choice(np.flatnonzero(pool_labels == c), shots, replace=False) for c in classes])
 
 
 def simpleshot_predict(x: np.ndarray, y: np.ndarray, xt: np.ndarray) -> np.ndarray:

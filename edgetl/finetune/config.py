@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Any
 
+from edgetl_runtime.arguments import to_enum
 from edgetl_runtime.errors import ConfigError, raise_all
 
 
@@ -22,14 +23,6 @@ class Strategy(str, Enum):
 class OptimizerName(str, Enum):
     ADAMW = "adamw"
     SGD = "sgd"
-
-
-def _to_enum(enum: type[Enum], value: Any, what: str) -> Any:
-    try:
-        return enum(value)
-    except ValueError:
-        choices = [e.value for e in enum]
-        raise ConfigError(f"Unknown {what} {value!r}; choose one of {choices}.") from None
 
 
 @dataclass(frozen=True)
@@ -66,8 +59,8 @@ class FinetuneConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "strategy", _to_enum(Strategy, self.strategy, "strategy"))
-        object.__setattr__(self, "optimizer", _to_enum(OptimizerName, self.optimizer, "optimizer"))
+        object.__setattr__(self, "strategy", to_enum(Strategy, self.strategy, "strategy"))
+        object.__setattr__(self, "optimizer", to_enum(OptimizerName, self.optimizer, "optimizer"))
         checks = [
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from edgetl_exporters.quantize_guard import GuardRule
-from edgetl_exporters.quantize_judge import Judge, episodes, paired_difference
+from edgetl_exporters.quantize_judge import Judge, paired_difference
+from edgetl_runtime.fewshot import support_masks
 
 pytestmark = pytest.mark.exporters
 
@@ -48,9 +49,9 @@ def test_support_cells_are_ignored() -> None:
 
 def test_episodes_draw_k_shots_per_class_reproducibly() -> None:
     labels = np.repeat(np.arange(4), 10)
-    masks = episodes(labels, 3, 5, seed=7)
+    masks = support_masks(labels, 3, 5, seed=7)
     assert len(masks) == 5 and all(np.bincount(labels[m]).tolist() == [3, 3, 3, 3] for m in masks)
-    again = episodes(labels, 3, 5, seed=7)
+    again = support_masks(labels, 3, 5, seed=7)
     assert all((m == n).all() for m, n in zip(masks, again, strict=True))
 
 

@@ -22,9 +22,9 @@ from edgetl.export import BundleConfig, export_bundle
 from edgetl.finetune import FinetuneConfig, finetune
 from edgetl_exporters.quantize import QuantizeConfig
 from edgetl_runtime.backends import check_against_golden, create_backend
-from edgetl_runtime.backends.tensorrt import int8_problem
 from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.errors import ConfigError
+from edgetl_runtime.int8_targets import int8_problem
 from edgetl_runtime.manifest import Precision
 
 pytestmark = pytest.mark.host

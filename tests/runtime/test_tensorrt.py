@@ -37,6 +37,7 @@ from edgetl_runtime.errors import (
     InputError,
     OptionalDependencyError,
 )
+from edgetl_runtime.int8_targets import int8_problem
 from edgetl_runtime.manifest import BackboneInfo, Manifest, Precision
 from edgetl_runtime.preprocess import PreprocessSpec
 
@@ -333,28 +334,28 @@ def exported_trt_bundle(tmp_path: Path) -> Bundle:
 
 
 def test_the_exporters_tensorrt_int8_is_ready_and_faithful_on_cpu(exported_trt_bundle: Bundle) -> None:
-    assert trt_mod.int8_problem(exported_trt_bundle.manifest) is None
+    assert int8_problem(exported_trt_bundle.manifest) is None
     backend = create_backend(exported_trt_bundle, backend="onnxruntime", precision="int8")  # verifies golden
     assert check_against_golden(backend, exported_trt_bundle).min_cosine_fp32 > 0.99
 
 
 def test_int8_readiness_is_read_from_the_manifest(tmp_path: Path) -> None:
-    assert trt_mod.int8_problem(_write(tmp_path / "trt.edgetl").manifest) is None
-    problem = trt_mod.int8_problem(_write(tmp_path / "cpu.edgetl", quantization=CPU_QUANTIZATION).manifest)
+    assert int8_problem(_write(tmp_path / "trt.edgetl").manifest) is None
+    problem = int8_problem(_write(tmp_path / "cpu.edgetl", quantization=CPU_QUANTIZATION).manifest)
     assert problem and "asymmetric" in problem and "int32" in problem and "--quant-preset tensorrt" in problem
     fp32_only = _write(tmp_path / "fp32.edgetl", (Precision.FP32,)).manifest
-    assert trt_mod.int8_problem(fp32_only) == "the bundle ships no int8 model"
+    assert int8_problem(fp32_only) == "the bundle ships no int8 model"
     qoperator = _write(tmp_path / "qop.edgetl", quantization={**TRT_QUANTIZATION, "quant_format": "qoperator"})
-    assert "qoperator" in str(trt_mod.int8_problem(qoperator.manifest))
+    assert "qoperator" in str(int8_problem(qoperator.manifest))
 
 
 def test_the_exporters_presets_agree_with_the_runtime_check() -> None:
     quantize = pytest.importorskip("edgetl_exporters.quantize")
     manifest = SimpleNamespace(precisions=ALL, quantization=quantize.QuantizeConfig.tensorrt().to_dict())
-    assert trt_mod.int8_problem(manifest) is None  # type: ignore[arg-type]
+    assert int8_problem(manifest) is None  # type: ignore[arg-type]
     for preset in (quantize.QuantizeConfig.x86_avx2(), quantize.QuantizeConfig.arm()):
         manifest.quantization = preset.to_dict()
-        assert trt_mod.int8_problem(manifest) is not None  # type: ignore[arg-type]
+        assert int8_problem(manifest) is not None  # type: ignore[arg-type]
 
 
 def test_best_on_tensorrt_skips_an_int8_model_it_cannot_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,8 +32,9 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_exporters.quantize_core import publish, workdir
-from edgetl_exporters.quantize_eval import cosine_stats, run_features
+from edgetl_exporters.quantize_eval import run_features
 from edgetl_runtime.errors import ConfigError, QuantizationError, raise_all
+from edgetl_runtime.numerics import row_cosine
 
 FloatArray = npt.NDArray[np.float32]
 FP16_MAX = 65504.0
@@ -242,12 +243,12 @@ def convert_fp16(
             if check_images is None:
                 return _Attempt(kept, math.nan, math.nan, path, arguments)
             got = run_features(path, check_images)
-            cos_mean, cos_min = cosine_stats(reference, got) if np.isfinite(got).all() else (-1.0, -1.0)
-            result = _Attempt(kept, cos_mean, cos_min, path, arguments)
+            cosine = row_cosine(reference, got) if np.isfinite(got).all() else np.full(1, -1.0)  # (N,)
+            result = _Attempt(kept, float(cosine.mean()), float(cosine.min()), path, arguments)
             report["attempts"].append(result.record())
             return result
 
-        reference = run_features(fp32_path, check_images) if check_images is not None else None
+        reference = run_features(fp32_path, check_images) if check_images is not None else np.zeros((0, 0))
         kept: list[str] = []
         probe = None if check_images is None else check_images[:PROBE_IMAGES]
         names: list[str] = []

@@ -17,6 +17,7 @@ import numpy as np
 from edgetl_runtime.atomic import atomic_write
 from edgetl_runtime.backends.onnxruntime import make_session
 from edgetl_runtime.errors import ConfigError, ExportError, InputError, ParityError, raise_all
+from edgetl_runtime.numerics import row_cosine
 
 if TYPE_CHECKING:
     import onnx
@@ -182,7 +183,7 @@ def validate_parity(
             f"ONNX output shape {got.shape} differs from PyTorch's {reference.shape}. Fix: export with "
             "dynamic_batch=True (the default) and trace at the batch size used here, or re-check the model's output."
         )
-    cosine = _row_cosine(got, reference)
+    cosine = row_cosine(got, reference)
     diff = np.abs(got - reference).max(axis=1)
     report = ParityReport(len(inputs), float(cosine.min()), float(cosine.mean()), float(diff.max()), config.min_cosine)
     bad = [i for i, c in enumerate(cosine) if not c >= config.min_cosine]
@@ -194,9 +195,3 @@ def validate_parity(
             f"{worst} cosine {cosine[worst]:.6f}, max abs diff {diff[worst]:.3g}; inputs {listed})."
         )
     return report
-
-
-def _row_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    num = np.sum(a.astype(np.float64) * b, axis=1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.where(den > 0, num / np.maximum(den, 1e-30), np.where(np.abs(a - b).max(axis=1) == 0, 1.0, 0.0))

@@ -13,6 +13,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edgetl_runtime.arguments import to_enum
 from edgetl_runtime.cpu import CpuFamily, read_cpu
 from edgetl_runtime.errors import ConfigError, raise_all
 from edgetl_runtime.int8_targets import infer_targets
@@ -57,16 +58,6 @@ PRESETS = {
 }
 
 
-def _to_enum(enum: type[Enum], value: Any, field_name: str, problems: list[str]) -> Any:
-    if isinstance(value, enum):
-        return value
-    try:
-        return enum(str(value).lower())
-    except ValueError:
-        problems.append(f"{field_name}={value!r} is not one of {[e.value for e in enum]}")  # type: ignore[attr-defined]
-        return value
-
-
 @dataclass(frozen=True)
 class QuantizeConfig:
     """Static int8 quantization settings. Defaults are the x86 ones that are safe with or without VNNI.
@@ -109,10 +100,10 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         problems: list[str] = []
         set_ = object.__setattr__
-        set_(self, "quant_format", _to_enum(QuantFormat, self.quant_format, "quant_format", problems))
-        set_(self, "activation_type", _to_enum(QuantDType, self.activation_type, "activation_type", problems))
-        set_(self, "weight_type", _to_enum(QuantDType, self.weight_type, "weight_type", problems))
-        set_(self, "calibrate_method", _to_enum(CalibrationMethod, self.calibrate_method, "calibrate_method", problems))
+        set_(self, "quant_format", to_enum(QuantFormat, self.quant_format, "quant_format", problems))
+        set_(self, "activation_type", to_enum(QuantDType, self.activation_type, "activation_type", problems))
+        set_(self, "weight_type", to_enum(QuantDType, self.weight_type, "weight_type", problems))
+        set_(self, "calibrate_method", to_enum(CalibrationMethod, self.calibrate_method, "calibrate_method", problems))
         set_(self, "op_types", tuple(self.op_types))
         set_(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))
         problems += self._value_problems()

@@ -1,14 +1,7 @@
-"""Judge a quantized model by the task, not by ``atol``: feature cosine and few-shot probe accuracy.
-
-The probe is the one a device runs (nearest class mean on L2-normalised features), evaluated on
-the same support/query splits for fp32 and int8 so the accuracy delta is paired, not two noisy
-numbers subtracted.
-"""
+"""Run a features ONNX model over preprocessed images, and time several models round-robin."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,45 +26,6 @@ def run_features(
     return np.concatenate(outs).astype(np.float32)  # (N, D)
 
 
-def cosine_stats(reference: FloatArray, other: FloatArray) -> tuple[float, float]:
-    """Mean and minimum per-row cosine similarity between two ``(N, D)`` feature arrays."""
-    a = reference.astype(np.float64)
-    b = other.astype(np.float64)
-    denom = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    cos = (a * b).sum(axis=1) / denom  # (N,)
-    return float(cos.mean()), float(cos.min())
-
-
-def _l2n(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    norms: npt.NDArray[np.float64] = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x / norms
-
-
-def few_shot_splits(labels: npt.NDArray[Any], shots: int, seeds: Sequence[int]) -> list[npt.NDArray[np.bool_]]:
-    """One boolean support mask per seed: ``shots`` random samples of every class; the rest is query."""
-    classes = np.unique(labels)
-    masks = []
-    for seed in seeds:
-        rng = np.random.default_rng(seed)
-        mask = np.zeros(len(labels), dtype=bool)
-        for c in classes:
-            mask[rng.choice(np.flatnonzero(labels == c), size=shots, replace=False)] = True
-        masks.append(mask)
-    return masks
-
-
-def ncm_accuracy(features: FloatArray, labels: npt.NDArray[Any], masks: list[npt.NDArray[np.bool_]]) -> float:
-    """Nearest-class-mean accuracy (percent), averaged over the support masks."""
-    feats = _l2n(features.astype(np.float64))
-    accs = []
-    for support in masks:
-        classes = np.unique(labels[support])
-        means = _l2n(np.stack([feats[support & (labels == c)].mean(axis=0) for c in classes]))  # (C, D)
-        pred = classes[np.argmax(feats[~support] @ means.T, axis=1)]
-        accs.append(float(np.mean(pred == labels[~support])))
-    return 100.0 * float(np.mean(accs))
-
-
 def check_eval_data(images: FloatArray, labels: npt.NDArray[Any], shots: int) -> None:
     """Every class needs more than ``shots`` samples, or the probe has no query images."""
     problems = []
@@ -85,33 +39,6 @@ def check_eval_data(images: FloatArray, labels: npt.NDArray[Any], shots: int) ->
         if thin:
             problems.append(f"classes {thin} have <= shots={shots} samples; give more eval images or lower shots")
     raise_all(InputError, problems, "Unusable evaluation data for the quantization guard")
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Task-level agreement of a quantized model with its fp32 reference."""
-
-    cosine_mean: float
-    cosine_min: float
-    accuracy_fp32: float
-    accuracy_quant: float
-
-    @property
-    def drop(self) -> float:
-        """Accuracy points lost by quantizing (negative when quantizing helped)."""
-        return self.accuracy_fp32 - self.accuracy_quant
-
-
-def evaluate_against(
-    fp32_features: FloatArray,
-    quant_features: FloatArray,
-    labels: npt.NDArray[Any],
-    masks: list[npt.NDArray[np.bool_]],
-) -> Evaluation:
-    cos_mean, cos_min = cosine_stats(fp32_features, quant_features)
-    return Evaluation(
-        cos_mean, cos_min, ncm_accuracy(fp32_features, labels, masks), ncm_accuracy(quant_features, labels, masks)
-    )
 
 
 def interleaved_latency(

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_runtime.heads import create_head
+from edgetl_runtime.fewshot import episode_correctness, support_masks
+from edgetl_runtime.numerics import row_cosine
 
 FloatArray = npt.NDArray[np.float32]
 BOOTSTRAP_DRAWS = 2000
@@ -37,30 +38,6 @@ class Interval:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
-
-
-def episodes(labels: npt.NDArray[Any], shots: int, count: int, seed: int = 0) -> list[npt.NDArray[np.bool_]]:
-    """``count`` support masks of ``shots`` random images per class; the rest of each episode is its query set."""
-    rng = np.random.default_rng(seed)
-    masks = []
-    for _ in range(count):
-        mask = np.zeros(len(labels), dtype=bool)
-        for c in np.unique(labels):
-            mask[rng.choice(np.flatnonzero(labels == c), size=shots, replace=False)] = True
-        masks.append(mask)
-    return masks
-
-
-def episode_correctness(
-    features: FloatArray, labels: npt.NDArray[Any], supports: list[npt.NDArray[np.bool_]], head: str = "auto"
-) -> npt.NDArray[np.float64]:
-    """``(E, N)``: 1 where the head fitted on episode e's support classifies image n right, 0 wrong, NaN support."""
-    out = np.full((len(supports), len(labels)), np.nan)
-    for e, support in enumerate(supports):
-        fitted = create_head(head).fit(features[support], labels[support])
-        query = ~support
-        out[e, query] = np.asarray(fitted.predict(features[query])) == labels[query]
-    return out
 
 
 def paired_difference(first: npt.NDArray[np.float64], second: npt.NDArray[np.float64], seed: int = 0) -> Interval:
@@ -87,14 +64,6 @@ def paired_difference(first: npt.NDArray[np.float64], second: npt.NDArray[np.flo
 
 def mean_accuracy(correct: npt.NDArray[np.float64]) -> float:
     return 100.0 * float(np.nanmean(correct))
-
-
-def row_cosine(a: FloatArray, b: FloatArray) -> npt.NDArray[np.float64]:
-    """Cosine similarity of matching rows of two ``(N, D)`` arrays."""
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    denom = np.maximum(np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-12)
-    cosine: npt.NDArray[np.float64] = (a64 * b64).sum(axis=1) / denom
-    return cosine
 
 
 def mean_with_interval(values: npt.NDArray[np.float64], seed: int = 0) -> Interval:
@@ -146,7 +115,7 @@ class Judge:
         seed: int = 0,
     ) -> None:
         self.reference, self.labels, self.head, self.seed, self.shots = reference, labels, head, seed, shots
-        self.supports = episodes(labels, shots, n_episodes, seed) if labels is not None else []
+        self.supports = support_masks(labels, shots, n_episodes, seed) if labels is not None else []
         self.reference_correct = (
             episode_correctness(reference, labels, self.supports, head) if labels is not None else None
         )

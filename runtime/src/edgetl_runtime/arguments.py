@@ -1,4 +1,5 @@
-"""What the public API accepts as a label, a sample id and a thread count, checked once at the boundary.
+"""What the public API accepts as a label, a sample id, a thread count, an enum value or a precision list,
+checked once at the boundary.
 
 A label is stored in SQLite and compared byte for byte, so two spellings of one class must not become
 two classes and a value must read back exactly as it was written: hence one rule, enforced before
@@ -8,12 +9,16 @@ anything is stored and applied again to the labels used to look classes up.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from enum import Enum
+from typing import Any, TypeVar
 
 import numpy as np
 
-from edgetl_runtime.errors import InputError, raise_all
+from edgetl_runtime.errors import ConfigError, InputError, raise_all
+from edgetl_runtime.manifest import Precision
+
+E = TypeVar("E", bound=Enum)
 
 MAX_LABEL_CHARS = 256
 LABEL_RULE = (
@@ -105,6 +110,34 @@ def check_threads(threads: object) -> int | None:
             "Fix: pass the number of cores to use (os.cpu_count()), or None for the backend's default."
         )
     return int(threads)
+
+
+def to_enum(enum: type[E], value: object, what: str, problems: list[str] | None = None) -> E:
+    """``value`` as a member of ``enum``: a member, or its value in any letter case.
+
+    An unknown value raises a :class:`ConfigError` naming the choices; with ``problems`` the message
+    is appended there instead (validation that reports every problem at once) and ``value`` returned.
+    """
+    if isinstance(value, enum):
+        return value
+    try:
+        return enum(str(value).lower())
+    except ValueError:
+        message = f"Unknown {what} {_short(value)}; choose one of {[e.value for e in enum]}"
+        if problems is None:
+            raise ConfigError(message + ".") from None
+        problems.append(message)
+        return value  # type: ignore[return-value]
+
+
+def to_precisions(values: str | Iterable[str | Precision], what: str = "precision") -> tuple[Precision, ...]:
+    """A comma list (``"fp32,int8"``) or sequence of precisions, deduplicated in order; unknown ones are a
+    :class:`ConfigError` listing them."""
+    items = [v.strip() for v in values.split(",") if v.strip()] if isinstance(values, str) else list(values)
+    unknown = [v for v in items if str(getattr(v, "value", v)).lower() not in {p.value for p in Precision}]
+    if unknown:
+        raise ConfigError(f"Unknown {what}(s) {unknown}; choose from {', '.join(p.value for p in Precision)}.")
+    return tuple(dict.fromkeys(to_enum(Precision, v, what) for v in items))
 
 
 def _short(value: object, limit: int = 80) -> str:

@@ -12,30 +12,18 @@ from typing import Any
 
 import numpy as np
 
-from edgetl_runtime.arguments import MAX_THREADS
+from edgetl_runtime.cli_args import (
+    add_backend_argument,
+    add_precision_argument,
+    add_threads_argument,
+    positive_int,
+)
 from edgetl_runtime.errors import EdgeTLError, InputError
 from edgetl_runtime.images import as_image_list
 from edgetl_runtime.latency import cpu_info, measure
 from edgetl_runtime.learner import Learner
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:  # also a number with more digits than int() converts
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text[:40]!r}")
-    return value
-
-
-def _threads(text: str) -> int:
-    value = _positive_int(text)
-    if value > MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"expected at most {MAX_THREADS} threads, got {text[:40]!r}")
-    return value
 
 
 def _version() -> str:
@@ -53,13 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--bundle", required=True, type=Path, help="the .edgetl bundle written by `edgetl export`")
     parser.add_argument("--state", type=Path, default=None, help="enrolment database (None: BUNDLE.state.sqlite)")
-    parser.add_argument(
-        "--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"], help="inference engine"
-    )
-    parser.add_argument(
-        "--precision", default="best", choices=["best", "int8", "fp16", "fp32"], help="backbone precision to run"
-    )
-    parser.add_argument("--threads", type=_threads, default=None, help="onnxruntime intra-op threads (None: its own)")
+    add_backend_argument(parser)
+    add_precision_argument(parser)
+    add_threads_argument(parser)
     parser.add_argument("--head", default="auto", help="few-shot head: auto, ncm, ridge or logistic")
     parser.add_argument(
         "--no-measure",
@@ -87,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer 'unknown' when an image's similarity to every class is below reject_threshold (both printed)",
     )
     bench = sub.add_parser("bench", help="backbone latency on this device (batch 1)", formatter_class=fmt)
-    bench.add_argument("--runs", type=_positive_int, default=100, help="timed runs")
+    bench.add_argument("--runs", type=positive_int, default=100, help="timed runs")
     remove = sub.add_parser("remove", help="forget a class", formatter_class=fmt)
     remove.add_argument("--label", required=True, help="class to forget")
     return parser

@@ -1,4 +1,5 @@
-"""Which CPU families an int8 member is meant for, and why it may be slow or inexact elsewhere.
+"""Which CPU families (or TensorRT) an int8 member is meant for, and why it may be slow, inexact or unbuildable
+elsewhere.
 
 The exporter writes the families into ``manifest.quantization["targets"]``; bundles from before that
 field are classified from how they were quantized. The facts behind each rule are measured by
@@ -11,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgetl_runtime.cpu import CpuFamily, CpuInfo
+from edgetl_runtime.manifest import Manifest, Precision
 
 TENSORRT = "tensorrt"  # a GPU target: TensorRT's explicit-quantization form
 ALL_CPU_FAMILIES = (CpuFamily.X86_AVX2.value, CpuFamily.X86_VNNI.value, CpuFamily.ARM64.value)
@@ -67,4 +69,32 @@ def int8_mismatch(quantization: Mapping[str, Any], cpu: CpuInfo) -> str | None:
         f"{why or 'it is not meant for this CPU'}. `precision='best'` measures it against fp32 and keeps the faster "
         "correct one; re-export with `edgetl export ... --target portable` (or `--target "
         f"{family}`) for an int8 model meant for this device"
+    )
+
+
+def int8_problem(manifest: Manifest) -> str | None:
+    """Why TensorRT cannot build the bundle's int8 model, or None when it can.
+
+    TensorRT takes explicit quantization only as symmetric int8 Q/DQ (zero point 0) with biases in
+    float: its ONNX parser refuses uint8 and int32 DequantizeLinear. The manifest records how the int8
+    model was quantized, so this is decided without parsing it.
+    """
+    if Precision.INT8 not in manifest.precisions:
+        return "the bundle ships no int8 model"
+    q = manifest.quantization
+    bad = []
+    extra = q.get("ort_arguments", {}).get("extra_options", {})
+    if q.get("quant_format") != "qdq" or extra.get("UseQDQContribOps"):
+        bad.append(f"it is in {q.get('quant_format')!r} form, not standard QuantizeLinear/DequantizeLinear (qdq)")
+    if q.get("activation_type") != "int8" or q.get("weight_type") != "int8":
+        bad.append(f"activations/weights are {q.get('activation_type')}/{q.get('weight_type')}, not int8/int8")
+    if not (q.get("activation_symmetric") and q.get("weight_symmetric")):
+        bad.append("its Q/DQ are asymmetric (zero point != 0)")
+    if q.get("quantize_bias", True):
+        bad.append("its biases are int32 behind DequantizeLinear")
+    if not bad:
+        return None
+    return (
+        "the bundle's int8 model is quantized for onnxruntime CPU, not TensorRT (" + "; ".join(bad) + "). "
+        "Fix: re-export with `edgetl export ... --precision fp32,int8 --quant-preset tensorrt`, or use fp16"
     )

@@ -179,22 +179,23 @@ def _main(argv: Sequence[str] | None = None) -> None:
     import argparse
     import json
 
+    from edgetl_runtime.cli_args import add_precision_argument, add_threads_argument, comma_list
+
     parser = argparse.ArgumentParser(description="Probe one backend's cold start and peak RSS; prints JSON.")
     parser.add_argument("bundle")
-    parser.add_argument("--precision", default="fp32")
+    add_precision_argument(parser, default="fp32")
     parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
     parser.add_argument("--provider", action="append", default=None, help="onnxruntime execution provider(s)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--batches", default="1", help="comma list, e.g. 1,8,32")
+    add_threads_argument(parser)
+    parser.add_argument("--batches", type=comma_list(int), default="1", help="comma list, e.g. 1,8,32")
     args = parser.parse_args(argv)
-    batches = [int(b) for b in args.batches.split(",") if b]
     result = probe_backend(
         args.bundle,
         args.precision,
         backend=args.backend,
         providers=args.provider,
         threads=args.threads,
-        batches=batches,
+        batches=args.batches,
     )
     print(json.dumps(result))
 

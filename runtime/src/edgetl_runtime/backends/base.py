@@ -11,6 +11,7 @@ import numpy.typing as npt
 from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.graph_check import check_features
 from edgetl_runtime.manifest import Precision
+from edgetl_runtime.numerics import row_cosine
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
@@ -66,7 +67,7 @@ def check_against_golden(backend: Backend, bundle: Bundle) -> GoldenReport:
         key = "features"
     expected = np.asarray(golden[key], dtype=np.float32)
     got = check_features(backend.run(inputs), len(inputs), fp32.shape[1], backend.name)  # (G, D) or BackendError
-    cosine = _row_cosine(got, expected)
+    cosine = row_cosine(got, expected)
     threshold = GOLDEN_MIN_COSINE[backend.precision if key != "features" else Precision.FP32]
     if key == "features" and backend.precision is not Precision.FP32:
         threshold = 0.95  # precision loss included: only a sanity bound
@@ -76,11 +77,5 @@ def check_against_golden(backend: Backend, bundle: Bundle) -> GoldenReport:
         bool(cosine.min() >= threshold),
         threshold,
         key,
-        float(_row_cosine(got, fp32).min()),
+        float(row_cosine(got, fp32).min()),
     )
-
-
-def _row_cosine(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    num = np.sum(a.astype(np.float64) * b, axis=1)
-    cosine: npt.NDArray[np.float64] = num / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    return cosine

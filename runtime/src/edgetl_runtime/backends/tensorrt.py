@@ -24,10 +24,12 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime._optional import is_available, require
+from edgetl_runtime.arguments import to_enum
 from edgetl_runtime.atomic import atomic_write
 from edgetl_runtime.bundle import Bundle, requested_precision
 from edgetl_runtime.errors import BackendError, ConfigError, InputError, OptionalDependencyError, raise_all
-from edgetl_runtime.manifest import Manifest, Precision
+from edgetl_runtime.int8_targets import int8_problem
+from edgetl_runtime.manifest import Precision
 
 DEFAULT_ENGINE_DIR = Path.home() / ".cache" / "edgetl" / "engines"
 # TensorRT 10 builder flags per precision. int8 adds FP16 so the layers the Q/DQ ONNX leaves in
@@ -56,10 +58,7 @@ class EngineBuildConfig:
     builder_optimization_level: int = 3
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "precision", Precision(self.precision))
-        except ValueError:
-            raise ConfigError(f"Unknown precision {self.precision!r}; choose fp32, fp16 or int8.") from None
+        object.__setattr__(self, "precision", to_enum(Precision, self.precision, "precision"))
         object.__setattr__(self, "engine_dir", Path(self.engine_dir).expanduser())
         if self.timing_cache is not None:
             object.__setattr__(self, "timing_cache", Path(self.timing_cache).expanduser())
@@ -177,34 +176,6 @@ def profile_shapes(shape: tuple[int, ...], config: EngineBuildConfig, image_size
     if dims[0] >= 1:  # a static batch: one shape
         return (dims[0], *sample), (dims[0], *sample), (dims[0], *sample)
     return (config.min_batch, *sample), (config.opt_batch, *sample), (config.max_batch, *sample)
-
-
-def int8_problem(manifest: Manifest) -> str | None:
-    """Why TensorRT cannot build the bundle's int8 model, or None when it can.
-
-    TensorRT takes explicit quantization only as symmetric int8 Q/DQ (zero point 0) with biases in
-    float: its ONNX parser refuses uint8 and int32 DequantizeLinear. The manifest records how the int8
-    model was quantized, so this is decided without parsing it.
-    """
-    if Precision.INT8 not in manifest.precisions:
-        return "the bundle ships no int8 model"
-    q = manifest.quantization
-    bad = []
-    extra = q.get("ort_arguments", {}).get("extra_options", {})
-    if q.get("quant_format") != "qdq" or extra.get("UseQDQContribOps"):
-        bad.append(f"it is in {q.get('quant_format')!r} form, not standard QuantizeLinear/DequantizeLinear (qdq)")
-    if q.get("activation_type") != "int8" or q.get("weight_type") != "int8":
-        bad.append(f"activations/weights are {q.get('activation_type')}/{q.get('weight_type')}, not int8/int8")
-    if not (q.get("activation_symmetric") and q.get("weight_symmetric")):
-        bad.append("its Q/DQ are asymmetric (zero point != 0)")
-    if q.get("quantize_bias", True):
-        bad.append("its biases are int32 behind DequantizeLinear")
-    if not bad:
-        return None
-    return (
-        "the bundle's int8 model is quantized for onnxruntime CPU, not TensorRT (" + "; ".join(bad) + "). "
-        "Fix: re-export with `edgetl export ... --precision fp32,int8 --quant-preset tensorrt`, or use fp16"
-    )
 
 
 def tensorrt_precision(bundle: Bundle, wanted: str | Precision = "best") -> Precision:
