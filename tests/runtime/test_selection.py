@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from conftest import tiny_onnx, write_tiny_bundle
 
@@ -168,10 +169,31 @@ def test_learner_info_and_device_cli_explain_the_choice(tmp_path: Path, capsys: 
     assert main(["--bundle", str(path), "--threads", "1", "--no-measure", "info"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert "not measured" in out["chosen_because"] and out["precision"] in {"int8", "fp32"}
-    assert main(["--bundle", str(path), "--threads", "1", "bench", "--runs", "5"]) == 0
+    fresh = ["--state", str(tmp_path / "fresh.sqlite")]  # no state to keep a precision for: best is measured
+    assert main(["--bundle", str(path), *fresh, "--threads", "1", "bench", "--runs", "5"]) == 0
     bench = json.loads(capsys.readouterr().out)
     assert bench["chosen_because"] and {c["precision"] for c in bench["candidates_at_load"]} == {"fp32", "int8"}
     assert bench["cpu"]["family"] and "isa" in bench["cpu"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a portable member raises no mismatch warning on any CPU
         select_backend(Bundle.open(path), "onnxruntime", measure=False)
+
+
+def test_best_keeps_the_precision_an_existing_state_was_made_with(tmp_path: Path) -> None:
+    """A measured choice may differ between loads; the enrolment state's features must stay valid."""
+    onnx = pytest.importorskip("onnx")
+    relabelled = onnx.load_from_string(tiny_onnx())
+    relabelled.doc_string = "same function, other bytes: another digest"
+    int8 = {Precision.INT8.member: relabelled.SerializeToString()}
+    path = write_tiny_bundle(tmp_path / "k.edgetl", int8_copy=True, members_extra=int8, quantization=PORTABLE)
+    state = tmp_path / "k.state.sqlite"
+    image = np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    for precision in ("fp32", "int8"):
+        with Learner.load(path, state, precision=precision) as learner:
+            learner.add([image], "cat")
+        with Learner.load(path, state, precision="best") as learner:
+            assert learner.selection is not None and learner.selection.precision == precision
+            assert learner.selection.reason.startswith(f"kept {precision}") and learner.classes_.tolist() == ["cat"]
+        state.unlink()
+        for extra in tmp_path.glob("k.state.sqlite-*"):
+            extra.unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
 import warnings
 from collections.abc import Sequence
@@ -21,6 +22,30 @@ from edgetl_runtime.errors import InputError, NotFittedError
 from edgetl_runtime.features import FeatureExtractor, preprocess_key
 from edgetl_runtime.heads import AutoHead, BaseHead, create_head
 from edgetl_runtime.images import Images, as_image_list, hflip
+from edgetl_runtime.manifest import Manifest, Precision
+
+
+def state_precision(state: str | os.PathLike[str], manifest: Manifest) -> Precision | None:
+    """The precision whose model an existing state's features were computed with, if it is this bundle's.
+
+    ``precision="best"`` is measured on the device and could change between loads (another thread
+    count, another CPU); an enrolment state keeps the precision its cached features belong to.
+    Read-only and best-effort: anything unreadable is left to the full checks of :class:`FeatureStore`.
+    """
+    path = Path(state)
+    if not path.is_file():
+        return None
+    try:
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+        try:
+            con.execute("PRAGMA trusted_schema=OFF")
+            row = con.execute("SELECT value FROM meta WHERE key = 'bundle_digest'").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+    digests = {manifest.members[p.member].sha256: p for p in manifest.precisions if p.member in manifest.members}
+    return digests.get(row[0]) if row and isinstance(row[0], str) else None
 
 
 class Learner:
@@ -90,7 +115,8 @@ class Learner:
         """
         threads = check_threads(threads)
         opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
-        built, selection = select_backend(opened, backend, precision, threads, measure=measure)
+        keep = state_precision(state, opened.manifest) if state is not None else None
+        built, selection = select_backend(opened, backend, precision, threads, measure=measure, keep=keep)
         digest = opened.manifest.model_digest(built.precision)
         store = FeatureStore(
             None if state is None else Path(state),

@@ -92,6 +92,7 @@ def select_backend(
     measure: bool = True,
     cache: ChoiceCache | None = None,
     cpu: CpuInfo | None = None,
+    keep: Precision | None = None,
 ) -> tuple[Backend, Selection]:
     """Build the backend for this device and say why it was chosen.
 
@@ -100,7 +101,8 @@ def select_backend(
     explicit precision is built with the right int8 kernel and golden-checked; ``best`` times every
     verified precision (unless ``measure=False``: then int8 when its member was built for this CPU
     family, else fp32) and keeps the fastest, a reduced precision only when it beats fp32 by
-    :data:`MIN_SPEEDUP`.
+    :data:`MIN_SPEEDUP`. ``keep`` (under ``best``) is a precision to stay with while it passes its
+    golden check, e.g. the one an existing enrolment state's cached features were computed with.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"Unknown backend {backend!r}; choose one of {list(BACKENDS)}.")
@@ -119,7 +121,7 @@ def select_backend(
             warnings.warn(
                 f"TensorRT is not usable for this bundle, using onnxruntime: {type(exc).__name__}: {exc}", stacklevel=2
             )
-    return _OrtChooser(bundle, threads, verify, cpu).choose(precision, measure, cache or ChoiceCache())
+    return _OrtChooser(bundle, threads, verify, cpu).choose(precision, measure, cache or ChoiceCache(), keep)
 
 
 class _OrtChooser:
@@ -148,16 +150,24 @@ class _OrtChooser:
             **kw,
         )
 
-    def choose(self, precision: str | Precision, measure: bool, cache: ChoiceCache) -> tuple[Backend, Selection]:
+    def choose(
+        self, precision: str | Precision, measure: bool, cache: ChoiceCache, keep: Precision | None = None
+    ) -> tuple[Backend, Selection]:
         asked = requested_precision(precision)
+        if asked is Precision.INT8 or (asked is None and Precision.INT8 in self.bundle.manifest.precisions):
+            for note in self.notes:
+                warnings.warn(note, stacklevel=4)
         if asked is not None:
             self.bundle.manifest.model_member(asked)  # raises naming what the bundle ships
             built, tried = self.build(asked)
             if built is None:
                 raise BackendError(_golden_failure(asked, tried))
             return built, self.selection(built, f"{asked.value} was asked for; {_passed(tried)}", candidates=tried)
-        for note in self.notes:
-            warnings.warn(note, stacklevel=4)
+        if keep is not None and keep in self.bundle.manifest.precisions:
+            built, tried = self.build(keep)
+            if built is not None:
+                reason = f"kept {keep.value}: the enrolment state's cached features were computed with it"
+                return built, self.selection(built, reason, candidates=tried)
         if not measure or not self.verify:
             return self.static_best()
         key = self.cache_key()
@@ -224,6 +234,7 @@ class _OrtChooser:
                 why = "int8 is built for this CPU family" if precision is Precision.INT8 else "fp32 is exact"
                 return built, self.selection(built, f"not measured (measure=False): {why}", candidates=tried)
             self.notes.append(_golden_failure(precision, tried))
+            warnings.warn(self.notes[-1], stacklevel=5)
         raise BackendError(self.notes[-1])
 
     def measured_best(self) -> tuple[OrtBackend, Selection]:
