@@ -409,6 +409,8 @@ def test_a_read_only_state_predicts_and_refuses_enrolment_truthfully(
         real_connect = sqlite3.connect
 
         def read_only(where: str, **kwargs: object) -> sqlite3.Connection:
+            if kwargs.pop("uri", False):  # already a URI (the learner's own read-only peek): leave it alone
+                return real_connect(where, uri=True, **kwargs)  # type: ignore[arg-type]
             return real_connect(f"file:{where}?mode=ro", uri=True, **kwargs)  # type: ignore[arg-type]
 
         monkeypatch.setattr(cache.sqlite3, "connect", read_only)

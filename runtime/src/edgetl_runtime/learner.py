@@ -30,13 +30,14 @@ def state_precision(state: str | os.PathLike[str], manifest: Manifest) -> Precis
 
     ``precision="best"`` is measured on the device and could change between loads (another thread
     count, another CPU); an enrolment state keeps the precision its cached features belong to.
-    Read-only and best-effort: anything unreadable is left to the full checks of :class:`FeatureStore`.
+    Read-only (``immutable``: no -wal/-shm files appear) and best-effort: anything unreadable is left to
+    the full checks of :class:`FeatureStore`.
     """
     path = Path(state)
     if not path.is_file():
         return None
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1.0)
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, timeout=1.0)
         try:
             con.execute("PRAGMA trusted_schema=OFF")
             row = con.execute("SELECT value FROM meta WHERE key = 'bundle_digest'").fetchone()
