@@ -3,7 +3,7 @@
 What it measures is numerics, not time: under qemu user-mode emulation the ARM64 instructions are
 those of onnxruntime's aarch64 build (NEON, dot product with ``-cpu cortex-a76``), so its int8 results
 are the device's, while its timings would be qemu's. Per int8 preset of
-``edgetl_exporters.quantize_config.PRESETS`` but host/auto (portable, x86-avx2, x86-vnni, arm, tensorrt;
+``edgetl_exporters.quantization.PRESETS`` but host/auto (portable, x86-avx2, x86-vnni, arm, tensorrt;
 a preset whose int8 model is byte-identical to an earlier one's is reported as that one):
 
 - feature cosine of int8 against fp32 on every test image (mean, 5th percentile, min);

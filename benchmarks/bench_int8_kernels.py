@@ -26,8 +26,9 @@ from typing import Any
 
 from bench_quantize import environment, export_fp32, load_fmnist
 
-from edgetl_exporters.quantize import QuantizeConfig, quantize_int8
-from edgetl_exporters.quantize_eval import run_features
+from edgetl_exporters.quantization import QuantizeConfig
+from edgetl_exporters.quantization.core import quantize_int8
+from edgetl_exporters.quantization.measure import run_features
 from edgetl_runtime.backends.onnxruntime import Int8Kernel, session_options
 from edgetl_runtime.fewshot import probe_accuracy, support_masks
 from edgetl_runtime.latency import measure_interleaved

@@ -167,7 +167,7 @@ def resolve_bundle(args: argparse.Namespace) -> Path:
 
 def export(args: argparse.Namespace) -> Path:
     from edgetl.export import BundleConfig, export_bundle
-    from edgetl_exporters.quantize_config import QuantizeConfig
+    from edgetl_exporters.quantization import QuantizeConfig
 
     data, source = calibration_data()
     print(f"calibration data: {source} ({len(data)} images)")

@@ -40,7 +40,7 @@ class BundleConfig:
     pooling: str = "auto"  # exported feature vector, see edgetl.pooling ("avg", "grid3", "avg+grid2", ...)
     crop_pct: float | None = None  # None: see ``feature_defaults``; 1.0 keeps objects that fill the frame whole
     export: ExportConfig = field(default_factory=ExportConfig)
-    fp16: Any = None  # an edgetl_exporters.fp16.Fp16Config (None: its defaults)
+    fp16: Any = None  # an edgetl_exporters.quantization.Fp16Config (None: its defaults)
     skip_failed: bool = False  # ship the precisions that passed when int8 or fp16 fails (with a warning)
 
     def __post_init__(self) -> None:
@@ -86,7 +86,7 @@ def export_bundle(
         data_source: how ``data`` is described in the manifest's calibration provenance.
         config: precisions and checks.
         image_size: square input resolution override.
-        quantize_config: an ``edgetl_exporters.quantize.QuantizeConfig`` (default: ``portable``, exact and
+        quantize_config: an ``edgetl_exporters.quantization.QuantizeConfig`` (default: ``portable``, exact and
             fast on x86 with or without VNNI and on ARM64; see ``QuantizeConfig.preset``).
     """
     config = config or BundleConfig()
@@ -203,18 +203,23 @@ def _quantized_members(
 ) -> dict[str, tuple[bytes, dict[str, Any]]]:
     """The int8 / fp16 members asked for. Each is tried even if the other failed, so a failure names what
     passed and how to ship it (``--precision``, ``--skip-failed``) instead of discarding it silently."""
+    from edgetl_exporters.quantization import QuantizeConfig, quantize
+
     out: dict[str, tuple[bytes, dict[str, Any]]] = {}
     failed: dict[Precision, str] = {}
-    if Precision.FP16 in config.precisions:  # first: seconds, where int8's guard takes minutes
-        from edgetl_exporters.quantize import fp16_for_bundle
 
+    def member(precision: Precision, images: np.ndarray, **options: Any) -> None:
+        """Build one member beside the fp32 model; a refusal is recorded, not raised, so the other is tried."""
+        path = fp32_path.with_name(precision.member)
         try:
-            out[Precision.FP16.member] = fp16_for_bundle(fp32_path, calib_inputs[:32], config.fp16)
+            report = quantize(fp32_path, path, precision, images, **options)
+            out[precision.member] = (path.read_bytes(), report)
         except QuantizationError as exc:
-            failed[Precision.FP16] = str(exc)
-    if Precision.INT8 in config.precisions:
-        from edgetl_exporters.quantize import QuantizeConfig, quantize_for_bundle
+            failed[precision] = str(exc)
 
+    if Precision.FP16 in config.precisions:  # first: seconds, where int8's guard takes minutes
+        member(Precision.FP16, calib_inputs[:32], config=config.fp16)
+    if Precision.INT8 in config.precisions:
         eval_inputs = preprocess_batch(list(held_out.images), spec)
         qconfig = quantize_config or QuantizeConfig.portable(num_calibration=config.calibration_count)
         labels = held_out.labels if held_out.labelled else None
@@ -227,18 +232,9 @@ def _quantized_members(
                 stacklevel=3,
             )
             labels = None
-        try:
-            out[Precision.INT8.member] = quantize_for_bundle(
-                fp32_path,
-                calib_inputs,
-                eval_inputs,
-                labels,
-                config.max_accuracy_drop,
-                qconfig,
-                f"{data_source} ({CALIBRATION_SAMPLING})",
-            )
-        except QuantizationError as exc:
-            failed[Precision.INT8] = str(exc)
+        source = f"{data_source} ({CALIBRATION_SAMPLING})"
+        member(Precision.INT8, calib_inputs, eval_images=eval_inputs, eval_labels=labels, config=qconfig,
+               max_drop=config.max_accuracy_drop, source=source)  # fmt: skip
     if failed:
         passed = [p.value for p in config.precisions if p not in failed]
         what = "; ".join(f"{p.value}: {msg}" for p, msg in failed.items())

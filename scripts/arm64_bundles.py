@@ -1,6 +1,6 @@
 """Host side of the ARM64 checks: small real bundles and Fashion-MNIST images, exported once and cached.
 
-One bundle per int8 target of ``edgetl_exporters.quantize_config.PRESETS`` but ``host``/``auto`` (which
+One bundle per int8 target of ``edgetl_exporters.quantization.PRESETS`` but ``host``/``auto`` (which
 name the exporting machine, not a device): portable, x86-avx2, x86-vnni, arm, tensorrt. Each also ships fp32:
 EfficientNet-Lite0 with its bundled ImageNet weights at a small input size (96 px by default), calibrated
 on class-balanced Fashion-MNIST train images. The accuracy guard runs but may not exclude nodes
@@ -79,7 +79,7 @@ def _test_images(out: Path) -> None:
 
 
 def presets() -> list[str]:
-    from edgetl_exporters.quantize_config import PRESETS
+    from edgetl_exporters.quantization import PRESETS
 
     return [name for name in PRESETS if name not in HOST_ALIASES]
 
@@ -88,7 +88,7 @@ def export_all(out: Path, size: int) -> dict[str, float]:
     """Export one fp32+int8 bundle per preset into ``out``; returns seconds per preset."""
     from edgetl.datasets import load_fashion_mnist
     from edgetl.export import BundleConfig, export_bundle
-    from edgetl_exporters.quantize import QuantizeConfig
+    from edgetl_exporters.quantization import QuantizeConfig
     from edgetl_runtime.manifest import Precision
 
     train = load_fashion_mnist("train")

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from edgetl.commands.common import load_calibration
-from edgetl_exporters.fp16 import Fp16Config
-from edgetl_exporters.quantize_config import PRESETS, CalibrationMethod, QuantizeConfig
+from edgetl_exporters.quantization import PRESETS, CalibrationMethod, Fp16Config, QuantizeConfig
 from edgetl_runtime.errors import ConfigError
 
 

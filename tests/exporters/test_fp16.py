@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl_exporters.fp16 import Fp16Config, convert_fp16
-from edgetl_exporters.quantize_eval import run_features
+from edgetl_exporters.quantization.fp16 import Fp16Config, convert_fp16
+from edgetl_exporters.quantization.measure import run_features
 from edgetl_runtime.errors import ConfigError, QuantizationError
 from edgetl_runtime.numerics import row_cosine
 

@@ -14,15 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl_exporters.quantize import (
-    Fp16Config,
-    QuantDType,
-    QuantizeConfig,
-    convert_fp16,
-    cpu_has_vnni,
-    quantize_guarded,
-    quantize_int8,
-)
+from edgetl_exporters.quantization import Fp16Config, QuantDType, QuantizeConfig
+from edgetl_exporters.quantization.config import cpu_has_vnni
+from edgetl_exporters.quantization.core import quantize_int8
+from edgetl_exporters.quantization.fp16 import convert_fp16
+from edgetl_exporters.quantization.guard import quantize_guarded
 from edgetl_runtime.errors import ConfigError, InputError, QuantizationError
 
 pytestmark = pytest.mark.exporters
@@ -150,7 +146,7 @@ def test_unknown_excluded_node_is_a_config_error(lite0, data, tmp_path: Path) ->
 
 
 def test_int8_is_small_and_faithful(lite0, data, tmp_path: Path) -> None:
-    from edgetl_exporters.quantize_eval import run_features
+    from edgetl_exporters.quantization.measure import run_features
     from edgetl_runtime.numerics import row_cosine
 
     out = tmp_path / "int8.onnx"
@@ -200,7 +196,7 @@ def test_report_records_the_exact_arguments(lite0, data, tmp_path: Path, monkeyp
     """The manifest must let anyone replay the call: the keywords quantize_static really got, stride included."""
     from onnxruntime import quantization
 
-    from edgetl_exporters.quantize_core import describe_arguments
+    from edgetl_exporters.quantization.core import describe_arguments
 
     real, seen = quantization.quantize_static, []
 
@@ -286,7 +282,7 @@ def test_guard_ranks_nodes_by_the_error_they_add(tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgetl_exporters.quantize_guard import rank_sensitive_nodes
+    from edgetl_exporters.quantization.guard import rank_sensitive_nodes
 
     w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w1")
     w2 = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w2")
@@ -311,3 +307,18 @@ def test_guard_ranks_nodes_by_the_error_they_add(tmp_path: Path) -> None:
     onnx.save(helper.make_model(graph), str(path))
     ranked = rank_sensitive_nodes(path, {"x": 40.0, "a1": 20.0, "y": 18.0}, QuantizeConfig())
     assert ranked == [["stem", "stem_act"], ["late", "late_act"]]
+
+
+def test_one_entry_builds_int8_and_fp16_and_names_what_it_takes(lite0, data, tmp_path: Path) -> None:
+    from edgetl_exporters import export_features_onnx, quantize, write_bundle  # the package's face
+
+    assert callable(export_features_onnx) and callable(write_bundle)
+    config = QuantizeConfig.portable(num_calibration=8)
+    int8 = quantize(lite0[0], tmp_path / "i.onnx", "int8", data["calib"][:8], config=config, source="s")
+    assert int8["calibration_source"] == "s" and int8["size_ratio"] < 0.35 and not int8["guard"]  # unguarded
+    fp16 = quantize(lite0[0], tmp_path / "h.onnx", "fp16", data["eval"][:4])
+    assert fp16["cosine_min"] >= Fp16Config().min_cosine and (tmp_path / "h.onnx").is_file()
+    for precision, images, bad in (("fp32", None, None), ("int8", None, None), ("fp16", None, config)):
+        with pytest.raises(ConfigError):
+            quantize(lite0[0], tmp_path / "x.onnx", precision, images, config=bad)
+    assert not (tmp_path / "x.onnx").exists()

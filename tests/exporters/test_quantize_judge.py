@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgetl_exporters.quantize_guard import GuardRule
-from edgetl_exporters.quantize_judge import Judge, paired_difference
+from edgetl_exporters.quantization.guard import GuardRule
+from edgetl_exporters.quantization.judge import Judge, paired_difference
 from edgetl_runtime.fewshot import support_masks
 
 pytestmark = pytest.mark.exporters

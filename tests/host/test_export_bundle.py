@@ -20,7 +20,7 @@ from edgetl.cli import main
 from edgetl.datasets import ImageDataset, from_arrays, load_fashion_mnist
 from edgetl.export import BundleConfig, export_bundle
 from edgetl.finetune import FinetuneConfig, finetune
-from edgetl_exporters.quantize import QuantizeConfig
+from edgetl_exporters.quantization import QuantizeConfig
 from edgetl_runtime.backends import check_against_golden, create_backend
 from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.errors import ConfigError

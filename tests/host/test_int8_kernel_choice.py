@@ -16,7 +16,7 @@ import pytest
 
 from edgetl.datasets import ImageDataset, load_fashion_mnist
 from edgetl.export import BundleConfig, export_bundle
-from edgetl_exporters.quantize import QuantizeConfig
+from edgetl_exporters.quantization import QuantizeConfig
 from edgetl_runtime.backends import check_against_golden
 from edgetl_runtime.backends.choice_cache import ChoiceCache
 from edgetl_runtime.backends.onnxruntime import Int8Kernel, OrtBackend

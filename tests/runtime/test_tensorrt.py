@@ -305,14 +305,14 @@ def test_auto_falls_back_to_onnxruntime_without_a_gpu(trt_bundle: Bundle) -> Non
 @pytest.fixture
 def exported_trt_bundle(tmp_path: Path) -> Bundle:
     """The tiny fp32 model quantized by the exporters' ``tensorrt`` preset, bundled as `edgetl export` does."""
-    quantize = pytest.importorskip("edgetl_exporters.quantize")
+    quantization = pytest.importorskip("edgetl_exporters.quantization")
     writer = pytest.importorskip("edgetl_exporters.bundle_writer")
     from edgetl_runtime.backends.onnxruntime import make_session
 
     fp32 = tmp_path / "fp32.onnx"
     fp32.write_bytes(_tiny_models()[Precision.FP32])
-    config = quantize.QuantizeConfig.tensorrt()
-    report = quantize.quantize_int8(fp32, tmp_path / "int8.onnx", _images(32, seed=5), config)
+    config = quantization.QuantizeConfig.tensorrt()
+    report = quantization.core.quantize_int8(fp32, tmp_path / "int8.onnx", _images(32, seed=5), config)
     int8 = (tmp_path / "int8.onnx").read_bytes()
     golden = _images(4)
     session = make_session(int8)
@@ -350,10 +350,10 @@ def test_int8_readiness_is_read_from_the_manifest(tmp_path: Path) -> None:
 
 
 def test_the_exporters_presets_agree_with_the_runtime_check() -> None:
-    quantize = pytest.importorskip("edgetl_exporters.quantize")
-    manifest = SimpleNamespace(precisions=ALL, quantization=quantize.QuantizeConfig.tensorrt().to_dict())
+    quantization = pytest.importorskip("edgetl_exporters.quantization")
+    manifest = SimpleNamespace(precisions=ALL, quantization=quantization.QuantizeConfig.tensorrt().to_dict())
     assert int8_problem(manifest) is None  # type: ignore[arg-type]
-    for preset in (quantize.QuantizeConfig.x86_avx2(), quantize.QuantizeConfig.arm()):
+    for preset in (quantization.QuantizeConfig.x86_avx2(), quantization.QuantizeConfig.arm()):
         manifest.quantization = preset.to_dict()
         assert int8_problem(manifest) is not None  # type: ignore[arg-type]
 

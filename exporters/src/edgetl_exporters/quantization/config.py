@@ -201,7 +201,7 @@ class QuantizeConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields; the exact onnxruntime call they expand to is ``quantize_core.static_arguments``
+        """JSON-ready fields; the exact onnxruntime call they expand to is ``core.static_arguments``
         (recorded beside them by ``quantize_prepared``)."""
         return {
             k: (v.value if isinstance(v, Enum) else list(v) if isinstance(v, tuple) else v)
@@ -216,7 +216,7 @@ class QuantizeConfig:
     def extra_options(self) -> dict[str, Any]:
         """Every documented ``extra_options`` key, set explicitly (their defaults moved between releases).
 
-        ``CalibStridedMinMax`` depends on the calibration set's size: see ``quantize_core.static_arguments``.
+        ``CalibStridedMinMax`` depends on the calibration set's size: see ``core.static_arguments``.
         """
         return {
             "ActivationSymmetric": self.activation_symmetric,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_exporters.quantize_config import CalibrationMethod, QuantizeConfig
+from edgetl_exporters.quantization.config import CalibrationMethod, QuantizeConfig
 from edgetl_runtime.atomic import atomic_write
 from edgetl_runtime.errors import ConfigError, InputError, QuantizationError, raise_all
 
@@ -221,6 +221,40 @@ def quantize_prepared(
     except Exception as exc:
         raise QuantizationError(f"onnxruntime quantize_static failed on {prepared.name}: {exc}") from exc
     return out_path, describe_arguments(kwargs)
+
+
+def quantize_int8(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration: FloatArray,
+    config: QuantizeConfig | None = None,
+    source: str = "unspecified",
+) -> QuantizeReport:
+    """Static int8 quantization of a features model as ``config`` says, without the accuracy guard.
+
+    Args:
+        fp32_path: fp32 ONNX, ``images`` (N, 3, H, W) -> ``features`` (N, D).
+        out_path: where the int8 ONNX goes; written only on success.
+        calibration: (N, 3, H, W) float32 images preprocessed like the eval data, disjoint from the test set.
+        config: quantization settings; ``QuantizeConfig()`` when omitted.
+        source: calibration provenance for the manifest (dataset, split, indices).
+    """
+    config = config or QuantizeConfig()
+    _, shape = model_input_shape(fp32_path)
+    calib = check_calibration(calibration, shape, config.num_calibration)
+    with workdir(out_path) as tmp:
+        prepared = prepare_fp32(fp32_path, tmp / "prepared.onnx", config.optimize_first)
+        built, arguments = quantize_prepared(prepared, tmp / "int8.onnx", calib, config)
+        publish(built, out_path)
+    return QuantizeReport(
+        config=config.to_dict(),
+        calibration_count=len(calib),
+        calibration_source=source,
+        fp32_bytes=Path(fp32_path).stat().st_size,
+        int8_bytes=Path(out_path).stat().st_size,
+        excluded_nodes=list(config.nodes_to_exclude),
+        ort_arguments=arguments,
+    )
 
 
 def publish(src: Path, dest: str | Path) -> Path:

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_exporters.quantize_core import publish, workdir
-from edgetl_exporters.quantize_eval import run_features
+from edgetl_exporters.quantization.core import publish, workdir
+from edgetl_exporters.quantization.measure import run_features
 from edgetl_runtime.errors import ConfigError, QuantizationError, raise_all
 from edgetl_runtime.numerics import row_cosine
 

@@ -1,7 +1,7 @@
 """Accuracy-guarded int8: quantize, measure the task, and keep the most sensitive nodes in float.
 
 The task is judged with the device's own ``auto`` head on paired few-shot episodes, with a bootstrap
-interval (``quantize_judge``): nodes are kept in float only when the drop is both over ``max_drop``
+interval (``judge``): nodes are kept in float only when the drop is both over ``max_drop``
 and significant (its interval excludes 0), and a larger float set replaces a smaller one only when
 it is significantly better. Without labels the guard judges feature agreement with fp32 instead.
 
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_exporters.quantize_config import QuantizeConfig
-from edgetl_exporters.quantize_core import (
+from edgetl_exporters.quantization.config import QuantizeConfig
+from edgetl_exporters.quantization.core import (
     ArrayCalibrationReader,
     QuantizeReport,
     check_calibration,
@@ -43,11 +43,11 @@ from edgetl_exporters.quantize_core import (
     quantize_prepared,
     workdir,
 )
-from edgetl_exporters.quantize_eval import check_eval_data, interleaved_latency, run_features
-from edgetl_exporters.quantize_judge import Judge, Judgement
+from edgetl_exporters.quantization.judge import Judge, Judgement
+from edgetl_exporters.quantization.measure import interleaved_latency, run_features
 from edgetl_runtime.backends.onnxruntime import Int8Kernel
 from edgetl_runtime.cpu import this_cpu
-from edgetl_runtime.errors import ConfigError, QuantizationError, raise_all
+from edgetl_runtime.errors import ConfigError, InputError, QuantizationError, raise_all
 from edgetl_runtime.int8_targets import needs_exact_kernel
 
 FloatArray = npt.NDArray[np.float32]
@@ -139,6 +139,21 @@ def _check_guard_args(max_drop: float, shots: int, episodes: int, max_excluded: 
     if not 0.0 < min_cosine <= 1.0:
         problems.append(f"min_cosine must lie in (0, 1], got {min_cosine}")
     raise_all(ConfigError, problems, "Invalid accuracy-guard settings")
+
+
+def check_eval_data(images: FloatArray, labels: npt.NDArray[Any], shots: int) -> None:
+    """Every class needs more than ``shots`` samples, or the probe has no query images."""
+    problems = []
+    if images.ndim != 4 or len(images) != len(labels):
+        problems.append(f"eval_images {images.shape} and eval_labels {np.shape(labels)} must be (N, 3, H, W) and (N,)")
+    else:
+        classes, counts = np.unique(labels, return_counts=True)
+        if len(classes) < 2:
+            problems.append(f"eval_labels hold {len(classes)} class; the probe needs at least 2")
+        thin = [str(c) for c, n in zip(classes, counts, strict=True) if n <= shots]
+        if thin:
+            problems.append(f"classes {thin} have <= shots={shots} samples; give more eval images or lower shots")
+    raise_all(InputError, problems, "Unusable evaluation data for the quantization guard")
 
 
 @dataclass(frozen=True)

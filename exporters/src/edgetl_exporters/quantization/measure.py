@@ -10,7 +10,6 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.backends.onnxruntime import HOST_KERNEL, Int8Kernel, make_session
-from edgetl_runtime.errors import InputError, raise_all
 from edgetl_runtime.latency import LatencyStats, measure_interleaved
 
 FloatArray = npt.NDArray[np.float32]
@@ -24,21 +23,6 @@ def run_features(
     name = session.get_inputs()[0].name
     outs = [session.run(None, {name: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
     return np.concatenate(outs).astype(np.float32)  # (N, D)
-
-
-def check_eval_data(images: FloatArray, labels: npt.NDArray[Any], shots: int) -> None:
-    """Every class needs more than ``shots`` samples, or the probe has no query images."""
-    problems = []
-    if images.ndim != 4 or len(images) != len(labels):
-        problems.append(f"eval_images {images.shape} and eval_labels {np.shape(labels)} must be (N, 3, H, W) and (N,)")
-    else:
-        classes, counts = np.unique(labels, return_counts=True)
-        if len(classes) < 2:
-            problems.append(f"eval_labels hold {len(classes)} class; the probe needs at least 2")
-        thin = [str(c) for c, n in zip(classes, counts, strict=True) if n <= shots]
-        if thin:
-            problems.append(f"classes {thin} have <= shots={shots} samples; give more eval images or lower shots")
-    raise_all(InputError, problems, "Unusable evaluation data for the quantization guard")
 
 
 def interleaved_latency(
