@@ -20,6 +20,7 @@ Usage (prints the folder)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -37,7 +38,6 @@ HOST_ALIASES = ("host", "auto")  # presets naming the exporting machine's CPU, n
 SOURCES = ("edgetl", "exporters/src", "runtime/src")
 VERSIONED = ("torch", "timm", "onnx", "onnxruntime", "onnxslim", "numpy")
 DEFAULT_CACHE = Path(os.environ.get("EDGETL_ARM64_CACHE", Path.home() / ".cache" / "edgetl" / "arm64"))
-CALIBRATION_POOL = 300  # random Fashion-MNIST train images: calibration + the export's accuracy guard
 CALIBRATION_COUNT = 64
 EVAL_COUNT = 120
 TEST_PER_CLASS = 60  # Fashion-MNIST t10k images per class written to fmnist.npz
@@ -78,40 +78,37 @@ def _test_images(out: Path) -> None:
     )
 
 
-def presets() -> list[str]:
-    from edgetl_exporters.quantization import PRESETS
+def export_arguments(size: int) -> list[str]:
+    """``edgetl export`` flags shared by every preset (the command a user runs, so internals may move)."""
+    return [
+        "export", "tf_efficientnet_lite0", "--weights", "bundled", "--image-size", str(size),
+        "--precision", "fp32,int8", "--calib", "fashion-mnist", "--calib-count", str(CALIBRATION_COUNT),
+        "--eval-count", str(EVAL_COUNT),
+        "--max-drop", "100",  # report the drop, never keep nodes in float: each int8 model is exactly its preset
+    ]  # fmt: skip
 
-    return [name for name in PRESETS if name not in HOST_ALIASES]
+
+def presets() -> list[str]:
+    """The ``--target`` choices of ``edgetl export`` that name a device (not ``host``/``auto``)."""
+    from edgetl.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    target = next(a for a in commands.choices["export"]._actions if a.dest == "target")
+    return [name for name in target.choices or () if name not in HOST_ALIASES]
 
 
 def export_all(out: Path, size: int) -> dict[str, float]:
-    """Export one fp32+int8 bundle per preset into ``out``; returns seconds per preset."""
-    from edgetl.datasets import load_fashion_mnist
-    from edgetl.export import BundleConfig, export_bundle
-    from edgetl_exporters.quantization import QuantizeConfig
-    from edgetl_runtime.manifest import Precision
+    """Export one fp32+int8 bundle per preset into ``out`` with ``edgetl export``; returns seconds per preset."""
+    from edgetl.cli import main as edgetl
 
-    train = load_fashion_mnist("train")
-    pool = train.subset(np.random.default_rng(0).permutation(len(train))[:CALIBRATION_POOL])
-    config = BundleConfig(
-        precisions=(Precision.FP32, Precision.INT8),
-        calibration_count=CALIBRATION_COUNT,
-        eval_count=EVAL_COUNT,
-        max_accuracy_drop=100.0,  # report the drop, never exclude nodes: each model is exactly its preset
-    )
     seconds = {}
     for preset in presets():
         start = time.perf_counter()
-        export_bundle(
-            "tf_efficientnet_lite0",
-            out / f"{preset}.edgetl",
-            weights="bundled",
-            data=pool,
-            data_source=f"fashion-mnist:train ({CALIBRATION_POOL} random, seed 0)",
-            config=config,
-            image_size=size,
-            quantize_config=QuantizeConfig.preset(preset, num_calibration=CALIBRATION_COUNT),
-        )
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for the folder name
+            code = edgetl([*export_arguments(size), "--target", preset, "-o", str(out / f"{preset}.edgetl")])
+        if code != 0:
+            raise SystemExit(f"arm64_bundles: edgetl export --target {preset} failed (exit {code})")
         seconds[preset] = round(time.perf_counter() - start, 1)
         print(f"arm64_bundles: exported {preset} in {seconds[preset]} s", file=sys.stderr)
     return seconds
@@ -121,6 +118,7 @@ def ensure_bundles(size: int = 96, cache: Path = DEFAULT_CACHE) -> Path:
     """The cached bundle folder for this source tree, exported first when missing."""
     final = cache / f"bundles-{cache_key(size)}"
     if (final / "done.json").is_file():
+        print(f"arm64_bundles: cached ({final.name})", file=sys.stderr)
         return final
     cache.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{final.name}.tmp-", dir=cache))

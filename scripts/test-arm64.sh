@@ -45,6 +45,7 @@ BUNDLES=$("$PY" scripts/arm64_bundles.py 2>"$OUT/export.log") || {
     fail "bundle export"
 }
 BUNDLES=${BUNDLES##*$'\n'}
+grep '^arm64_bundles:' "$OUT/export.log" | sed 's/^/    /'
 echo "    $BUNDLES"
 
 export EDGETL_ARM64_BUNDLES=$BUNDLES EDGETL_ARM64_OUT=$OUT
