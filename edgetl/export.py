@@ -16,8 +16,10 @@ import numpy as np
 from edgetl.backbones import Backbone, check_image_size, create_backbone
 from edgetl.datasets import ImageDataset, load_fashion_mnist
 from edgetl.pooling import PooledFeatures, parse_pooling
+from edgetl.sources import is_fashion_mnist
 from edgetl_exporters.bundle_writer import npz_bytes, write_bundle
 from edgetl_exporters.onnx_export import ExportConfig, export_features_onnx
+from edgetl_runtime.arguments import to_precisions
 from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.errors import ConfigError, DatasetError, QuantizationError
 from edgetl_runtime.manifest import GOLDEN_NAME, HEAD_NAME, BackboneInfo, Manifest, Precision
@@ -44,7 +46,7 @@ class BundleConfig:
     skip_failed: bool = False  # ship the precisions that passed when int8 or fp16 fails (with a warning)
 
     def __post_init__(self) -> None:
-        precisions = tuple(Precision(p) for p in self.precisions)
+        precisions = to_precisions(self.precisions)
         object.__setattr__(self, "precisions", precisions)
         if Precision.FP32 not in precisions:
             raise ConfigError("Every bundle ships the fp32 model (the reference for golden checks); add fp32.")
@@ -277,7 +279,7 @@ def training_data(record: dict[str, Any]) -> ImageDataset:
     from edgetl.datasets import load_image_splits
 
     source = str(record["source"])
-    if source.lower() in {"fashion-mnist", "fashion_mnist", "fmnist"}:
+    if is_fashion_mnist(source):
         data = load_fashion_mnist("train")
     elif Path(source).is_dir():
         data = load_image_splits(source)["train"]

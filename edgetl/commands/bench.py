@@ -69,8 +69,8 @@ def register_fewshot(bench_sub: argparse._SubParsersAction) -> None:  # type: ig
 
 def run_fewshot(args: argparse.Namespace) -> int:
     from edgetl.bench.fewshot import FewShotBenchConfig, run_fewshot_bench
-    from edgetl.commands.common import load_data
     from edgetl.datasets import stratified_split
+    from edgetl.sources import load_data
 
     config = FewShotBenchConfig(
         shots=_list(args.shots, int),

@@ -6,10 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from edgetl.commands.common import load_calibration
+from edgetl.sources import load_calibration
 from edgetl_exporters.quantization import PRESETS, CalibrationMethod, Fp16Config, QuantizeConfig
-from edgetl_runtime.errors import ConfigError
+from edgetl_runtime.arguments import to_precisions
+from edgetl_runtime.bundle import Bundle
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -84,10 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run_export(args: argparse.Namespace) -> int:
     from edgetl.export import BundleConfig, export_bundle
 
-    precisions = tuple(dict.fromkeys(["fp32", *[p.strip() for p in args.precision.split(",") if p.strip()]]))
-    unknown = [p for p in precisions if p not in {"fp32", "int8", "fp16"}]
-    if unknown:
-        raise ConfigError(f"Unknown precision(s) {unknown}; choose from fp32, int8, fp16.")
+    precisions = to_precisions(f"fp32,{args.precision}")
     if args.weights == "none" and not Path(args.model).exists():
         print(
             "edgetl export: warning: --weights none exports random weights: its features mean nothing until "
@@ -99,7 +98,7 @@ def run_export(args: argparse.Namespace) -> int:
         overrides["calibrate_method"] = args.calib_method
     quantize_config = QuantizeConfig.preset(args.target, **overrides)
     config = BundleConfig(
-        precisions,  # type: ignore[arg-type]
+        precisions,
         args.calib_count,
         args.eval_count,
         args.max_drop,
@@ -124,18 +123,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from edgetl_runtime.bundle import Bundle
-
     bundle = Bundle.open(args.bundle)
     print(bundle.manifest.to_json() if args.json else describe(bundle))
     return 0
 
 
-def describe(bundle: object) -> str:
+def describe(bundle: Bundle) -> str:
     """A short human-readable view of a verified bundle."""
-    from edgetl_runtime.bundle import Bundle
-
-    assert isinstance(bundle, Bundle)
     m = bundle.manifest
     lines = [
         f"bundle      {bundle.path}  (format {m.format_version}, every member verified)",
@@ -192,14 +186,14 @@ def _summary(check: object) -> str:
     return ", ".join(parts) if parts else json.dumps(check, default=str)[:300]
 
 
-def _guard_line(guard: dict[str, object]) -> str:
+def _guard_line(guard: dict[str, Any]) -> str:
     """The int8 guard's verdict with its interval, e.g. ``drop 0.12 points [−0.31, 0.55] (95 %) ≤ 1.0``."""
-    low, high = guard.get("interval", [float("nan"), float("nan")])  # type: ignore[misc]
-    conf = float(guard.get("confidence", 0.95))  # type: ignore[arg-type]
+    low, high = (float(v) for v in guard.get("interval", [float("nan"), float("nan")]))
+    conf = float(guard.get("confidence", 0.95))
     verdict = "passed" if guard.get("passed") else "FAILED"
     if "drop" in guard:
         value = f"drop {guard['drop']:+.2f} points [{low:+.2f}, {high:+.2f}] ({conf:.0%}), max {guard.get('max_drop')}"
     else:
-        mean = float(guard.get("cosine_mean", float("nan")))  # type: ignore[arg-type]
+        mean = float(guard.get("cosine_mean", float("nan")))
         value = f"mean cosine {mean:.4f} [{low:.4f}, {high:.4f}] ({conf:.0%}), min {guard.get('min_cosine')}"
     return f"{verdict}: {value} — {guard.get('kind')}, {guard.get('images')} images"

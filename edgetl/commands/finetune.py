@@ -13,15 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgetl.commands.common import is_fashion_mnist, load_data
-from edgetl.datasets import (
-    ImageDataset,
-    balanced_subset,
-    folder_layout,
-    k_shot,
-    load_image_splits,
-    stratified_split,
-)
+from edgetl.sources import SplitRule, data_record, load_splits
 from edgetl_runtime.errors import ConfigError
 
 STRATEGIES = ("linear-probe", "partial", "full", "gradual")
@@ -121,20 +113,6 @@ def resolve_config_file(args: argparse.Namespace) -> argparse.Namespace:
     return resolve_config_file(argparse.Namespace(**{**vars(args), "config": None}))
 
 
-def parse_classes(text: str) -> list[int]:
-    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,2,7-8"`` -> [0, 2, 7, 8]."""
-    ids: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            lo, _, hi = part.partition("-")
-            ids.extend(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise ConfigError(f"--classes {text!r} is not a list of class ids like 0-4 or 0,2,7.") from None
-    if len(set(ids)) != len(ids) or not ids:
-        raise ConfigError(f"--classes {text!r} must name each class once, e.g. 0-4 or 0,2,7.")
-    return ids
-
-
 def build_config(args: argparse.Namespace) -> Any:
     """The strategy's preset, overridden by the flags the user set."""
     from edgetl.finetune import FinetuneConfig
@@ -147,48 +125,17 @@ def build_config(args: argparse.Namespace) -> Any:
     return preset(**overrides)
 
 
-def load_splits(args: argparse.Namespace) -> tuple[ImageDataset, ImageDataset | None, ImageDataset | None]:
-    """Train, val (a val/ split folder, else None: held out from train) and test sets after the class subset
-    and K-shot / per-class sampling."""
-    seed = args.seed or 0
-    val: ImageDataset | None = None
-    test: ImageDataset | None
-    if is_fashion_mnist(args.data):
-        train, test = load_data(args.data, "train"), load_data(args.data, "test")
-    elif folder_layout(args.data) == "splits":  # train/ + val/ (+ test/): the user's own splits
-        splits = load_image_splits(args.data)
-        train, val, test = splits["train"], splits.get("val"), splits.get("test")
-    else:
-        if not 0 < args.test_fraction < 1:
-            raise ConfigError(f"--test-fraction must lie in (0, 1), got {args.test_fraction}.")
-        full = load_data(args.data)
-        test, train = stratified_split(full, [args.test_fraction, 1 - args.test_fraction], seed=seed)
-    if args.classes:
-        ids = parse_classes(args.classes)
-        bad = [i for i in ids if not 0 <= i < len(train.classes)]
-        if bad:
-            raise ConfigError(f"--classes {bad} out of range; the data has classes 0..{len(train.classes) - 1}.")
-        train = train.select_classes(ids)
-        val, test = (None if d is None else d.select_classes(ids) for d in (val, test))
-    if args.k_shot is not None:
-        train = k_shot(train, args.k_shot, seed=seed)[0]
-    if args.train_per_class is not None:
-        train = balanced_subset(train, args.train_per_class, seed=seed)
-    if args.test_per_class is not None and test is not None:
-        test = balanced_subset(test, args.test_per_class, seed=seed)
-    return train, val, test
-
-
-def data_record(args: argparse.Namespace) -> dict[str, Any]:
-    """What the run trained on, for ``edgetl export`` to calibrate on by default."""
-    source = "fashion-mnist" if is_fashion_mnist(args.data) else str(Path(args.data).resolve())
-    return {"source": source, "classes": parse_classes(args.classes) if args.classes else None}
+def split_rule(args: argparse.Namespace) -> SplitRule:
+    """The data flags of ``edgetl finetune`` as a :class:`edgetl.sources.SplitRule`."""
+    return SplitRule(
+        args.seed or 0, args.test_fraction, args.classes, args.k_shot, args.train_per_class, args.test_per_class
+    )
 
 
 def command_record(args: argparse.Namespace) -> dict[str, Any]:
     """The flags that made this run (``--config`` replays them), data as an absolute path."""
     flags = {k: v for k, v in vars(args).items() if k not in _NOT_FROM_CONFIG}
-    flags["data"] = data_record(args)["source"]
+    flags["data"] = data_record(args.data, args.classes)["source"]
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}
 
 
@@ -212,15 +159,16 @@ def run_finetune(args: argparse.Namespace) -> int:
         )
     # The backbone first: a size it cannot export (tf_* models off multiples of 32) fails before any data loads.
     backbone = create_backbone(args.model, weights=args.weights, image_size=args.image_size)
-    train, val, test = load_splits(args)
-    provenance = {"data": data_record(args), "command": command_record(args)}
+    train, val, test = load_splits(args.data, split_rule(args))
+    provenance = {"data": data_record(args.data, args.classes), "command": command_record(args)}
     result = finetune(backbone, train, val, test, config, args.output, provenance=provenance)
     if main_rank:
-        val = f"{result.val_accuracy:.4f}" if result.val_accuracy is not None else "n/a"
+        val_acc = f"{result.val_accuracy:.4f}" if result.val_accuracy is not None else "n/a"
         test_acc = f"{result.test_accuracy:.4f}" if result.test_accuracy is not None else "n/a"
+        tested = len(test) if test is not None else 0
         print(
             f"{config.strategy.value}: {result.train_size} train images, {result.epochs_run} epochs "
-            f"(best {result.best_epoch + 1}), val acc {val}, test acc {test_acc} on {len(test)} images, "
+            f"(best {result.best_epoch + 1}), val acc {val_acc}, test acc {test_acc} on {tested} images, "
             f"{result.wall_time_s:.1f}s wall ({result.cpu_time_s:.1f}s CPU) x {result.world_size} process(es) "
             f"-> {args.output}"
         )

@@ -6,6 +6,7 @@ strategy, evaluate on test, write checkpoint + metrics from rank 0 only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import time
@@ -25,10 +26,10 @@ from edgetl.finetune import distributed as D
 from edgetl.finetune.config import FinetuneConfig, Strategy
 from edgetl.finetune.data import TorchImageDataset, eval_loader, train_loader
 from edgetl.finetune.linear_probe import run_linear_probe
-from edgetl.finetune.metrics import FinetuneResult
+from edgetl.finetune.metrics import FinetuneResult, History
 from edgetl.finetune.optim import build_optimizer, build_scheduler, param_groups
 from edgetl.finetune.stages import FreezePlan
-from edgetl.finetune.trainer import Evaluation, History, evaluate, fit
+from edgetl.finetune.trainer import Evaluation, evaluate, fit
 from edgetl_runtime.errors import DatasetError, raise_all
 
 log = logging.getLogger("edgetl.finetune")
@@ -162,16 +163,9 @@ def _result(
 ) -> FinetuneResult:
     h = outcome.history
     return FinetuneResult(
+        **{f.name: getattr(h, f.name) for f in dataclasses.fields(History)},
         strategy=config.strategy.value,
         classes=list(train.classes),
-        train_loss=h.train_loss,
-        train_acc=h.train_acc,
-        val_loss=h.val_loss,
-        val_acc=h.val_acc,
-        lr=h.lr,
-        epoch_seconds=h.epoch_seconds,
-        best_epoch=h.best_epoch,
-        stopped_early=h.stopped_early,
         val_accuracy=h.val_acc[h.best_epoch] if h.val_acc else None,
         test_accuracy=outcome.test.accuracy if outcome.test else None,
         test_loss=outcome.test.loss if outcome.test else None,

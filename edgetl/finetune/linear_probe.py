@@ -25,8 +25,9 @@ from edgetl.datasets import ImageDataset
 from edgetl.finetune import distributed as D
 from edgetl.finetune.config import FinetuneConfig
 from edgetl.finetune.data import TorchImageDataset, eval_loader
+from edgetl.finetune.metrics import History
 from edgetl.finetune.optim import build_optimizer, build_scheduler, head_groups
-from edgetl.finetune.trainer import Evaluation, History, evaluate, fit, progress_iter
+from edgetl.finetune.trainer import Evaluation, evaluate, fit, progress_iter
 from edgetl_runtime.atomic import atomic_write
 
 log = logging.getLogger("edgetl.finetune")

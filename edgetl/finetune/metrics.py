@@ -16,19 +16,26 @@ CURVES_PNG = "curves.png"
 
 
 @dataclass
-class FinetuneResult:
-    """Per-epoch curves plus the final numbers. Accuracies are fractions in [0, 1]."""
+class History:
+    """What :func:`fit` observed, epoch by epoch."""
 
-    strategy: str
-    classes: list[str]
     train_loss: list[float] = field(default_factory=list)
     train_acc: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
-    best_epoch: int = -1  # 0-based
+    best_epoch: int = -1
     stopped_early: bool = False
+
+
+@dataclass(kw_only=True)
+class FinetuneResult(History):
+    """The per-epoch curves (:class:`History`: losses, accuracies, LR, best epoch) plus the final numbers.
+    Accuracies are fractions in [0, 1]."""
+
+    strategy: str
+    classes: list[str]
     val_accuracy: float | None = None  # at the best epoch
     test_accuracy: float | None = None
     test_loss: float | None = None

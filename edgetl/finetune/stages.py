@@ -77,10 +77,6 @@ def unfreeze_batchnorm(module: nn.Module, training: bool) -> None:
             m.train(training)
 
 
-def is_frozen_bn(module: nn.Module) -> bool:
-    return isinstance(module, _BatchNorm) and "train" in module.__dict__
-
-
 class FreezePlan:
     """Which stages of a backbone train at each epoch, for every strategy.
 

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from edgetl.finetune import distributed as D
 from edgetl.finetune.config import FinetuneConfig
+from edgetl.finetune.metrics import History
 
 log = logging.getLogger("edgetl.finetune")
 
@@ -27,20 +28,6 @@ class Evaluation:
     loss: float
     accuracy: float
     confusion: np.ndarray  # (C, C) int64, rows = true class, columns = predicted
-
-
-@dataclass
-class History:
-    """What :func:`fit` observed, epoch by epoch."""
-
-    train_loss: list[float] = field(default_factory=list)
-    train_acc: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    val_acc: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    epoch_seconds: list[float] = field(default_factory=list)
-    best_epoch: int = -1
-    stopped_early: bool = False
 
 
 PROGRESS_EVERY_S = 20.0  # seconds between progress lines when stderr is not a terminal

@@ -30,8 +30,8 @@ def cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
 
 
 def test_item2_train_val_layout_is_read_as_splits_not_as_two_classes(tmp_path: Path) -> None:
-    from edgetl.commands.common import load_data
     from edgetl.datasets import folder_layout, load_image_splits
+    from edgetl.sources import load_data
 
     write_class_folders(tmp_path / "split" / "train", n=4)
     write_class_folders(tmp_path / "split" / "val", n=2, seed=5)
@@ -45,7 +45,8 @@ def test_item2_train_val_layout_is_read_as_splits_not_as_two_classes(tmp_path: P
 
 def test_item2_finetune_uses_the_splits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from edgetl.cli import build_parser
-    from edgetl.commands.finetune import load_splits
+    from edgetl.commands.finetune import split_rule
+    from edgetl.sources import load_splits
 
     write_class_folders(tmp_path / "split" / "train", n=4)
     write_class_folders(tmp_path / "split" / "val", n=2, seed=5)
@@ -53,7 +54,7 @@ def test_item2_finetune_uses_the_splits(tmp_path: Path, capsys: pytest.CaptureFi
     args = build_parser().parse_args(
         ["finetune", "mobilenetv3_small_100", "--data", str(tmp_path / "split"), "-o", str(tmp_path / "run")]
     )
-    train, val, test = load_splits(args)
+    train, val, test = load_splits(args.data, split_rule(args))
     assert train.classes == ["chelsea", "coffee"] and len(train) == 8
     assert val is not None and len(val) == 4 and test is not None and len(test) == 6
 
