@@ -30,6 +30,7 @@ from edgetl_runtime.manifest import (
 )
 from edgetl_runtime.npz import ArrayHeader, expect_array, read_npz
 from edgetl_runtime.onnx_scan import check_self_contained
+from edgetl_runtime.shipped import CLASS_STATS_FORMAT, class_stats_problems
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_MEMBER_BYTES = 2 << 30  # 2 GiB: larger than any mobile backbone, smaller than a zip bomb's claim
@@ -121,6 +122,8 @@ class Bundle:
         """The host-trained head's arrays, if the bundle ships one (checked against the manifest before reading)."""
         if HEAD_NAME not in self.members:
             return None
+        if self.manifest.head.get("format") == CLASS_STATS_FORMAT:  # statistics the device heads continue from
+            return read_npz(self.members[HEAD_NAME], HEAD_NAME, lambda h: class_stats_problems(h, self.manifest))
         return read_npz(self.members[HEAD_NAME], HEAD_NAME, self._head_problems)
 
     def _head_problems(self, headers: dict[str, ArrayHeader]) -> list[str]:

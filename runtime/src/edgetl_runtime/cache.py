@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import sqlite3
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
@@ -34,6 +35,7 @@ from edgetl_runtime.errors import (
 )
 
 SCHEMA_VERSION = 1
+REMOVED_SHIPPED_KEY = "removed_shipped_labels"  # meta row: JSON list of shipped-head classes removed here
 BUSY_TIMEOUT_S = 10.0  # how long a write waits for another connection's write lock (tests shorten it)
 _CHUNK = 500  # host parameters per statement; stays under SQLITE_MAX_VARIABLE_NUMBER of old SQLite builds.
 _SCHEMA = """
@@ -517,11 +519,18 @@ class FeatureStore:
         return int(row[0])
 
     def remove(
-        self, *, label: str | None = None, ids: Sequence[int] | npt.NDArray[np.integer[Any]] | None = None
+        self,
+        *,
+        label: str | None = None,
+        ids: Sequence[int] | npt.NDArray[np.integer[Any]] | None = None,
+        shipped: Collection[str] = (),
     ) -> int:
         """Remove every sample of ``label``, or the samples with ``ids``; returns how many were removed.
 
-        Cached features stay: they are still valid for this bundle and save a backbone run if re-enrolled.
+        A ``label`` among ``shipped`` (the bundle's head classes) is also recorded as removed in ``meta``, in
+        the same transaction, so every later load forgets the shipped class too (see
+        :meth:`removed_shipped_labels`). Cached features stay: they are still valid for this bundle and save
+        a backbone run if re-enrolled.
         """
         if (label is None) == (ids is None):
             raise InputError(f"remove() needs exactly one of label= or ids=, got label={label!r}, ids={ids!r}")
@@ -530,8 +539,12 @@ class FeatureStore:
         with self._writing("Removing from") as db:
             if name is not None:
                 removed = db.execute("DELETE FROM samples WHERE label = ?", (name,)).rowcount
-                if removed == 0:
-                    raise InputError(f"Unknown label {name!r}; known labels: {self.labels()}. Fix: pass one of those.")
+                if name in shipped:
+                    gone = sorted({*self.removed_shipped_labels(), name})
+                    db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (REMOVED_SHIPPED_KEY, json.dumps(gone)))
+                elif removed == 0:
+                    known = sorted({*self.labels(), *(set(shipped) - set(self.removed_shipped_labels()))})
+                    raise InputError(f"Unknown label {name!r}; known labels: {known}. Fix: pass one of those.")
                 return int(removed)
             unknown = sorted(set(wanted) - self._existing_ids(wanted))
             if unknown:
@@ -550,8 +563,29 @@ class FeatureStore:
             found.update(r[0] for r in self._db.execute(f"SELECT id FROM samples WHERE id IN ({marks})", chunk))
         return found
 
+    def removed_shipped_labels(self) -> list[str]:
+        """Classes of the bundle's shipped head that this device removed (``remove(label=..., shipped=...)``)."""
+        with self._reading():
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (REMOVED_SHIPPED_KEY,)).fetchone()
+        if row is None:
+            return []
+        try:
+            labels = json.loads(row[0])
+        except (TypeError, ValueError):
+            labels = None
+        if not isinstance(labels, list) or any(label_problem(v) for v in labels):
+            raise StateError(f"meta {REMOVED_SHIPPED_KEY!r} is damaged ({str(row[0])[:80]!r}). Fix: {_FIX_CORRUPT}.")
+        return [str(v) for v in labels]
+
     def samples(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.str_], npt.NDArray[np.float32]]:
         """All enrolled samples in id order: (ids (N,) int64, labels (N,) str, features (N, D) float32)."""
+        ids, labels, _, feats = self.samples_with_keys()
+        return ids, labels, feats
+
+    def samples_with_keys(
+        self,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.str_], list[str], npt.NDArray[np.float32]]:
+        """Like :meth:`samples`, with each sample's feature key (what an enrolment export deduplicates by)."""
         with self._reading():
             rows = self._db.execute(
                 "SELECT s.id, s.label, f.vec, f.key FROM samples s JOIN features f ON f.key = s.feature_key "
@@ -569,7 +603,7 @@ class FeatureStore:
         labels = np.array([r[1] for r in rows], dtype=np.str_)  # (N,)
         flat = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4")  # (N * D,) little-endian
         feats = flat.astype(np.float32).reshape(len(rows), self.feature_dim)  # (N, D) float32, writable copy
-        return ids, labels, feats
+        return ids, labels, [str(r[3]) for r in rows], feats
 
     def labels(self) -> list[str]:
         """Sorted distinct labels of the enrolled samples."""

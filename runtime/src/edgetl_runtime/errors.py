@@ -65,6 +65,18 @@ class BundleIntegrityError(BundleError):
     """A bundle member does not match the SHA-256 recorded in its manifest."""
 
 
+class EnrolmentError(BundleError):
+    """An enrolment file (a device's exported samples) is malformed or unsupported."""
+
+
+class EnrolmentIntegrityError(EnrolmentError, BundleIntegrityError):
+    """An enrolment file member does not match the SHA-256 recorded in its manifest (tampered or truncated)."""
+
+
+class EnrolmentMismatchError(EnrolmentError):
+    """An enrolment file was made under another backbone, precision or preprocessing than the bundle given."""
+
+
 class StateError(EdgeTLError, ValueError):
     """A device state database is corrupt or belongs to another bundle."""
 

@@ -8,7 +8,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,8 +20,12 @@ from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.errors import InputError, NotFittedError
 from edgetl_runtime.features import FeatureExtractor, preprocess_key
-from edgetl_runtime.heads import AutoHead, BaseHead, create_head
+from edgetl_runtime.heads import AutoHead, BaseHead, Prior, create_head, fit_with_prior, head_for_prior
 from edgetl_runtime.images import Images, as_image_list, hflip
+from edgetl_runtime.shipped import read_prior
+
+if TYPE_CHECKING:
+    from edgetl_runtime.enrolment import Enrolment
 from edgetl_runtime.manifest import Manifest, Precision
 
 
@@ -53,8 +57,12 @@ class Learner:
     """Enrol labelled images, fit a head on their cached features, predict.
 
     The SQLite state holds samples and features; the head is derived from it and refit on load, so
-    there is one source of truth. An ``add`` updates a current head incrementally (``partial_fit``:
-    running class sums, rank-one ridge updates) instead of refitting; ``remove`` marks it stale.
+    there is one source of truth. A bundle that ships a head (class statistics, see
+    :mod:`edgetl_runtime.shipped`) is the prior every fit starts from: its classes are predicted with
+    nothing enrolled, enrolments extend them, and ``remove(label=...)`` forgets a shipped class too
+    (recorded in the state, so it stays forgotten after a reload). An ``add`` updates a current head
+    incrementally (``partial_fit``: running class sums, rank-one ridge updates) instead of refitting;
+    ``remove`` marks it stale.
 
     Threads: backbone runs and cache look-ups happen outside any lock; every use of the head (fit,
     partial_fit, predict) holds one lock, so ``predict`` from several threads while another adds
@@ -69,6 +77,7 @@ class Learner:
         head: str = "auto",
         flip_enrolment: bool = False,
         selection: Selection | None = None,
+        prior: Prior | None = None,
     ) -> None:
         self.bundle = bundle
         self.backend = backend
@@ -77,13 +86,17 @@ class Learner:
         self.head_kind = head
         self.flip_enrolment = flip_enrolment
         self.extractor = FeatureExtractor(bundle.manifest.preprocess, backend, store)
+        self.prior = prior  # the bundle's shipped head (None: none, or shipped_head=False)
         create_head(head)  # refuse an unknown head name now, not at the first prediction after enrolling
+        if prior is not None:
+            head_for_prior(head, prior)  # and a head that cannot continue a shipped one (logistic)
         # The head is published with the change count it reflects; both only change under _head_lock.
         self._changes = 0  # bumped with every committed add/remove
         self._fitted: tuple[int, BaseHead | AutoHead] | None = None
         self._head_lock = threading.RLock()
         # Another process may enrol into the same state file: its commits change data_version (ours do not).
-        self._data_version, self._samples_token = store.data_version(), store.samples_token()
+        self._data_version = store.data_version()
+        self._samples_token = (*store.samples_token(), len(store.removed_shipped_labels()))
 
     @classmethod
     def load(
@@ -97,6 +110,7 @@ class Learner:
         head: str = "auto",
         flip_enrolment: bool = False,
         measure: bool = True,
+        shipped_head: bool = True,
     ) -> Learner:
         """Open a bundle (verifying it), build and golden-check a backend, open or create the state.
 
@@ -113,9 +127,15 @@ class Learner:
                 measured +0.2-0.4 points at K >= 5 on Fashion-MNIST, -0.5 at K = 1).
             measure: with ``best``, time the verified precisions (about 1.5 s, once per device); False
                 picks int8 when its member was built for this CPU family, else fp32, untimed.
+            shipped_head: start from the head the bundle ships, if any (False: enrolments only).
+
+        The state is keyed by the model digest (the backbone member at the precision in use), not by the
+        whole bundle: a bundle that only changes its shipped head (``edgetl merge``) keeps the same
+        backbone members, so the state and its enrolments stay valid and sit on top of the new head.
         """
         threads = check_threads(threads)
         opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
+        prior = read_prior(opened) if shipped_head else None  # before the backend: a bad head fails fast
         keep = state_precision(state, opened.manifest) if state is not None else None
         built, selection = select_backend(opened, backend, precision, threads, measure=measure, keep=keep)
         digest = opened.manifest.model_digest(built.precision)
@@ -126,8 +146,8 @@ class Learner:
             preprocess_key=preprocess_key(opened.manifest.preprocess),
         )
         try:
-            learner = cls(opened, built, store, head, flip_enrolment, selection)
-            if len(store):
+            learner = cls(opened, built, store, head, flip_enrolment, selection, prior)
+            if len(store) or learner._prior_now() is not None:
                 learner.fit()
         except BaseException:
             store.close()  # a refused load must not leave the database open (and its -wal file behind)
@@ -184,12 +204,47 @@ class Learner:
     def remove(
         self, *, label: str | None = None, ids: Sequence[int] | npt.NDArray[np.integer[Any]] | None = None
     ) -> int:
-        """Forget a class or specific samples (a list or 1-D integer array of ids); the head is refit on the next
-        prediction."""
+        """Forget a class (enrolled or shipped) or specific samples (a list or 1-D integer array of ids); returns
+        how many enrolled samples went. The head is refit on the next prediction."""
+        shipped = [] if self.prior is None else [str(c) for c in self.prior.classes]
         with self._head_lock:
-            removed = self.store.remove(label=label, ids=ids)
+            removed = self.store.remove(label=label, ids=ids, shipped=shipped)
             self._changes += 1
         return removed
+
+    def export_enrolment(
+        self, path: str | os.PathLike[str], *, images: Sequence[str | os.PathLike[str]] | None = None
+    ) -> Enrolment:
+        """Write every enrolled sample (features, labels, keys) to one verified file for ``edgetl merge``.
+
+        The file is bound to the model digest of the precision in use, so a host refuses it against another
+        backbone or precision. No image leaves the device unless ``images`` names image files: those whose
+        pixels match an enrolled sample are attached as they are (others are ignored).
+        """
+        from edgetl_runtime.enrolment import write_enrolment
+
+        ids, labels, keys, features = self.store.samples_with_keys()
+        if not len(ids):
+            raise InputError("Nothing is enrolled, so there is nothing to export. Fix: add(images, label) first.")
+        attached: dict[str, tuple[str, bytes]] = {}
+        if images:
+            files = [Path(p) for p in images]
+            enrolled = set(keys)
+            for file, key in zip(files, self.extractor.keys(as_image_list(files)), strict=True):
+                if key in enrolled:
+                    attached[key] = (file.suffix, file.read_bytes())
+        return write_enrolment(
+            path,
+            manifest=self.bundle.manifest,
+            precision=self.backend.precision,
+            ids=ids,
+            labels=labels,
+            keys=keys,
+            features=features,
+            removed_shipped=self.store.removed_shipped_labels(),
+            images=attached,
+            versions=_runtime_version(),
+        )
 
     # ---------------------------------------------------------------- fitting and prediction
 
@@ -200,10 +255,19 @@ class Learner:
         """
         with self._head_lock:
             _, labels, features = self.store.samples()  # (N,), (N, D)
-            if len(labels) == 0:
-                raise NotFittedError("No samples are enrolled; call add(images, label) for at least one class first.")
-            self._fitted = (self._changes, create_head(self.head_kind).fit(features, labels))
+            prior = self._prior_now()
+            if len(labels) == 0 and prior is None:
+                why = " and every shipped class was removed" if self.prior is not None else ""
+                raise NotFittedError(f"No samples are enrolled{why}; call add(images, label) for a class first.")
+            self._fitted = (self._changes, fit_with_prior(self.head_kind, features, labels, prior))
         return self
+
+    def _prior_now(self) -> Prior | None:
+        """The shipped head without the classes this device removed."""
+        if self.prior is None:
+            return None
+        removed = self.store.removed_shipped_labels()
+        return self.prior.drop(removed) if removed else self.prior
 
     def _sync_external(self) -> None:
         """Mark the head stale if another process added or removed samples; call with ``_head_lock`` held.
@@ -216,7 +280,7 @@ class Learner:
         if version == self._data_version:
             return
         self._data_version = version
-        token = self.store.samples_token()
+        token = (*self.store.samples_token(), len(self.store.removed_shipped_labels()))
         if token != self._samples_token:
             self._samples_token = token
             self._changes += 1
@@ -287,6 +351,18 @@ class Learner:
             "samples": len(self.store),
             "classes": self.store.counts(),
             "head": self.head_kind,
+            "shipped_head": self._shipped_info(),
+        }
+
+    def _shipped_info(self) -> dict[str, Any] | None:
+        if self.prior is None:
+            return None
+        section = self.bundle.manifest.head
+        return {
+            "classes": section.get("counts"),
+            "removed_here": self.store.removed_shipped_labels(),
+            "host_accuracy": section.get("accuracy"),
+            "merged": section.get("merged"),
         }
 
     def close(self) -> None:
@@ -297,3 +373,12 @@ class Learner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _runtime_version() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return {"edgetl-runtime": version("edgetl-runtime")}
+    except PackageNotFoundError:
+        return {}

@@ -69,6 +69,7 @@ class Manifest:
     calibration: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     head_labels: tuple[str, ...] = ()
+    head: dict[str, Any] = field(default_factory=dict)  # a shipped head.npz: format, version, counts, accuracy
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
     format_version: int = FORMAT_VERSION
@@ -94,6 +95,7 @@ class Manifest:
             "calibration": self.calibration,
             "validation": self.validation,
             "head_labels": list(self.head_labels),
+            **({"head": self.head} if self.head else {}),
             "versions": self.versions,
             "created": self.created,
         }
@@ -168,6 +170,7 @@ def _parse(data: dict[str, Any]) -> Manifest:
         calibration=dict(data.get("calibration", {})),
         validation=dict(data.get("validation", {})),
         head_labels=tuple(str(v) for v in data.get("head_labels", [])),
+        head=dict(data.get("head", {})),
         versions={str(k): str(v) for k, v in dict(data.get("versions", {})).items()},
         created=str(data.get("created", "")),
         format_version=int(data["format_version"]),

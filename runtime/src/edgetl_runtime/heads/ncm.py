@@ -8,7 +8,9 @@ import numpy as np
 
 from edgetl_runtime.errors import ConfigError, InputError
 from edgetl_runtime.heads.base import BaseHead, FloatArray, IntArray
+from edgetl_runtime.heads.prior import Prior, check_prior, prior_rejector
 from edgetl_runtime.heads.rejection import SimilarityRejector, class_sums, loo_cosines
+from edgetl_runtime.heads.ridge import _group_index
 
 
 class NearestClassMean(BaseHead):
@@ -40,9 +42,15 @@ class NearestClassMean(BaseHead):
                 f"temperature={self.temperature}, power={self.power}, reject_quantile={self.reject_quantile}."
             )
 
-    def fit(self, X: Any, y: Any, groups: Any = None) -> NearestClassMean:
-        """Enrol ``X`` (N, D) with labels ``y`` from scratch; ``groups`` only affects rejection calibration."""
+    def fit(self, X: Any, y: Any, groups: Any = None, prior: Prior | None = None) -> NearestClassMean:
+        """Enrol ``X`` (N, D) with labels ``y`` from scratch; ``groups`` only affects rejection calibration.
+
+        With a shipped ``prior`` the class sums start from its statistics (exact: sums add), and ``X`` may be
+        None.
+        """
         self._validate_params()
+        if prior is not None:
+            return self._fit_with_prior(X, y, groups, prior)
         arr, labels = self._check_fit_inputs(X, y)
         self.classes_, y_idx = np.unique(labels, return_inverse=True)
         self.n_features_in_ = arr.shape[1]
@@ -51,6 +59,22 @@ class NearestClassMean(BaseHead):
             raise InputError(f"groups has {len(g)} entries but X has {len(labels)} samples.")
         self.rejector_ = SimilarityRejector(self.reject_quantile)
         self.rejector_.fit(self._transform(arr), y_idx.ravel().astype(np.int64), len(self.classes_), g)
+        return self
+
+    def _fit_with_prior(self, X: Any, y: Any, groups: Any, prior: Prior) -> NearestClassMean:
+        if X is not None and len(X):
+            arr, labels = self._check_fit_inputs(X, y)
+        else:
+            arr, labels = np.zeros((0, prior.stats.dim)), prior.classes[:0]
+        check_prior(self, prior, labels)
+        if arr.shape[1] != prior.stats.dim:
+            raise InputError(f"X has {arr.shape[1]} features, but the shipped head is expecting {prior.stats.dim}.")
+        self.classes_ = np.unique(np.concatenate([prior.classes, labels]))
+        self.n_features_in_ = prior.stats.dim
+        y_idx = np.searchsorted(self.classes_, labels).astype(np.int64)
+        Z = self._transform(arr) if len(arr) else arr
+        g = _group_index(groups, len(arr))
+        self.rejector_ = prior_rejector(self.reject_quantile, prior, self.classes_, Z, y_idx, g)
         return self
 
     def partial_fit(self, X: Any, y: Any) -> NearestClassMean:

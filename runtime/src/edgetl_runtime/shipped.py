@@ -1,0 +1,154 @@
+"""A bundle's shipped head, in the device heads' own terms: class statistics and the host's choices for them.
+
+``head.npz`` (format ``class-stats``, version 1) holds a :class:`~edgetl_runtime.heads.prior.Prior`:
+per-class counts, feature sums (float32) and scatter factor rows (float16, at most ``rank`` per class)
+with their residual traces, the shrinkage, temperature and head the host chose on held-out images, and
+a few rejection scores. The manifest's ``head`` section names the format and version, the labels and
+counts, and the accuracy the host measured. Bundles of older edgetl versions ship ``kind="linear"``
+(a fine-tuned layer's weights): a device cannot extend those, and ignores them with a warning.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetl_runtime.arguments import label_problem
+from edgetl_runtime.errors import BundleError, InputError
+from edgetl_runtime.heads.prior import Prior
+from edgetl_runtime.manifest import HEAD_NAME, Manifest
+from edgetl_runtime.npz import ArrayHeader, expect_array
+
+if TYPE_CHECKING:
+    from edgetl_runtime.bundle import Bundle
+
+CLASS_STATS_FORMAT = "class-stats"
+CLASS_STATS_VERSION = 1
+HEAD_KIND = "class_stats"  # the ``kind`` array inside head.npz
+FACTOR_DTYPE = np.float16
+_FIX = "Fix: re-export the bundle (edgetl export --head-from DATA), or merge it again with edgetl merge."
+
+
+def class_stats_problems(headers: dict[str, ArrayHeader], manifest: Manifest) -> list[str]:
+    """Problems of a class-stats head.npz's array headers against the manifest (checked before any is read)."""
+    dim = manifest.backbone.feature_dim
+    classes = headers.get("classes")
+    count = len(manifest.head_labels) or (classes.shape[0] if classes is not None and classes.shape else None)
+    rows = headers.get("factors")
+    k = rows.shape[0] if rows is not None and rows.shape else None
+    scores = headers.get("calib_scores")
+    m = scores.shape[0] if scores is not None and scores.shape else None
+    problems = [
+        f"the head's features are {h.shape[1]} wide but the backbone's are {dim}: it was fitted for another "
+        f"backbone or pooling. {_FIX}"
+        for h in (headers.get("sums"), rows)
+        if h is not None and len(h.shape) == 2 and h.shape[1] != dim
+    ]
+    expected: dict[str, tuple[str, tuple[int | None, ...]]] = {
+        "kind": ("U", ()),
+        "format_version": ("iu", ()),
+        "classes": ("U", (count,)),
+        "counts": ("f", (count,)),
+        "sums": ("f", (count, dim)),
+        "factors": ("f", (k, dim)),
+        "factor_class": ("iu", (k,)),
+        "residual": ("f", (count,)),
+        "power": ("f", ()),
+        "settings": ("U", ()),
+        "calib_scores": ("f", (m,)),
+        "calib_class": ("iu", (m,)),
+    }
+    if not problems:
+        for key, (kinds, shape) in expected.items():
+            problems += expect_array(headers, key, kinds, shape)
+    return problems + [f"array {h.describe()} is not a head array" for key, h in headers.items() if key not in expected]
+
+
+def head_npz_dict(prior: Prior) -> dict[str, npt.NDArray[Any]]:
+    """The arrays of a class-stats ``head.npz`` (factors in float16: see :meth:`ClassStats.to_npz_dict`)."""
+    return {
+        "kind": np.array(HEAD_KIND),
+        "format_version": np.array(CLASS_STATS_VERSION, dtype=np.int64),
+        **prior.to_npz_dict(FACTOR_DTYPE),
+    }
+
+
+def head_section(prior: Prior, **extra: Any) -> dict[str, Any]:
+    """The manifest's ``head`` entry for ``prior``: format, version, labels, counts, settings, plus ``extra``
+    (``accuracy``, ``source``, ``merged``, ...)."""
+    stats = prior.stats
+    per_class = np.bincount(stats.factor_class, minlength=len(stats.classes))
+    return {
+        "format": CLASS_STATS_FORMAT,
+        "format_version": CLASS_STATS_VERSION,
+        "labels": [str(c) for c in stats.classes],
+        "counts": stats.counts_by_label(),
+        **prior.settings(),
+        "power": stats.power,
+        "feature_dim": stats.dim,
+        "max_factor_rows": int(per_class.max()) if len(per_class) else 0,
+        "factor_dtype": np.dtype(FACTOR_DTYPE).name,
+        **extra,
+    }
+
+
+def read_prior(bundle: Bundle) -> Prior | None:
+    """The bundle's shipped head as a :class:`Prior`, None if it ships none (or only an old linear head).
+
+    Raises:
+        BundleError: a head of an unknown format version, arrays that disagree with the manifest or the
+            backbone's feature width, invalid or colliding labels, inconsistent statistics.
+    """
+    arrays = bundle.head_arrays()
+    if arrays is None:
+        return None
+    info, where = bundle.manifest.head, f"{bundle.path} ({HEAD_NAME})"
+    if info.get("format") != CLASS_STATS_FORMAT:
+        warnings.warn(
+            f"{where} ships a head of kind {str(arrays.get('kind', '?'))!r} from an older edgetl: a weight matrix "
+            "the device cannot extend, so it is ignored and the device starts from its own enrolments. Fix: "
+            "re-export the bundle with this edgetl, which ships class statistics.",
+            stacklevel=2,
+        )
+        return None
+    version = info.get("format_version")
+    stored = arrays["format_version"]
+    if type(version) is not int or version != CLASS_STATS_VERSION or int(stored) != version:
+        raise BundleError(
+            f"{where} has head format version {version!r} (arrays say {int(stored)}); this edgetl-runtime reads "
+            f"version {CLASS_STATS_VERSION}. Fix: upgrade edgetl-runtime, or re-export the bundle with a matching "
+            "edgetl."
+        )
+    if str(arrays["kind"]) != HEAD_KIND:
+        raise BundleError(f"{where} holds kind {str(arrays['kind'])!r}, expected {HEAD_KIND!r}. {_FIX}")
+    try:
+        prior = Prior.from_npz_dict(arrays)
+    except InputError as exc:
+        raise BundleError(f"{where} is inconsistent: {exc} {_FIX}") from None
+    problems = label_collisions([str(c) for c in prior.classes])
+    labels = tuple(str(c) for c in prior.classes)
+    if labels != bundle.manifest.head_labels or info.get("labels") != list(labels):
+        problems.append(f"its classes {list(labels)[:10]} differ from the manifest's head_labels / head.labels")
+    if info.get("counts") != prior.stats.counts_by_label():
+        problems.append("its per-class counts differ from the manifest's head.counts")
+    if problems:
+        raise BundleError(f"{where} cannot be used: " + "; ".join(problems) + f". {_FIX}")
+    return prior
+
+
+def label_collisions(labels: list[str]) -> list[str]:
+    """Labels that break the label rule, are not stored NFC, or collide with another once NFC-normalised."""
+    problems = [f"label {v!r}: {p}" for v, p in ((v, label_problem(v)) for v in labels) if p]
+    seen: dict[str, str] = {}
+    for value in labels:
+        norm = unicodedata.normalize("NFC", value)
+        if norm != value:
+            problems.append(f"label {value!r} is not NFC-normalised (a device stores it as {norm!r})")
+        if norm in seen and seen[norm] != value:
+            problems.append(f"labels {seen[norm]!r} and {value!r} are one class once NFC-normalised")
+        seen.setdefault(norm, value)
+    return problems
