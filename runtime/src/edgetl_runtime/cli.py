@@ -72,8 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench = sub.add_parser("bench", help="backbone latency on this device (batch 1)", formatter_class=fmt)
     bench.add_argument("--runs", type=positive_int, default=100, help="timed runs")
-    remove = sub.add_parser("remove", help="forget a class", formatter_class=fmt)
+    remove = sub.add_parser("remove", help="forget a class (enrolled or shipped with the bundle)", formatter_class=fmt)
     remove.add_argument("--label", required=True, help="class to forget")
+    export = sub.add_parser(
+        "export",
+        help="write every enrolled sample (features, labels) to one verified file for `edgetl merge` on the host",
+        formatter_class=fmt,
+    )
+    export.add_argument("output", type=Path, help="enrolment file to write, e.g. device-a.enrol")
+    export.add_argument(
+        "--images",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="also attach these image files (or folders) where they match an enrolled sample; without it no image "
+        "leaves the device",
+    )
     return parser
 
 
@@ -95,7 +109,10 @@ def _loo_quality(head: Any) -> dict[str, object]:
     """Leave-one-out accuracy of the fitted head on the enrolled samples, and the rejection threshold."""
     inner = getattr(head, "head_", head)  # AutoHead: the head it chose
     rejector = head.rejector_
+    prior = getattr(inner, "prior_", None)  # a shipped head's calibration scores come first: not leave-one-out
+    shipped = 0 if prior is None else len(prior.calib_scores)
     valid = ~np.isnan(rejector.scores_)
+    valid[:shipped] = False
     out: dict[str, object] = {"head_chosen": inner.kind}
     if getattr(head, "loo_accuracy_", None):
         out["loo_accuracy"] = round(head.loo_accuracy_.get(head.kind_, float("nan")), 4)
@@ -143,7 +160,22 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 )
             return out
         if args.command == "remove":
-            return {"removed": learner.remove(label=args.label), "classes": learner.store.counts()}
+            removed = learner.remove(label=args.label)
+            out = {"removed": removed, "classes": learner.store.counts()}
+            if args.label in learner.store.removed_shipped_labels():
+                out["removed_shipped_class"] = args.label  # the shipped head's class, forgotten on this device
+            return out
+        if args.command == "export":
+            files = _files_and_folders(args.images) if args.images else None
+            enrolment = learner.export_enrolment(args.output, images=files)
+            return {
+                "wrote": str(args.output),
+                "samples": int(enrolment.info["samples"]),
+                "classes": enrolment.counts(),
+                "precision": enrolment.info["precision"],
+                "model_digest": enrolment.model_digest,
+                "images": int(enrolment.info["images"]),
+            }
         if args.command == "fit":
             learner.fit()
             head = learner.head

@@ -104,20 +104,19 @@ class Enrolment:
         if self.info["preprocess_key"] != spec_key(manifest.preprocess):
             problems.append("it was made under another preprocessing (input size, crop or normalisation)")
         made_by = [p for p, digest in models.items() if digest == self.model_digest]
+        stated = self.precision
         if not made_by:
             have = ", ".join(f"{p.value} {d[:12]}…" for p, d in models.items())
             problems.append(
-                f"its features come from model {self.model_digest[:12]}… ({self.info['precision']}), which this bundle "
+                f"its features come from model {self.model_digest[:12]}… ({stated.value}), which this bundle "
                 f"does not ship (it has {have}): another backbone or another export"
             )
-        elif made_by[0].value != self.info["precision"]:
-            problems.append(
-                f"it says precision {self.info['precision']} but its model is this bundle's {made_by[0].value}"
-            )
+        elif stated not in made_by:
+            problems.append(f"it says precision {stated.value} but its model is this bundle's {made_by[0].value}")
         wanted = None if precision is None else Precision(getattr(precision, "value", precision))
-        if made_by and wanted is not None and made_by[0] is not wanted:
+        if made_by and wanted is not None and models.get(wanted) != self.model_digest:
             problems.append(
-                f"its features come from the {made_by[0].value} model, not {wanted.value}: features of two precisions "
+                f"its features come from the {stated.value} model, not {wanted.value}: features of two precisions "
                 "differ slightly and must not be mixed in one state"
             )
         raise_all(
@@ -126,7 +125,7 @@ class Enrolment:
             f"Enrolment {self.path} does not belong to this bundle. Fix: use it with the bundle (and precision) the "
             "device was running, or enrol again on a device running this bundle",
         )
-        return made_by[0]
+        return stated
 
 
 def npz_bytes(arrays: dict[str, npt.NDArray[Any]]) -> bytes:

@@ -284,7 +284,7 @@ class LDAHead(BaseHead):
         return {
             "kind": np.array(self.kind),
             "params": np.array(json.dumps(self.get_params())),
-            **{f"prior__{k}": v for k, v in prior.to_npz_dict(np.float64).items()},
+            **{f"prior__{k}": v for k, v in prior.to_npz_dict(np.float64, np.float64).items()},
             **{f"rejector__{k}": v for k, v in self.rejector_.to_npz_dict().items()},
         }
 

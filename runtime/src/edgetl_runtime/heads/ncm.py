@@ -75,6 +75,7 @@ class NearestClassMean(BaseHead):
         Z = self._transform(arr) if len(arr) else arr
         g = _group_index(groups, len(arr))
         self.rejector_ = prior_rejector(self.reject_quantile, prior, self.classes_, Z, y_idx, g)
+        self.prior_ = prior
         return self
 
     def partial_fit(self, X: Any, y: Any) -> NearestClassMean:

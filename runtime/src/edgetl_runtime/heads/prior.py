@@ -97,9 +97,9 @@ class Prior:
             "class_weight": self.class_weight,
         }
 
-    def to_npz_dict(self, factor_dtype: Any = np.float32) -> dict[str, npt.NDArray[Any]]:
+    def to_npz_dict(self, factor_dtype: Any = np.float32, sums_dtype: Any = np.float32) -> dict[str, npt.NDArray[Any]]:
         return {
-            **self.stats.to_npz_dict(factor_dtype),
+            **self.stats.to_npz_dict(factor_dtype, sums_dtype),
             "settings": np.array(json.dumps(self.settings())),
             "calib_scores": self.calib_scores.astype(np.float32),
             "calib_class": self.calib_class.astype(np.int32),

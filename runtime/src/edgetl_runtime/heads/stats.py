@@ -208,13 +208,13 @@ class ClassStats:
 
     # ------------------------------------------------------------------ persistence
 
-    def to_npz_dict(self, factor_dtype: Any = np.float32) -> dict[str, npt.NDArray[Any]]:
+    def to_npz_dict(self, factor_dtype: Any = np.float32, sums_dtype: Any = np.float32) -> dict[str, npt.NDArray[Any]]:
         """Plain arrays (no object arrays). ``factor_dtype=np.float16`` halves the file: the factors' rounding
-        (~5e-4 relative) is far below the truncation :meth:`compress` already made."""
+        (~5e-4 relative) is far below the truncation :meth:`compress` already made; float64 keeps everything."""
         return {
             "classes": self.classes,
             "counts": self.counts.astype(np.float64),
-            "sums": self.sums.astype(np.float32),
+            "sums": self.sums.astype(sums_dtype),
             "factors": self.factors.astype(factor_dtype),
             "factor_class": self.factor_class.astype(np.int32),
             "residual": self.residual.astype(np.float64),
