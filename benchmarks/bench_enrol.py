@@ -1,7 +1,7 @@
 """Enrolling one more sample into a 500-sample state, beyond the backbone run.
 
 The images' features are computed first (that is the backbone run); what is timed is the rest of
-``Learner.add`` (see :func:`edgetl.bench.enrol.enrol_one_latency`; ``edgetl bench targets`` runs the same
+``Learner.add`` (see :func:`targets.enrol.enrol_one_latency`; ``benchmarks/bench_targets.py`` runs the same
 measurement as target 6). Run: ``python benchmarks/bench_enrol.py runs/bench/tf_efficientnet_lite0_224.edgetl``.
 """
 
@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgetl.bench.enrol import enrol_one_latency
+from targets.enrol import enrol_one_latency
+
 from edgetl.datasets import balanced_subset, load_fashion_mnist
 
 

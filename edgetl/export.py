@@ -16,12 +16,12 @@ import numpy as np
 from edgetl.backbones import Backbone, check_image_size, create_backbone
 from edgetl.datasets import ImageDataset, load_fashion_mnist
 from edgetl.pooling import PooledFeatures, parse_pooling
-from edgetl.sources import is_fashion_mnist
+from edgetl.sources import export_data, synthetic_images
 from edgetl_exporters.bundle_writer import npz_bytes, write_bundle
 from edgetl_exporters.onnx_export import ExportConfig, export_features_onnx
 from edgetl_runtime.arguments import to_precisions
 from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.errors import ConfigError, DatasetError, QuantizationError
+from edgetl_runtime.errors import ConfigError, DatasetError, EdgeTLError, QuantizationError
 from edgetl_runtime.manifest import GOLDEN_NAME, HEAD_NAME, BackboneInfo, Manifest, Precision
 from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
 
@@ -250,61 +250,6 @@ def _quantized_members(
     return out
 
 
-def export_data(
-    backbone: Backbone, data: ImageDataset | None, data_source: str | None, config: BundleConfig
-) -> tuple[ImageDataset | None, str]:
-    """The images that calibrate and check the export, and how the manifest names them.
-
-    Given data is used as is; else a fine-tuned run's recorded training data; else int8 is refused
-    (calibrating a user's model on an unrelated dataset gives silently wrong ranges) and fp32 / fp16
-    are checked on synthetic images (``None``).
-    """
-    if data is not None:
-        return data, data_source or "caller's images"
-    record = backbone.training_data
-    if record and record.get("source"):
-        return training_data(record), f"{record['source']} (the fine-tune run's training data)"
-    if Precision.INT8 in config.precisions:
-        raise ConfigError(
-            "int8 needs calibration images from the model's domain, and none were given. Fix: pass --calib DIR "
-            "(a folder of your images; with one folder per class the accuracy guard also measures the drop), "
-            "or --calib fashion-mnist; or export without int8 (--precision fp32,fp16). A run of `edgetl "
-            "finetune` calibrates on its own training data by default."
-        )
-    return None, "synthetic check images (no calibration data: fp32/fp16 only)"
-
-
-def training_data(record: dict[str, Any]) -> ImageDataset:
-    """A fine-tune run's training data from its ``edgetl_config.json`` ``data`` record."""
-    from edgetl.datasets import load_image_splits
-
-    source = str(record["source"])
-    if is_fashion_mnist(source):
-        data = load_fashion_mnist("train")
-    elif Path(source).is_dir():
-        data = load_image_splits(source)["train"]
-    else:
-        raise DatasetError(
-            f"The run was fine-tuned on {source}, which is not there any more. Fix: pass its images with --calib DIR."
-        )
-    classes = record.get("classes")
-    return data.select_classes([int(c) for c in classes]) if classes else data
-
-
-def synthetic_images(count: int = 32, size: int = 96, seed: int = 0) -> ImageDataset:
-    """Smooth random colour fields (not noise: convolutions see edges and gradients) for parity checks."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (count, 6, 6, 3)).astype(np.float32)
-    x = np.linspace(0, 5, size)
-    i0 = np.floor(x).astype(int).clip(0, 4)
-    f = (x - i0)[None, :, None, None]
-    rows = coarse[:, i0] * (1 - f) + coarse[:, i0 + 1] * f  # (N, size, 6, 3)
-    g = (x - i0)[None, None, :, None]
-    fields = rows[:, :, i0] * (1 - g) + rows[:, :, i0 + 1] * g  # (N, size, size, 3)
-    images = np.clip(fields + rng.normal(0, 8, fields.shape), 0, 255).astype(np.uint8)
-    return ImageDataset(images, np.zeros(count, dtype=np.int64), ["synthetic"], labelled=False)
-
-
 def _golden(features_model: Any, inputs: np.ndarray, members: dict[str, bytes]) -> dict[str, np.ndarray]:
     """Fixed inputs, the torch fp32 features, and the host's onnxruntime output for each reduced precision."""
     from edgetl_runtime.backends.base import golden_reference_key
@@ -382,3 +327,36 @@ def _versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return found
+
+
+def ensure_bundle(
+    model: str,
+    output_dir: Path,
+    *,
+    image_size: int | None = None,
+    weights: str = "bundled",
+    precisions: tuple[str, ...] = ("fp32", "int8"),
+) -> tuple[Path, list[str]]:
+    """Reuse ``output_dir/<model>[_<size>].edgetl`` when it ships ``precisions``, else export it (int8
+    calibrated on Fashion-MNIST's train split, what ``edgetl bench latency`` times).
+
+    If quantization fails, an fp32-only bundle is exported instead; the returned notes say why.
+    """
+    wanted = to_precisions(("fp32", *precisions), "export precision")
+    path = Path(output_dir) / f"{model}{'' if image_size is None else f'_{image_size}'}.edgetl"
+    if path.is_file() and set(wanted) <= set(Bundle.open(path).manifest.precisions):
+        return path, []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        calib = load_fashion_mnist("train") if Precision.INT8 in wanted else None  # what the latency bench times
+        export_bundle(model, path, weights=weights, data=calib, data_source="fashion-mnist:train" if calib else None,
+                      config=BundleConfig(precisions=wanted), image_size=image_size)  # fmt: skip
+        return path, []
+    except (EdgeTLError, ImportError) as exc:
+        if wanted == (Precision.FP32,):
+            raise
+        note = f"exporting {[p.value for p in wanted]} failed ({type(exc).__name__}: {exc}); exported fp32 only"
+    export_bundle(
+        model, path, weights=weights, config=BundleConfig(precisions=(Precision.FP32,)), image_size=image_size
+    )
+    return path, [note]

@@ -1,4 +1,5 @@
-"""What a user names with ``--data`` / ``--calib``, read into datasets, and the fine-tuning splits drawn from it.
+"""Where images come from: what a user names with ``--data`` / ``--calib`` read into datasets, the
+fine-tuning splits drawn from it, and the images an export calibrates and checks on.
 
 A source is ``fashion-mnist`` (or an alias), a folder of class folders, a folder of train/ + val/
 (+ test/) split folders, or, for calibration only, a folder of unlabelled images.
@@ -8,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from edgetl.datasets import (
     IMAGE_SUFFIXES,
@@ -21,7 +25,12 @@ from edgetl.datasets import (
     load_unlabelled_folder,
     stratified_split,
 )
-from edgetl_runtime.errors import ConfigError
+from edgetl_runtime.errors import ConfigError, DatasetError
+from edgetl_runtime.manifest import Precision
+
+if TYPE_CHECKING:
+    from edgetl.backbones import Backbone
+    from edgetl.export import BundleConfig
 
 FASHION_MNIST_ALIASES = frozenset({"fashion-mnist", "fashion_mnist", "fmnist"})
 
@@ -112,3 +121,58 @@ def data_record(source: str, classes: str | None) -> dict[str, object]:
     """What a run trained on, for ``edgetl export`` to calibrate on by default."""
     where = "fashion-mnist" if is_fashion_mnist(source) else str(Path(source).resolve())
     return {"source": where, "classes": parse_classes(classes) if classes else None}
+
+
+def export_data(
+    backbone: Backbone, data: ImageDataset | None, data_source: str | None, config: BundleConfig
+) -> tuple[ImageDataset | None, str]:
+    """The images that calibrate and check the export, and how the manifest names them.
+
+    Given data is used as is; else a fine-tuned run's recorded training data; else int8 is refused
+    (calibrating a user's model on an unrelated dataset gives silently wrong ranges) and fp32 / fp16
+    are checked on synthetic images (``None``).
+    """
+    if data is not None:
+        return data, data_source or "caller's images"
+    record = backbone.training_data
+    if record and record.get("source"):
+        return training_data(record), f"{record['source']} (the fine-tune run's training data)"
+    if Precision.INT8 in config.precisions:
+        raise ConfigError(
+            "int8 needs calibration images from the model's domain, and none were given. Fix: pass --calib DIR "
+            "(a folder of your images; with one folder per class the accuracy guard also measures the drop), "
+            "or --calib fashion-mnist; or export without int8 (--precision fp32,fp16). A run of `edgetl "
+            "finetune` calibrates on its own training data by default."
+        )
+    return None, "synthetic check images (no calibration data: fp32/fp16 only)"
+
+
+def training_data(record: dict[str, Any]) -> ImageDataset:
+    """A fine-tune run's training data from its ``edgetl_config.json`` ``data`` record."""
+    from edgetl.datasets import load_image_splits
+
+    source = str(record["source"])
+    if is_fashion_mnist(source):
+        data = load_fashion_mnist("train")
+    elif Path(source).is_dir():
+        data = load_image_splits(source)["train"]
+    else:
+        raise DatasetError(
+            f"The run was fine-tuned on {source}, which is not there any more. Fix: pass its images with --calib DIR."
+        )
+    classes = record.get("classes")
+    return data.select_classes([int(c) for c in classes]) if classes else data
+
+
+def synthetic_images(count: int = 32, size: int = 96, seed: int = 0) -> ImageDataset:
+    """Smooth random colour fields (not noise: convolutions see edges and gradients) for parity checks."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (count, 6, 6, 3)).astype(np.float32)
+    x = np.linspace(0, 5, size)
+    i0 = np.floor(x).astype(int).clip(0, 4)
+    f = (x - i0)[None, :, None, None]
+    rows = coarse[:, i0] * (1 - f) + coarse[:, i0 + 1] * f  # (N, size, 6, 3)
+    g = (x - i0)[None, None, :, None]
+    fields = rows[:, :, i0] * (1 - g) + rows[:, :, i0 + 1] * g  # (N, size, size, 3)
+    images = np.clip(fields + rng.normal(0, 8, fields.shape), 0, 255).astype(np.uint8)
+    return ImageDataset(images, np.zeros(count, dtype=np.int64), ["synthetic"], labelled=False)

@@ -1,20 +1,21 @@
-"""What ``edgetl bench latency`` measures (``LatencyBenchConfig``) and returns (``LatencyBenchResult``).
-
-Kept apart from the measuring code so the report writer can read both without importing it.
+"""What ``edgetl bench latency`` measures (``LatencyBenchConfig``) and returns (``LatencyBenchResult`` of
+``LatencyCell`` rows), as typed records the report writer and the demo read without importing the measuring code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgetl.bench.roofline import FlopCount, PeakEstimate
+from edgetl_runtime.arguments import to_enum
 from edgetl_runtime.errors import ConfigError, raise_all
+from edgetl_runtime.latency import TIMED_BACKENDS, LatencyStats, Probe
 from edgetl_runtime.manifest import Precision
+from edgetl_runtime.timing import MIN_RUNS, Budget, PreprocessTiming, Skipped
 
-BACKENDS = ("torch", "onnxruntime", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
-MIN_RUNS = 10  # never fewer timed calls than this, whatever max_seconds says
+BACKENDS = ("torch", *TIMED_BACKENDS)  # eager torch is the host's reference beside the device's engines
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,9 @@ class LatencyBenchConfig:
     probe: bool = True  # cold start + peak RSS in a fresh process per backend (a torch import costs seconds)
 
     def __post_init__(self) -> None:
-        problems = []
-        try:
-            object.__setattr__(self, "precisions", tuple(Precision(p) for p in self.precisions))
-        except ValueError:
-            problems.append(f"precisions must be among fp32, fp16, int8, got {list(self.precisions)}")
+        problems: list[str] = []
+        precisions = tuple(to_enum(Precision, p, "precision", problems) for p in self.precisions)
+        object.__setattr__(self, "precisions", precisions)
         object.__setattr__(self, "output_dir", Path(self.output_dir))
         for name in ("backends", "precisions", "batch_sizes", "threads"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -57,6 +56,10 @@ class LatencyBenchConfig:
             problems.append(f"image_size must be >= 8, got {self.image_size}")
         raise_all(ConfigError, problems, "Invalid LatencyBenchConfig")
 
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.runs, self.warmup, self.max_seconds)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             **{k: list(getattr(self, k)) for k in ("backends", "batch_sizes", "threads")},
@@ -66,9 +69,49 @@ class LatencyBenchConfig:
         }
 
 
+@dataclass(frozen=True)
+class LatencyCell:
+    """One backend x precision x batch x threads: per-call times, the ceiling it is judged against, its probe."""
+
+    backend: str
+    precision: str
+    batch: int
+    threads: int | None  # None: a GPU backend, where host threads do not matter
+    stats: LatencyStats
+    gflops: float
+    peak_gflops: float | None
+    model_bytes: int
+    probe: Probe = field(default_factory=Probe)
+    golden_min_cosine: float | None = None  # None for torch, the reference itself
+    golden_passed: bool | None = None
+
+    @property
+    def pct_of_peak(self) -> float | None:
+        return None if self.peak_gflops is None else 100.0 * self.gflops / self.peak_gflops
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.backend, self.precision)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend} {self.precision}{'' if self.threads is None else f' t{self.threads}'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """One flat row, as the JSON and CSV reports hold it."""
+        return {
+            "backend": self.backend, "precision": self.precision, "batch": self.batch, "threads": self.threads,
+            **self.stats.to_dict(), "ms_per_image": self.stats.p50_ms / self.batch, "gflops": self.gflops,
+            "peak_gflops": self.peak_gflops, "pct_of_peak": self.pct_of_peak, "model_bytes": self.model_bytes,
+            "cold_start_ms": self.probe.cold_start_ms, "peak_rss_mb": self.probe.peak_rss_mb.get(str(self.batch)),
+            "baseline_rss_mb": self.probe.baseline_rss_mb, "golden_min_cosine": self.golden_min_cosine,
+            "golden_passed": self.golden_passed, "probe_error": self.probe.error,
+        }  # fmt: skip
+
+
 @dataclass
 class LatencyBenchResult:
-    """Everything measured, as plain data for the JSON/CSV/PNG reports."""
+    """Everything measured; ``to_dict`` is the JSON report."""
 
     model: str
     image_size: int
@@ -76,12 +119,15 @@ class LatencyBenchResult:
     environment: dict[str, Any]
     flops: FlopCount
     peaks: list[PeakEstimate]
-    cells: list[dict[str, Any]]
-    preprocess: list[dict[str, Any]]
-    skipped: list[dict[str, str]]
+    cells: list[LatencyCell]
+    preprocess: list[PreprocessTiming]
+    skipped: list[Skipped]
     files: dict[str, Path] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        plain = {k: getattr(self, k) for k in ("model", "image_size", "environment", "cells", "preprocess", "skipped")}
-        return {**plain, "config": self.config.to_dict(), "flops": self.flops.to_dict(),
-                "peaks": [p.to_dict() for p in self.peaks]}  # fmt: skip
+        return {
+            "model": self.model, "image_size": self.image_size, "environment": self.environment,
+            "cells": [c.to_dict() for c in self.cells], "preprocess": [p.to_dict() for p in self.preprocess],
+            "skipped": [asdict(s) for s in self.skipped], "config": self.config.to_dict(),
+            "flops": self.flops.to_dict(), "peaks": [p.to_dict() for p in self.peaks],
+        }  # fmt: skip

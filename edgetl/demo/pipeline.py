@@ -138,8 +138,8 @@ def _export_with(
 
 
 def _latency(config: DemoConfig, bundle: Path, out: Path) -> dict[str, Any]:
-    from edgetl.bench.latency import run_latency_bench
     from edgetl.bench.latency_config import LatencyBenchConfig
+    from edgetl.bench.latency_table import run_latency_bench
 
     bench = LatencyBenchConfig(
         batch_sizes=(1, 8),

@@ -11,8 +11,8 @@ import pytest
 from torch import nn
 
 from edgetl.backbones import create_backbone
-from edgetl.bench.latency import probe, run_latency_bench
 from edgetl.bench.latency_config import LatencyBenchConfig, LatencyBenchResult
+from edgetl.bench.latency_table import probe, run_latency_bench
 from edgetl.bench.roofline import achieved_gflops, count_flops, peak_for
 from edgetl.datasets import ImageDataset
 from edgetl.export import BundleConfig, export_bundle
@@ -70,14 +70,16 @@ def test_reports_exist_and_hold_every_cell(result: LatencyBenchResult) -> None:
 
 def test_cells_are_ordered_and_complete(result: LatencyBenchResult) -> None:
     for cell in result.cells:
-        assert 0 < cell["min_ms"] <= cell["p50_ms"] <= cell["p90_ms"] <= cell["p99_ms"]
-        assert 10 <= cell["runs"] <= 20 and 1 <= cell["warmup"] <= 2
-        assert cell["throughput_per_s"] == pytest.approx(cell["batch"] / (cell["p50_ms"] / 1e3))
-        assert cell["gflops"] == pytest.approx(achieved_gflops(result.flops.per_image, cell["batch"], cell["p50_ms"]))
-        assert cell["pct_of_peak"] is not None and cell["pct_of_peak"] > 0
-        assert cell["model_bytes"] > 100_000
-    ort = next(c for c in result.cells if c["backend"] == "onnxruntime")
-    assert ort["golden_passed"] is True and ort["golden_min_cosine"] > 0.999
+        s = cell.stats
+        assert 0 < s.min_ms <= s.p50_ms <= s.p90_ms <= s.p99_ms
+        assert 10 <= s.runs <= 20 and 1 <= s.warmup <= 2
+        assert s.throughput == pytest.approx(cell.batch / (s.p50_ms / 1e3))
+        assert cell.gflops == pytest.approx(achieved_gflops(result.flops.per_image, cell.batch, s.p50_ms))
+        assert cell.pct_of_peak is not None and cell.pct_of_peak > 0
+        assert cell.model_bytes > 100_000
+        assert cell.to_dict()["ms_per_image"] == pytest.approx(s.p50_ms / cell.batch)
+    ort = next(c for c in result.cells if c.backend == "onnxruntime")
+    assert ort.golden_passed is True and ort.golden_min_cosine is not None and ort.golden_min_cosine > 0.999
 
 
 def test_environment_and_skips_are_recorded(result: LatencyBenchResult) -> None:
@@ -86,13 +88,13 @@ def test_environment_and_skips_are_recorded(result: LatencyBenchResult) -> None:
     assert {"numpy", "onnxruntime", "torch", "timm"} <= set(env["versions"])
     assert "CPUExecutionProvider" in env["onnxruntime_providers"]
     assert env["threads"] == [1] and "int8_quantization" in env
-    skipped = {(s["backend"], s["precision"]): s["reason"] for s in result.skipped}
+    skipped = {(s.backend, s.precision): s.reason for s in result.skipped}
     assert "ships ['fp32'] only" in skipped[("onnxruntime", "int8")]
     if ("tensorrt", "fp32") in skipped:
         assert "tensorrt" in skipped[("tensorrt", "fp32")] or "GPU" in skipped[("tensorrt", "fp32")]
-    sources = {row["source"]: row for row in result.preprocess}
+    sources = {row.source: row for row in result.preprocess}
     assert set(sources) == {"gray_28x28", "rgb_480x640"}
-    assert all(row["target"] == [SIZE, SIZE] and row["p50_ms"] > 0 for row in sources.values())
+    assert all(row.target == (SIZE, SIZE) and row.stats.p50_ms > 0 for row in sources.values())
     assert {p.dtype for p in result.peaks} == {"fp32", "int8"}
     assert peak_for(result.peaks, "int8", 1).dtype == "int8"
 
@@ -100,10 +102,10 @@ def test_environment_and_skips_are_recorded(result: LatencyBenchResult) -> None:
 def test_fresh_process_probe_reports_cold_start_and_memory(tiny_bundle: tuple[Path, object], tmp_path: Path) -> None:
     config = LatencyBenchConfig(batch_sizes=(1, 4), threads=(1,), output_dir=tmp_path)
     out = probe(tiny_bundle[0], ("onnxruntime", "fp32"), config, SIZE)
-    assert "error" not in out, out
-    assert out["cold_start_ms"] > 0
-    assert 0 < out["baseline_rss_mb"] < out["peak_rss_mb"]["1"] <= out["peak_rss_mb"]["4"]
-    assert out["peak_rss_mb"]["4"] < 800  # a fresh onnxruntime process, not the torch-laden parent
+    assert out.error is None, out
+    assert out.cold_start_ms is not None and out.cold_start_ms > 0
+    assert out.baseline_rss_mb is not None and 0 < out.baseline_rss_mb < out.peak_rss_mb["1"] <= out.peak_rss_mb["4"]
+    assert out.peak_rss_mb["4"] < 800  # a fresh onnxruntime process, not the torch-laden parent
 
 
 def test_conv_flops_match_hand_count() -> None:
@@ -123,7 +125,7 @@ def test_conv_flops_match_hand_count() -> None:
         ({"threads": ()}, "threads must not be empty"),
         ({"runs": 5}, "runs must be >= 10"),
         ({"max_seconds": 0}, "max_seconds and peak_seconds must be > 0"),
-        ({"precisions": ("fp64",)}, "precisions must be among"),
+        ({"precisions": ("fp64",)}, "Unknown precision 'fp64'"),
         ({"image_size": 4}, "image_size must be >= 8"),
     ],
 )

@@ -34,7 +34,6 @@ BUDGET: dict[tuple[str, str], dict[str, str]] = {
     ("edgetl", "finetune"): {"--image-size": "64", "--epochs": "1", "--train-per-class": "8", "--test-per-class": "4"},
     ("edgetl", "export"): {"--image-size": "64", "--calib-count": "40", "--eval-count": "100"},
     ("edgetl", "bench fewshot"): {"--seeds": "1", "--shots": "1", "--test-count": "40", "--pool-per-class": "2"},
-    ("edgetl", "bench targets"): {"--image-size": "64"},
     ("edgetl", "bench latency"): {"--runs": "3", "--warmup": "1", "--batch-sizes": "1"},
     ("edgetl", "demo"): {"--image-size": "64", "--seeds": "1", "--epochs": "1"},
     ("edgetl-device", "bench"): {"--runs": "3"},
@@ -51,9 +50,7 @@ NOT_RUN = {
     "nvidia-smi": "needs a GPU",
     "trtexec": "needs TensorRT and a GPU",
 }
-NOT_RUN_EDGETL = {
-    "edgetl bench targets": "the full targets run takes minutes; `edgetl bench targets --quick` runs the same pipeline",
-}
+NOT_RUN_EDGETL: dict[str, str] = {}
 
 
 def readme_commands(text: str) -> list[str]:

@@ -7,12 +7,17 @@ import platform
 import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgetl_runtime.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgetl_runtime.backends.base import Backend
+    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.manifest import Precision
 
 
 @dataclass(frozen=True)
@@ -139,21 +144,104 @@ def cpu_info() -> dict[str, Any]:
     return this_cpu().to_dict()
 
 
-def probe_backend(
-    bundle_path: str,
-    precision: str,
-    *,
-    backend: str = "onnxruntime",
-    providers: list[str] | None = None,
-    threads: int | None = None,
-    batches: Sequence[int] = (1,),
-) -> dict[str, Any]:
-    """Cold start (backend load + first batch-1 run) and peak RSS after each batch size, ascending.
+DISTRIBUTIONS = ("numpy", "onnxruntime", "onnxruntime-gpu", "tensorrt", "edgetl-runtime")
 
-    Run it alone in a fresh process (``python -m edgetl_runtime.latency``) so the memory is this backend's.
-    """
+
+def environment(distributions: Sequence[str] = DISTRIBUTIONS) -> dict[str, Any]:
+    """CPU (model, ISA flags, VNNI), platform, library versions and onnxruntime's providers: what every
+    measurement depends on."""
+    import importlib.metadata
+
+    import onnxruntime
+
+    versions = {}
+    for name in distributions:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {
+        "cpu": cpu_info(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
+    }
+
+
+# A timing tool names each engine it times: onnxruntime with one execution provider, or TensorRT itself.
+ORT_PROVIDERS = {
+    "onnxruntime": "CPUExecutionProvider",
+    "onnxruntime-cuda": "CUDAExecutionProvider",
+    "onnxruntime-tensorrt": "TensorrtExecutionProvider",
+}
+TIMED_BACKENDS = (*ORT_PROVIDERS, "tensorrt")
+
+
+def backend_unavailable(bundle: Bundle, backend: str, precision: Precision) -> str | None:
+    """Why ``backend`` (one of :data:`TIMED_BACKENDS`) cannot run ``precision`` here, or None when it can."""
+    if precision not in bundle.manifest.precisions:
+        have = [p.value for p in bundle.manifest.precisions]
+        return f"the bundle ships {have} only; re-export with --precision fp32,{precision.value}"
+    if backend in ORT_PROVIDERS:
+        import onnxruntime as ort
+
+        if ORT_PROVIDERS[backend] not in (available := ort.get_available_providers()):
+            return f"onnxruntime has no {ORT_PROVIDERS[backend]} here (providers: {available})"
+    if backend == "tensorrt":
+        from edgetl_runtime._optional import is_available
+        from edgetl_runtime.backends.tensorrt import gpu_available
+
+        if not is_available("tensorrt"):
+            return "the tensorrt package is not installed (pip install 'edgetl-runtime[tensorrt]' on an NVIDIA GPU)"
+        if not gpu_available():
+            return "no CUDA GPU is visible (or cuda-python is missing)"
+    return None
+
+
+def open_backend(bundle: Bundle, backend: str, precision: Precision, threads: int | None = None) -> Backend:
+    """``backend`` (one of :data:`TIMED_BACKENDS`) at exactly ``precision``, not golden-checked: a timing
+    tool reports the golden check beside the time instead of refusing to time."""
     from edgetl_runtime.backends import create_backend
     from edgetl_runtime.backends.onnxruntime import OrtBackend
+
+    if backend == "tensorrt":
+        return create_backend(bundle, "tensorrt", precision, verify=False)
+    if backend not in ORT_PROVIDERS:
+        raise ConfigError(f"Unknown backend {backend!r} to time; choose one of {list(TIMED_BACKENDS)}.")
+    return OrtBackend.from_bundle(bundle, precision, threads=threads, providers=[ORT_PROVIDERS[backend]])
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A fresh process's cold start and peak memory for one backend x precision (``error`` if it failed)."""
+
+    cold_start_ms: float | None = None
+    baseline_rss_mb: float | None = None
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)  # batch size -> MB after that batch
+    error: str | None = None
+
+
+def run_probe(command: list[str], timeout: float = 600.0) -> Probe:
+    """Run a probe (``python -m edgetl_runtime.latency ...``, or any command printing a probe's JSON on its last
+    line) in a fresh interpreter, so the memory measured is that backend's alone."""
+    import json
+    import subprocess
+
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return Probe(error=(done.stderr.strip().splitlines() or ["no output"])[-1])
+    return Probe(**json.loads(lines[-1]))
+
+
+def probe_backend(
+    bundle_path: str, precision: str, *, backend: str = "onnxruntime", threads: int | None = None,
+    batches: Sequence[int] = (1,),
+) -> dict[str, Any]:  # fmt: skip
+    """Cold start (backend load + first batch-1 run) and peak RSS after each batch size, ascending, as a
+    :class:`Probe`'s fields. Run it alone in a fresh process (:func:`run_probe`) so the memory is this backend's.
+    """
     from edgetl_runtime.bundle import Bundle
 
     bundle = Bundle.open(bundle_path)
@@ -162,10 +250,7 @@ def probe_backend(
     rng = np.random.default_rng(0)
     baseline = current_rss_mb()  # interpreter + numpy + onnxruntime + the bundle's bytes
     start = time.perf_counter()
-    if backend == "tensorrt":
-        runner: Any = create_backend(bundle, "tensorrt", chosen, verify=False)
-    else:
-        runner = OrtBackend.from_bundle(bundle, chosen, threads=threads, providers=providers)
+    runner = open_backend(bundle, backend, chosen, threads)
     runner.run(rng.standard_normal((1, 3, height, width), dtype=np.float32))
     cold_ms = (time.perf_counter() - start) * 1e3
     peaks = {}
@@ -179,23 +264,17 @@ def _main(argv: Sequence[str] | None = None) -> None:
     import argparse
     import json
 
-    from edgetl_runtime.cli_args import add_precision_argument, add_threads_argument, comma_list
+    from edgetl_runtime.cli_args import add_backend_argument, add_precision_argument, add_threads_argument, comma_list
 
     parser = argparse.ArgumentParser(description="Probe one backend's cold start and peak RSS; prints JSON.")
     parser.add_argument("bundle")
+    add_backend_argument(parser, TIMED_BACKENDS)
     add_precision_argument(parser, default="fp32")
-    parser.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "tensorrt"])
-    parser.add_argument("--provider", action="append", default=None, help="onnxruntime execution provider(s)")
     add_threads_argument(parser)
     parser.add_argument("--batches", type=comma_list(int), default="1", help="comma list, e.g. 1,8,32")
     args = parser.parse_args(argv)
     result = probe_backend(
-        args.bundle,
-        args.precision,
-        backend=args.backend,
-        providers=args.provider,
-        threads=args.threads,
-        batches=args.batches,
+        args.bundle, args.precision, backend=args.backend, threads=args.threads, batches=args.batches
     )
     print(json.dumps(result))
 

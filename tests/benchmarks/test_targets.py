@@ -1,4 +1,5 @@
-"""``edgetl bench targets``: config validation, pass/fail logic, report files, and one tiny end-to-end run.
+"""The targets run (``benchmarks/targets``, ``make targets``): config validation, pass/fail logic, report files,
+and one tiny end-to-end run.
 
 No test asserts on a timing: the machine is shared, and the targets are judged by the report, not here.
 """
@@ -13,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from targets.judge import TargetRow, judge, table_rows
+from targets.measure import paired_drop, run_targets
+from targets.protocol import TargetsConfig
+from targets.writer import write_report
 
-from edgetl.bench.targets import TargetsConfig, paired_drop, run_targets
-from edgetl.bench.targets_judge import TargetRow, judge, table_rows
-from edgetl.bench.targets_report import write_report
 from edgetl_runtime.errors import ConfigError
 
 pytestmark = pytest.mark.host
@@ -179,10 +181,12 @@ def test_config_collects_every_problem() -> None:
 def test_config_presets_and_command(tmp_path: Path) -> None:
     full = TargetsConfig(output_dir=str(tmp_path))  # type: ignore[arg-type]
     assert isinstance(full.output_dir, Path) and full.image_size == 224 and full.shots == (1, 5, 10, 20)
-    assert full.command() == f"edgetl bench targets --output-dir {tmp_path}"
+    assert full.command() == f"python benchmarks/bench_targets.py --output-dir {tmp_path}"
     quick = TargetsConfig.quick(image_size=64, threads=1)
     assert quick.mode == "quick" and quick.seeds == 1 and quick.shots == (1, 5)
-    assert quick.command() == "edgetl bench targets --quick --image-size 64 --threads 1 --output-dir runs/targets"
+    assert quick.command() == (
+        "python benchmarks/bench_targets.py --quick --image-size 64 --threads 1 --output-dir runs/targets"
+    )
     assert isinstance(TargetRow("x", "n", "v", "t", None, "m").status, str)
 
 
@@ -205,4 +209,5 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     assert all(v["samples_after"] == 20 + 1 + 5 for v in result["enrol"].values())
     assert "vnni" in result["environment"]["cpu"] and result["environment"]["versions"]["scikit-learn"]
     assert {Path(p).name for p in result["files"].values()} >= {"targets.json", "targets.csv", "report.md"}
-    assert json.loads((tmp_path / "targets.json").read_text())["command"].startswith("edgetl bench targets --quick")
+    command = json.loads((tmp_path / "targets.json").read_text())["command"]
+    assert command.startswith("python benchmarks/bench_targets.py --quick")

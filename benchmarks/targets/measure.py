@@ -1,11 +1,12 @@
-"""``edgetl bench targets``: every export and runtime target measured in one run, judged in one report.
+"""The targets run: every export and runtime target measured in one run, judged in one report.
 
 The figures the issues ask for (int8 size, int8 accuracy cost, int8 speed-up, few-shot accuracy,
 head fit speed, enrolment cost) used to come from four scripts run at different times. Here one
 process exports the bundles once, computes each image set's features once per precision through
 the device runtime (onnxruntime, as a device does) and reuses those arrays for every accuracy
 target; the timing parts run afterwards, one at a time, with nothing else running in the process.
-Judging lives in :mod:`edgetl.bench.targets_judge`, report writing in :mod:`edgetl.bench.targets_report`.
+The protocol lives in :mod:`targets.protocol`, judging in :mod:`targets.judge`, report writing in
+:mod:`targets.writer`; ``python benchmarks/bench_targets.py`` (``make targets``) runs it.
 """
 
 from __future__ import annotations
@@ -17,120 +18,24 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgetl.bench.enrol import enrol_one_latency
-from edgetl.bench.fewshot import FewShotBenchConfig, accuracy_table, bundle_features, episode, summarise
+from edgetl.bench.fewshot import FewShotBenchConfig, accuracy_table
 from edgetl.datasets import ImageDataset, balanced_subset, load_fashion_mnist
 from edgetl_runtime._optional import require
-from edgetl_runtime.errors import ConfigError, raise_all
+from edgetl_runtime.fewshot import episode, summarise
 from edgetl_runtime.latency import measure_interleaved
+
+from .enrol import enrol_one_latency
+from .protocol import DROP_HEADS, DROP_SHOTS, ENROL_HEADS, EXTRA_VERSIONS, FIT_HEADS, POOL_SEED, TargetsConfig
 
 if TYPE_CHECKING:
     from edgetl_runtime.bundle import Bundle
-
-POOL_SEED = 1234  # the enrolment pool of `edgetl bench fewshot`: same images, comparable figures
-N_CLASSES = 10  # Fashion-MNIST
-FIT_HEADS = ("ridge", "auto")
-DROP_HEADS = ("auto", "sklearn_lr")
-DROP_SHOTS = 5
-ENROL_HEADS = ("auto", "ridge", "ncm")
-EXTRA_VERSIONS = ("scikit-learn", "onnxslim", "threadpoolctl")
-
-
-@dataclass(frozen=True)
-class TargetsConfig:
-    """What ``edgetl bench targets`` measures; the defaults are the targets' own protocol."""
-
-    model: str = "tf_efficientnet_lite0"
-    weights: str = "bundled"
-    image_size: int = 224
-    shots: tuple[int, ...] = (1, 5, 10, 20)
-    seeds: int = 5
-    pool_per_class: int = 100
-    test_count: int = 2000  # the first N Fashion-MNIST t10k images
-    # Chosen by validation inside the train split (benchmarks/select_pooling.py), never on the test set.
-    fewshot_pooling: str = "grid3"
-    threads: int | None = None  # onnxruntime intra-op threads: features + the second latency row (None: its default)
-    calibration_count: int = 300  # int8 export, as `edgetl export` does by default
-    eval_count: int = 600
-    latency_runs: int = 200  # timed calls per precision, alternating fp32 / int8
-    latency_warmup: int = 20
-    fit_shots: int = 5
-    fit_rounds: int = 40  # round-robin: one sklearn fit, then fit_calls of each edgetl head
-    fit_calls: int = 25
-    enrol_state_size: int = 500
-    enrol_runs: int = 100
-    enrol_warmup: int = 5
-    output_dir: Path = field(default_factory=lambda: Path("runs/targets"))
-    mode: str = "full"  # "quick": a smoke run whose figures are not comparable with the targets
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "output_dir", Path(self.output_dir))
-        object.__setattr__(self, "shots", tuple(int(k) for k in self.shots))
-        problems = []
-        if self.image_size < 32 or self.image_size % 32:
-            problems.append(f"image_size {self.image_size} must be a positive multiple of 32 (EfficientNet strides)")
-        if DROP_SHOTS not in self.shots:
-            problems.append(f"shots {self.shots} must include {DROP_SHOTS}: target 2 reads the {DROP_SHOTS}-shot runs")
-        if max(self.shots, default=0) > self.pool_per_class or min(self.shots, default=0) < 1:
-            problems.append(f"shots {self.shots} must lie in 1..pool_per_class ({self.pool_per_class})")
-        enrol_needs = self.enrol_state_size + self.enrol_warmup + self.enrol_runs
-        if enrol_needs > N_CLASSES * self.pool_per_class:
-            problems.append(
-                f"enrolment needs {enrol_needs} pool images, the pool holds {N_CLASSES * self.pool_per_class}"
-            )
-        if not 1 <= self.test_count <= 10_000:
-            problems.append(f"test_count {self.test_count} must lie in 1..10000 (Fashion-MNIST t10k)")
-        counts = ("seeds", "latency_runs", "fit_rounds", "fit_calls", "enrol_runs", "calibration_count", "eval_count")
-        problems += [f"{name} must be >= 1, got {getattr(self, name)}" for name in counts if getattr(self, name) < 1]
-        if self.mode not in {"full", "quick"}:
-            problems.append(f"mode {self.mode!r} must be 'full' or 'quick'")
-        if self.threads is not None and self.threads < 1:
-            problems.append(f"threads must be >= 1 or None (onnxruntime's default), got {self.threads}")
-        raise_all(ConfigError, problems, "Invalid TargetsConfig")
-
-    @classmethod
-    def quick(cls, **overrides: Any) -> TargetsConfig:
-        """A smoke run in about a minute: 96 px, 1 seed, K = 1, 5, 200 test images, few timed calls."""
-        small = dict(
-            image_size=96,
-            shots=(1, 5),
-            seeds=1,
-            pool_per_class=10,
-            test_count=200,
-            calibration_count=50,
-            eval_count=100,
-            latency_runs=20,
-            latency_warmup=3,
-            fit_rounds=5,
-            fit_calls=5,
-            enrol_state_size=50,
-            enrol_runs=20,
-            enrol_warmup=3,
-            mode="quick",
-        )
-        return cls(**{**small, **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "output_dir": str(self.output_dir)}
-
-    def command(self) -> str:
-        """The command line that reruns exactly this configuration."""
-        parts = ["edgetl bench targets"]
-        if self.mode == "quick":
-            parts.append("--quick")
-        if self.image_size != (96 if self.mode == "quick" else 224):
-            parts.append(f"--image-size {self.image_size}")
-        if self.threads is not None:
-            parts.append(f"--threads {self.threads}")
-        return " ".join([*parts, f"--output-dir {self.output_dir}"])
 
 
 def run_targets(config: TargetsConfig | None = None) -> dict[str, Any]:
@@ -139,12 +44,12 @@ def run_targets(config: TargetsConfig | None = None) -> dict[str, Any]:
     Returns the raw result (also in ``targets.json``) with ``targets`` (one judged row per target)
     and ``files`` (what was written).
     """
-    from edgetl.bench.targets_judge import judge
-    from edgetl.bench.targets_report import write_report
+    from .judge import judge
+    from .writer import write_report
 
     config = config or TargetsConfig()
-    require("sklearn", "edgetl bench targets (the scikit-learn baselines)")
-    require("threadpoolctl", "edgetl bench targets (one BLAS thread while timing)")
+    require("sklearn", "the targets run (the scikit-learn baselines)")
+    require("threadpoolctl", "the targets run (one BLAS thread while timing)")
     result: dict[str, Any] = {"config": config.to_dict(), "command": config.command(), "seconds": {}}
     result["load_average_start"], start = list(os.getloadavg()), time.perf_counter()
     pool, test = load_pool(config), load_test(config)
@@ -168,7 +73,7 @@ def run_targets(config: TargetsConfig | None = None) -> dict[str, Any]:
     with _step(result, "enrol", config):
         result["enrol"] = measure_enrol(bundles["avg"], pool, feats["avg"][0], config)
     result["seconds"]["total"] = round(time.perf_counter() - start, 1)
-    result["environment"] = environment(config, result)
+    result["environment"] = targets_environment(config, result)
     result["targets"] = [asdict(row) for row in judge(result)]
     result["files"] = {kind: str(path) for kind, path in write_report(result, config.output_dir).items()}
     return result
@@ -236,6 +141,26 @@ def extract_features(
     return out
 
 
+def bundle_features(
+    bundle: Path, precision: str, images: list[np.ndarray], threads: int | None, progress: str | None = None
+) -> np.ndarray:
+    """Features through the device runtime, as a device computes them; ``progress`` names a progress bar."""
+    from tqdm import tqdm
+
+    from edgetl_runtime.learner import Learner
+
+    chunk = 256  # progress granularity only: the extractor batches by its own batch size inside
+    starts = range(0, len(images), chunk)
+    with Learner.load(bundle, None, backend="onnxruntime", precision=precision, threads=threads) as learner:
+        bar = tqdm(total=len(images), desc=progress, disable=progress is None, leave=False, dynamic_ncols=True)
+        parts = []
+        for start in starts:
+            parts.append(learner.features(images[start : start + chunk]))  # (n, D) float32
+            bar.update(len(parts[-1]))
+        bar.close()
+        return np.concatenate(parts) if parts else learner.features(images)
+
+
 def measure_size(bundle: Path) -> dict[str, Any]:
     """Target 1: member sizes as the manifest records them (what a device downloads)."""
     from edgetl_runtime.bundle import Bundle
@@ -268,8 +193,9 @@ def measure_fewshot(
     for precision in ("fp32", "int8"):
         pool, test = feats[precision]
         desc = f"few-shot {precision}" if config.progress else None
-        rows += [{"precision": precision, **r} for r in accuracy_table(pool, pool_y, test, test_y, protocol, desc)]
-    return {"rows": rows, "summary": summarise(rows), "feature_dim": int(feats["fp32"][0].shape[1])}
+        rows += accuracy_table(pool, pool_y, test, test_y, protocol, desc, precision)
+    dim = int(feats["fp32"][0].shape[1])
+    return {"rows": [asdict(r) for r in rows], "summary": summarise(rows), "feature_dim": dim}
 
 
 def paired_drop(rows: list[dict[str, Any]], head: str, shots: int = DROP_SHOTS) -> dict[str, Any]:
@@ -321,13 +247,17 @@ def measure_latency(opened: Bundle, batch: np.ndarray, config: TargetsConfig) ->
 def profile_convolutions(opened: Bundle, batch: np.ndarray, config: TargetsConfig) -> dict[str, Any]:
     """Why target 3 lands where it does: fp32 vs int8 time of every convolution kind (1 thread), under
     the int8 kernel the runtime chose on this CPU."""
-    from edgetl.bench.op_profile import conv_profile
     from edgetl_runtime.backends import select_backend
+    from edgetl_runtime.errors import EdgeTLError
     from edgetl_runtime.manifest import Precision
+    from edgetl_runtime.op_profile import conv_profile
 
     kernel = select_backend(opened, "onnxruntime", "int8", threads=1)[1].kernel or "exact"
     fp32, int8 = opened.model_bytes(Precision.FP32), opened.model_bytes(Precision.INT8)
-    return conv_profile(fp32, int8, batch, runs=max(5, config.latency_runs // 4), kernel=kernel)
+    try:
+        return conv_profile(fp32, int8, batch, runs=max(5, config.latency_runs // 4), kernel=kernel).to_dict()
+    except EdgeTLError as exc:
+        return {"error": str(exc)}
 
 
 def measure_fit(
@@ -343,9 +273,7 @@ def measure_fit(
     desc = "fit accuracy" if config.progress else None
     pool, test = feats  # (P, D), (T, D) float32
     rows = accuracy_table(pool, pool_y, test, test_y, protocol, desc)
-    accuracy = {
-        h: 100 * float(np.mean([r["accuracy"] for r in rows if r["head"] == h])) for h in ("sklearn_lr", *FIT_HEADS)
-    }
+    accuracy = {h: 100 * float(np.mean([r.accuracy for r in rows if r.head == h])) for h in ("sklearn_lr", *FIT_HEADS)}
     idx = episode(pool_y, config.fit_shots, seed=0)
     x, y = pool[idx], pool_y[idx]  # (10 * shots, D), (10 * shots,)
 
@@ -375,7 +303,7 @@ def measure_fit(
         "samples": len(idx),
         "feature_dim": int(x.shape[1]),
         "accuracy": accuracy,
-        "rows": rows,
+        "rows": [asdict(r) for r in rows],
         "timing": {h: s.to_dict() for h, s in stats.items()},
         "speedup": {name: base / st.p50_ms for name, st in stats.items() if name != "sklearn_lr"},
         "variant_of": variant_of,
@@ -408,14 +336,15 @@ def measure_enrol(bundle: Path, pool: ImageDataset, features: np.ndarray, config
     return out
 
 
-def environment(config: TargetsConfig, result: dict[str, Any]) -> dict[str, Any]:
+def targets_environment(config: TargetsConfig, result: dict[str, Any]) -> dict[str, Any]:
     """CPU, ISA flags (VNNI), versions and every thread setting the figures depend on."""
     import torch
 
-    from edgetl.bench.report import DISTRIBUTIONS, host_environment
+    from edgetl.bench.latency_report import HOST_DISTRIBUTIONS
+    from edgetl_runtime.latency import environment
 
     return {
-        **host_environment((*DISTRIBUTIONS, *EXTRA_VERSIONS)),
+        **environment((*HOST_DISTRIBUTIONS, *EXTRA_VERSIONS)),
         "threads": {
             "onnxruntime_features": config.threads or "onnxruntime default (one per physical core)",
             "onnxruntime_latency": [key.removeprefix("threads_") for key in result["latency"]],

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from edgetl.bench.targets_judge import FEWSHOT_MIN, PACKAGING_TEST, TargetRow
 from edgetl_runtime.atomic import atomic_write
+
+from .judge import FEWSHOT_MIN, PACKAGING_TEST, TargetRow
 
 CSV_COLUMNS = ("id", "name", "value", "target", "status", "method")
 
@@ -207,7 +208,7 @@ def _latency_section(result: dict[str, Any], paths: dict[str, Path]) -> list[str
 
 
 def _conv_profile_lines(result: dict[str, Any]) -> list[str]:
-    """The per-kind convolution times behind the ratio (see ``edgetl.bench.op_profile``)."""
+    """The per-kind convolution times behind the ratio (see ``edgetl_runtime.op_profile``)."""
     profile = result.get("conv_profile") or {}
     if "by_kind" not in profile:
         return ["", f"Convolution profile unavailable: {profile.get('error', 'not measured')}."]
