@@ -95,7 +95,7 @@ def export_bundle(
     backbone = model if isinstance(model, Backbone) else create_backbone(model, weights)
     if image_size is not None:
         check_image_size(backbone.model, backbone.timm_name, image_size)
-    data, data_source = export_data(backbone, data, data_source, config)
+    data, data_source = export_data(backbone, data, data_source, config.precisions)
     pooling, crop_pct = feature_defaults(config, backbone)
     config = dataclasses.replace(config, pooling=pooling, crop_pct=crop_pct)
     spec = bundle_spec(backbone.spec, image_size, config.crop_pct)

@@ -30,7 +30,6 @@ from edgetl_runtime.manifest import Precision
 
 if TYPE_CHECKING:
     from edgetl.backbones import Backbone
-    from edgetl.export import BundleConfig
 
 FASHION_MNIST_ALIASES = frozenset({"fashion-mnist", "fashion_mnist", "fmnist"})
 
@@ -124,7 +123,7 @@ def data_record(source: str, classes: str | None) -> dict[str, object]:
 
 
 def export_data(
-    backbone: Backbone, data: ImageDataset | None, data_source: str | None, config: BundleConfig
+    backbone: Backbone, data: ImageDataset | None, data_source: str | None, precisions: tuple[Precision, ...]
 ) -> tuple[ImageDataset | None, str]:
     """The images that calibrate and check the export, and how the manifest names them.
 
@@ -137,7 +136,7 @@ def export_data(
     record = backbone.training_data
     if record and record.get("source"):
         return training_data(record), f"{record['source']} (the fine-tune run's training data)"
-    if Precision.INT8 in config.precisions:
+    if Precision.INT8 in precisions:
         raise ConfigError(
             "int8 needs calibration images from the model's domain, and none were given. Fix: pass --calib DIR "
             "(a folder of your images; with one folder per class the accuracy guard also measures the drop), "
