@@ -195,36 +195,51 @@ def _geometry(h: int, w: int, spec: PreprocessSpec, index: int) -> tuple[int, in
     return new_h, new_w, int(round((new_h - th) / 2.0)), int(round((new_w - tw) / 2.0))
 
 
-def _resample(planes: npt.NDArray[np.float32], wh: npt.NDArray[np.float32], ww: npt.NDArray[np.float32]) -> Any:
-    """``wh @ planes @ ww.T`` for ``(P, h, w)`` planes, contracting the cheaper side first."""
-    h, w = planes.shape[1:]
+def _resample(
+    planes: npt.NDArray[np.float32],
+    wh: npt.NDArray[np.float32],
+    ww: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32] | None = None,
+) -> Any:
+    """``wh @ planes @ ww.T`` for ``(..., h, w)`` planes, contracting the cheaper side first."""
+    h, w = planes.shape[-2:]
     th, tw = wh.shape[0], ww.shape[0]
     if th * w * (h + tw) <= h * tw * (w + th):
-        return np.matmul(np.matmul(wh, planes), ww.T)
-    return np.matmul(wh, np.matmul(planes, ww.T))
+        return np.matmul(np.matmul(wh, planes), ww.T, out=out)
+    return np.matmul(wh, np.matmul(planes, ww.T), out=out)
 
 
 def _preprocess_same_size(
     images: list[npt.NDArray[np.uint8]], spec: PreprocessSpec, index: int, out: npt.NDArray[np.float32] | None = None
 ) -> npt.NDArray[np.float32]:
-    """Images of one shape ``(h, w, C)``, C = 1 (gray: resampled once, not three times) or 3 -> ``(n, 3, H, W)``.
+    """Images of one shape ``(h, w, C)``, C = 1 (gray) or 3 -> ``(n, 3, H, W)`` normalised model input.
 
-    Normalisation is folded into one multiply-add per channel: resampling weights sum to 1, so
-    ``((W x W') / 255 - mean) / std == W x W' * (1 / (255 std)) - mean / std``.
+    Resampling weights sum to 1 along each row, so normalising commutes with resizing:
+    ``W ((x / 255 - mean) / std) W'^T == (W x W'^T) * (1 / (255 std)) - mean / std``. Normalisation
+    is therefore done on whichever side is smaller: on the input for images smaller than the model's
+    (the product then writes the final array in one pass), on the output for large photos (a gray
+    plane is resampled once and broadcast over the three channels).
     """
     h, w, channels = images[0].shape
     new_h, new_w, top, left = _geometry(h, w, spec, index)
     th, tw = spec.input_size
     wh = crop_weights(h, new_h, top, th, spec.interpolation)  # (H, h)
     ww = crop_weights(w, new_w, left, tw, spec.interpolation)  # (W, w)
-    stacked = np.stack(images).transpose(0, 3, 1, 2).reshape(len(images) * channels, h, w)  # (n*C, h, w)
-    planes = _resample(stacked.astype(np.float32), wh, ww).reshape(len(images), channels, th, tw)
     std = np.asarray(spec.std, dtype=np.float32)
     scale = (1.0 / (255.0 * std)).astype(np.float32)[None, :, None, None]  # (1, 3, 1, 1)
     shift = (-np.asarray(spec.mean, dtype=np.float32) / std)[None, :, None, None]
     if out is None:
         out = np.empty((len(images), 3, th, tw), dtype=np.float32)
-    np.multiply(planes, scale, out=out)  # (n, 3, H, W): a gray plane broadcasts over the three channels
+    stacked = np.stack(images).transpose(0, 3, 1, 2)  # (n, C, h, w) uint8
+    if h * w * 3 <= th * tw:
+        rgb = stacked[:, [0, 0, 0]] if channels == 1 else stacked  # (n, 3, h, w): small, so cheap
+        normalised = rgb.astype(np.float32)
+        normalised *= scale
+        normalised += shift
+        _resample(normalised, wh, ww, out=out)
+        return out
+    planes = _resample(stacked.astype(np.float32), wh, ww)  # (n, C, H, W)
+    np.multiply(planes, scale, out=out)  # a gray plane broadcasts over the three channels
     out += shift
     return out
 
