@@ -51,6 +51,15 @@ def needs_exact_kernel(quantization: Mapping[str, Any], cpu: CpuInfo) -> bool:
     return cpu.family is CpuFamily.X86_AVX2 and not quantization.get("reduce_range", False)
 
 
+# The `edgetl export --target` that specialises int8 for each CPU family.
+EXPORT_TARGET = {
+    CpuFamily.X86_VNNI: "x86-vnni",
+    CpuFamily.X86_AVX2: "x86-avx2",
+    CpuFamily.ARM64: "arm",
+    CpuFamily.OTHER: "portable",
+}
+
+
 def int8_mismatch(quantization: Mapping[str, Any], cpu: CpuInfo) -> str | None:
     """Why the int8 member is known to be slow or inexact on ``cpu``, or None when it was built for it."""
     targets = int8_targets(quantization)
@@ -68,7 +77,7 @@ def int8_mismatch(quantization: Mapping[str, Any], cpu: CpuInfo) -> str | None:
         f"the bundle's int8 model was built for {list(targets)}, and this CPU is {family}: "
         f"{why or 'it is not meant for this CPU'}. `precision='best'` measures it against fp32 and keeps the faster "
         "correct one; re-export with `edgetl export ... --target portable` (or `--target "
-        f"{family}`) for an int8 model meant for this device"
+        f"{EXPORT_TARGET[cpu.family]}`) for an int8 model meant for this device"
     )
 
 
