@@ -63,6 +63,8 @@ def test_target_families_recorded_or_inferred() -> None:
     assert "TensorRT" in (int8_mismatch(TENSORRT, VNNI) or "") and "--target portable" in (
         int8_mismatch(TENSORRT, ARM) or ""
     )
+    assert "`--target arm`" in (int8_mismatch(TENSORRT, ARM) or "")  # the export target's name, not the family's
+    assert "`--target x86-avx2`" in (int8_mismatch(EIGHT_BIT, AVX2) or "")
 
 
 @pytest.mark.parametrize(
