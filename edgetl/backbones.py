@@ -6,6 +6,7 @@ import difflib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import timm
 import torch
@@ -20,7 +21,7 @@ from edgetl.weights import (
     read_state_dict,
 )
 from edgetl_runtime.errors import CheckpointError, ConfigError, UnknownBackboneError
-from edgetl_runtime.preprocess import PreprocessSpec
+from edgetl_runtime.preprocess import Interpolation, PreprocessSpec
 
 # Short names for the backbones edgetl is built around; any other timm name works too.
 ALIASES: dict[str, str] = {
@@ -51,7 +52,8 @@ class Backbone:
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features ``(N, feature_dim)`` for a preprocessed batch ``(N, 3, H, W)``."""
-        return self.model(x)
+        features: torch.Tensor = self.model(x)
+        return features
 
 
 def available_backbones() -> list[str]:
@@ -116,7 +118,7 @@ def create_backbone(
         model = timm.create_model(timm_name, pretrained=False)
         load_positional(model, read_state_dict(path), str(path))
         if num_classes != model.num_classes:  # keep the real ImageNet classifier when it is asked for
-            model.reset_classifier(num_classes)
+            cast(Any, model).reset_classifier(num_classes)  # timm's method, not declared by nn.Module
     else:
         model = timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
         if spec.source is WeightsSource.PATH:
@@ -195,16 +197,17 @@ def _hub_model(timm_name: str, num_classes: int) -> nn.Module:
 
 def pooled_dim(model: nn.Module) -> int:
     """Width of the pooled features a ``num_classes=0`` model returns (MobileNetV3 adds a 1280-d conv head)."""
-    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+    width: Any = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", 0)
+    return int(width)
 
 
 def preprocess_spec_for(model: nn.Module) -> PreprocessSpec:
     """timm's data config for ``model`` as an edgetl :class:`PreprocessSpec`."""
-    cfg = timm.data.resolve_model_data_config(model)
+    cfg: dict[str, Any] = timm.data.resolve_model_data_config(model)  # type: ignore[attr-defined,no-untyped-call]
     return PreprocessSpec(
         input_size=tuple(cfg["input_size"][1:]),
         crop_pct=float(cfg.get("crop_pct", 0.875)),
-        interpolation="bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
+        interpolation=Interpolation("bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear"),
         mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]),
     )

@@ -267,7 +267,8 @@ def _torch_features(features_model: Any, inputs: np.ndarray) -> np.ndarray:
     import torch
 
     with torch.no_grad():
-        return features_model(torch.from_numpy(inputs)).numpy().astype(np.float32)
+        features: np.ndarray = features_model(torch.from_numpy(inputs)).numpy().astype(np.float32)  # (N, D)
+    return features
 
 
 def _head_npz(backbone: Backbone) -> bytes:

@@ -9,6 +9,7 @@ L2-normalised so no block dominates by size alone.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,14 +36,15 @@ class PooledFeatures(nn.Module):
 
     def __init__(self, model: nn.Module, pooling: str = "avg") -> None:
         super().__init__()
-        self.model = model
+        self.model: Any = model  # timm's forward_features / forward_head, which nn.Module does not declare
         self.pooling = pooling
         self.blocks = parse_pooling(pooling)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.blocks == ("avg",):
-            return self.model(x)  # (N, D): timm's pooled features, exactly as trained
-        fmap = self.model.forward_features(x)  # (N, C, h, w)
+            pooled: torch.Tensor = self.model(x)  # (N, D): timm's pooled features, exactly as trained
+            return pooled
+        fmap: torch.Tensor = self.model.forward_features(x)  # (N, C, h, w)
         parts = [self._block(fmap, b) for b in self.blocks]
         if len(parts) == 1:
             return parts[0]
@@ -50,7 +52,8 @@ class PooledFeatures(nn.Module):
 
     def _block(self, fmap: torch.Tensor, block: str) -> torch.Tensor:
         if block == "avg":
-            return self.model.forward_head(fmap, pre_logits=True)  # (N, D)
+            head: torch.Tensor = self.model.forward_head(fmap, pre_logits=True)  # (N, D)
+            return head
         return grid_pool(fmap, int(block[4:]))
 
 

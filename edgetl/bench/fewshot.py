@@ -22,6 +22,7 @@ from edgetl.datasets import ImageDataset, balanced_subset
 from edgetl_runtime.errors import ConfigError, raise_all
 from edgetl_runtime.fewshot import (
     FewShotRow,
+    Predict,
     accuracy_rows,
     episode,
     head_predict,
@@ -91,7 +92,7 @@ class FewShotBenchResult:
 def sklearn_lr_predict(x: np.ndarray, y: np.ndarray, xt: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(max_iter=1000).fit(x, y).predict(xt)
+    return np.asarray(LogisticRegression(max_iter=1000).fit(x, y).predict(xt))
 
 
 def accuracy_table(
@@ -106,7 +107,7 @@ def accuracy_table(
     """One row per (head or baseline, K, seed) with the test accuracy; ``progress`` names a progress bar."""
     from tqdm import tqdm
 
-    predictors = {"sklearn_lr": sklearn_lr_predict, "simpleshot": simpleshot_predict}
+    predictors: dict[str, Predict] = {"sklearn_lr": sklearn_lr_predict, "simpleshot": simpleshot_predict}
     predictors |= {name: head_predict(name) for name in config.heads}
     bar = partial(tqdm, desc=progress, disable=progress is None, leave=False, dynamic_ncols=True)
     return accuracy_rows(pool, pool_y, test, test_y, predictors, config.shots, config.seeds, precision, bar)

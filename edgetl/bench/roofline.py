@@ -109,6 +109,7 @@ def _gemm_model(n: int, dtype: str) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(1)
+    b: np.ndarray
     if dtype == "int8":
         op, a_type, y_type = "MatMulInteger", TensorProto.UINT8, TensorProto.INT32
         b = rng.integers(-127, 127, (n, n), dtype=np.int8)
@@ -122,7 +123,7 @@ def _gemm_model(n: int, dtype: str) -> bytes:
         [helper.make_tensor_value_info("Y", y_type, [n, n])],
         [numpy_helper.from_array(b, "B")],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
+    return bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
 
 
 def measure_peaks(threads: Sequence[int], seconds: float = 1.0) -> list[PeakEstimate]:

@@ -86,7 +86,7 @@ def run_latency(args: argparse.Namespace) -> int:
     config = LatencyBenchConfig(
         **{name: getattr(args, name) for name in options}, output_dir=args.output_dir, probe=not args.no_probe
     )
-    bundle, notes = args.bundle, []
+    bundle, notes = args.bundle, list[str]()
     if bundle is None:
         bundle, notes = ensure_bundle(args.model, args.output_dir, image_size=args.image_size,
                                            weights=args.weights, precisions=args.export_precision)  # fmt: skip

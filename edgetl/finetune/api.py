@@ -44,7 +44,8 @@ class Classifier(nn.Module):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))  # (N, C)
+        logits: torch.Tensor = self.head(self.backbone(x))  # (N, C)
+        return logits
 
 
 @dataclass

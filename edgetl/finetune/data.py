@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
+from typing import cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
@@ -56,8 +57,8 @@ def train_loader(
     if ctx.enabled:
         sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed)
     else:
-        sampler = RandomSampler(dataset, generator=generator)
-    drop_last = len(sampler) > batch_size  # type: ignore[arg-type]
+        sampler = RandomSampler(cast(Sized, dataset), generator=generator)  # our datasets define __len__
+    drop_last = len(cast(Sized, sampler)) > batch_size
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
                       generator=generator, persistent_workers=workers > 0)  # fmt: skip
 

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -86,7 +87,8 @@ def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
     # torch >= 2.14 renames broadcast_buffers to forward_sync_buffers (both still sync once at wrap time).
     renamed = "forward_sync_buffers" in inspect.signature(ddp).parameters
     no_sync = "forward_sync_buffers" if renamed else "broadcast_buffers"
-    return ddp(model, device_ids=ids, **{no_sync: False})
+    options: dict[str, Any] = {no_sync: False}
+    return ddp(model, device_ids=ids, **options)
 
 
 def broadcast_state(module: nn.Module, ctx: DistContext) -> None:
@@ -110,8 +112,9 @@ def average_bn_stats(model: nn.Module, ctx: DistContext) -> None:
     for module in model.modules():
         if isinstance(module, _BatchNorm) and module.track_running_stats and module.running_mean is not None:
             for buf in (module.running_mean, module.running_var):
-                dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-                buf.div_(ctx.world_size)
+                if buf is not None:
+                    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+                    buf.div_(ctx.world_size)
 
 
 def gather_rows(local: torch.Tensor, total: int, ctx: DistContext) -> torch.Tensor:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ def cached_features(
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     with atomic_write(path) as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **cast(dict[str, Any], arrays))
 
 
 def _loader(feats: Features, batch_size: int, shuffle: bool, seed: int) -> DataLoader[tuple[torch.Tensor, ...]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import types
 from dataclasses import dataclass
+from typing import Any, cast
 
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -35,7 +36,7 @@ def split_stages(model: nn.Module) -> list[Stage]:
     if hasattr(model, "group_matcher"):
         from timm.models import group_modules, group_parameters
 
-        matcher = model.group_matcher(coarse=True)
+        matcher = cast(Any, model).group_matcher(coarse=True)  # timm's models define it; nn.Module does not
         param_stage: dict[str, int] = group_parameters(model, matcher, reverse=True)
         module_stage: dict[str, int] = group_modules(model, matcher, reverse=True)
     else:  # plain nn.Module: one stage per top-level child that holds parameters

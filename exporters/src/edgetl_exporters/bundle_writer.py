@@ -7,6 +7,7 @@ import hashlib
 import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,8 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
         if np.asarray(value).dtype == object:
             raise BundleError(f"Array {key!r} has dtype object, which would need pickle; use numeric or str arrays.")
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    plain: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
+    np.savez(buffer, **plain)
     return buffer.getvalue()
 
 

@@ -114,18 +114,17 @@ def _torch_to_onnx(
     import onnx
     import torch
 
-    names = {"input_names": [config.input_name], "output_names": [config.output_name]}
+    names: dict[str, Any] = {"input_names": [config.input_name], "output_names": [config.output_name]}
     buffer = io.BytesIO()
+    export: Any = torch.onnx.export  # typed for file targets only; it also writes to a buffer and returns a program
     try:
         if config.exporter == "dynamo":
             shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if config.dynamic_batch else None
-            program = torch.onnx.export(
-                model, (example,), dynamo=True, opset_version=config.opset, dynamic_shapes=shapes, **names
-            )
+            program = export(model, (example,), dynamo=True, opset_version=config.opset, dynamic_shapes=shapes, **names)
             proto = program.model_proto
         else:
             axes = {config.input_name: {0: "batch"}, config.output_name: {0: "batch"}} if config.dynamic_batch else None
-            torch.onnx.export(
+            export(
                 model,
                 (example,),
                 buffer,

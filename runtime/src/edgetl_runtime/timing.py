@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -128,7 +129,7 @@ def time_preprocessing(spec: PreprocessSpec, budget: Budget) -> list[PreprocessT
     rows = []
     for name, shape in PREPROCESS_SOURCES.items():
         image = rng.integers(0, 256, shape, dtype=np.uint8)
-        stats = measure(lambda im=image: preprocess_batch([im], spec), runs=budget.runs, warmup=3,
-                        max_seconds=budget.max_seconds / 2)  # fmt: skip
+        call = partial(preprocess_batch, [image], spec)
+        stats = measure(call, runs=budget.runs, warmup=3, max_seconds=budget.max_seconds / 2)
         rows.append(PreprocessTiming(name, shape, spec.input_size, stats))
     return rows

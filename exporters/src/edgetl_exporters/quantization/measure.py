@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ def run_features(
 
 
 def interleaved_latency(
-    models: dict[str, str | Path],
+    models: Mapping[str, str | Path],
     image: FloatArray,
     runs: int = 100,
     warmup: int = 10,
