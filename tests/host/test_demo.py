@@ -33,11 +33,26 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path: Path) -> None:
     combos = {(c["bundle"], c["precision"]) for c in saved["few_shot"]}
     shipped = {(name, p) for name, info in saved["exports"].items() for p in info["precisions"]}
     assert combos == shipped and {("imagenet", "fp32"), ("finetuned", "fp32")} <= combos
-    for name, info in saved["exports"].items():  # int8 is either shipped or refused with the guard's reason
-        assert ("int8" in info["precisions"]) != ("int8_refused" in info), name
+    for name, info in saved["exports"].items():  # at this size the guard passes int8 for both backbones
+        assert info["precisions"] == ["fp32", "int8"] and "int8_refused" not in info, name
     assert all(c["backbone_runs"] == 0 for c in saved["few_shot"])  # episodes only ever hit the cache
-    assert all(0.0 <= c["accuracy_mean"] <= 1.0 for c in saved["few_shot"])
+    chance = 1 / len(config.target_classes)  # 0.2; measured 0.55-0.78 on 20 test images
+    assert all(c["accuracy_mean"] > chance + 0.15 for c in saved["few_shot"]), saved["few_shot"]
     report = (tmp_path / "report.md").read_text()
     assert "Few-shot accuracy on unseen target classes" in report and (tmp_path / "few_shot.png").stat().st_size > 0
     assert (tmp_path / "imagenet.edgetl").is_file() and (tmp_path / "finetuned.edgetl").is_file()
     assert result.latency["cells"], "the latency step measured nothing"
+
+
+def test_a_refused_int8_ships_fp32_alone_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetl.demo import pipeline
+    from edgetl_runtime.errors import QuantizationError
+
+    def export_with(config: DemoConfig, model: object, calib: object, path: Path, precisions: tuple[str, ...]) -> tuple:
+        if "int8" in precisions:
+            raise QuantizationError("int8 stayed significantly beyond max_drop")
+        return path, {"path": str(path), "precisions": list(precisions)}
+
+    monkeypatch.setattr(pipeline, "_export_with", export_with)
+    path, info = pipeline._export(DemoConfig(output=tmp_path), "m", None, tmp_path / "m.edgetl")  # type: ignore[arg-type]
+    assert path == tmp_path / "m.edgetl" and info["precisions"] == ["fp32"] and "max_drop" in info["int8_refused"]
