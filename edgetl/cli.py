@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from edgetl_runtime.errors import EdgeTLError
 
-COMMANDS = ("finetune", "export", "inspect", "bench", "demo")
+COMMANDS = ("finetune", "export", "inspect", "merge", "bench", "demo")
 
 
 def _version() -> str:

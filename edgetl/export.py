@@ -16,7 +16,8 @@ import numpy as np
 from edgetl.backbones import Backbone, check_image_size, create_backbone
 from edgetl.datasets import ImageDataset, load_fashion_mnist
 from edgetl.pooling import PooledFeatures, parse_pooling
-from edgetl.sources import export_data, synthetic_images
+from edgetl.shipped_head import HeadConfig, ShippedHead, check_head_classes, head_for_bundle
+from edgetl.sources import export_data, synthetic_images, training_data
 from edgetl_exporters.bundle_writer import npz_bytes, write_bundle
 from edgetl_exporters.onnx_export import ExportConfig, export_features_onnx
 from edgetl_runtime.arguments import to_precisions
@@ -44,6 +45,8 @@ class BundleConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     fp16: Any = None  # an edgetl_exporters.quantization.Fp16Config (None: its defaults)
     skip_failed: bool = False  # ship the precisions that passed when int8 or fp16 fails (with a warning)
+    ship_head: bool | None = None  # None: when head data is given or a fine-tuned run's training data is at hand
+    head: HeadConfig = field(default_factory=HeadConfig)  # how that head is fitted (edgetl.shipped_head)
 
     def __post_init__(self) -> None:
         precisions = to_precisions(self.precisions)
@@ -73,6 +76,8 @@ def export_bundle(
     config: BundleConfig | None = None,
     image_size: int | None = None,
     quantize_config: Any = None,
+    head_data: ImageDataset | None = None,
+    head_source: str | None = None,
 ) -> ExportResult:
     """Export ``model`` into one ``.edgetl`` bundle, validating every precision on real images.
 
@@ -90,8 +95,13 @@ def export_bundle(
         image_size: square input resolution override.
         quantize_config: an ``edgetl_exporters.quantization.QuantizeConfig`` (default: ``portable``, exact and
             fast on x86 with or without VNNI and on ARM64; see ``QuantizeConfig.preset``).
+        head_data: labelled images to ship a head for (class statistics of the bundle's own fp32 features,
+            see :mod:`edgetl.shipped_head`); a fine-tuned run defaults to its recorded training data.
+        head_source: how ``head_data`` is described in the manifest.
     """
     config = config or BundleConfig()
+    if head_data is not None:
+        check_head_classes(list(head_data.classes))  # before minutes of export work
     backbone = model if isinstance(model, Backbone) else create_backbone(model, weights)
     if image_size is not None:
         check_image_size(backbone.model, backbone.timm_name, image_size)
@@ -117,9 +127,9 @@ def export_bundle(
     config = dataclasses.replace(config, precisions=shipped)  # skip_failed may have dropped one
     golden = _golden(features_model, calib_inputs[:GOLDEN_COUNT], members)
     members[GOLDEN_NAME] = npz_bytes(golden)
-    ships_head = backbone.head is not None and config.pooling == "avg"  # the fine-tuned head reads avg features
-    if ships_head:
-        members[HEAD_NAME] = _head_npz(backbone)
+    head = _shipped_head(backbone, members, spec, config, head_data, head_source)
+    if head is not None:
+        members[HEAD_NAME] = npz_bytes(head.arrays)
     info = BackboneInfo(
         backbone.name,
         backbone.timm_name,
@@ -129,7 +139,7 @@ def export_bundle(
         config.export.output_name,
         config.pooling,
     )
-    manifest = _manifest(info, spec, backbone, config, report, data_source, ships_head)
+    manifest = _manifest(info, spec, config, report, data_source, head)
     bundle = write_bundle(output, manifest, members)
     return ExportResult(Path(output), bundle, report)
 
@@ -271,25 +281,41 @@ def _torch_features(features_model: Any, inputs: np.ndarray) -> np.ndarray:
     return features
 
 
-def _head_npz(backbone: Backbone) -> bytes:
-    assert backbone.head is not None
-    arrays = {
-        "kind": np.array("linear"),
-        "coef": backbone.head.weight.detach().numpy().astype(np.float32),
-        "intercept": backbone.head.bias.detach().numpy().astype(np.float32),
-        "classes": np.array(backbone.classes, dtype=str),
-    }
-    return npz_bytes(arrays)
+def _shipped_head(
+    backbone: Backbone,
+    members: dict[str, bytes],
+    spec: PreprocessSpec,
+    config: BundleConfig,
+    head_data: ImageDataset | None,
+    head_source: str | None,
+) -> ShippedHead | None:
+    """The head a device continues from: fitted on ``head_data``, or on a fine-tuned run's own training data."""
+    if config.ship_head is False:
+        return None
+    if head_data is None and backbone.head is not None:
+        record = backbone.training_data
+        if record and record.get("source"):
+            head_data, head_source = training_data(record), f"{record['source']} (the fine-tune run's training data)"
+        else:
+            warnings.warn(
+                "the fine-tuned classifier is not shipped: the run records no training data to fit the device's head "
+                "on. Fix: pass its labelled images with --head-from DATA (export_bundle(head_data=...)).",
+                stacklevel=3,
+            )
+    if head_data is None:
+        if config.ship_head:
+            raise ConfigError("ship_head=True needs labelled images. Fix: pass --head-from DATA (head_data=...).")
+        return None
+    return head_for_bundle(backbone, members, spec, head_data, head_source or "caller's images", config.head)
 
 
 def _manifest(
     info: BackboneInfo,
     spec: PreprocessSpec,
-    backbone: Backbone,
     config: BundleConfig,
     report: dict[str, Any],
     data_source: str,
-    ships_head: bool,
+    head: ShippedHead | None,
 ) -> Manifest:
     quant = report.get(Precision.INT8.member)
     quantization, calibration = {}, {}
@@ -312,7 +338,8 @@ def _manifest(
         quantization=quantization,
         calibration=calibration,
         validation={"export": config.export.to_dict(), "pooling": config.pooling, **report},
-        head_labels=tuple(backbone.classes) if ships_head else (),
+        head_labels=() if head is None else tuple(str(c) for c in head.prior.classes),
+        head={} if head is None else head.section,
         versions=_versions(),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edgetl.sources import load_calibration
+from edgetl.shipped_head import HeadConfig
+from edgetl.sources import load_calibration, load_data, parse_classes
 from edgetl_exporters.quantization import PRESETS, CalibrationMethod, Fp16Config, QuantizeConfig
 from edgetl_runtime.arguments import to_precisions
 from edgetl_runtime.bundle import Bundle
@@ -74,6 +75,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         action="store_true",
         help="when int8 or fp16 fails its check, ship the precisions that passed (with a warning) instead of nothing",
     )
+    head = p.add_argument_group("shipped head", "a classifier the device predicts with out of the box and extends")
+    head.add_argument(
+        "--head-from",
+        default=None,
+        metavar="DATA",
+        help="labelled images (fashion-mnist or a folder of class folders) to ship a head for: class statistics of "
+        "the bundle's own fp32 features, measured on a held-out part. Default: a fine-tuned run's training data",
+    )
+    head.add_argument("--head-classes", default=None, help="only these class ids of --head-from, e.g. 0-4 or 0,2,7")
+    head.add_argument(
+        "--head-per-class", type=int, default=HeadConfig.per_class, help="at most this many images per class"
+    )
+    head.add_argument(
+        "--head-rank", type=int, default=HeadConfig.rank, help="scatter directions kept per class (size vs accuracy)"
+    )
+    head.add_argument("--no-head", action="store_true", help="ship no head, even for a fine-tuned run")
     p.add_argument("-o", "--output", required=True, type=Path, help="bundle path, e.g. model.edgetl")
     p.set_defaults(func=run_export)
 
@@ -106,7 +123,14 @@ def run_export(args: argparse.Namespace) -> int:
         crop_pct=args.crop_pct,
         fp16=Fp16Config(args.fp16_min_cosine, tuple(o.strip() for o in args.fp16_keep_ops.split(",") if o.strip())),
         skip_failed=args.skip_failed,
+        ship_head=False if args.no_head else None,
+        head=HeadConfig(rank=args.head_rank, per_class=args.head_per_class),
     )
+    head_data = None
+    if args.head_from is not None and not args.no_head:
+        head_data = load_data(args.head_from, "train")
+        if args.head_classes:
+            head_data = head_data.select_classes(parse_classes(args.head_classes))
     result = export_bundle(
         args.model,
         args.output,
@@ -116,6 +140,8 @@ def run_export(args: argparse.Namespace) -> int:
         config=config,
         image_size=args.image_size,
         quantize_config=quantize_config,
+        head_data=head_data,
+        head_source=None if head_data is None else f"{args.head_from} classes {args.head_classes or 'all'}",
     )
     print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
     print(describe(result.bundle))
@@ -159,6 +185,8 @@ def describe(bundle: Bundle) -> str:
             lines.append(f"check       {key}: {_summary(value)}")
     if m.head_labels:
         lines.append(f"head        {len(m.head_labels)} classes: {', '.join(m.head_labels)}")
+    if m.head:
+        lines.append(f"head        {_head_line(m.head)}")
     return "\n".join(lines)
 
 
@@ -197,3 +225,23 @@ def _guard_line(guard: dict[str, Any]) -> str:
         mean = float(guard.get("cosine_mean", float("nan")))
         value = f"mean cosine {mean:.4f} [{low:.4f}, {high:.4f}] ({conf:.0%}), min {guard.get('min_cosine')}"
     return f"{verdict}: {value} — {guard.get('kind')}, {guard.get('images')} images"
+
+
+def _head_line(head: dict[str, Any]) -> str:
+    """The shipped head in one line: format, choice, counts, host accuracy per precision, merges."""
+    accuracy = head.get("accuracy") or {}
+    by_precision = accuracy.get("by_precision") or {}
+    measured = ", ".join(f"{p} {100 * v:.1f} %" for p, v in by_precision.items())
+    merged = head.get("merged") or {}
+    parts = [
+        f"{head.get('format')} v{head.get('format_version')}",
+        f"{head.get('kind')} alpha={head.get('alpha')}",
+        f"{sum((head.get('counts') or {}).values())} samples",
+    ]
+    if measured:
+        parts.append(f"host accuracy {measured} on {accuracy.get('images')} held-out images")
+    if merged:
+        parts.append(
+            f"merged {merged.get('samples_merged')} device samples from {len(merged.get('enrolments', []))} file(s)"
+        )
+    return "; ".join(parts)

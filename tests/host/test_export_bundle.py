@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from edgetl.backbones import create_backbone
 from edgetl.cli import main
@@ -110,15 +111,25 @@ def test_export_of_a_finetuned_checkpoint_file_ships_its_head(
     finetune(backbone, data, None, None, config, tmp_path / "run")
     checkpoint = next((tmp_path / "run").glob("*.safetensors"))
 
+    folder = tmp_path / "images"  # the run's images as class folders: the head ships statistics of them
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        (folder / data.classes[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / data.classes[label] / f"{i}.png")
     out = tmp_path / "ft.edgetl"
     argv = ["export", str(checkpoint), "--precision", "fp32,int8", "--calib", "fashion-mnist", "--calib-count", "20"]
+    argv += ["--head-from", str(folder)]
     assert main([*argv, "--eval-count", "80", "--max-drop", "100", "--quant-preset", "x86-avx2", "-o", str(out)]) == 0
     bundle = Bundle.open(out)
-    assert bundle.manifest.head_labels == ("dark", "mid", "bright") and bundle.head_arrays() is not None
+    assert bundle.manifest.head_labels == ("bright", "dark", "mid") and bundle.head_arrays() is not None
+    accuracy = bundle.manifest.head["accuracy"]  # the fine-tuned layer's held-out accuracy beside the shipped head's
+    assert {"top1", "linear_head", "by_precision"} <= set(accuracy) and set(accuracy["by_precision"]) == {
+        "fp32",
+        "int8",
+    }
     assert bundle.manifest.quantization["reduce_range"] is True and bundle.manifest.calibration["count"] == 20
     assert main(["inspect", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "probe accuracy" in printed and "node(s) kept in float" in printed and "3 classes: dark" in printed
+    assert "probe accuracy" in printed and "node(s) kept in float" in printed and "3 classes: bright" in printed
 
 
 def test_a_loose_checkpoint_file_says_how_to_load_it(tmp_path: Path) -> None:

@@ -197,7 +197,9 @@ class Learner:
             ids = self.store.add_samples(keys, names, features)
             fitted, self._changes = self._fitted, self._changes + 1
             if fitted is not None and fitted[0] == self._changes - 1:  # current head: update it in place
-                fitted[1].partial_fit(features, np.asarray(names))
+                fresh = np.ones(len(keys), dtype=bool) if self.prior is None else ~self.prior.already_counted(keys)
+                if fresh.any():
+                    fitted[1].partial_fit(features[fresh], np.asarray(names)[fresh])
                 self._fitted = (self._changes, fitted[1])
         return ids
 
@@ -254,8 +256,11 @@ class Learner:
         A full fit also re-runs model selection (``auto``), which incremental adds keep fixed.
         """
         with self._head_lock:
-            _, labels, features = self.store.samples()  # (N,), (N, D)
+            _, labels, keys, features = self.store.samples_with_keys()  # (N,), N, (N, D)
             prior = self._prior_now()
+            if prior is not None and len(prior.counted_keys):  # this device's samples a merge already folded in
+                fresh = ~prior.already_counted(keys)
+                labels, features = labels[fresh], features[fresh]
             if len(labels) == 0 and prior is None:
                 why = " and every shipped class was removed" if self.prior is not None else ""
                 raise NotFittedError(f"No samples are enrolled{why}; call add(images, label) for a class first.")

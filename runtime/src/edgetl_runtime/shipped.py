@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from edgetl_runtime.arguments import label_problem
 from edgetl_runtime.errors import BundleError, InputError
-from edgetl_runtime.heads.prior import Prior
+from edgetl_runtime.heads.prior import KEY_BYTES, Prior
 from edgetl_runtime.manifest import HEAD_NAME, Manifest
 from edgetl_runtime.npz import ArrayHeader, expect_array
 
@@ -61,6 +61,7 @@ def class_stats_problems(headers: dict[str, ArrayHeader], manifest: Manifest) ->
         "settings": ("U", ()),
         "calib_scores": ("f", (m,)),
         "calib_class": ("iu", (m,)),
+        "counted_keys": ("u", (None, KEY_BYTES)),
     }
     if not problems:
         for key, (kinds, shape) in expected.items():

@@ -21,6 +21,7 @@ from edgetl_runtime.heads.rejection import SimilarityRejector, class_sums, loo_c
 from edgetl_runtime.heads.stats import ClassStats
 
 PRIOR_KINDS = ("lda", "ncm")
+KEY_BYTES = 16  # 128 bits of a feature key's SHA-256: collision-free at fleet scale, 16 bytes per sample
 CLASS_WEIGHTS = ("balanced", None)
 
 
@@ -30,6 +31,18 @@ def _empty_f64() -> npt.NDArray[np.float64]:
 
 def _empty_i64() -> npt.NDArray[np.int64]:
     return np.zeros(0, dtype=np.int64)
+
+
+def _empty_keys() -> npt.NDArray[np.uint8]:
+    return np.zeros((0, KEY_BYTES), dtype=np.uint8)
+
+
+def key_prefixes(keys: Any) -> npt.NDArray[np.uint8]:
+    """``(N, KEY_BYTES)`` first bytes of hex feature keys: how a prior records the samples it already counts."""
+    hexes = [str(k)[: 2 * KEY_BYTES] for k in keys]
+    if not hexes:
+        return _empty_keys()
+    return np.frombuffer(bytes.fromhex("".join(hexes)), dtype=np.uint8).reshape(len(hexes), KEY_BYTES).copy()
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +57,8 @@ class Prior:
         class_weight: ``"balanced"`` (every class weighs the same, whatever its count) or None.
         calib_scores: ``(M,)`` rejection similarities of correctly classified held-out host images.
         calib_class: ``(M,)`` class index (into ``stats.classes``) of each score.
+        counted_keys: ``(K, 16)`` key prefixes (:func:`key_prefixes`) of device samples a fleet merge folded
+            into ``stats``: the device that enrolled them skips them, so nothing counts twice.
     """
 
     stats: ClassStats
@@ -53,6 +68,7 @@ class Prior:
     class_weight: str | None = "balanced"
     calib_scores: npt.NDArray[np.float64] = field(default_factory=_empty_f64)
     calib_class: npt.NDArray[np.int64] = field(default_factory=_empty_i64)
+    counted_keys: npt.NDArray[np.uint8] = field(default_factory=_empty_keys)
 
     def __post_init__(self) -> None:
         problems = []
@@ -67,6 +83,8 @@ class Prior:
             problems.append(f"calib_class must index the {C} classes")
         elif not np.isfinite(self.calib_scores).all():
             problems.append("calib_scores must be finite")
+        if self.counted_keys.ndim != 2 or self.counted_keys.shape[1] != KEY_BYTES:
+            problems.append(f"counted_keys must have shape (K, {KEY_BYTES}), got {self.counted_keys.shape}")
         if problems:
             raise InputError("The shipped head's settings are inconsistent: " + "; ".join(problems) + ".")
 
@@ -103,7 +121,15 @@ class Prior:
             "settings": np.array(json.dumps(self.settings())),
             "calib_scores": self.calib_scores.astype(np.float32),
             "calib_class": self.calib_class.astype(np.int32),
+            "counted_keys": self.counted_keys.astype(np.uint8),
         }
+
+    def already_counted(self, keys: Any) -> npt.NDArray[np.bool_]:
+        """Which hex feature ``keys`` this prior already counts (a merge folded them in)."""
+        if not len(self.counted_keys) or not len(keys):
+            return np.zeros(len(keys), dtype=bool)
+        counted = {row.tobytes() for row in self.counted_keys}
+        return np.array([row.tobytes() in counted for row in key_prefixes(keys)], dtype=bool)
 
     @classmethod
     def from_npz_dict(cls, d: dict[str, npt.NDArray[Any]] | Any) -> Prior:
@@ -124,6 +150,7 @@ class Prior:
                 None if settings["class_weight"] is None else str(settings["class_weight"]),
                 np.asarray(d["calib_scores"], dtype=np.float64),
                 np.asarray(d["calib_class"], dtype=np.int64),
+                np.asarray(d["counted_keys"], dtype=np.uint8) if "counted_keys" in d else _empty_keys(),
             )
         except InputError:
             raise
