@@ -340,10 +340,10 @@ def _sqlite_error(text: str, code: int) -> sqlite3.OperationalError:
     ],
 )
 def test_each_sqlite_failure_has_its_own_error_and_a_truthful_fix(text: str, code: int, error: type) -> None:
-    from edgetl_runtime.cache import _state_error
+    from edgetl_runtime.state_db import state_error
 
     for exc in (_sqlite_error(text, code), sqlite3.OperationalError(text)):  # with and without sqlite_errorcode
-        got = _state_error(exc, "s.sqlite", "Enrolling into", 10.0)
+        got = state_error(exc, "s.sqlite", "Enrolling into", 10.0)
         assert type(got) is error
         advises_delete = "delete the state file" in str(got)
         assert advises_delete == (error is StateError), str(got)  # only real damage is told to delete
@@ -395,7 +395,6 @@ def test_a_read_only_state_predicts_and_refuses_enrolment_truthfully(
     ``sqlite-read-only-open``: SQLite's own read-only open (``mode=ro``), which is what SQLite silently falls
     back to for an unwritable file, so the store sees the very same thing.
     """
-    from edgetl_runtime import cache
 
     state = tmp_path / "s.sqlite"
     with _load(reliability_bundle, state) as learner:
@@ -413,7 +412,7 @@ def test_a_read_only_state_predicts_and_refuses_enrolment_truthfully(
                 return real_connect(where, uri=True, **kwargs)  # type: ignore[arg-type]
             return real_connect(f"file:{where}?mode=ro", uri=True, **kwargs)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(cache.sqlite3, "connect", read_only)
+        monkeypatch.setattr(sqlite3, "connect", read_only)  # the one sqlite3 module every connection comes from
     before = state.read_bytes()
     try:
         with _load(reliability_bundle, state) as learner:

@@ -1,0 +1,375 @@
+"""The SQLite side of device state: one connection, its transactions, the exact schema, and every SQLite
+failure as a typed error with a truthful fix.
+
+:class:`StateDatabase` opens the file (checking it before anything in it runs), and gives its subclass
+short locked reads (``_reading``) and one-transaction writes (``_writing``); :class:`edgetl_runtime.cache.FeatureStore`
+holds the samples and features on top of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import TypeVar
+
+from edgetl_runtime.errors import (
+    StateError,
+    StateFullError,
+    StateLockedError,
+    StateReadOnlyError,
+    StateWriteError,
+)
+
+SCHEMA_VERSION = 1
+S = TypeVar("S", bound="StateDatabase")
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE features (key TEXT PRIMARY KEY, vec BLOB NOT NULL);
+CREATE TABLE samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a removed id is never handed out again
+    label TEXT NOT NULL,
+    feature_key TEXT NOT NULL REFERENCES features(key) ON DELETE RESTRICT
+);
+CREATE INDEX samples_label ON samples(label);
+CREATE INDEX samples_feature_key ON samples(feature_key);
+"""
+_FIX_CORRUPT = "delete the state file (enrolments are lost) or restore it from a backup"
+_FIX_SCHEMA = (
+    "if you added these objects yourself, drop them with the sqlite3 tool (the enrolments are kept); "
+    "otherwise the file was tampered with or damaged: restore it from a backup or use a new state path"
+)
+# SQLite primary result codes (sqlite3.h); Python >= 3.11 exposes them as ``sqlite_errorcode``.
+_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
+_MESSAGES = {  # Python 3.10 has no sqlite_errorcode: the same codes by SQLite's fixed English messages
+    "database is locked": _BUSY,
+    "database table is locked": _LOCKED,
+    "attempt to write a readonly database": _READONLY,
+    "database or disk is full": _FULL,
+    "disk I/O error": _IOERR,
+    "unable to open database file": _CANTOPEN,
+    "database disk image is malformed": _CORRUPT,
+    "file is not a database": _NOTADB,
+}
+
+
+def _primary_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF  # extended codes carry the primary code in their low byte
+    return next((c for text, c in _MESSAGES.items() if text in str(exc)), None)
+
+
+def state_error(exc: BaseException, where: str, action: str, timeout: float) -> StateError:
+    """The typed error, with a truthful fix, for an SQLite failure while ``action`` (e.g. "enrolling")."""
+    code = _primary_code(exc)
+    head = f"{action} state database {where!r} failed ({exc})"
+    if code in (_BUSY, _LOCKED):
+        return StateLockedError(
+            f"{head}: another connection or process held its write lock for more than {timeout:g} s. Nothing was "
+            "written and the file is not damaged: do not delete it. Fix: retry once the other writer is done, or "
+            "stop the other process that has this state open."
+        )
+    if code == _READONLY:
+        return StateReadOnlyError(
+            f"{head}: the file, its folder (SQLite writes -wal/-shm files beside it) or the file system is "
+            "read-only. Nothing was written; the enrolments already there are intact and predict still works. "
+            "Fix: make the file and its folder writable (chmod u+w, or remount read-write), or use a writable copy."
+        )
+    if code == _FULL:
+        return StateFullError(
+            f"{head}: the disk is full. Nothing was written; the state is intact. Fix: free space on the device "
+            "(cached features of predicted images can go: they are evicted beyond max_unenrolled) and retry."
+        )
+    if code in (_IOERR, _CANTOPEN):
+        return StateWriteError(
+            f"{head}: SQLite could not read or write the state or its -wal/-shm/-journal files beside it (storage "
+            "removed or failing, folder missing or read-only). Nothing was committed; the file is not known to be "
+            "damaged. Fix: check the storage and the folder's permissions, then retry; copy the file elsewhere "
+            "before deleting anything."
+        )
+    return StateError(f"{head}: it is damaged. Fix: {_FIX_CORRUPT}.")
+
+
+@functools.lru_cache(maxsize=1)
+def _expected_schema() -> dict[tuple[str, str], tuple[str, str | None]]:
+    """(type, name) -> (table, SQL text) of every schema object :data:`_SCHEMA` creates, as SQLite records it."""
+    con = sqlite3.connect(":memory:")
+    try:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                con.execute(statement)
+        return _schema_objects(con)
+    finally:
+        con.close()
+
+
+def _schema_objects(con: sqlite3.Connection) -> dict[tuple[str, str], tuple[str, str | None]]:
+    rows = con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+    return {(str(t), str(n)): (str(tbl), sql if sql is None else str(sql)) for t, n, tbl, sql in rows}
+
+
+def _schema_problems(actual: dict[tuple[str, str], tuple[str, str | None]]) -> list[str]:
+    expected = _expected_schema()
+    problems = [f"{t} {n!r} is missing" for (t, n) in sorted(expected.keys() - actual.keys())]
+    problems += [
+        f"{t} {n!r} on {actual[t, n][0]!r} is not part of the edgetl schema: {str(actual[t, n][1])[:120]!r}"
+        for (t, n) in sorted(actual.keys() - expected.keys())
+    ]
+    problems += [
+        f"{t} {n!r} differs from the edgetl schema: {str(actual[t, n][1])[:120]!r}"
+        for (t, n) in sorted(actual.keys() & expected.keys())
+        if actual[t, n] != expected[t, n]
+    ]
+    return problems
+
+
+class StateDatabase:
+    """One SQLite connection guarded by a re-entrant lock, with the schema checked on open.
+
+    A subclass sets ``path``, ``busy_timeout``, ``bundle_digest``, ``feature_dim`` and ``preprocess_key``
+    (what the meta table must say), then calls :meth:`_connect`.
+    """
+
+    path: str | None
+    busy_timeout: float
+    bundle_digest: str
+    feature_dim: int
+    preprocess_key: str
+    read_only: bool = False
+    _con: sqlite3.Connection | None = None
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def _connect(self) -> None:
+        """Open the connection and check or create the schema; every failure a typed StateError."""
+        where = self.path or ":memory:"
+        try:
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly one call.
+            con = sqlite3.connect(where, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
+        except sqlite3.Error as exc:
+            raise StateError(f"Cannot open state database {where!r}: {exc}. Fix: check the directory exists.") from exc
+        try:
+            self._open(con, where)
+        except sqlite3.DatabaseError as exc:
+            con.close()
+            code = _primary_code(exc)
+            if code in (_NOTADB, _CORRUPT, None):
+                raise StateError(
+                    f"State database {where!r} is not a readable SQLite database ({exc}). Fix: {_FIX_CORRUPT}."
+                ) from exc
+            raise state_error(exc, where, "Opening", self.busy_timeout) from exc
+        except UnicodeDecodeError as exc:  # damaged TEXT fails to decode as UTF-8
+            con.close()
+            raise StateError(f"State database {where!r} holds undecodable text ({exc}). Fix: {_FIX_CORRUPT}.") from exc
+        except BaseException:
+            con.close()
+            raise
+        self._con = con
+
+    def _open(self, con: sqlite3.Connection, where: str) -> None:
+        """Check the file, set durability pragmas, create or verify the schema, then switch to WAL.
+
+        Verification only reads (a deferred transaction), so a read-only or busy file is checked
+        without waiting for the write lock; only an empty database is written, under BEGIN IMMEDIATE.
+        """
+        # Functions with side effects never run from schema objects (defence in depth: the schema check
+        # below refuses any trigger or view anyway).
+        con.execute("PRAGMA trusted_schema=OFF")
+        problems = [row[0] for row in con.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise StateError(f"State database {where!r} failed quick_check: {problems[:5]}. Fix: {_FIX_CORRUPT}.")
+        # FULL: in WAL mode NORMAL survives a process crash but may drop the last commits on power loss.
+        # A device can lose power any time, and add_samples promises the enrolment is durable once it
+        # returns, so commits sync by default; cache-only writes relax this (see put_features).
+        con.execute("PRAGMA synchronous=FULL")
+        con.execute("PRAGMA foreign_keys=ON")
+        with self._read_transaction(con):
+            objects = _schema_objects(con)
+            if objects:
+                self._check_schema(con, where, objects)
+        if not objects:
+            with self._transaction(con):  # re-read under the write lock: another process may have created it
+                objects = _schema_objects(con)
+                if not objects:
+                    for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT our transaction
+                        if statement.strip():
+                            con.execute(statement)
+                    con.executemany("INSERT INTO meta VALUES (?, ?)", self._expected_meta().items())
+                else:
+                    self._check_schema(con, where, objects)
+        self.read_only = not self._writable(con)
+        # WAL only once the file is known to be ours: switching rewrites the header of a foreign database.
+        if not self.read_only:
+            con.execute("PRAGMA journal_mode=WAL")
+
+    @staticmethod
+    def _writable(con: sqlite3.Connection) -> bool:
+        """Whether this connection may write; SQLite opens an unwritable file read-only without an error.
+
+        A write statement that changes nothing fails at once with SQLITE_READONLY on such a file; the
+        busy timeout is set to 0 for the probe, so a lock held elsewhere (a writable file) never blocks it.
+        """
+        timeout = con.execute("PRAGMA busy_timeout").fetchone()[0]
+        con.execute("PRAGMA busy_timeout=0")
+        try:
+            con.execute("BEGIN")
+            con.execute("UPDATE meta SET value = value WHERE 0")
+            return True
+        except sqlite3.OperationalError as exc:
+            if _primary_code(exc) == _READONLY:
+                return False
+            if _primary_code(exc) in (_BUSY, _LOCKED):
+                return True
+            raise
+        finally:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            con.execute(f"PRAGMA busy_timeout={int(timeout)}")
+
+    def _check_schema(
+        self, con: sqlite3.Connection, where: str, objects: dict[tuple[str, str], tuple[str, str | None]]
+    ) -> None:
+        """Refuse anything but the exact edgetl schema (SQL text of every table, index, trigger, view), then meta."""
+        tables = {name for kind, name in objects if kind == "table"}
+        if not {"meta", "features", "samples"} <= tables:
+            raise StateError(
+                f"{where!r} is a SQLite database but not edgetl state (tables: {sorted(tables)}). "
+                "Fix: pass a new state path; do not point the store at another application's database."
+            )
+        # quick_check does not read the schema text, and a trigger or a missing constraint only acts at the
+        # first write: compare every object's SQL with the schema this version creates before anything runs.
+        problems = _schema_problems(objects)
+        if problems:
+            raise StateError(
+                f"State database {where!r} does not hold the edgetl schema (schema_version {SCHEMA_VERSION}); "
+                f"nothing in it was run: {'; '.join(problems[:5])}. Fix: {_FIX_SCHEMA}."
+            )
+        self._check_meta(con, where)
+
+    def _expected_meta(self) -> dict[str, str]:
+        return {
+            "schema_version": str(SCHEMA_VERSION),
+            "bundle_digest": self.bundle_digest,
+            "feature_dim": str(self.feature_dim),
+            "preprocess_key": self.preprocess_key,
+        }
+
+    def _check_meta(self, con: sqlite3.Connection, where: str) -> None:
+        """Refuse a database made by another schema, bundle, feature size or preprocessing."""
+        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            raise StateError(
+                f"State database {where!r} has schema_version {meta.get('schema_version')!r}, but this "
+                f"edgetl_runtime reads version {SCHEMA_VERSION}. Fix: upgrade edgetl-runtime, or use a new state path."
+            )
+        expected = self._expected_meta()
+        diffs = [
+            f"{k}: database has {meta.get(k)!r}, bundle needs {v!r}" for k, v in expected.items() if meta.get(k) != v
+        ]
+        if diffs:
+            raise StateError(
+                f"State database {where!r} was made for bundle {meta.get('bundle_digest')!r}, not for bundle "
+                f"{self.bundle_digest!r} ({'; '.join(diffs)}). Its cached features do not fit this bundle. "
+                "Fix: use a new state path for this bundle, or delete the old state file (its enrolments are lost)."
+            )
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Hold the lock for a read; damage SQLite only notices now (a malformed page) becomes a StateError."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.DatabaseError as exc:
+                raise state_error(exc, self.path or ":memory:", "Reading", self.busy_timeout) from exc
+            except UnicodeDecodeError as exc:
+                raise StateError(
+                    f"Reading state database {self.path or ':memory:'!r} failed ({exc}): it holds undecodable "
+                    f"text. Fix: {_FIX_CORRUPT}."
+                ) from exc
+
+    @contextmanager
+    def _writing(self, action: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """Lock, one transaction, and each SQLite failure as its typed error (nothing is kept on any error)."""
+        with self._lock:
+            db = self._db
+            if self.read_only:
+                raise state_error(
+                    sqlite3.OperationalError("attempt to write a readonly database"),
+                    self.path or ":memory:",
+                    action,
+                    self.busy_timeout,
+                )
+            try:
+                with self._transaction(db, durable=durable):
+                    yield db
+            except sqlite3.DatabaseError as exc:
+                raise state_error(exc, self.path or ":memory:", action, self.busy_timeout) from exc
+
+    @staticmethod
+    @contextmanager
+    def _read_transaction(con: sqlite3.Connection) -> Iterator[None]:
+        """A deferred transaction: one consistent snapshot to read, no write lock taken."""
+        con.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._con is None:
+            raise StateError("This FeatureStore is closed. Fix: open a new FeatureStore on the same path.")
+        return self._con
+
+    @staticmethod
+    @contextmanager
+    def _transaction(con: sqlite3.Connection, *, durable: bool = True) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception so nothing half-done is kept.
+
+        IMMEDIATE takes the write lock up front, so a second process waits (busy timeout) instead of
+        failing mid-transaction on a lock upgrade.
+        """
+        if not durable:
+            con.execute("PRAGMA synchronous=NORMAL")  # still atomic; may lose this commit on power loss only
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                if con.in_transaction:  # some errors (disk full, I/O) already rolled back inside SQLite
+                    con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        finally:
+            if not durable:
+                con.execute("PRAGMA synchronous=FULL")
+
+    def checkpoint(self) -> None:
+        """Fold the write-ahead log into the main file (e.g. before copying the state elsewhere)."""
+        with self._lock:
+            if self.path is not None and not self.read_only:
+                try:
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.DatabaseError as exc:
+                    raise state_error(exc, self.path, "Checkpointing", self.busy_timeout) from exc
+
+    def close(self) -> None:
+        """Close the connection; safe to call twice."""
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+    def __enter__(self: S) -> S:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
