@@ -21,7 +21,7 @@ from edgetl_runtime.heads import (
 from edgetl_runtime.heads.base import power_l2
 from edgetl_runtime.heads.bordered import BorderedInverse
 from edgetl_runtime.heads.ncm import ncm_loo_predictions
-from edgetl_runtime.heads.ridge import FALLBACK_TEMPERATURE, loo_temperature, ridge_loo_decisions, shifted_inverses
+from edgetl_runtime.heads.ridge_loo import FALLBACK_TEMPERATURE, loo_temperature, ridge_loo_decisions, shifted_inverses
 
 pytestmark = pytest.mark.runtime
 

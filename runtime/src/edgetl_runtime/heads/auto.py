@@ -11,7 +11,8 @@ import numpy.typing as npt
 from edgetl_runtime.errors import ConfigError, InputError
 from edgetl_runtime.heads.base import BaseHead, FloatArray
 from edgetl_runtime.heads.ncm import NearestClassMean, ncm_loo_predictions
-from edgetl_runtime.heads.ridge import DEFAULT_ALPHAS, RidgeHead, _group_index, loo_scorable
+from edgetl_runtime.heads.ridge import RidgeHead
+from edgetl_runtime.heads.ridge_loo import DEFAULT_ALPHAS, _group_index, loo_scorable
 
 CANDIDATES = ("ridge", "ncm")
 

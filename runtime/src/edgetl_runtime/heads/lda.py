@@ -25,7 +25,7 @@ import numpy.typing as npt
 from edgetl_runtime.errors import ConfigError, InputError
 from edgetl_runtime.heads.base import BaseHead, FloatArray, IntArray, Labels
 from edgetl_runtime.heads.prior import Prior, check_prior, prior_rejector
-from edgetl_runtime.heads.ridge import FALLBACK_TEMPERATURE, _group_index
+from edgetl_runtime.heads.ridge_loo import FALLBACK_TEMPERATURE, _group_index
 from edgetl_runtime.heads.stats import ClassStats
 
 F64 = npt.NDArray[np.float64]

@@ -10,7 +10,7 @@ from edgetl_runtime.errors import ConfigError, InputError
 from edgetl_runtime.heads.base import BaseHead, FloatArray, IntArray
 from edgetl_runtime.heads.prior import Prior, check_prior, prior_rejector
 from edgetl_runtime.heads.rejection import SimilarityRejector, class_sums, loo_cosines
-from edgetl_runtime.heads.ridge import _group_index
+from edgetl_runtime.heads.ridge_loo import _group_index
 
 
 class NearestClassMean(BaseHead):
