@@ -25,7 +25,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "2")
 
 import numpy as np  # noqa: E402
-from bench_heads import SEEDS, SHOTS, extract_fmaps, load_fashion_mnist, pooled_features, stratified_pool  # noqa: E402
+from head_features import SEEDS, SHOTS, extract_fmaps, load_fashion_mnist, pooled_features, stratified_pool  # noqa: E402
 
 from edgetl_runtime.fewshot import episode  # noqa: E402
 from edgetl_runtime.heads import AutoHead  # noqa: E402
