@@ -77,3 +77,18 @@ def test_shared_cli_options() -> None:
     for bad in ("0", "-1", "1025", "x"):
         with pytest.raises(argparse.ArgumentTypeError):
             thread_count(bad)
+
+
+def test_the_public_face_is_light_and_complete() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, edgetl_runtime as r\n"
+        "heavy = [m for m in ('onnxruntime', 'sqlite3', 'torch', 'onnx') if m in sys.modules]\n"
+        "from edgetl_runtime import Bundle, Learner, create_backend, create_head\n"
+        "assert Learner.__name__ == 'Learner' and Bundle.__name__ == 'Bundle' and callable(create_backend)\n"
+        "print(heavy, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["[]", "False"], done.stdout + done.stderr
