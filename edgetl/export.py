@@ -191,7 +191,8 @@ def _calibration_split(data: ImageDataset | None, config: BundleConfig) -> tuple
     calib_per_class = max(1, -(-config.calibration_count // len(order)))
     if wants_guard:  # a small folder: calibration must not swallow every image the guard scores
         calib_per_class = min(calib_per_class, max(1, min(len(idx) for idx in order) // 2))
-    eval_per_class = max(1, -(-config.eval_count // len(order))) if wants_guard else 0
+    # Enough per class that every episode has queries (the probe enrols GUARD_SHOTS), even with many classes.
+    eval_per_class = max(GUARD_SHOTS + 3, -(-config.eval_count // len(order))) if wants_guard else 0
     # Round-robin over the classes, so any prefix (quantization keeps the first num_calibration) stays balanced.
     picks = [(rank, c, i) for c, idx in enumerate(order) for rank, i in enumerate(idx[:calib_per_class])]
     calib = np.array([i for _, _, i in sorted(picks)], dtype=np.int64)

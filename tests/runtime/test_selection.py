@@ -49,7 +49,8 @@ def test_cpu_family_from_flags_and_machine(tmp_path: Path) -> None:
     arm = tmp_path / "arm"
     arm.write_text("processor: 0\nFeatures\t: fp asimd asimddp\nCPU part\t: 0xd0c\n")
     assert read_cpu(arm, machine="aarch64").family is CpuFamily.ARM64
-    assert read_cpu(tmp_path / "missing", machine="x86_64").family is CpuFamily.X86_AVX2  # unknown flags: no VNNI
+    unknown = read_cpu(tmp_path / "missing", machine="x86_64")  # no /proc/cpuinfo: flags unknown
+    assert unknown.family is CpuFamily.OTHER and unknown.is_x86
 
 
 def test_target_families_recorded_or_inferred() -> None:
@@ -74,6 +75,7 @@ def test_target_families_recorded_or_inferred() -> None:
         (AVX2, PORTABLE, (Int8Kernel.FAST, Int8Kernel.EXACT)),  # 7-bit weights: fast is exact
         (VNNI, EIGHT_BIT, (Int8Kernel.FAST, Int8Kernel.EXACT)),
         (ARM, EIGHT_BIT, (Int8Kernel.FAST,)),  # the option exists on x86 only
+        (CpuInfo("no flags", "x86_64", frozenset(), 2), EIGHT_BIT, (Int8Kernel.FAST, Int8Kernel.EXACT)),
     ],
 )
 def test_kernel_order_follows_the_cpu_and_the_member(
@@ -199,3 +201,49 @@ def test_best_keeps_the_precision_an_existing_state_was_made_with(tmp_path: Path
         state.unlink()
         for extra in tmp_path.glob("k.state.sqlite-*"):
             extra.unlink()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\xff\xfe not utf-8", b"[" * 200_000 + b"]" * 200_000, b"{}" + b" " * (2 << 20), b'{"format": 1, "entries": []}'],
+    ids=["not-utf8", "deeply-nested", "oversized", "wrong-layout"],
+)
+def test_any_corrupt_cache_is_one_warning_and_rewritten(tmp_path: Path, content: bytes) -> None:
+    bundle, cache = _bundle(tmp_path), ChoiceCache(tmp_path / "c")
+    assert cache.path is not None
+    cache.path.parent.mkdir(parents=True)
+    cache.path.write_bytes(content)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _, sel = select_backend(bundle, "onnxruntime", threads=1, cache=cache)
+    corrupt = [w for w in seen if "corrupt" in str(w.message)]
+    assert sel.measured and len(corrupt) == 1 and corrupt[0].filename == __file__  # points at the caller's line
+    assert json.loads(cache.path.read_bytes())["format"] == 1
+
+
+def test_without_a_home_the_choice_is_measured_and_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgetl_runtime.backends import choice_cache
+
+    for var in ("EDGETL_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(choice_cache.Path, "home", staticmethod(no_home))
+    cache = ChoiceCache()
+    assert cache.path is None
+    _, sel = select_backend(_bundle(tmp_path), "onnxruntime", threads=1, cache=cache)
+    assert sel.measured and not sel.from_cache
+
+
+def test_a_cached_kernel_this_cpu_rules_out_is_measured_again(tmp_path: Path) -> None:
+    bundle, cache = _bundle(tmp_path, EIGHT_BIT), ChoiceCache(tmp_path / "c")
+    select_backend(bundle, "onnxruntime", "best", cache=cache, cpu=AVX2)
+    assert cache.path is not None
+    data = json.loads(cache.path.read_bytes())
+    for entry in data["entries"].values():
+        entry.update(precision="int8", kernel="fast")  # fast saturates 8-bit weights without VNNI
+    cache.path.write_text(json.dumps(data))
+    _, again = select_backend(bundle, "onnxruntime", "best", cache=cache, cpu=AVX2)
+    assert not again.from_cache and (again.kernel in (None, "exact"))

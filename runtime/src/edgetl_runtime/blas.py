@@ -4,6 +4,9 @@ Preprocessing is a few small products per image (resize and crop as matrices). O
 them over every core and its threads then spin against onnxruntime's: on 2 cores, features ran at
 0.42x a bare onnxruntime session; on one BLAS thread, 0.85x (``benchmarks/bench_throughput.py``).
 ``threadpoolctl`` (the well-kept library for this) sets the limit; without it nothing changes.
+The limit is process-wide while any thread preprocesses: numpy products elsewhere in the process
+(a head fit in another thread) run on one BLAS thread meanwhile, which for the runtime's small
+matrices costs nothing measurable.
 """
 
 from __future__ import annotations

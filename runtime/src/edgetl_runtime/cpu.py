@@ -54,11 +54,15 @@ class CpuInfo:
     logical_cores: int
 
     @property
+    def is_x86(self) -> bool:
+        return self.machine.lower() in {"x86_64", "amd64", "i686", "x86"}
+
+    @property
     def family(self) -> CpuFamily:
-        machine = self.machine.lower()
-        if machine.startswith(("aarch64", "arm64")):
+        """ARM64, x86 with or without VNNI, or OTHER (another architecture, or x86 whose flags are unknown)."""
+        if self.machine.lower().startswith(("aarch64", "arm64")):
             return CpuFamily.ARM64
-        if machine in {"x86_64", "amd64", "i686", "x86"}:
+        if self.is_x86 and self.flags:
             return CpuFamily.X86_VNNI if self.flags & VNNI_FLAGS else CpuFamily.X86_AVX2
         return CpuFamily.OTHER
 
@@ -70,7 +74,7 @@ class CpuInfo:
     def identity(self) -> str:
         """Stable digest of model + machine + relevant flags: a timing measured here is only reused here."""
         relevant = sorted(self.flags & set(INTERESTING_FLAGS))
-        text = "|".join([self.model, self.machine, ",".join(relevant), str(self.logical_cores)])
+        text = "|".join([self.model, self.machine, ",".join(relevant), str(self.logical_cores), _runtime_version()])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +92,24 @@ class CpuInfo:
         """One line for reports: model, family and the int8-relevant flags present."""
         present = [f for f in INTERESTING_FLAGS if f in self.flags]
         return f"{self.model} ({self.machine}, {self.family.value}; {self.logical_cores} cores; {' '.join(present)})"
+
+
+def _runtime_version() -> str:
+    """This edgetl-runtime's version (part of the identity: timings from another release are not reused)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgetl-runtime")
+    except PackageNotFoundError:
+        return "source"
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (its affinity, which a container or taskset narrows), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def read_cpu(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo", machine: str | None = None) -> CpuInfo:
@@ -108,7 +130,7 @@ def read_cpu(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo", machine: str | N
         elif key in {"flags", "Features"} and not flags:
             flags = frozenset(value.split())
     machine = machine or platform.machine()
-    return CpuInfo(model or platform.processor() or machine, machine, flags, os.cpu_count() or 1)
+    return CpuInfo(model or platform.processor() or machine, machine, flags, _usable_cores())
 
 
 _THIS_CPU: CpuInfo | None = None

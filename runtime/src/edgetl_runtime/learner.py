@@ -40,17 +40,26 @@ def state_precision(state: str | os.PathLike[str], manifest: Manifest) -> Precis
     path = Path(state)
     if not path.is_file():
         return None
+    row = _read_digest(path, "mode=ro&immutable=1")  # creates no -wal/-shm files...
+    if row is None and Path(f"{path}-wal").exists():  # ...but cannot see a WAL another process still holds
+        row = _read_digest(path, "mode=ro")
+    digests = {manifest.members[p.member].sha256: p for p in manifest.precisions if p.member in manifest.members}
+    return digests.get(row[0]) if row and isinstance(row[0], str) else None
+
+
+def _read_digest(path: Path, mode: str) -> tuple[object, ...] | None:
     try:
-        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True, timeout=1.0)
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=1.0)
         try:
             con.execute("PRAGMA trusted_schema=OFF")
-            row = con.execute("SELECT value FROM meta WHERE key = 'bundle_digest'").fetchone()
+            row: tuple[object, ...] | None = con.execute(
+                "SELECT value FROM meta WHERE key = 'bundle_digest'"
+            ).fetchone()
+            return row
         finally:
             con.close()
     except sqlite3.Error:
         return None
-    digests = {manifest.members[p.member].sha256: p for p in manifest.precisions if p.member in manifest.members}
-    return digests.get(row[0]) if row and isinstance(row[0], str) else None
 
 
 class Learner:

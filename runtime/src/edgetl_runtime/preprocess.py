@@ -20,7 +20,8 @@ import numpy.typing as npt
 from edgetl_runtime.blas import single_threaded_blas
 from edgetl_runtime.errors import ConfigError, InputError, raise_all
 
-PREPROCESS_CHUNK = 32  # same-size images resampled in one product (bounded memory for big photos)
+PREPROCESS_CHUNK = 32  # same-size images resampled in one product...
+PREPROCESS_CHUNK_BYTES = 64 << 20  # ...as long as their float32 pixels stay within this (12 MP photos: one at a time)
 MAX_INPUT_SIDE = 4096  # model input side; a larger one in a manifest is corruption or an allocation attack
 # Bounds the product, not each factor: input 4096 and crop_pct 0.1 are each allowed, but together they
 # resize every image to a 40960-pixel shorter side (20 GiB for one 40x40 image). 2**25 admits 4096 at 0.75.
@@ -334,8 +335,10 @@ def _preprocess_list(images: list[Any] | tuple[Any, ...], spec: PreprocessSpec) 
         groups.setdefault(arr.shape, []).append(i)
     out = np.empty((len(images), 3, *spec.input_size), dtype=np.float32)
     for members in groups.values():
-        for start in range(0, len(members), PREPROCESS_CHUNK):
-            chunk = members[start : start + PREPROCESS_CHUNK]
+        h, w, c = planes[members[0]].shape
+        step = max(1, min(PREPROCESS_CHUNK, PREPROCESS_CHUNK_BYTES // (h * w * c * 4)))  # big photos: fewer at once
+        for start in range(0, len(members), step):
+            chunk = members[start : start + step]
             batch = [planes[i] for i in chunk]
             if chunk[-1] - chunk[0] == len(chunk) - 1:  # consecutive images: write into the output in place
                 _preprocess_same_size(batch, spec, chunk[0], out[chunk[0] : chunk[-1] + 1])

@@ -11,7 +11,6 @@ load only re-checks the winner. :class:`Selection` says what was chosen and why.
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +25,7 @@ from edgetl_runtime.cpu import CpuFamily, CpuInfo, this_cpu
 from edgetl_runtime.errors import BackendError, ConfigError
 from edgetl_runtime.int8_targets import int8_mismatch, int8_targets, needs_exact_kernel
 from edgetl_runtime.manifest import Precision
+from edgetl_runtime.warn import warn
 
 if TYPE_CHECKING:
     from edgetl_runtime.backends.tensorrt import TensorRTBackend
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 MIN_SPEEDUP = 1.05
 TIMING_BUDGET_S = 1.5  # the whole load-time timing, all candidates together
 TIMING_ROUNDS = (5, 40)  # at least / at most this many interleaved rounds
+# Part of the cache key: a change to how the choice is made must not reuse choices made the old way.
+SELECTION_POLICY = f"v1 speedup>={MIN_SPEEDUP} rounds={TIMING_ROUNDS}"
 
 
 @dataclass(frozen=True)
@@ -118,9 +120,7 @@ def select_backend(
         except Exception as exc:  # any TensorRT/CUDA failure: the CPU path below still serves the device
             if backend == "tensorrt":
                 raise
-            warnings.warn(
-                f"TensorRT is not usable for this bundle, using onnxruntime: {type(exc).__name__}: {exc}", stacklevel=2
-            )
+            warn(f"TensorRT is not usable for this bundle, using onnxruntime: {type(exc).__name__}: {exc}")
     return _OrtChooser(bundle, threads, verify, cpu).choose(precision, measure, cache or ChoiceCache(), keep)
 
 
@@ -154,9 +154,8 @@ class _OrtChooser:
         self, precision: str | Precision, measure: bool, cache: ChoiceCache, keep: Precision | None = None
     ) -> tuple[Backend, Selection]:
         asked = requested_precision(precision)
-        if asked is Precision.INT8 or (asked is None and Precision.INT8 in self.bundle.manifest.precisions):
-            for note in self.notes:
-                warnings.warn(note, stacklevel=4)
+        if asked is Precision.INT8:
+            self.warn_notes()
         if asked is not None:
             self.bundle.manifest.model_member(asked)  # raises naming what the bundle ships
             built, tried = self.build(asked)
@@ -169,16 +168,27 @@ class _OrtChooser:
                 reason = f"kept {keep.value}: the enrolment state's cached features were computed with it"
                 return built, self.selection(built, reason, candidates=tried)
         if not measure or not self.verify:
-            return self.static_best()
+            chosen = self.static_best()
+        else:
+            chosen = self.cached_or_measured(cache)
+        if chosen[1].measured and chosen[1].from_cache and chosen[1].precision != Precision.INT8.value:
+            return chosen  # decided before, without int8: its notes were shown then (they stay in .warnings)
+        self.warn_notes()
+        return chosen
+
+    def warn_notes(self) -> None:
+        """Say why the int8 member is known to be slow or inexact on this CPU (once per load)."""
+        for note in dict.fromkeys(self.notes):
+            warn(note)
+
+    def cached_or_measured(self, cache: ChoiceCache) -> tuple[OrtBackend, Selection]:
         key = self.cache_key()
         cached = cache.get(key, self.cpu.identity)
         if cached is not None:
             hit = self.from_cache(cached)
             if hit is not None:
                 return hit
-            warnings.warn(
-                "The cached backend choice no longer passes its golden check here; measuring again.", stacklevel=4
-            )
+            warn("The cached backend choice no longer passes its golden check here; measuring again.")
         built, selection = self.measured_best()
         cache.put(key, {"cpu_identity": self.cpu.identity, **selection.to_dict()})
         return built, selection
@@ -187,8 +197,10 @@ class _OrtChooser:
 
     def kernels(self) -> tuple[Int8Kernel, ...]:
         """int8 kernels to try, in order: exact first only where the CPU's flags predict saturation."""
-        if self.cpu.family not in (CpuFamily.X86_AVX2, CpuFamily.X86_VNNI):
+        if not self.cpu.is_x86:
             return (Int8Kernel.FAST,)  # the option exists on x86 only
+        if self.cpu.family is CpuFamily.OTHER:
+            return (Int8Kernel.FAST, Int8Kernel.EXACT)  # x86 flags unknown: the golden check decides
         if needs_exact_kernel(self.bundle.manifest.quantization, self.cpu):
             return (Int8Kernel.EXACT,)  # the fast kernel would saturate: no point proving it
         return (Int8Kernel.FAST, Int8Kernel.EXACT)
@@ -217,7 +229,6 @@ class _OrtChooser:
                 built[precision] = backend
             else:
                 self.notes.append(_golden_failure(precision, attempts) + "; using another precision")
-                warnings.warn(self.notes[-1], stacklevel=5)
         if Precision.FP32 not in built:
             raise BackendError(_golden_failure(Precision.FP32, tuple(tried)))
         return built, tried
@@ -227,14 +238,13 @@ class _OrtChooser:
     def static_best(self) -> tuple[Backend, Selection]:
         """No timing: int8 when its member was built for this CPU family, else fp32 (CPU fp16 is rarely faster)."""
         q = self.bundle.manifest.quantization
-        int8_fits = Precision.INT8 in self.bundle.manifest.precisions and int8_mismatch(q, self.cpu) is None
+        int8_fits = Precision.INT8 in self.bundle.manifest.precisions and self.cpu.family.value in int8_targets(q)
         for precision in (Precision.INT8, Precision.FP32) if int8_fits else (Precision.FP32,):
             built, tried = self.build(precision)
             if built is not None:
                 why = "int8 is built for this CPU family" if precision is Precision.INT8 else "fp32 is exact"
                 return built, self.selection(built, f"not measured (measure=False): {why}", candidates=tried)
             self.notes.append(_golden_failure(precision, tried))
-            warnings.warn(self.notes[-1], stacklevel=5)
         raise BackendError(self.notes[-1])
 
     def measured_best(self) -> tuple[OrtBackend, Selection]:
@@ -272,7 +282,7 @@ class _OrtChooser:
     def cache_key(self) -> str:
         m = self.bundle.manifest
         digests = [m.members[p.member].sha256 for p in m.precisions]
-        return choice_key(digests, self.cpu.identity, self.threads, _ort_version())
+        return choice_key(digests, self.cpu.identity, self.threads, f"{_ort_version()}|{SELECTION_POLICY}")
 
     def from_cache(self, entry: dict[str, Any]) -> tuple[OrtBackend, Selection] | None:
         try:
@@ -284,6 +294,8 @@ class _OrtChooser:
             return None
         if precision not in self.bundle.manifest.precisions:
             return None
+        if precision is Precision.INT8 and kernel not in self.kernels():
+            return None  # a kernel this CPU's flags rule out (an edited or foreign entry): measure again
         built = OrtBackend.from_bundle(self.bundle, precision, self.threads, kernel=kernel)
         if not check_against_golden(built, self.bundle).passed:
             return None
@@ -334,7 +346,7 @@ def _tensorrt_backend(bundle: Bundle, precision: str | Precision, verify: bool) 
     except BackendError as exc:
         if requested_precision(precision) is not None or chosen is not Precision.INT8:  # only "best" may step down
             raise
-        warnings.warn(f"TensorRT int8 failed ({exc}); trying TensorRT fp16.", stacklevel=3)
+        warn(f"TensorRT int8 failed ({exc}); trying TensorRT fp16.")
         fp16 = tensorrt_precision(bundle, Precision.FP16)
         return _verified_or_closed(TensorRTBackend.from_bundle(bundle, fp16), bundle, verify)
 
