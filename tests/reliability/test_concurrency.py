@@ -39,17 +39,17 @@ def test_an_add_during_a_refit_is_not_lost(reliability_bundle: Path, monkeypatch
     """
     learner = Learner.load(reliability_bundle, backend="onnxruntime", head="ncm")
     learner.add(class_images(COLORS["red"], 1, 0), "red")
-    read_samples = learner.store.samples
+    read_samples = learner.store.samples_with_keys  # what a refit reads
     enrol = threading.Thread(target=learner.add, args=(class_images(COLORS["blue"], 1, 1), "blue"))
 
     def samples_then_enrol() -> Any:
-        monkeypatch.setattr(learner.store, "samples", read_samples)  # only the first read is intercepted
+        monkeypatch.setattr(learner.store, "samples_with_keys", read_samples)  # only the first read is intercepted
         result = read_samples()
         enrol.start()
         time.sleep(0.2)  # the enroller has extracted its features and waits for the head
         return result
 
-    monkeypatch.setattr(learner.store, "samples", samples_then_enrol)
+    monkeypatch.setattr(learner.store, "samples_with_keys", samples_then_enrol)
     learner.fit()  # fits on {red} while "blue" is being enrolled
     enrol.join()
     assert sorted(learner.classes_) == ["blue", "red"]
@@ -61,14 +61,14 @@ def test_threads_waiting_on_a_refit_share_it(reliability_bundle: Path, monkeypat
     learner = Learner.load(reliability_bundle, backend="onnxruntime", head="ncm")
     learner.add(class_images(COLORS["red"], 1, 0), "red")
     learner.add(class_images(COLORS["green"], 1, 1), "green")
-    read_samples, reads = learner.store.samples, []
+    read_samples, reads = learner.store.samples_with_keys, []
 
     def slow_samples() -> Any:
         reads.append(1)
         time.sleep(0.2)  # every predictor arrives while the first refit is running
         return read_samples()
 
-    monkeypatch.setattr(learner.store, "samples", slow_samples)
+    monkeypatch.setattr(learner.store, "samples_with_keys", slow_samples)
     probe = class_images(COLORS["red"], 1, 2)
     threads = [threading.Thread(target=learner.predict, args=(probe,)) for _ in range(8)]
     for t in threads:
