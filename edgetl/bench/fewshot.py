@@ -32,7 +32,6 @@ from edgetl_runtime.fewshot import (
 from edgetl_runtime.latency import measure
 
 HEADS = ("auto", "ridge", "ncm", "logistic")
-BASELINES = ("sklearn_lr", "simpleshot")
 
 
 @dataclass(frozen=True)
