@@ -96,7 +96,8 @@ class Devices:
         self.cache = folder / "cache.sqlite"
         with Learner.load(bundle, self.cache, threads=threads) as learner:
             start = time.perf_counter()
-            learner.features(images)  # cached, not enrolled
+            if images:
+                learner.features(images)  # cached, not enrolled
             self.feature_seconds = time.perf_counter() - start
             learner.save()
             self.precision = learner.backend.precision.value
@@ -263,6 +264,9 @@ def main() -> None:
     parser.add_argument("--enrol-runs", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--parts", default="all", choices=["all", "timings"], help="timings: only sizes and timings (needs --bundle)"
+    )
     args = parser.parse_args()
     out_path = args.out or Path(f"runs/bench/fleet_{args.size}.json")
     result: dict[str, Any] = {
@@ -277,6 +281,14 @@ def main() -> None:
         print("export", result["export"], flush=True)
     result["sizes"] = sizes(bundle, args.rank)
     print("sizes", json.dumps(result["sizes"]), flush=True)
+    if args.parts == "timings":
+        with tempfile.TemporaryDirectory(prefix="edgetl-fleet-") as tmp:
+            devices = Devices(Path(tmp), bundle, [], args.threads)
+            result["timings"] = timings(bundle, devices, args)
+        print("timings", json.dumps(result["timings"]), flush=True)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(result, indent=2))
+        return
     test = test_set(args.test_per_class)
     train = load_fashion_mnist("train")
     pool = [

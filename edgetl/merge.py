@@ -98,7 +98,7 @@ def merge_enrolments(
     merged = _merged_prior(prior, rows, power, rank, report)
     section = head_section(
         merged,
-        accuracy=original.manifest.head.get("accuracy"),
+        accuracy=_accuracy_note(original.manifest.head.get("accuracy")),
         source=original.manifest.head.get("source"),
         fitted=original.manifest.head.get("fitted"),
         merged={**report, "from_bundle_head": original.manifest.members.get(HEAD_NAME) is not None},
@@ -221,6 +221,13 @@ def _calibration(
     if not out_s:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
     return np.concatenate(out_s).astype(np.float64), np.concatenate(out_c)
+
+
+def _accuracy_note(accuracy: Any) -> Any:
+    """The host's measurement, kept and labelled: it is of the shipped classes, before any merge."""
+    if not isinstance(accuracy, dict):
+        return accuracy
+    return {**accuracy, "of": "the host's shipped classes, measured at export, before merges"}
 
 
 def _describe(enrolment: Enrolment, precision: Precision) -> dict[str, Any]:

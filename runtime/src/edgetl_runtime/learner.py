@@ -16,6 +16,7 @@ import numpy.typing as npt
 from edgetl_runtime.arguments import check_labels, check_threads
 from edgetl_runtime.backends.base import Backend
 from edgetl_runtime.backends.selection import Selection, select_backend
+from edgetl_runtime.blas import single_threaded_blas
 from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.errors import InputError, NotFittedError
@@ -208,7 +209,10 @@ class Learner:
             if fitted is not None and fitted[0] == self._changes - 1:  # current head: update it in place
                 fresh = np.ones(len(keys), dtype=bool) if self.prior is None else ~self.prior.already_counted(keys)
                 if fresh.any():
-                    fitted[1].partial_fit(features[fresh], np.asarray(names)[fresh])
+                    # Small products: OpenBLAS threads spinning on a busy 2-core device made this p50 3.5 ms with
+                    # 120 ms outliers; on one thread, 1.7 ms and 7 ms at worst (benchmarks/bench_fleet.py).
+                    with single_threaded_blas():
+                        fitted[1].partial_fit(features[fresh], np.asarray(names)[fresh])
                 self._fitted = (self._changes, fitted[1])
         return ids
 
