@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.errors import BundleError, BundleIntegrityError
+from edgetl_runtime.head_format import CLASS_STATS_FORMAT, class_stats_problems
 from edgetl_runtime.manifest import (
     BEST_ORDER,
     GOLDEN_NAME,
@@ -30,7 +31,6 @@ from edgetl_runtime.manifest import (
 )
 from edgetl_runtime.npz import ArrayHeader, expect_array, read_npz
 from edgetl_runtime.onnx_scan import check_self_contained
-from edgetl_runtime.shipped import CLASS_STATS_FORMAT, class_stats_problems
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_MEMBER_BYTES = 2 << 30  # 2 GiB: larger than any mobile backbone, smaller than a zip bomb's claim

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy.typing as npt
 
-from edgetl_runtime.errors import InputError
+from edgetl_runtime.errors import ConfigError, InputError, NotFittedError
 from edgetl_runtime.heads.auto import AutoHead
 from edgetl_runtime.heads.base import UNKNOWN, BaseHead
 from edgetl_runtime.heads.lda import LDAHead
 from edgetl_runtime.heads.logistic import LogisticHead
 from edgetl_runtime.heads.ncm import NearestClassMean
-from edgetl_runtime.heads.prior import Prior, fit_with_prior, head_for_prior
+from edgetl_runtime.heads.prior import Prior
 from edgetl_runtime.heads.rejection import SimilarityRejector
 from edgetl_runtime.heads.ridge import RidgeHead
 from edgetl_runtime.heads.stats import ClassStats
@@ -47,6 +47,38 @@ def head_from_npz_dict(d: dict[str, npt.NDArray[Any]] | Any) -> BaseHead | AutoH
     if kind not in HEADS:
         raise InputError(f"Saved head has unknown kind {kind!r}; this edgetl_runtime knows {['auto', *sorted(HEADS)]}.")
     return HEADS[kind].from_npz_dict(d)
+
+
+def head_for_prior(name: str, prior: Prior, **params: Any) -> BaseHead:
+    """The head ``name`` continuing from ``prior``.
+
+    ``auto`` is the head the host measured best on held-out images (``prior.kind``): the device's own
+    leave-one-out over a few shots cannot judge a head fitted on thousands. ``ridge`` is the same
+    one-hot ridge objective as :class:`~edgetl_runtime.heads.ridge.RidgeHead` over the shipped samples and
+    the enrolled ones, solved in the primal over their statistics (``LDAHead(class_weight=None)``).
+    ``logistic`` is iterative over individual samples and cannot continue from statistics.
+    """
+    kind = prior.kind if name == "auto" else name
+    if kind == "lda":
+        return LDAHead(**{"class_weight": prior.class_weight, "power": prior.stats.power, **params})
+    if kind == "ridge":
+        return LDAHead(**{"class_weight": None, "power": prior.stats.power, **params})
+    if kind == "ncm":
+        return NearestClassMean(**{"power": prior.stats.power, **params})
+    raise ConfigError(
+        f"Head {name!r} cannot continue from a shipped head (it refits on individual samples, and the bundle ships "
+        "statistics). Fix: use head='auto', 'lda', 'ridge' or 'ncm', or load with shipped_head=False to ignore it."
+    )
+
+
+def fit_with_prior(name: str, X: Any, y: Any, prior: Prior | None) -> BaseHead:
+    """Fit head ``name`` on enrolled ``X``, ``y`` (either may be empty when a prior is given) and ``prior``."""
+    if prior is None:
+        if X is None or len(X) == 0:
+            raise NotFittedError("No samples are enrolled; call add(images, label) for at least one class first.")
+        head: BaseHead = create_head(name).fit(X, y)  # type: ignore[assignment]
+        return head
+    return head_for_prior(name, prior).fit(X, y, prior=prior)  # type: ignore[call-arg]
 
 
 __all__ = [

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_runtime.errors import ConfigError, InputError, NotFittedError
+from edgetl_runtime.errors import ConfigError, InputError
 from edgetl_runtime.heads.base import BaseHead, FloatArray, IntArray
 from edgetl_runtime.heads.rejection import SimilarityRejector, class_sums, loo_cosines
 from edgetl_runtime.heads.stats import ClassStats
@@ -205,40 +205,3 @@ def prior_rejector(
     rejector.counts_ = counts
     rejector.sums_ = sums
     return rejector._set_calibration(np.concatenate(scores), np.concatenate(correct), np.concatenate(score_class))
-
-
-def head_for_prior(name: str, prior: Prior, **params: Any) -> BaseHead:
-    """The head ``name`` continuing from ``prior``.
-
-    ``auto`` is the head the host measured best on held-out images (``prior.kind``): the device's own
-    leave-one-out over a few shots cannot judge a head fitted on thousands. ``ridge`` is the same
-    one-hot ridge objective as :class:`~edgetl_runtime.heads.ridge.RidgeHead` over the shipped samples and
-    the enrolled ones, solved in the primal over their statistics (``LDAHead(class_weight=None)``).
-    ``logistic`` is iterative over individual samples and cannot continue from statistics.
-    """
-    from edgetl_runtime.heads.lda import LDAHead
-    from edgetl_runtime.heads.ncm import NearestClassMean
-
-    kind = prior.kind if name == "auto" else name
-    if kind == "lda":
-        return LDAHead(**{"class_weight": prior.class_weight, "power": prior.stats.power, **params})
-    if kind == "ridge":
-        return LDAHead(**{"class_weight": None, "power": prior.stats.power, **params})
-    if kind == "ncm":
-        return NearestClassMean(**{"power": prior.stats.power, **params})
-    raise ConfigError(
-        f"Head {name!r} cannot continue from a shipped head (it refits on individual samples, and the bundle ships "
-        "statistics). Fix: use head='auto', 'lda', 'ridge' or 'ncm', or load with shipped_head=False to ignore it."
-    )
-
-
-def fit_with_prior(name: str, X: Any, y: Any, prior: Prior | None) -> BaseHead:
-    """Fit head ``name`` on enrolled ``X``, ``y`` (either may be empty when a prior is given) and ``prior``."""
-    from edgetl_runtime.heads import create_head
-
-    if prior is None:
-        if X is None or len(X) == 0:
-            raise NotFittedError("No samples are enrolled; call add(images, label) for at least one class first.")
-        head: BaseHead = create_head(name).fit(X, y)  # type: ignore[assignment]
-        return head
-    return head_for_prior(name, prior).fit(X, y, prior=prior)  # type: ignore[call-arg]
