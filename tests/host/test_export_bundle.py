@@ -148,9 +148,12 @@ def test_calibration_prefixes_stay_class_balanced() -> None:
 
     labels = np.repeat(np.arange(10), 30)
     data = from_arrays(np.zeros((len(labels), 8, 8), np.uint8), labels, [str(c) for c in range(10)])
-    calib, held_out = _calibration_split(data, BundleConfig(calibration_count=100, eval_count=50))
+    calib, held_out = _calibration_split(data, BundleConfig(calibration_count=100, eval_count=200))
     assert np.bincount(calib.labels[:25], minlength=10).max() - np.bincount(calib.labels[:25]).min() <= 1
-    assert sorted(np.bincount(calib.labels)) == [10] * 10 and len(held_out) == 50
+    assert sorted(np.bincount(calib.labels)) == [10] * 10 and sorted(np.bincount(held_out.labels)) == [20] * 10
+    _, small = _calibration_split(data, BundleConfig(calibration_count=100, eval_count=50))
+    # 5 per class would leave the guard's 5-shot episodes without queries: at least shots + 3 per class.
+    assert sorted(np.bincount(small.labels)) == [8] * 10
 
 
 def test_unknown_preset_names_the_choices() -> None:
