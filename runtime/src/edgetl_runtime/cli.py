@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_argument(parser)
     add_precision_argument(parser)
     add_threads_argument(parser)
-    parser.add_argument("--head", default="auto", help="few-shot head: auto, ncm, ridge or logistic")
+    parser.add_argument(
+        "--head",
+        default="auto",
+        help="few-shot head: auto, ncm, ridge, logistic or lda (with a shipped head, auto is the host's choice)",
+    )
     parser.add_argument(
         "--no-measure",
         action="store_true",
