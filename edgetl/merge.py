@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgetl.shipped_head import calibration_quantiles
 from edgetl_exporters.bundle_writer import npz_bytes, write_bundle
 from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.enrolment import Enrolment, read_enrolment
@@ -35,7 +36,6 @@ from edgetl_runtime.manifest import HEAD_NAME, Precision
 from edgetl_runtime.shipped import head_npz_dict, head_section, read_prior
 
 DEFAULT_RANK = 16  # when the bundle ships no head to take its rank from (see edgetl.shipped_head)
-CALIB_PER_CLASS = 32
 ON_CONFLICT = ("drop", "error")
 
 
@@ -209,18 +209,8 @@ def _calibration(
     of the correctly classified ones per class), against the merged class sums."""
     head = LDAHead().fit(rows["features"] if len(rows["labels"]) else None, rows["labels"], prior=prior)
     rej = head.rejector_
-    scores, correct, owner = rej.scores_, rej.correct_, rej.score_class_
-    where = np.searchsorted(stats.classes, head.classes_[owner])
-    out_s, out_c = [], []
-    for c in range(len(stats.classes)):
-        mine = scores[correct & (where == c)]
-        if len(mine):
-            picks = np.quantile(mine, np.linspace(0, 1, min(CALIB_PER_CLASS, len(mine))))
-            out_s.append(picks)
-            out_c.append(np.full(len(picks), c, dtype=np.int64))
-    if not out_s:
-        return np.zeros(0), np.zeros(0, dtype=np.int64)
-    return np.concatenate(out_s).astype(np.float64), np.concatenate(out_c)
+    where = np.searchsorted(stats.classes, head.classes_[rej.score_class_])
+    return calibration_quantiles(rej.scores_, where, rej.correct_, len(stats.classes))
 
 
 def _accuracy_note(accuracy: Any) -> Any:

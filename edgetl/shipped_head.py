@@ -191,16 +191,24 @@ def _calibration(
     """Quantiles of each class's held-out rejection similarities among correctly classified images."""
     cos = head.rejector_.cosines(Z_val)  # (N, C)
     correct = np.argmax(cos, axis=1) == own
-    scores, classes = [], []
-    for c in range(cos.shape[1]):
-        mine = cos[(own == c) & correct, c]
+    return calibration_quantiles(cos[np.arange(len(own)), own], own, correct, cos.shape[1])
+
+
+def calibration_quantiles(
+    scores: npt.NDArray[Any], owner: npt.NDArray[np.int64], correct: npt.NDArray[np.bool_], n_classes: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """At most ``CALIB_PER_CLASS`` evenly spaced quantiles of each class's scores among correctly classified
+    samples (what a shipped head keeps to calibrate rejection), with the class of each."""
+    picked, classes = [], []
+    for c in range(n_classes):
+        mine = scores[correct & (owner == c)]
         if len(mine):
             picks = np.quantile(mine, np.linspace(0, 1, min(CALIB_PER_CLASS, len(mine))))
-            scores.append(picks)
+            picked.append(picks)
             classes.append(np.full(len(picks), c, dtype=np.int64))
-    if not scores:
+    if not picked:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
-    return np.concatenate(scores).astype(np.float64), np.concatenate(classes)
+    return np.concatenate(picked).astype(np.float64), np.concatenate(classes)
 
 
 def _accuracy(predicted: npt.NDArray[Any], truth: npt.NDArray[Any]) -> float:
