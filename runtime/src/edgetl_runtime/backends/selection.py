@@ -330,13 +330,6 @@ def _ort_version() -> str:
     return str(onnxruntime.__version__)
 
 
-def int8_target_list(bundle: Bundle) -> list[str]:
-    """The CPU families the bundle's int8 member is meant for ([] without int8)."""
-    if Precision.INT8 not in bundle.manifest.precisions:
-        return []
-    return list(int8_targets(bundle.manifest.quantization))
-
-
 def _tensorrt_backend(bundle: Bundle, precision: str | Precision, verify: bool) -> Backend:
     from edgetl_runtime.backends.tensorrt import TensorRTBackend, tensorrt_precision
 
