@@ -190,7 +190,7 @@ def _state(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]
         target.write_bytes(bytes(data))
         meta = fx.meta
         with FeatureStore(
-            target, bundle_digest=meta["bundle_digest"], feature_dim=16, preprocess_key=meta["preprocess_key"]
+            target, model_digest=meta["bundle_digest"], feature_dim=16, preprocess_key=meta["preprocess_key"]
         ) as store:
             store.samples()
             store.integrity_check()

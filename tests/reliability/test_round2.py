@@ -451,8 +451,8 @@ def test_a_planted_trigger_would_have_eaten_the_row(reliability_bundle: Path, tm
 
 def test_the_schema_check_accepts_exactly_what_it_creates(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
-    FeatureStore(path, bundle_digest="d", feature_dim=4, preprocess_key="p").close()
-    store = FeatureStore(path, bundle_digest="d", feature_dim=4, preprocess_key="p")  # reopens its own file
+    FeatureStore(path, model_digest="d", feature_dim=4, preprocess_key="p").close()
+    store = FeatureStore(path, model_digest="d", feature_dim=4, preprocess_key="p")  # reopens its own file
     assert store.integrity_check() == []
     store.close()
 

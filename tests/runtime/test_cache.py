@@ -25,7 +25,7 @@ PRE = "pre-v1"
 
 
 def make(path: Path | str | None = None, **overrides: object) -> FeatureStore:
-    kwargs: dict[str, object] = {"bundle_digest": DIGEST, "feature_dim": D, "preprocess_key": PRE, **overrides}
+    kwargs: dict[str, object] = {"model_digest": DIGEST, "feature_dim": D, "preprocess_key": PRE, **overrides}
     return FeatureStore(path, **kwargs)  # type: ignore[arg-type]
 
 
@@ -72,7 +72,7 @@ def test_feature_key_depends_on_bundle_and_preprocessing() -> None:
     assert a.feature_key("img") == a.feature_key("img")
     assert len(a.feature_key("img")) == 64
     assert a.feature_key("img") != a.feature_key("img2")
-    assert a.feature_key("img") != make(bundle_digest="b" * 64).feature_key("img")
+    assert a.feature_key("img") != make(model_digest="b" * 64).feature_key("img")
     assert a.feature_key("img") != make(preprocess_key="pre-v2").feature_key("img")
 
 
@@ -117,7 +117,7 @@ def test_persists_across_reopen_in_wal_mode(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ({"bundle_digest": "b" * 64}, "b" * 64),
+        ({"model_digest": "b" * 64}, "b" * 64),
         ({"feature_dim": D + 1}, "feature_dim"),
         ({"preprocess_key": "p2"}, "p2"),
     ],
@@ -383,7 +383,7 @@ _CHILD = textwrap.dedent(
     from edgetl_runtime.cache import FeatureStore
 
     path, digest, dim, pre = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    store = FeatureStore(path, bundle_digest=digest, feature_dim=dim, preprocess_key=pre)
+    store = FeatureStore(path, model_digest=digest, feature_dim=dim, preprocess_key=pre)
     rng = np.random.default_rng()
     i = 0
     while True:
@@ -426,7 +426,7 @@ def test_sigkill_during_enrolment_keeps_every_returned_sample(tmp_path: Path, tr
 
 
 def test_unenrolled_features_are_evicted_oldest_first_but_enrolled_ones_never() -> None:
-    store = FeatureStore(None, bundle_digest="d", feature_dim=4, preprocess_key="p", max_unenrolled=3)
+    store = FeatureStore(None, model_digest="d", feature_dim=4, preprocess_key="p", max_unenrolled=3)
     vec = np.ones(4, dtype=np.float32)
     store.add_samples(["enrolled"], ["a"], vec[None])
     for i in range(6):  # six predicted images, one at a time
@@ -435,4 +435,4 @@ def test_unenrolled_features_are_evicted_oldest_first_but_enrolled_ones_never() 
     assert sorted(kept) == ["enrolled", "seen3", "seen4", "seen5"]
     assert store.integrity_check() == []
     with pytest.raises(InputError, match="max_unenrolled"):
-        FeatureStore(None, bundle_digest="d", feature_dim=4, preprocess_key="p", max_unenrolled=-1)
+        FeatureStore(None, model_digest="d", feature_dim=4, preprocess_key="p", max_unenrolled=-1)

@@ -1,9 +1,12 @@
-"""Device state beside a bundle: enrolled samples and their cached backbone features, in SQLite.
+"""Device state beside a bundle: enrolled samples, the images they came from, and each model's features, in SQLite.
 
 The head is refit from :meth:`FeatureStore.samples` on load, so this database is the only source of
 truth on a device. It uses stdlib ``sqlite3`` in WAL mode with one transaction per enrolment, so a
 crash or power loss never leaves half an enrolment behind, and any SQLite tool can inspect it.
-Features are float32 little-endian BLOBs; nothing is pickled.
+A sample is a label and an image hash; what the image looked like is kept as pixels (a thumbnail by
+default, see :mod:`edgetl_runtime.kept_images`) so that any model, another precision of the bundle or a
+re-exported bundle, can compute its features on demand. Features are float32 little-endian BLOBs, one
+row per image and model; nothing is pickled.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import numpy.typing as npt
 
 from edgetl_runtime.arguments import LABEL_RULE, check_ids, check_label, label_problem
 from edgetl_runtime.errors import InputError, StateError, StateWriteError, raise_all
-from edgetl_runtime.state_db import _FIX_CORRUPT, StateDatabase
+from edgetl_runtime.kept_images import ImageKeeping
+from edgetl_runtime.state_db import _FIX_CORRUPT
+from edgetl_runtime.state_images import CHUNK as _CHUNK
+from edgetl_runtime.state_images import KeptImages
+from edgetl_runtime.state_schema import model_key, now
 
 REMOVED_SHIPPED_KEY = "removed_shipped_labels"  # meta row: JSON list of shipped-head classes removed here
 BUSY_TIMEOUT_S = 10.0  # how long a write waits for another connection's write lock (tests shorten it)
-_CHUNK = 500  # host parameters per statement; stays under SQLITE_MAX_VARIABLE_NUMBER of old SQLite builds.
 
 
 def _as_float32(array: object, what: str) -> npt.NDArray[np.float32]:
@@ -36,18 +42,23 @@ def _as_float32(array: object, what: str) -> npt.NDArray[np.float32]:
         ) from exc
 
 
-class FeatureStore(StateDatabase):
-    """SQLite state beside a bundle: enrolled samples (id, label, feature key) and cached features.
+class FeatureStore(KeptImages):
+    """SQLite state beside a bundle: samples (id, label, image), kept images, and features per model.
 
     One connection guarded by a re-entrant lock serves every thread: the Learner predicts from
     several threads while another enrols, and SQLite's in-memory databases cannot be shared across
-    connections anyway. Calls are short, so serialising them costs little.
+    connections anyway. Calls are short, so serialising them costs little. Every feature read or
+    written is the *current* model's (the one this store was opened with); other models' features stay
+    in the file for when that model is loaded again.
 
     Args:
         path: database file, created if missing; ``None`` keeps the state in memory.
-        bundle_digest: digest of the bundle this state belongs to.
-        feature_dim: length D of every feature vector.
+        model_digest: SHA-256 of the backbone member (one precision of one export) computing features.
+        feature_dim: length D of that model's feature vectors.
         preprocess_key: identity of the preprocessing that produced the features.
+        precision, backbone: recorded with the model, for people and tools reading the state.
+        keep_images: what to keep of enrolled images (:class:`ImageKeeping`, ``"thumbnail"``, ``"original"``,
+            ``"none"`` or a thumbnail size); None keeps the state's own policy (a new state: 256-px thumbnails).
         max_unenrolled: how many features of images that are *not* enrolled (predicted ones) to keep;
             beyond it the oldest are evicted, so months of predictions cannot grow the file without bound.
             Enrolled samples' features are never evicted.
@@ -64,9 +75,12 @@ class FeatureStore(StateDatabase):
         self,
         path: str | os.PathLike[str] | None,
         *,
-        bundle_digest: str,
+        model_digest: str,
         feature_dim: int,
         preprocess_key: str,
+        precision: str = "unknown",
+        backbone: str = "unknown",
+        keep_images: ImageKeeping | str | int | None = None,
         max_unenrolled: int = 10_000,
         busy_timeout: float | None = None,
     ) -> None:
@@ -76,18 +90,22 @@ class FeatureStore(StateDatabase):
             raise InputError(f"max_unenrolled must be an int >= 0, got {max_unenrolled!r}")
         self.max_unenrolled = max_unenrolled
         self.path = None if path is None else os.fspath(path)
-        self.bundle_digest = bundle_digest
+        self.model_digest = model_digest
         self.feature_dim = feature_dim
         self.preprocess_key = preprocess_key
+        self.precision, self.backbone = precision, backbone
+        self.requested_policy = None if keep_images is None else ImageKeeping.parse(keep_images)
+        self.model = model_key(model_digest, preprocess_key)
         self.busy_timeout = float(BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout)
         self._warned_uncached = False
+        self._unwritten = {}
         super().__init__()
         self._connect()
 
     def feature_key(self, image_hash: str) -> str:
-        """Cache key of an image's features: the same image under another bundle or preprocessing misses."""
+        """Schema 1's key of an image's features under this model (still recognised: see ``legacy_keys``)."""
         # NUL separators keep the three parts from sliding into each other ("ab"+"c" vs "a"+"bc").
-        text = "\0".join((image_hash, self.bundle_digest, self.preprocess_key))
+        text = "\0".join((image_hash, self.model_digest, self.preprocess_key))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def _decode(self, blob: bytes, key: str) -> npt.NDArray[np.float32]:
@@ -100,15 +118,16 @@ class FeatureStore(StateDatabase):
         return np.frombuffer(blob, dtype="<f4").astype(np.float32)  # (D,) float32, writable copy
 
     def get_features(self, keys: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
-        """Look keys up in the cache; returns hits only, each a (D,) float32 array."""
+        """Look image hashes up in this model's features; returns hits only, each a (D,) float32 array."""
         unique = list(dict.fromkeys(keys))
-        out: dict[str, npt.NDArray[np.float32]] = {}
+        out = {k: self._unwritten[k] for k in unique if k in self._unwritten}
         with self._reading():
             db = self._db
             for start in range(0, len(unique), _CHUNK):
                 chunk = unique[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                for key, blob in db.execute(f"SELECT key, vec FROM features WHERE key IN ({marks})", chunk):
+                query = f"SELECT image, vec FROM features WHERE model = ? AND image IN ({marks})"
+                for key, blob in db.execute(query, [self.model, *chunk]):
                     out[key] = self._decode(blob, key)
         return out
 
@@ -127,9 +146,11 @@ class FeatureStore(StateDatabase):
         return problems
 
     def _upsert(self, keys: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
-        rows = [(k, v.tobytes()) for k, v in zip(keys, np.asarray(vectors, dtype="<f4"), strict=True)]  # v: (D,) <f4
-        # Upsert, not INSERT OR REPLACE: REPLACE deletes the row first, which a sample referencing it forbids.
-        self._db.executemany("INSERT INTO features VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET vec=excluded.vec", rows)
+        rows = [(k, self.model, v.tobytes()) for k, v in zip(keys, np.asarray(vectors, dtype="<f4"), strict=True)]
+        # Upsert, not INSERT OR REPLACE: REPLACE deletes the row first, then inserts it again as the newest.
+        self._db.executemany(
+            "INSERT INTO features VALUES (?, ?, ?) ON CONFLICT(image, model) DO UPDATE SET vec=excluded.vec", rows
+        )
 
     def put_features(self, items: Mapping[str, npt.NDArray[np.floating]]) -> bool:
         """Cache features without enrolling them, in one transaction; returns whether they were cached.
@@ -149,7 +170,7 @@ class FeatureStore(StateDatabase):
         raise_all(InputError, problems, "Cannot cache features")
         vectors = np.stack([_as_float32(items[k], f"feature for {k!r}") for k in keys])  # (N, D) float32
         raise_all(InputError, self._check_vectors(keys, vectors, "cached"), "Cannot cache features")
-        if self.read_only:
+        if self.read_only or not self.model_registered:
             return False
         try:
             with self._writing("Caching features in", durable=False):  # derived data: losing it costs a rerun
@@ -163,20 +184,25 @@ class FeatureStore(StateDatabase):
         return True
 
     def _evict_unenrolled(self) -> None:
-        """Drop the oldest cached features no sample uses, beyond ``max_unenrolled`` (inside a transaction)."""
+        """Drop the oldest cached features (any model) of images no sample uses, beyond ``max_unenrolled``."""
         db = self._db
-        (enrolled,) = db.execute("SELECT count(DISTINCT feature_key) FROM samples").fetchone()
-        (total,) = db.execute("SELECT count(*) FROM features").fetchone()
-        excess = total - enrolled - self.max_unenrolled
+        unenrolled = "FROM features f WHERE NOT EXISTS (SELECT 1 FROM samples s WHERE s.image = f.image)"
+        (count,) = db.execute(f"SELECT count(*) {unenrolled}").fetchone()
+        excess = count - self.max_unenrolled
         if excess > 0:
             db.execute(
-                "DELETE FROM features WHERE rowid IN (SELECT rowid FROM features f WHERE NOT EXISTS "
-                "(SELECT 1 FROM samples s WHERE s.feature_key = f.key) ORDER BY rowid LIMIT ?)",
-                (excess,),
+                f"DELETE FROM features WHERE rowid IN (SELECT f.rowid {unenrolled} ORDER BY f.rowid LIMIT ?)", (excess,)
             )
 
-    def add_samples(self, keys: Sequence[str], labels: Sequence[str], features: npt.NDArray[np.floating]) -> list[int]:
-        """Enrol samples: cache their features and add one sample row per key, all in one transaction.
+    def add_samples(
+        self,
+        keys: Sequence[str],
+        labels: Sequence[str],
+        features: npt.NDArray[np.floating],
+        images: Sequence[npt.NDArray[np.uint8]] | None = None,
+    ) -> list[int]:
+        """Enrol samples: their features, what the image policy keeps of ``images`` (``(H, W, 3)`` uint8, one
+        per key), and one sample row per key, all in one transaction.
 
         Returns:
             The new sample ids, in the order of ``keys``. On any error nothing is written.
@@ -188,20 +214,55 @@ class FeatureStore(StateDatabase):
             problems.append(
                 f"got {len(keys)} keys, {len(labels)} labels and {vectors.shape[:1]} feature rows; all must match"
             )
+        if images is not None and len(images) != len(keys):
+            problems.append(f"got {len(images)} images for {len(keys)} keys; pass one image per key, or none")
         problems += [f"label #{i}: {p} ({LABEL_RULE})" for i, p in enumerate(map(label_problem, labels)) if p][:20]
         raise_all(InputError, problems, "Cannot enrol samples")
         if not keys:
             return []
         names = [check_label(label) for label in labels]  # NFC: one spelling per class
+        kept = self._encode_kept(keys, images)  # before the transaction: encoding a photo takes milliseconds
         with self._writing("Enrolling into"):
+            if not self.model_registered:  # a model first seen while the state was read-only
+                self._register_model()
             self._upsert(keys, vectors)
+            self._keep_images(keys, kept)
             return [self._insert_sample(key, name) for key, name in zip(keys, names, strict=True)]
 
+    def _register_model(self) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                self.model,
+                self.model_digest,
+                self.preprocess_key,
+                self.precision,
+                self.backbone,
+                self.feature_dim,
+                now(),
+            ),
+        )
+        self.model_registered = True
+
     def _insert_sample(self, key: str, label: str) -> int:
-        row = self._db.execute(
-            "INSERT INTO samples (label, feature_key) VALUES (?, ?) RETURNING id", (label, key)
-        ).fetchone()
+        row = self._db.execute("INSERT INTO samples (label, image) VALUES (?, ?) RETURNING id", (label, key)).fetchone()
         return int(row[0])
+
+    def add_model_features(self, items: Mapping[str, npt.NDArray[np.floating]]) -> None:
+        """Store this model's features of enrolled images computed after the fact (from kept pixels).
+
+        Durable like an enrolment; a read-only state keeps them in memory for this process instead.
+        """
+        keys = list(items)
+        vectors = np.stack([_as_float32(items[k], f"feature for {k[:12]}") for k in keys])  # (N, D)
+        raise_all(InputError, self._check_vectors(keys, vectors, "re-extracted"), "Cannot store features")
+        if self.read_only:
+            self._unwritten.update(zip(keys, vectors, strict=True))
+            return
+        with self._writing("Storing re-extracted features in"):
+            if not self.model_registered:
+                self._register_model()
+            self._upsert(keys, vectors)
 
     def remove(
         self,
@@ -214,8 +275,8 @@ class FeatureStore(StateDatabase):
 
         A ``label`` among ``shipped`` (the bundle's head classes) is also recorded as removed in ``meta``, in
         the same transaction, so every later load forgets the shipped class too (see
-        :meth:`removed_shipped_labels`). Cached features stay: they are still valid for this bundle and save
-        a backbone run if re-enrolled.
+        :meth:`removed_shipped_labels`). The kept pixels of images no sample uses any more are deleted (and
+        overwritten: ``secure_delete``); their features stay as a cache that eviction ages out.
         """
         if (label is None) == (ids is None):
             raise InputError(f"remove() needs exactly one of label= or ids=, got label={label!r}, ids={ids!r}")
@@ -230,6 +291,7 @@ class FeatureStore(StateDatabase):
                 elif removed == 0:
                     known = sorted({*self.labels(), *(set(shipped) - set(self.removed_shipped_labels()))})
                     raise InputError(f"Unknown label {name!r}; known labels: {known}. Fix: pass one of those.")
+                self._drop_unused_images()
                 return int(removed)
             unknown = sorted(set(wanted) - self._existing_ids(wanted))
             if unknown:
@@ -238,6 +300,7 @@ class FeatureStore(StateDatabase):
                     "Fix: pass ids returned by add_samples() or listed by samples()."
                 )
             db.executemany("DELETE FROM samples WHERE id = ?", [(i,) for i in wanted])
+            self._drop_unused_images()
             return len(wanted)
 
     def _existing_ids(self, ids: list[int]) -> set[int]:
@@ -270,13 +333,21 @@ class FeatureStore(StateDatabase):
     def samples_with_keys(
         self,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.str_], list[str], npt.NDArray[np.float32]]:
-        """Like :meth:`samples`, with each sample's feature key (what an enrolment export deduplicates by)."""
+        """Like :meth:`samples`, with each sample's image hash (what duplicates and merges are found by).
+
+        Only samples this model has features for; :meth:`samples_without_features` lists the others.
+        """
         with self._reading():
             rows = self._db.execute(
-                "SELECT s.id, s.label, f.vec, f.key FROM samples s JOIN features f ON f.key = s.feature_key "
-                "ORDER BY s.id"
+                "SELECT s.id, s.label, f.vec, s.image FROM samples s LEFT JOIN features f "
+                "ON f.image = s.image AND f.model = ? ORDER BY s.id",
+                (self.model,),
             ).fetchall()
+        rows = [(i, label, blob if blob is not None else self._unwritten.get(key), key) for i, label, blob, key in rows]
+        rows = [r for r in rows if r[2] is not None]
         for sample_id, label, blob, key in rows:
+            if isinstance(blob, np.ndarray):
+                continue
             if not (isinstance(sample_id, int) and isinstance(label, str) and isinstance(blob, bytes)):
                 raise StateError(
                     f"Sample {sample_id!r} has a damaged row (label {type(label).__name__}, features "
@@ -286,8 +357,8 @@ class FeatureStore(StateDatabase):
                 self._decode(blob, key)  # raises the StateError that names the bad row
         ids = np.array([r[0] for r in rows], dtype=np.int64)  # (N,)
         labels = np.array([r[1] for r in rows], dtype=np.str_)  # (N,)
-        flat = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4")  # (N * D,) little-endian
-        feats = flat.astype(np.float32).reshape(len(rows), self.feature_dim)  # (N, D) float32, writable copy
+        flat = b"".join(r[2].astype("<f4").tobytes() if isinstance(r[2], np.ndarray) else r[2] for r in rows)
+        feats = np.frombuffer(flat, dtype="<f4").astype(np.float32).reshape(len(rows), self.feature_dim)  # (N, D)
         return ids, labels, [str(r[3]) for r in rows], feats
 
     def labels(self) -> list[str]:
@@ -296,16 +367,21 @@ class FeatureStore(StateDatabase):
             return [r[0] for r in self._db.execute("SELECT DISTINCT label FROM samples ORDER BY label")]
 
     def enrolled_labels(self, keys: Sequence[str]) -> dict[str, list[str]]:
-        """Labels under which each of ``keys`` is already enrolled (keys not enrolled are absent)."""
+        """Labels under which each image hash in ``keys`` is already enrolled (keys not enrolled are absent).
+
+        A sample upgraded from schema 1 is known by its schema-1 feature key, which is looked up too.
+        """
         keys = list(dict.fromkeys(keys))
+        alias = {self.feature_key(k): k for k in keys}
+        lookup = [*keys, *alias]
         found: dict[str, list[str]] = {}
         with self._reading():
-            for start in range(0, len(keys), _CHUNK):
-                chunk = keys[start : start + _CHUNK]
+            for start in range(0, len(lookup), _CHUNK):
+                chunk = lookup[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
-                query = f"SELECT feature_key, label FROM samples WHERE feature_key IN ({marks}) ORDER BY id"
+                query = f"SELECT image, label FROM samples WHERE image IN ({marks}) ORDER BY id"
                 for key, label in self._db.execute(query, chunk):
-                    found.setdefault(str(key), []).append(str(label))
+                    found.setdefault(alias.get(str(key), str(key)), []).append(str(label))
         return found
 
     def counts(self) -> dict[str, int]:
@@ -318,28 +394,6 @@ class FeatureStore(StateDatabase):
     def __len__(self) -> int:
         with self._reading():
             return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
-
-    def integrity_check(self) -> list[str]:
-        """SQLite's integrity_check plus our invariants; returns the problems found (empty means healthy)."""
-        with self._reading():
-            db = self._db
-            problems = [f"sqlite: {r[0]}" for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
-            orphans = db.execute(
-                "SELECT s.id, s.feature_key FROM samples s LEFT JOIN features f ON f.key = s.feature_key "
-                "WHERE f.key IS NULL"
-            ).fetchall()
-            problems += [f"sample {i} references missing feature {k!r}" for i, k in orphans[:20]]
-            bad = db.execute(
-                "SELECT key, length(vec) FROM features WHERE length(vec) != ?", (4 * self.feature_dim,)
-            ).fetchall()
-            problems += [f"feature {k!r} has {n} bytes, expected {4 * self.feature_dim}" for k, n in bad[:20]]
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            problems += [
-                f"meta {k!r} is {meta.get(k)!r}, expected {v!r}"
-                for k, v in self._expected_meta().items()
-                if meta.get(k) != v
-            ]
-        return problems
 
     def data_version(self) -> int:
         """SQLite's ``PRAGMA data_version``: changes whenever ANOTHER connection commits to this file."""
@@ -354,5 +408,6 @@ class FeatureStore(StateDatabase):
 
     def __repr__(self) -> str:
         return (
-            f"FeatureStore({self.path or ':memory:'!r}, bundle_digest={self.bundle_digest!r}, dim={self.feature_dim})"
+            f"FeatureStore({self.path or ':memory:'!r}, model={self.precision} {self.model_digest[:12]}…, "
+            f"dim={self.feature_dim}, images={self.image_policy.to_text()})"
         )

@@ -33,14 +33,15 @@ class FeatureExtractor:
     _count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def keys(self, images: list[npt.NDArray[np.uint8]]) -> list[str]:
-        return [self.store.feature_key(image_digest(img)) for img in images]
+        """Image hashes: the cache finds an image's features for the store's current model by them."""
+        return [image_digest(img) for img in images]
 
     def __call__(self, images: Images) -> npt.NDArray[np.float32]:
         """``(N, D)`` float32 features, from the cache where possible."""
         return self.extract(as_image_list(images))[1]
 
     def extract(self, images: list[npt.NDArray[np.uint8]]) -> tuple[list[str], npt.NDArray[np.float32]]:
-        """Feature keys and features for validated images; caches what it had to compute."""
+        """Image hashes and features for validated images; caches what it had to compute."""
         keys = self.keys(images)
         cached = self.store.get_features(keys)
         missing = [i for i, k in enumerate(keys) if k not in cached]

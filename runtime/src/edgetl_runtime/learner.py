@@ -22,6 +22,8 @@ from edgetl_runtime.errors import InputError, NotFittedError
 from edgetl_runtime.features import FeatureExtractor, preprocess_key
 from edgetl_runtime.heads import AutoHead, BaseHead, Prior, create_head, fit_with_prior, head_for_prior
 from edgetl_runtime.images import Images, as_image_list, hflip
+from edgetl_runtime.kept_images import ImageKeeping
+from edgetl_runtime.reextract import Progress, reextract_missing
 from edgetl_runtime.shipped import read_prior
 from edgetl_runtime.state_peek import state_precision
 
@@ -73,6 +75,8 @@ class Learner:
         # Another process may enrol into the same state file: its commits change data_version (ours do not).
         self._data_version = store.data_version()
         self._samples_token = (*store.samples_token(), len(store.removed_shipped_labels()))
+        self.progress: Progress | None = None  # re-extraction progress, (done, total)
+        self.unavailable: dict[str, int] = {}  # label -> samples this model cannot use (features only, elsewhere)
 
     @classmethod
     def load(
@@ -87,6 +91,8 @@ class Learner:
         flip_enrolment: bool = False,
         measure: bool = True,
         shipped_head: bool = True,
+        keep_images: ImageKeeping | str | int | None = None,
+        progress: Progress | None = None,
     ) -> Learner:
         """Open a bundle (verifying it), build and golden-check a backend, open or create the state.
 
@@ -104,25 +110,35 @@ class Learner:
             measure: with ``best``, time the verified precisions (about 1.5 s, once per device); False
                 picks int8 when its member was built for this CPU family, else fp32, untimed.
             shipped_head: start from the head the bundle ships, if any (False: enrolments only).
+            keep_images: what the state keeps of each enrolled image so that another precision or a new
+                bundle can re-extract it: ``"thumbnail"`` (256-px shorter side), a thumbnail size in pixels,
+                ``"original"``, or ``"none"`` (features only, for privacy). None: the state's own policy
+                (a new state: thumbnails). See :class:`~edgetl_runtime.kept_images.ImageKeeping`.
+            progress: called as ``progress(done, total)`` while samples are re-extracted for this model.
 
-        The state is keyed by the model digest (the backbone member at the precision in use), not by the
-        whole bundle: a bundle that only changes its shipped head (``edgetl merge``) keeps the same
-        backbone members, so the state and its enrolments stay valid and sit on top of the new head.
+        One state serves every precision of a bundle and every re-export of it: features are stored per
+        model (backbone member digest + preprocessing), and a model the state has no features for computes
+        them from the kept images at load, once. A bundle that only changes its shipped head (``edgetl
+        merge``) keeps the same backbone members, so its enrolments need no backbone run at all.
         """
         threads = check_threads(threads)
         opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         prior = read_prior(opened) if shipped_head else None  # before the backend: a bad head fails fast
         keep = state_precision(state, opened.manifest) if state is not None else None
         built, selection = select_backend(opened, backend, precision, threads, measure=measure, keep=keep)
-        digest = opened.manifest.model_digest(built.precision)
+        manifest = opened.manifest
         store = FeatureStore(
             None if state is None else Path(state),
-            bundle_digest=digest,
-            feature_dim=opened.manifest.backbone.feature_dim,
-            preprocess_key=preprocess_key(opened.manifest.preprocess),
+            model_digest=manifest.model_digest(built.precision),
+            feature_dim=manifest.backbone.feature_dim,
+            preprocess_key=preprocess_key(manifest.preprocess),
+            precision=built.precision.value,
+            backbone=manifest.backbone.name,
+            keep_images=keep_images,
         )
         try:
             learner = cls(opened, built, store, head, flip_enrolment, selection, prior)
+            learner.progress = progress
             if len(store) or learner._prior_now() is not None:
                 learner.fit()
         except BaseException:
@@ -170,10 +186,10 @@ class Learner:
         keys, features = self.extractor.extract(batch)  # the slow part: outside the head lock
         with self._head_lock:
             self._sync_external()  # another process's enrolment since the last fit: refit, do not update
-            ids = self.store.add_samples(keys, names, features)
+            ids = self.store.add_samples(keys, names, features, images=batch)
             fitted, self._changes = self._fitted, self._changes + 1
             if fitted is not None and fitted[0] == self._changes - 1:  # current head: update it in place
-                fresh = np.ones(len(keys), dtype=bool) if self.prior is None else ~self.prior.already_counted(keys)
+                fresh = ~self._already_counted(keys)
                 if fresh.any():
                     # Small products: OpenBLAS threads spinning on a busy 2-core device made this p50 3.5 ms with
                     # 120 ms outliers; on one thread, 1.7 ms and 7 ms at worst (benchmarks/bench_fleet.py).
@@ -235,16 +251,47 @@ class Learner:
         A full fit also re-runs model selection (``auto``), which incremental adds keep fixed.
         """
         with self._head_lock:
+            self._complete_features()
             _, labels, keys, features = self.store.samples_with_keys()  # (N,), N, (N, D)
             prior = self._prior_now()
             if prior is not None and len(prior.counted_keys):  # this device's samples a merge already folded in
-                fresh = ~prior.already_counted(keys)
+                fresh = ~self._already_counted(keys)
                 labels, features = labels[fresh], features[fresh]
             if len(labels) == 0 and prior is None:
                 why = " and every shipped class was removed" if self.prior is not None else ""
                 raise NotFittedError(f"No samples are enrolled{why}; call add(images, label) for a class first.")
             self._fitted = (self._changes, fit_with_prior(self.head_kind, features, labels, prior))
         return self
+
+    def _complete_features(self) -> None:
+        """Compute this model's features of samples enrolled under another precision or bundle (once: they
+        are stored); warn about those kept as features only, which this model cannot use."""
+        lost = reextract_missing(self.store, self.extractor, self.progress)
+        if lost and lost != self.unavailable:
+            warnings.warn(
+                f"{sum(lost.values())} enrolled sample(s) {lost} were kept as features only (keep_images='none', or "
+                f"enrolled before edgetl kept images) under another model, so this {self.backend.precision.value} "
+                "model cannot use them: they are left out of the head. Fix: load the precision (and bundle) they "
+                "were enrolled with, or enrol those images again.",
+                stacklevel=4,
+            )
+        self.unavailable = lost
+
+    def _already_counted(self, keys: list[str]) -> npt.NDArray[np.bool_]:
+        """Which image hashes a merged shipped head already counts; it may name them by their schema-1 keys."""
+        if self.prior is None or not len(self.prior.counted_keys):
+            return np.zeros(len(keys), dtype=bool)
+        legacy = [self.store.feature_key(k) for k in keys]
+        return np.asarray(self.prior.already_counted(keys) | self.prior.already_counted(legacy), dtype=bool)
+
+    def forget_images(self) -> int:
+        """Delete every kept image from the state and keep features only from now on; returns how many.
+
+        Enrolments stay, for the precisions that already have their features; another precision or a new
+        bundle can no longer compute features for them (re-enrol the images there).
+        """
+        with self._head_lock:
+            return self.store.forget_images()
 
     def _prior_now(self) -> Prior | None:
         """The shipped head without the classes this device removed."""
@@ -334,6 +381,8 @@ class Learner:
             "input_size": list(m.preprocess.input_size),
             "samples": len(self.store),
             "classes": self.store.counts(),
+            "unavailable_to_this_model": self.unavailable,
+            "state": self.store.storage(),
             "head": self.head_kind,
             "shipped_head": self._shipped_info(),
         }

@@ -8,7 +8,6 @@ holds the samples and features on top of it.
 
 from __future__ import annotations
 
-import functools
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -23,20 +22,23 @@ from edgetl_runtime.errors import (
     StateReadOnlyError,
     StateWriteError,
 )
+from edgetl_runtime.kept_images import ImageKeeping
+from edgetl_runtime.state_schema import (
+    SCHEMA,
+    SCHEMA_V1,
+    SCHEMA_VERSION,
+    TABLES,
+    TABLES_V1,
+    SchemaObjects,
+    migrate_v1,
+    model_key,
+    now,
+    schema_objects,
+    schema_problems,
+    statements,
+)
 
-SCHEMA_VERSION = 1
 S = TypeVar("S", bound="StateDatabase")
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE features (key TEXT PRIMARY KEY, vec BLOB NOT NULL);
-CREATE TABLE samples (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: a removed id is never handed out again
-    label TEXT NOT NULL,
-    feature_key TEXT NOT NULL REFERENCES features(key) ON DELETE RESTRICT
-);
-CREATE INDEX samples_label ON samples(label);
-CREATE INDEX samples_feature_key ON samples(feature_key);
-"""
 _FIX_CORRUPT = "delete the state file (enrolments are lost) or restore it from a backup"
 _FIX_SCHEMA = (
     "if you added these objects yourself, drop them with the sqlite3 tool (the enrolments are kept); "
@@ -94,51 +96,24 @@ def state_error(exc: BaseException, where: str, action: str, timeout: float) -> 
     return StateError(f"{head}: it is damaged. Fix: {_FIX_CORRUPT}.")
 
 
-@functools.lru_cache(maxsize=1)
-def _expected_schema() -> dict[tuple[str, str], tuple[str, str | None]]:
-    """(type, name) -> (table, SQL text) of every schema object :data:`_SCHEMA` creates, as SQLite records it."""
-    con = sqlite3.connect(":memory:")
-    try:
-        for statement in _SCHEMA.split(";"):
-            if statement.strip():
-                con.execute(statement)
-        return _schema_objects(con)
-    finally:
-        con.close()
-
-
-def _schema_objects(con: sqlite3.Connection) -> dict[tuple[str, str], tuple[str, str | None]]:
-    rows = con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
-    return {(str(t), str(n)): (str(tbl), sql if sql is None else str(sql)) for t, n, tbl, sql in rows}
-
-
-def _schema_problems(actual: dict[tuple[str, str], tuple[str, str | None]]) -> list[str]:
-    expected = _expected_schema()
-    problems = [f"{t} {n!r} is missing" for (t, n) in sorted(expected.keys() - actual.keys())]
-    problems += [
-        f"{t} {n!r} on {actual[t, n][0]!r} is not part of the edgetl schema: {str(actual[t, n][1])[:120]!r}"
-        for (t, n) in sorted(actual.keys() - expected.keys())
-    ]
-    problems += [
-        f"{t} {n!r} differs from the edgetl schema: {str(actual[t, n][1])[:120]!r}"
-        for (t, n) in sorted(actual.keys() & expected.keys())
-        if actual[t, n] != expected[t, n]
-    ]
-    return problems
-
-
 class StateDatabase:
-    """One SQLite connection guarded by a re-entrant lock, with the schema checked on open.
+    """One SQLite connection guarded by a re-entrant lock, with the schema checked (or upgraded) on open.
 
-    A subclass sets ``path``, ``busy_timeout``, ``bundle_digest``, ``feature_dim`` and ``preprocess_key``
-    (what the meta table must say), then calls :meth:`_connect`.
+    A subclass sets ``path``, ``busy_timeout``, the model it computes features with (``model_digest``,
+    ``preprocess_key``, ``feature_dim``, ``precision``, ``backbone``) and the image policy it was asked for
+    (``requested_policy``; None keeps the state's), then calls :meth:`_connect`.
     """
 
     path: str | None
     busy_timeout: float
-    bundle_digest: str
+    model_digest: str
     feature_dim: int
     preprocess_key: str
+    precision: str
+    backbone: str
+    requested_policy: ImageKeeping | None
+    image_policy: ImageKeeping = ImageKeeping()
+    model_registered: bool = False  # whether this model's features can be stored (False: read-only, new model)
     read_only: bool = False
     _con: sqlite3.Connection | None = None
 
@@ -172,10 +147,10 @@ class StateDatabase:
         self._con = con
 
     def _open(self, con: sqlite3.Connection, where: str) -> None:
-        """Check the file, set durability pragmas, create or verify the schema, then switch to WAL.
+        """Check the file, set durability pragmas, create, verify or upgrade the schema, then switch to WAL.
 
-        Verification only reads (a deferred transaction), so a read-only or busy file is checked
-        without waiting for the write lock; only an empty database is written, under BEGIN IMMEDIATE.
+        Verification only reads (a deferred transaction), so a read-only or busy file is checked without
+        waiting for the write lock; only an empty or schema-1 database is written, under BEGIN IMMEDIATE.
         """
         # Functions with side effects never run from schema objects (defence in depth: the schema check
         # below refuses any trigger or view anyway).
@@ -188,24 +163,68 @@ class StateDatabase:
         # returns, so commits sync by default; cache-only writes relax this (see put_features).
         con.execute("PRAGMA synchronous=FULL")
         con.execute("PRAGMA foreign_keys=ON")
+        # A removed class's kept photos are overwritten with zeros, not left readable in free pages.
+        con.execute("PRAGMA secure_delete=ON")
         with self._read_transaction(con):
-            objects = _schema_objects(con)
-            if objects:
-                self._check_schema(con, where, objects)
-        if not objects:
-            with self._transaction(con):  # re-read under the write lock: another process may have created it
-                objects = _schema_objects(con)
-                if not objects:
-                    for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT our transaction
-                        if statement.strip():
-                            con.execute(statement)
-                    con.executemany("INSERT INTO meta VALUES (?, ?)", self._expected_meta().items())
-                else:
-                    self._check_schema(con, where, objects)
+            objects = schema_objects(con)
+            version = self._check_schema(con, where, objects) if objects else None
+        if version != SCHEMA_VERSION:
+            if version == 1 and not self._writable(con):
+                raise StateReadOnlyError(
+                    f"State database {where!r} has schema 1, which this edgetl_runtime upgrades once in place "
+                    "(in one transaction), but the file or its folder is read-only. Fix: make both writable for "
+                    "one load, or open it with the edgetl_runtime that made it."
+                )
+            with self._transaction(con):  # re-read under the write lock: another process may have done it
+                objects = schema_objects(con)
+                version = self._check_schema(con, where, objects) if objects else None
+                policy = (self.requested_policy or ImageKeeping()).to_text()
+                if version is None:
+                    for statement in statements(SCHEMA):
+                        con.execute(statement)
+                    con.executemany(
+                        "INSERT INTO meta VALUES (?, ?)",
+                        [("schema_version", str(SCHEMA_VERSION)), ("image_policy", policy)],
+                    )
+                elif version == 1:
+                    migrate_v1(con, {self.model_digest: (self.precision, self.backbone)}, policy)
         self.read_only = not self._writable(con)
         # WAL only once the file is known to be ours: switching rewrites the header of a foreign database.
         if not self.read_only:
             con.execute("PRAGMA journal_mode=WAL")
+        self._adopt(con, where)
+
+    def _adopt(self, con: sqlite3.Connection, where: str) -> None:
+        """Register this model's feature space and settle the image policy (writes only what changed)."""
+        key = model_key(self.model_digest, self.preprocess_key)
+        with self._read_transaction(con):
+            row = con.execute("SELECT feature_dim FROM models WHERE key = ?", (key,)).fetchone()
+            stored = ImageKeeping.from_text(str(self._meta(con)["image_policy"]))
+        if row is not None and row[0] != self.feature_dim:
+            raise StateError(
+                f"State database {where!r} holds features of model {self.model_digest[:12]}… that are {row[0]} "
+                f"wide, but the bundle says {self.feature_dim}: one of them is damaged. Fix: {_FIX_CORRUPT}."
+            )
+        self.image_policy = self.requested_policy or stored
+        if self.read_only:
+            self.model_registered = row is not None
+            return
+        if row is None or self.image_policy != stored:
+            with self._transaction(con, durable=False):
+                con.execute(
+                    "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key,
+                        self.model_digest,
+                        self.preprocess_key,
+                        self.precision,
+                        self.backbone,
+                        self.feature_dim,
+                        now(),
+                    ),
+                )
+                con.execute("UPDATE meta SET value = ? WHERE key = 'image_policy'", (self.image_policy.to_text(),))
+        self.model_registered = True
 
     @staticmethod
     def _writable(con: sqlite3.Connection) -> bool:
@@ -231,52 +250,42 @@ class StateDatabase:
                 con.execute("ROLLBACK")
             con.execute(f"PRAGMA busy_timeout={int(timeout)}")
 
-    def _check_schema(
-        self, con: sqlite3.Connection, where: str, objects: dict[tuple[str, str], tuple[str, str | None]]
-    ) -> None:
-        """Refuse anything but the exact edgetl schema (SQL text of every table, index, trigger, view), then meta."""
+    def _check_schema(self, con: sqlite3.Connection, where: str, objects: SchemaObjects) -> int:
+        """Refuse anything but the exact edgetl schema (SQL text of every table, index, trigger, view), then
+        check meta; returns the schema version (1: to upgrade)."""
         tables = {name for kind, name in objects if kind == "table"}
-        if not {"meta", "features", "samples"} <= tables:
+        if not (TABLES <= tables or TABLES_V1 <= tables):
             raise StateError(
                 f"{where!r} is a SQLite database but not edgetl state (tables: {sorted(tables)}). "
                 "Fix: pass a new state path; do not point the store at another application's database."
             )
-        # quick_check does not read the schema text, and a trigger or a missing constraint only acts at the
-        # first write: compare every object's SQL with the schema this version creates before anything runs.
-        problems = _schema_problems(objects)
-        if problems:
-            raise StateError(
-                f"State database {where!r} does not hold the edgetl schema (schema_version {SCHEMA_VERSION}); "
-                f"nothing in it was run: {'; '.join(problems[:5])}. Fix: {_FIX_SCHEMA}."
-            )
-        self._check_meta(con, where)
-
-    def _expected_meta(self) -> dict[str, str]:
-        return {
-            "schema_version": str(SCHEMA_VERSION),
-            "bundle_digest": self.bundle_digest,
-            "feature_dim": str(self.feature_dim),
-            "preprocess_key": self.preprocess_key,
-        }
-
-    def _check_meta(self, con: sqlite3.Connection, where: str) -> None:
-        """Refuse a database made by another schema, bundle, feature size or preprocessing."""
-        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
-        if meta.get("schema_version") != str(SCHEMA_VERSION):
+        meta = self._meta(con)
+        version = 1 if meta.get("schema_version") == "1" else SCHEMA_VERSION
+        if meta.get("schema_version") not in ("1", str(SCHEMA_VERSION)):
             raise StateError(
                 f"State database {where!r} has schema_version {meta.get('schema_version')!r}, but this "
-                f"edgetl_runtime reads version {SCHEMA_VERSION}. Fix: upgrade edgetl-runtime, or use a new state path."
+                f"edgetl_runtime reads versions 1 and {SCHEMA_VERSION}. Fix: upgrade edgetl-runtime, or use a new "
+                "state path."
             )
-        expected = self._expected_meta()
-        diffs = [
-            f"{k}: database has {meta.get(k)!r}, bundle needs {v!r}" for k, v in expected.items() if meta.get(k) != v
-        ]
-        if diffs:
+        # quick_check does not read the schema text, and a trigger or a missing constraint only acts at the
+        # first write: compare every object's SQL with the schema this version creates before anything runs.
+        problems = schema_problems(objects, SCHEMA_V1 if version == 1 else SCHEMA)
+        if problems:
             raise StateError(
-                f"State database {where!r} was made for bundle {meta.get('bundle_digest')!r}, not for bundle "
-                f"{self.bundle_digest!r} ({'; '.join(diffs)}). Its cached features do not fit this bundle. "
-                "Fix: use a new state path for this bundle, or delete the old state file (its enrolments are lost)."
+                f"State database {where!r} does not hold the edgetl schema (schema_version {version}); "
+                f"nothing in it was run: {'; '.join(problems[:5])}. Fix: {_FIX_SCHEMA}."
             )
+        needed = ("bundle_digest", "feature_dim", "preprocess_key") if version == 1 else ("image_policy",)
+        missing = [k for k in needed if k not in meta]
+        if missing or (version == 1 and not str(meta["feature_dim"]).isdigit()):
+            raise StateError(f"State database {where!r} has damaged meta (missing {missing}). Fix: {_FIX_CORRUPT}.")
+        if version == SCHEMA_VERSION:
+            ImageKeeping.from_text(str(meta["image_policy"]))
+        return version
+
+    @staticmethod
+    def _meta(con: sqlite3.Connection) -> dict[str, object]:
+        return dict(con.execute("SELECT key, value FROM meta").fetchall())
 
     @contextmanager
     def _reading(self) -> Iterator[None]:

@@ -1,4 +1,4 @@
-"""Which precision an existing enrolment state was made with, read without opening it for writing."""
+"""Which precision an existing enrolment state already holds features of, read without opening it for writing."""
 
 from __future__ import annotations
 
@@ -10,33 +10,43 @@ from edgetl_runtime.manifest import Manifest, Precision
 
 
 def state_precision(state: str | os.PathLike[str], manifest: Manifest) -> Precision | None:
-    """The precision whose model an existing state's features were computed with, if it is this bundle's.
+    """The precision of this bundle whose model has features for the most enrolled samples, if any.
 
     ``precision="best"`` is measured on the device and could change between loads (another thread
-    count, another CPU); an enrolment state keeps the precision its cached features belong to.
+    count, another CPU). A state serves every precision, but one it has no features for must re-run the
+    backbone on every kept image first, so ``best`` keeps the precision the state is already using.
     Read-only (``immutable``: no -wal/-shm files appear) and best-effort: anything unreadable is left to
     the full checks of :class:`FeatureStore`.
     """
     path = Path(state)
     if not path.is_file():
         return None
-    row = _read_digest(path, "mode=ro&immutable=1")  # creates no -wal/-shm files...
-    if row is None and Path(f"{path}-wal").exists():  # ...but cannot see a WAL another process still holds
-        row = _read_digest(path, "mode=ro")
-    digests = {manifest.members[p.member].sha256: p for p in manifest.precisions if p.member in manifest.members}
-    return digests.get(row[0]) if row and isinstance(row[0], str) else None
+    counts = _read_counts(path, "mode=ro&immutable=1")  # creates no -wal/-shm files...
+    if not counts and Path(f"{path}-wal").exists():  # ...but cannot see a WAL another process still holds
+        counts = _read_counts(path, "mode=ro")
+    by_digest = {manifest.members[p.member].sha256: p for p in manifest.precisions if p.member in manifest.members}
+    ranked = sorted(((n, i, by_digest[d]) for i, (d, n) in enumerate(counts) if d in by_digest), reverse=True)
+    return ranked[0][2] if ranked else None
 
 
-def _read_digest(path: Path, mode: str) -> tuple[object, ...] | None:
+_COUNTS = (
+    "SELECT m.model_digest, count(s.id) FROM models m JOIN features f ON f.model = m.key "
+    "JOIN samples s ON s.image = f.image GROUP BY m.key ORDER BY m.first_used"
+)
+
+
+def _read_counts(path: Path, mode: str) -> list[tuple[str, int]]:
+    """(model digest, enrolled samples it has features for); schema 1 names its one model in meta."""
     try:
         con = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=1.0)
         try:
             con.execute("PRAGMA trusted_schema=OFF")
-            row: tuple[object, ...] | None = con.execute(
-                "SELECT value FROM meta WHERE key = 'bundle_digest'"
-            ).fetchone()
-            return row
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "models" in tables:
+                return [(str(d), int(n)) for d, n in con.execute(_COUNTS)]
+            row = con.execute("SELECT value FROM meta WHERE key = 'bundle_digest'").fetchone()
+            return [(str(row[0]), 1)] if row else []
         finally:
             con.close()
-    except sqlite3.Error:
-        return None
+    except (sqlite3.Error, ValueError, TypeError):
+        return []

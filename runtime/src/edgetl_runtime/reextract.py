@@ -1,0 +1,51 @@
+"""Features of enrolled samples for a model that has not seen them: from the images the state kept."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+from edgetl_runtime.cache import FeatureStore
+from edgetl_runtime.features import FeatureExtractor
+
+Progress = Callable[[int, int], None]  # progress(done, total)
+
+
+def reextract_missing(
+    store: FeatureStore, extractor: FeatureExtractor, progress: Progress | None = None
+) -> dict[str, int]:
+    """Run the backbone on the kept images of samples the store's model has no features for, and store them.
+
+    Each batch is stored as it is computed, so an interrupted load keeps its progress. Returns label ->
+    number of samples that cannot be re-extracted (kept as features only, under another model).
+    """
+    missing = store.samples_without_features()
+    if not missing:
+        return {}
+    pixels = store.kept_pixels([key for _, _, key, kept in missing if kept])
+    _warn_upscaled(store, extractor, [min(p.shape[:2]) for p in pixels.values()])
+    todo = list(pixels)
+    for start in range(0, len(todo), extractor.batch_size):
+        chunk = todo[start : start + extractor.batch_size]
+        features = extractor.run_backbone([pixels[k] for k in chunk])  # (B, D)
+        store.add_model_features(dict(zip(chunk, features, strict=True)))
+        if progress is not None:
+            progress(start + len(chunk), len(todo))
+    lost: dict[str, int] = {}
+    for _, label, key, _ in missing:
+        if key not in pixels:
+            lost[label] = lost.get(label, 0) + 1
+    return lost
+
+
+def _warn_upscaled(store: FeatureStore, extractor: FeatureExtractor, short_sides: list[int]) -> None:
+    """A thumbnail smaller than what this model resizes to is upscaled: its features lose detail."""
+    policy, resize = store.image_policy, extractor.spec.resize_size
+    shrunk = [side for side in short_sides if side == policy.size]  # thumbnails made smaller than the original
+    if shrunk and policy.size < resize:
+        warnings.warn(
+            f"{len(shrunk)} kept thumbnail(s) have a shorter side of {policy.size} px, but this model resizes to "
+            f"{resize} px: their re-extracted features come from upscaled images. Fix: keep larger thumbnails "
+            f"(keep_images={resize} or 'original') for future enrolments.",
+            stacklevel=4,
+        )

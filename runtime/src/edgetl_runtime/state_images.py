@@ -1,0 +1,163 @@
+"""The images side of device state: what the image policy keeps of each enrolled picture, the samples a
+model still needs features for and storing those once re-extracted, forgetting the pixels (privacy), the
+state's health and what it all costs on disk."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetl_runtime.errors import StateError
+from edgetl_runtime.kept_images import ImageKeeping, KeepMode, decode_pixels, encode_pixels
+from edgetl_runtime.state_db import StateDatabase
+
+CHUNK = 500  # host parameters per statement; stays under SQLITE_MAX_VARIABLE_NUMBER of old SQLite builds.
+_CHUNK = CHUNK
+
+
+class KeptImages(StateDatabase):
+    """Operations on the ``images`` table (one row per enrolled image hash, pixels or NULL)."""
+
+    model: str  # the current model's key (state_schema.model_key)
+    # Features computed for enrolled samples of a model a read-only state has never seen: kept for this
+    # process, since they cannot be written.
+    _unwritten: dict[str, npt.NDArray[np.float32]]
+
+    def _encode_kept(
+        self, keys: list[str], images: Sequence[npt.NDArray[np.uint8]] | None
+    ) -> dict[str, tuple[int, int, bytes] | None]:
+        """Image hash -> (height, width, encoded pixels) the policy keeps, or None (features only)."""
+        out: dict[str, tuple[int, int, bytes] | None] = {}
+        for i, key in enumerate(keys):
+            small = None if images is None else self.image_policy.shrink(images[i])
+            if key not in out or small is not None:
+                out[key] = None if small is None else (small.shape[0], small.shape[1], encode_pixels(small))
+        return out
+
+    def _keep_images(self, keys: list[str], kept: Mapping[str, tuple[int, int, bytes] | None]) -> None:
+        """One images row per hash; pixels fill in a features-only row when the same image comes with them."""
+        db = self._db
+        for key in dict.fromkeys(keys):
+            data = kept.get(key)
+            db.execute("INSERT OR IGNORE INTO images (hash) VALUES (?)", (key,))
+            if data is not None:
+                db.execute(
+                    "UPDATE images SET height = ?, width = ?, pixels = ? WHERE hash = ? AND pixels IS NULL",
+                    (*data, key),
+                )
+
+    def _drop_unused_images(self) -> None:
+        self._db.execute("DELETE FROM images WHERE NOT EXISTS (SELECT 1 FROM samples s WHERE s.image = images.hash)")
+
+    def kept_pixels(self, keys: Sequence[str]) -> dict[str, npt.NDArray[np.uint8]]:
+        """Image hash -> the kept ``(H, W, 3)`` uint8 pixels, for those of ``keys`` that have them."""
+        out: dict[str, npt.NDArray[np.uint8]] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._reading():
+            for start in range(0, len(unique), _CHUNK):
+                chunk = unique[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT hash, height, width, pixels FROM images WHERE pixels IS NOT NULL AND hash IN ({marks})"
+                for key, h, w, blob in self._db.execute(query, chunk):
+                    out[str(key)] = decode_pixels(blob, int(h), int(w), f"image {str(key)[:12]}…")
+        return out
+
+    def forget_images(self) -> int:
+        """Delete every kept image (overwritten on disk) and keep features only from now on; returns how many.
+
+        Samples stay enrolled, for the models that already have their features; another precision or a
+        new bundle can no longer re-extract them.
+        """
+        with self._writing("Forgetting images in") as db:
+            gone = db.execute("UPDATE images SET height = NULL, width = NULL, pixels = NULL WHERE pixels IS NOT NULL")
+            db.execute("UPDATE meta SET value = ? WHERE key = 'image_policy'", (ImageKeeping(KeepMode.NONE).to_text(),))
+        self.image_policy = ImageKeeping(KeepMode.NONE)
+        self.checkpoint()  # fold the WAL in, so the old pages do not linger in the -wal file
+        return int(gone.rowcount)
+
+    def storage(self) -> dict[str, Any]:
+        """What the state holds and what it costs on disk: kept images, features per model, file size."""
+        with self._reading():
+            db = self._db
+            images, kept, pixel_bytes = db.execute(
+                "SELECT count(*), count(pixels), coalesce(sum(length(pixels)), 0) FROM images"
+            ).fetchone()
+            models = db.execute(
+                "SELECT m.key, m.precision, m.backbone, m.model_digest, m.feature_dim, count(f.image), "
+                "coalesce(sum(length(f.vec)), 0) FROM models m LEFT JOIN features f ON f.model = m.key "
+                "GROUP BY m.key ORDER BY m.first_used, m.key"
+            ).fetchall()
+        return {
+            "image_policy": self.image_policy.to_text(),
+            "images": int(images),
+            "images_kept": int(kept),
+            "kept_pixel_bytes": int(pixel_bytes),
+            "models": [
+                {
+                    "precision": p,
+                    "backbone": b,
+                    "model_digest": d,
+                    "feature_dim": int(dim),
+                    "features": int(n),
+                    "feature_bytes": int(size),
+                    "current": key == self.model,
+                }
+                for key, p, b, d, dim, n, size in models
+            ],
+            "file_bytes": sum(
+                os.path.getsize(f"{self.path}{suffix}")
+                for suffix in ("", "-wal")
+                if self.path is not None and os.path.exists(f"{self.path}{suffix}")
+            ),
+        }
+
+    def undecodable_images(self) -> list[tuple[str, str]]:
+        """Every kept image whose pixels fail to decode (damage SQLite's own checks cannot see)."""
+        bad = []
+        with self._reading():
+            rows = self._db.execute("SELECT hash, height, width, pixels FROM images WHERE pixels IS NOT NULL")
+            for key, h, w, blob in rows:
+                try:
+                    decode_pixels(blob, int(h), int(w), "")
+                except (StateError, TypeError, ValueError) as exc:
+                    bad.append((str(key), type(exc).__name__))
+        return bad
+
+    def samples_without_features(self) -> list[tuple[int, str, str, bool]]:
+        """(id, label, image hash, pixels kept) of every sample this model has no features for yet: enrolled
+        under another precision or bundle. Those with pixels can be re-extracted; the others cannot."""
+        with self._reading():
+            rows = self._db.execute(
+                "SELECT s.id, s.label, s.image, i.pixels IS NOT NULL FROM samples s JOIN images i ON i.hash = s.image "
+                "WHERE NOT EXISTS (SELECT 1 FROM features f WHERE f.image = s.image AND f.model = ?) ORDER BY s.id",
+                (self.model,),
+            ).fetchall()
+        return [
+            (int(i), str(label), str(key), bool(kept)) for i, label, key, kept in rows if key not in self._unwritten
+        ]
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's integrity_check plus our invariants; returns the problems found (empty means healthy)."""
+        with self._reading():
+            db = self._db
+            problems = [f"sqlite: {r[0]}" for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
+            problems += [f"foreign key: {row}" for row in db.execute("PRAGMA foreign_key_check").fetchall()[:20]]
+            bad = db.execute(
+                "SELECT f.image, length(f.vec), m.feature_dim FROM features f JOIN models m ON m.key = f.model "
+                "WHERE length(f.vec) != 4 * m.feature_dim"
+            ).fetchall()
+            problems += [f"feature of {k[:12]}… has {n} bytes, expected {4 * d}" for k, n, d in bad[:20]]
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("schema_version") != "2":
+                problems.append(f"meta 'schema_version' is {meta.get('schema_version')!r}, expected '2'")
+            try:
+                ImageKeeping.from_text(str(meta.get("image_policy")))
+            except StateError as exc:
+                problems.append(str(exc))
+        for key, blob in self.undecodable_images():
+            problems.append(f"kept pixels of {key[:12]}… do not decode: {blob}")
+        return problems
