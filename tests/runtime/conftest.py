@@ -19,13 +19,17 @@ TINY_DIM = 16
 TINY_SPEC = PreprocessSpec(input_size=(16, 16), crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
-def tiny_onnx(dim: int = TINY_DIM, seed: int = 0) -> bytes:
-    """images (N,3,H,W) -> Conv1x1 -> Relu -> GlobalAveragePool -> Flatten -> features (N, dim)."""
+def tiny_onnx(dim: int = TINY_DIM, seed: int = 0, scale: float = 1.0) -> bytes:
+    """images (N,3,H,W) -> Conv1x1 -> Relu -> GlobalAveragePool -> Flatten -> features (N, dim).
+
+    ``scale`` multiplies the weights: 1.01 gives another model (another digest) whose features are within
+    the golden check's tolerance, like a bundle's int8 member beside its fp32 one.
+    """
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array(rng.normal(size=(dim, 3, 1, 1)).astype(np.float32), "w")
+    w = numpy_helper.from_array((scale * rng.normal(size=(dim, 3, 1, 1))).astype(np.float32), "w")
     b = numpy_helper.from_array(rng.normal(size=(dim,)).astype(np.float32), "b")
     nodes = [
         helper.make_node("Conv", ["images", "w", "b"], ["c"]),
@@ -63,19 +67,21 @@ def write_tiny_bundle(
     seed: int = 0,
     members_extra: dict[str, bytes] | None = None,
     quantization: dict[str, object] | None = None,
+    int8_model: bytes | None = None,
+    spec: PreprocessSpec = TINY_SPEC,
 ) -> Path:
     write_bundle = pytest.importorskip("edgetl_exporters.bundle_writer").write_bundle
     npz_bytes = pytest.importorskip("edgetl_exporters.bundle_writer").npz_bytes
     model = tiny_onnx(seed=seed)
-    members = {Precision.FP32.member: model, "golden.npz": npz_bytes(golden_for(model, TINY_SPEC))}
+    members = {Precision.FP32.member: model, "golden.npz": npz_bytes(golden_for(model, spec))}
     precisions = [Precision.FP32]
-    if int8_copy:  # the same graph under the int8 name: exercises precision selection, not quantization
-        members[Precision.INT8.member] = model
+    if int8_copy or int8_model is not None:  # exercises precision selection, not quantization
+        members[Precision.INT8.member] = model if int8_model is None else int8_model
         precisions.append(Precision.INT8)
     members.update(members_extra or {})
     manifest = Manifest(
         backbone=BackboneInfo("tiny", "tiny", "random", TINY_DIM),
-        preprocess=TINY_SPEC,
+        preprocess=spec,
         members={},
         precisions=tuple(precisions),
         quantization=dict(quantization or {}),

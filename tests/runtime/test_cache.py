@@ -114,21 +114,27 @@ def test_persists_across_reopen_in_wal_mode(tmp_path: Path) -> None:
 # --- opening the wrong or a broken database -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("override", "needle"),
-    [
-        ({"model_digest": "b" * 64}, "b" * 64),
-        ({"feature_dim": D + 1}, "feature_dim"),
-        ({"preprocess_key": "p2"}, "p2"),
-    ],
-)
-def test_database_of_another_bundle_is_refused(tmp_path: Path, override: dict[str, object], needle: str) -> None:
+@pytest.mark.parametrize("override", [{"model_digest": "b" * 64}, {"preprocess_key": "p2"}])
+def test_another_model_opens_the_state_and_sees_its_samples_without_features(
+    tmp_path: Path, override: dict[str, object]
+) -> None:
+    path = tmp_path / "state.db"
+    with make(path) as store:
+        store.add_samples(["k0", "k1"], ["x", "y"], feats(2), images=[np.zeros((4, 5, 3), np.uint8)] * 2)
+    with make(path, **override) as other:
+        assert len(other) == 2 and other.samples()[0].tolist() == []  # enrolled, but no features for this model
+        assert other.samples_without_features() == [(1, "x", "k0", True), (2, "y", "k1", True)]
+        other.add_model_features({"k0": feats(1, seed=5)[0], "k1": feats(1, seed=6)[0]})
+        assert other.samples()[0].tolist() == [1, 2]
+    with make(path) as store:  # the first model's features are untouched
+        np.testing.assert_array_equal(store.samples()[2], feats(2))
+
+
+def test_the_same_model_with_another_feature_width_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     make(path).close()
-    with pytest.raises(StateError) as info:
-        make(path, **override)
-    msg = str(info.value)
-    assert needle in msg and DIGEST in msg and "new state path" in msg
+    with pytest.raises(StateError, match=rf"{DIGEST[:12]}.* 8 wide, but the bundle says 9") as info:
+        make(path, feature_dim=D + 1)
     assert isinstance(info.value, ValueError) and isinstance(info.value, EdgeTLError)
 
 
@@ -301,19 +307,23 @@ def test_remove_errors_change_nothing() -> None:
 
 def test_integrity_check_finds_our_invariants_broken() -> None:
     with make() as store:
-        store.add_samples(["a"], ["x"], feats(1))
+        store.add_samples(["a"], ["x"], feats(1), images=[np.zeros((4, 4, 3), np.uint8)])
         db = store._db
         db.execute("PRAGMA foreign_keys=OFF")
-        db.execute("INSERT INTO samples (label, feature_key) VALUES ('x', 'ghost')")
-        db.execute("INSERT INTO features VALUES ('short', x'00000000')")
-        db.execute("DELETE FROM meta WHERE key = 'preprocess_key'")
+        db.execute("INSERT INTO samples (label, image) VALUES ('x', 'ghost')")
+        db.execute("INSERT INTO features VALUES ('short', ?, x'00000000')", (store.model,))
+        db.execute("UPDATE images SET pixels = x'0102' WHERE hash = 'a'")
+        db.execute("UPDATE meta SET value = 'thumbnail:big' WHERE key = 'image_policy'")
         problems = store.integrity_check()
-        assert len(problems) == 3
-        assert any("ghost" in p for p in problems)
-        assert any("'short' has 4 bytes" in p for p in problems)
-        assert any("preprocess_key" in p for p in problems)
+        assert len(problems) == 4, problems
+        assert any("foreign key" in p and "samples" in p for p in problems)
+        assert any("short" in p and "has 4 bytes, expected 32" in p for p in problems)
+        assert any("kept pixels of a" in p for p in problems)
+        assert any("'thumbnail:big' is damaged" in p for p in problems)
         with pytest.raises(StateError, match="'short' has 4 bytes"):
             store.get_features(["short"])
+        with pytest.raises(StateError, match=r"kept pixels of image a.* are damaged"):
+            store.kept_pixels(["a"])
 
 
 def test_closed_store_raises_state_error(tmp_path: Path) -> None:

@@ -64,14 +64,6 @@ def test_cache_means_no_backbone_rerun_and_state_persists(tiny_bundle: Path, tmp
     assert again.extractor.backbone_runs == 0  # predicting a cached image needs no backbone either
 
 
-def test_state_of_another_bundle_is_refused(bundle_factory, tmp_path: Path) -> None:
-    state = tmp_path / "state.sqlite"
-    with Learner.load(bundle_factory(), state, backend="onnxruntime") as learner:
-        learner.add(_class_images(RED, 1, 0), "red")
-    with pytest.raises(StateError):
-        Learner.load(bundle_factory(seed=1), state, backend="onnxruntime")
-
-
 def test_corrupt_state_file_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
     state = tmp_path / "state.sqlite"
     state.write_bytes(b"this is not sqlite" * 100)

@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --precision best, skip the one-off timing at load: int8 if built for this CPU family, else fp32",
     )
+    parser.add_argument(
+        "--keep-images",
+        default=None,
+        metavar="POLICY",
+        help="what the state keeps of each enrolled image, so another precision or a re-exported bundle can "
+        "re-extract it: 'thumbnail' (shorter side 256 px), a thumbnail size in px, 'original', or 'none' "
+        "(features only, for privacy); default: the state's own setting (thumbnail for a new state)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="bundle, backend and enrolled classes", formatter_class=fmt)
     add = sub.add_parser("add", help="enrol every image in DIR under one label", formatter_class=fmt)
@@ -78,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=positive_int, default=100, help="timed runs")
     remove = sub.add_parser("remove", help="forget a class (enrolled or shipped with the bundle)", formatter_class=fmt)
     remove.add_argument("--label", required=True, help="class to forget")
+    sub.add_parser(
+        "forget-images",
+        help="delete every kept image from the state (overwritten on disk) and keep features only from now on; "
+        "enrolments stay for the precisions that have their features",
+        formatter_class=fmt,
+    )
     export = sub.add_parser(
         "export",
         help="write every enrolled sample (features, labels) to one verified file for `edgetl merge` on the host",
@@ -136,6 +150,11 @@ def _loo_quality(head: Any) -> dict[str, object]:
     return out
 
 
+def _print_progress(done: int, total: int) -> None:
+    """Re-extraction at load (a precision or bundle the state has no features for): one line per batch."""
+    print(f"edgetl-device: features for this model from kept images: {done}/{total}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> dict[str, object]:
     state = args.state or args.bundle.with_suffix(".state.sqlite")
     with Learner.load(
@@ -146,6 +165,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         threads=args.threads,
         head=args.head,
         measure=not args.no_measure,
+        keep_images=args.keep_images,
+        progress=_print_progress,
     ) as learner:
         if args.command == "add":
             images = as_image_list(_image_files(args.dir))
@@ -169,6 +190,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             if args.label in learner.store.removed_shipped_labels():
                 out["removed_shipped_class"] = args.label  # the shipped head's class, forgotten on this device
             return out
+        if args.command == "forget-images":
+            forgotten = learner.forget_images()
+            return {"images_deleted": forgotten, "samples": len(learner.store), "state": learner.store.storage()}
         if args.command == "export":
             files = _files_and_folders(args.images) if args.images else None
             enrolment = learner.export_enrolment(args.output, images=files)

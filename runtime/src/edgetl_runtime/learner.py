@@ -140,7 +140,7 @@ class Learner:
             learner = cls(opened, built, store, head, flip_enrolment, selection, prior)
             learner.progress = progress
             if len(store) or learner._prior_now() is not None:
-                learner.fit()
+                learner._fit_at_load()
         except BaseException:
             store.close()  # a refused load must not leave the database open (and its -wal file behind)
             raise
@@ -259,9 +259,19 @@ class Learner:
                 labels, features = labels[fresh], features[fresh]
             if len(labels) == 0 and prior is None:
                 why = " and every shipped class was removed" if self.prior is not None else ""
+                if self.unavailable:
+                    why = f" that this model can use: {self.unavailable} were kept as features only under another model"
                 raise NotFittedError(f"No samples are enrolled{why}; call add(images, label) for a class first.")
             self._fitted = (self._changes, fit_with_prior(self.head_kind, features, labels, prior))
         return self
+
+    def _fit_at_load(self) -> None:
+        """Fit now; a state whose every sample this model cannot use still opens (predict says why)."""
+        try:
+            self.fit()
+        except NotFittedError:
+            if not self.unavailable:
+                raise
 
     def _complete_features(self) -> None:
         """Compute this model's features of samples enrolled under another precision or bundle (once: they

@@ -88,7 +88,8 @@ class KeptImages(StateDatabase):
             ).fetchone()
             models = db.execute(
                 "SELECT m.key, m.precision, m.backbone, m.model_digest, m.feature_dim, count(f.image), "
-                "coalesce(sum(length(f.vec)), 0) FROM models m LEFT JOIN features f ON f.model = m.key "
+                "coalesce(sum(length(f.vec)), 0), (SELECT count(*) FROM samples s JOIN features g ON g.image = s.image "
+                "AND g.model = m.key) FROM models m LEFT JOIN features f ON f.model = m.key "
                 "GROUP BY m.key ORDER BY m.first_used, m.key"
             ).fetchall()
         return {
@@ -102,11 +103,12 @@ class KeptImages(StateDatabase):
                     "backbone": b,
                     "model_digest": d,
                     "feature_dim": int(dim),
-                    "features": int(n),
+                    "samples_with_features": int(covered),  # enrolled samples this model can use now
+                    "features": int(n),  # also those of predicted images (a cache, evicted beyond max_unenrolled)
                     "feature_bytes": int(size),
                     "current": key == self.model,
                 }
-                for key, p, b, d, dim, n, size in models
+                for key, p, b, d, dim, n, size, covered in models
             ],
             "file_bytes": sum(
                 os.path.getsize(f"{self.path}{suffix}")

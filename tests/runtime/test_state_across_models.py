@@ -1,0 +1,180 @@
+"""One enrolment state serves every precision of a bundle and every re-export of it (issue 16, item 7).
+
+The tiny bundles here have an int8 member that is a *different* model (weights x1.01: another digest,
+features within the golden tolerance), so a precision switch really needs other features.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_SPEC, tiny_onnx, write_tiny_bundle
+
+from edgetl_runtime import Learner
+from edgetl_runtime.backends.onnxruntime import OrtBackend
+from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.errors import NotFittedError
+from edgetl_runtime.manifest import Precision
+from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
+
+pytestmark = pytest.mark.runtime
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 210)}
+
+
+def _images(colour: tuple[int, int, int], n: int, seed: int, size: tuple[int, int] = (20, 24)) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = np.array(colour, dtype=np.int16)
+    return [np.clip(base + rng.integers(-25, 26, (*size, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+def _enrol(learner: Learner, size: tuple[int, int] = (20, 24)) -> dict[str, list[np.ndarray]]:
+    enrolled = {label: _images(colour, 3, seed, size) for seed, (label, colour) in enumerate(COLOURS.items())}
+    for label, images in enrolled.items():
+        learner.add(images, label)
+    return enrolled
+
+
+def _direct_features(bundle: Path, precision: Precision, images: list[np.ndarray]) -> np.ndarray:
+    """What the bundle's model at ``precision`` makes of ``images``, with no state involved."""
+    opened = Bundle.open(bundle)
+    return OrtBackend.from_bundle(opened, precision).run(preprocess_batch(images, opened.manifest.preprocess))
+
+
+@pytest.fixture
+def two_model_bundle(tmp_path: Path) -> Path:
+    return write_tiny_bundle(tmp_path / "two.edgetl", int8_model=tiny_onnx(scale=1.01))
+
+
+def test_a_state_enrolled_at_int8_serves_fp32_and_back_with_one_backbone_run_per_sample(
+    two_model_bundle: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.sqlite"
+    with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8") as learner:
+        enrolled = _enrol(learner)
+        queries = _images(COLOURS["green"], 4, seed=9)
+        int8_predictions = learner.predict(queries)
+    images = [img for imgs in enrolled.values() for img in imgs]
+    with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="fp32") as learner:
+        assert learner.extractor.backbone_runs == len(images)  # re-extracted once, at load
+        assert learner.store.counts() == {label: 3 for label in COLOURS}
+        _, labels, _, features = learner.store.samples_with_keys()
+        np.testing.assert_allclose(features, _direct_features(two_model_bundle, Precision.FP32, images), rtol=1e-5)
+        assert list(labels) == [label for label in COLOURS for _ in range(3)]
+        assert list(learner.predict(queries)) == list(int8_predictions) == ["green"] * 4
+        assert learner.unavailable == {}
+    for precision in ("fp32", "int8"):  # both models' features are stored now: no backbone run at load
+        with Learner.load(two_model_bundle, state, backend="onnxruntime", precision=precision) as learner:
+            assert learner.extractor.backbone_runs == 0
+            _, _, _, features = learner.store.samples_with_keys()
+            expected = _direct_features(two_model_bundle, Precision(precision), images)
+            np.testing.assert_allclose(features, expected, rtol=1e-5)
+
+
+def test_a_re_exported_bundle_keeps_every_enrolment(bundle_factory, tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite"
+    with Learner.load(bundle_factory(seed=0), state, backend="onnxruntime") as learner:
+        enrolled = _enrol(learner)
+        ids_before = learner.store.samples()[0].tolist()
+    new_bundle = bundle_factory(seed=1)  # another export: every weight differs
+    images = [img for imgs in enrolled.values() for img in imgs]
+    with Learner.load(new_bundle, state, backend="onnxruntime") as learner:
+        ids, _, _, features = learner.store.samples_with_keys()
+        assert ids.tolist() == ids_before
+        # Images smaller than the thumbnail are kept as they are: the new model sees exactly what the old one did.
+        np.testing.assert_allclose(features, _direct_features(new_bundle, Precision.FP32, images), rtol=1e-5)
+        assert list(learner.predict(_images(COLOURS["blue"], 2, seed=7))) == ["blue", "blue"]
+        models = learner.store.storage()["models"]
+        assert [(m["current"], m["samples_with_features"]) for m in models] == [(False, 9), (True, 9)]
+
+
+def test_features_only_state_warns_names_the_samples_and_still_serves_its_own_model(
+    two_model_bundle: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.sqlite"
+    with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8", keep_images="none") as learner:
+        _enrol(learner)
+        assert learner.store.storage()["images_kept"] == 0
+    with pytest.warns(UserWarning, match=r"9 enrolled sample\(s\).*features only.*Fix: load the precision"):
+        learner = Learner.load(two_model_bundle, state, backend="onnxruntime", precision="fp32")
+    with learner:
+        assert learner.unavailable == {label: 3 for label in COLOURS}
+        assert learner.info()["unavailable_to_this_model"] == learner.unavailable
+        with pytest.raises(NotFittedError, match="kept as features only"):
+            learner.predict(_images(COLOURS["red"], 1, seed=3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # back on the model that made them: every sample, no warning
+        with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8") as learner:
+            assert learner.unavailable == {} and len(learner.store.samples()[0]) == 9
+
+
+def test_the_image_policy_is_the_states_own_until_changed(tiny_bundle: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite"
+    with Learner.load(tiny_bundle, state, backend="onnxruntime", keep_images=16) as learner:
+        learner.add(_images(COLOURS["red"], 2, seed=0, size=(40, 48)), "red")
+    with Learner.load(tiny_bundle, state, backend="onnxruntime") as learner:  # no policy given: the state's
+        assert learner.store.image_policy.to_text() == "thumbnail:16"
+        kept = learner.store.kept_pixels(learner.store.samples_with_keys()[2])
+        assert sorted(p.shape for p in kept.values()) == [(16, 19, 3)] * 2  # shorter side 16, aspect kept
+        learner.add(_images(COLOURS["green"], 1, seed=1, size=(40, 48)), "green")
+    with Learner.load(tiny_bundle, state, backend="onnxruntime", keep_images="original") as learner:
+        learner.add(_images(COLOURS["blue"], 1, seed=2, size=(40, 48)), "blue")
+        kept = learner.store.kept_pixels(learner.store.samples_with_keys()[2])
+        assert sorted(p.shape for p in kept.values()) == [(16, 19, 3)] * 3 + [(40, 48, 3)]
+    with sqlite3.connect(state) as con:
+        assert con.execute("SELECT value FROM meta WHERE key = 'image_policy'").fetchone() == ("original",)
+
+
+def test_thumbnails_smaller_than_the_new_models_resize_are_reported(bundle_factory, tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite"
+    with Learner.load(bundle_factory(), state, backend="onnxruntime", keep_images=16) as learner:
+        learner.add(_images(COLOURS["red"], 2, seed=0, size=(40, 48)), "red")
+    bigger = PreprocessSpec(input_size=(32, 32), crop_pct=1.0, mean=TINY_SPEC.mean, std=TINY_SPEC.std)
+    bundle = write_tiny_bundle(tmp_path / "bigger.edgetl", seed=2, spec=bigger)
+    with pytest.warns(UserWarning, match=r"2 kept thumbnail\(s\).*16 px.*resizes to 32 px"):
+        Learner.load(bundle, state, backend="onnxruntime").close()
+
+
+def test_forget_images_deletes_the_pixels_and_keeps_the_enrolments(tiny_bundle: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite"
+    with Learner.load(tiny_bundle, state, backend="onnxruntime") as learner:
+        images = _images(COLOURS["red"], 3, seed=0)
+        learner.add(images, "red")
+        assert learner.store.storage()["images_kept"] == 3
+        raw = bytes(np.ascontiguousarray(images[0][:4]).tobytes())  # first rows, unfiltered by the Up filter
+        assert learner.forget_images() == 3
+        assert learner.store.image_policy.to_text() == "none"
+        assert len(learner.store) == 3 and list(learner.predict(images[:1])) == ["red"]
+    assert raw not in state.read_bytes()
+    with Learner.load(tiny_bundle, state, backend="onnxruntime") as learner:
+        assert learner.store.storage()["images_kept"] == 0
+        learner.add(_images(COLOURS["green"], 1, seed=1), "green")  # the state's policy is now features only
+        assert learner.store.storage()["images_kept"] == 0
+
+
+def test_removing_a_class_deletes_its_kept_images(tiny_bundle: Path, tmp_path: Path) -> None:
+    with Learner.load(tiny_bundle, tmp_path / "s.sqlite", backend="onnxruntime") as learner:
+        learner.add(_images(COLOURS["red"], 2, seed=0), "red")
+        learner.add(_images(COLOURS["green"], 2, seed=1), "green")
+        learner.remove(label="red")
+        storage = learner.store.storage()
+        assert (storage["images"], storage["images_kept"]) == (2, 2)
+        assert set(learner.store.kept_pixels(learner.store.samples_with_keys()[2])) == set(
+            learner.store.samples_with_keys()[2]
+        )
+
+
+def test_best_keeps_the_precision_the_state_has_features_for(two_model_bundle: Path, tmp_path: Path) -> None:
+    from edgetl_runtime.state_peek import state_precision
+
+    state = tmp_path / "state.sqlite"
+    with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8") as learner:
+        _enrol(learner)
+    manifest = Bundle.open(two_model_bundle).manifest
+    assert state_precision(state, manifest) is Precision.INT8
+    with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="best", measure=False) as learner:
+        assert learner.backend.precision is Precision.INT8 and learner.extractor.backbone_runs == 0

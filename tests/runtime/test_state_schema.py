@@ -1,0 +1,183 @@
+"""State schema 2: kept-image encoding and policy, and the in-place upgrade of schema-1 files."""
+
+from __future__ import annotations
+
+import sqlite3
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgetl_runtime.cache import FeatureStore
+from edgetl_runtime.errors import InputError, StateError, StateReadOnlyError
+from edgetl_runtime.kept_images import ImageKeeping, KeepMode, decode_pixels, encode_pixels
+from edgetl_runtime.state_schema import SCHEMA, SCHEMA_V1, expected_objects, schema_objects, statements
+
+pytestmark = pytest.mark.runtime
+
+D = 4
+DIGEST = "d" * 64
+PRE = "pre"
+
+
+# --- kept pixels ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (7, 5, 3), (64, 33, 3), (300, 2, 3)])
+def test_pixels_round_trip_exactly(shape: tuple[int, int, int]) -> None:
+    image = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    blob = encode_pixels(image)
+    np.testing.assert_array_equal(decode_pixels(blob, shape[0], shape[1], "x"), image)
+
+
+def test_smooth_images_compress() -> None:
+    ramp = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, None], (256, 256, 3))
+    assert len(encode_pixels(ramp)) < ramp.nbytes / 50
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda b: b[:-3],  # truncated
+        lambda b: b + b"x",  # trailing bytes
+        lambda b: zlib.compress(b"\0" * 10),  # another size
+        lambda b: b"not zlib at all",
+    ],
+)
+def test_damaged_pixels_are_a_state_error_never_a_wrong_image(damage) -> None:  # type: ignore[no-untyped-def]
+    blob = encode_pixels(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(StateError, match="kept pixels of img are damaged"):
+        decode_pixels(damage(blob), 4, 4, "img")
+
+
+def test_a_thumbnail_keeps_the_aspect_and_the_colour() -> None:
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[...] = (10, 200, 30)
+    small = ImageKeeping(KeepMode.THUMBNAIL, 64).shrink(image)
+    assert small is not None and small.shape == (64, 85, 3) and small.dtype == np.uint8
+    assert (small == (10, 200, 30)).all()
+    tiny = np.ones((20, 30, 3), np.uint8)
+    assert ImageKeeping(KeepMode.THUMBNAIL, 64).shrink(tiny) is tiny  # already small: kept as is
+    assert ImageKeeping(KeepMode.ORIGINAL).shrink(image) is image
+    assert ImageKeeping(KeepMode.NONE).shrink(image) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [("thumbnail", "thumbnail:256"), (128, "thumbnail:128"), ("96", "thumbnail:96"), ("Original", "original")],
+)
+def test_image_policy_parses_and_round_trips(value: object, text: str) -> None:
+    policy = ImageKeeping.parse(value)  # type: ignore[arg-type]
+    assert policy.to_text() == text and ImageKeeping.from_text(text) == policy
+
+
+@pytest.mark.parametrize("value", ["everything", 8, True, 3.5, "-5"])
+def test_a_bad_image_policy_names_the_choices(value: object) -> None:
+    with pytest.raises(InputError, match=r"(?i)thumbnail"):
+        ImageKeeping.parse(value)  # type: ignore[arg-type]
+
+
+# --- upgrading schema 1 --------------------------------------------------------------------------------
+
+
+def _v1_state(path: Path, digest: str = DIGEST) -> tuple[list[int], np.ndarray]:
+    """A schema-1 file as edgetl_runtime 0.1 wrote it: 3 samples (ids 1, 2, 4: id 3 and 5 were removed)."""
+    vectors = np.arange(3 * D, dtype="<f4").reshape(3, D)
+    con = sqlite3.connect(path)
+    for statement in statements(SCHEMA_V1):
+        con.execute(statement)
+    meta = {"schema_version": "1", "bundle_digest": digest, "feature_dim": str(D), "preprocess_key": PRE}
+    con.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+    keys = ["f" * 63 + str(i) for i in range(3)]
+    con.executemany(
+        "INSERT INTO features VALUES (?, ?)", [(k, v.tobytes()) for k, v in zip(keys, vectors, strict=True)]
+    )
+    con.execute("INSERT INTO features VALUES ('cached-prediction', ?)", (vectors[0].tobytes(),))
+    for sample_id, (key, label) in zip(
+        [1, 2, 3, 4, 5], [(keys[0], "a"), (keys[1], "b"), (keys[0], "a"), (keys[2], "b"), (keys[2], "b")], strict=True
+    ):
+        con.execute("INSERT INTO samples VALUES (?, ?, ?)", (sample_id, label, key))
+    con.execute("DELETE FROM samples WHERE id IN (3, 5)")
+    con.commit()
+    con.close()
+    return [1, 2, 4], vectors
+
+
+def _store(path: Path, digest: str = DIGEST) -> FeatureStore:
+    return FeatureStore(path, model_digest=digest, feature_dim=D, preprocess_key=PRE, precision="int8", backbone="b")
+
+
+def test_a_schema_1_state_is_upgraded_in_place_keeping_every_sample(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    ids, vectors = _v1_state(path)
+    with _store(path) as store:
+        got_ids, labels, features = store.samples()
+        assert got_ids.tolist() == ids and labels.tolist() == ["a", "b", "b"]
+        np.testing.assert_array_equal(features, vectors)
+        assert store.integrity_check() == []
+        assert store.image_policy.to_text() == "thumbnail:256"  # new enrolments keep thumbnails
+        model = store.storage()["models"][0]
+        assert (model["precision"], model["backbone"], model["samples_with_features"]) == ("int8", "b", 3)
+        new = store.add_samples(["new"], ["c"], np.ones((1, D), np.float32))
+        assert new == [6]  # ids removed under schema 1 are not handed out again
+        assert schema_objects(store._db) == expected_objects(SCHEMA)
+    with _store(path) as store:  # opening again changes nothing
+        assert store.samples()[0].tolist() == [*ids, 6]
+
+
+def test_an_upgraded_sample_is_still_found_as_a_duplicate_by_its_image(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    _v1_state(path)
+    with _store(path) as store:
+        image_hash = "e" * 64
+        legacy = store.feature_key(image_hash)
+        # A schema-1 sample is named by its feature key, sha256(image hash, model, preprocessing):
+        store._db.execute("PRAGMA foreign_keys=OFF")
+        store._db.execute("UPDATE images SET hash = ? WHERE hash = ?", (legacy, "f" * 63 + "0"))
+        store._db.execute("UPDATE samples SET image = ? WHERE image = ?", (legacy, "f" * 63 + "0"))
+        store._db.execute("UPDATE features SET image = ? WHERE image = ?", (legacy, "f" * 63 + "0"))
+        assert store.enrolled_labels([image_hash, "0" * 64]) == {image_hash: ["a"]}
+
+
+def test_an_upgraded_state_under_another_model_lists_its_samples_as_not_re_extractable(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    _v1_state(path)
+    with _store(path, digest="9" * 64) as store:
+        assert store.samples()[0].tolist() == []
+        assert [(i, label, kept) for i, label, _, kept in store.samples_without_features()] == [
+            (1, "a", False),
+            (2, "b", False),
+            (4, "b", False),
+        ]
+        assert store.storage()["models"][0]["precision"] == "unknown"  # the old model is not this bundle's
+
+
+def test_a_read_only_schema_1_state_says_it_needs_one_writable_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "v1.sqlite"
+    _v1_state(path)
+    before = path.read_bytes()
+    real_connect = sqlite3.connect
+
+    def read_only(where: str, **kwargs: object) -> sqlite3.Connection:  # SQLite's own read-only open (mode=ro)
+        return real_connect(f"file:{where}?mode=ro", uri=True, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite3, "connect", read_only)  # root ignores file modes; mode=ro does not
+    with pytest.raises(StateReadOnlyError, match=r"schema 1.*upgrades once in place.*read-only"):
+        _store(path)
+    assert path.read_bytes() == before
+
+
+def test_a_tampered_schema_1_state_is_refused_not_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    _v1_state(path)
+    con = sqlite3.connect(path)
+    con.execute("CREATE TRIGGER t AFTER INSERT ON samples BEGIN DELETE FROM samples; END")
+    con.commit()
+    con.close()
+    with pytest.raises(StateError, match=r"schema_version 1.*trigger 't'"):
+        _store(path)
+    with sqlite3.connect(path) as con:
+        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
