@@ -4,7 +4,7 @@ Only features travel: each enrolment file (``edgetl-device export``) is verified
 bundle's models; its samples become class statistics and are added to the shipped head's, which is exact
 (counts and sums add, scatters add with their parallel-axis term). A class whose scatter then has more
 factor rows than the head's rank is compressed to it, the one approximation (reported per class). The
-same label from several devices is one class; an image enrolled twice under one label (same feature key:
+same label from several devices is one class; an image enrolled twice under one label (same sample key:
 same pixels, model and preprocessing) counts once; an image under two labels is a conflict, left out
 (or refused). The backbone members are copied byte for byte, so the model digest, and with it every
 device's state, stays valid; the new head records which device samples it holds, so the device that
@@ -137,7 +137,7 @@ def _read_all(paths: Sequence[str | Path], bundle: Bundle, config: MergeConfig) 
 def _dedupe(
     files: list[tuple[Enrolment, Precision]], prior: Prior | None, config: MergeConfig
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One row per feature key: duplicates counted once, conflicts (two labels) left out or refused."""
+    """One row per sample key: duplicates counted once, conflicts (two labels) left out or refused."""
     keys = [k for e, _ in files for k in e.keys]
     labels = np.concatenate([e.labels for e, _ in files])
     features = np.concatenate([e.features for e, _ in files])

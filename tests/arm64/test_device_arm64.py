@@ -186,7 +186,18 @@ def test_enrol_fit_predict_remove_and_reopen(
         assert len(reopened.store) == SHOTS * (len(fmnist.classes) - 1)
         assert sorted(reopened.classes_) == sorted(c for c in fmnist.classes if c != "Bag")
         assert np.array_equal(reopened.predict(queries), after)
-    results[f"{CPU}:cycle"] = {"accuracy_5shot_10way": accuracy, "queries": len(queries)}
+
+    enrolled = SHOTS * (len(fmnist.classes) - 1)
+    with Learner.load(bundle_dir / "arm.edgetl", state, precision="fp32") as fp32:  # the same state, another model
+        assert fp32.extractor.backbone_runs == enrolled  # features re-extracted once, from the kept images
+        assert len(fp32.store.samples()[0]) == enrolled and fp32.unavailable == {}
+        fp32_accuracy = _accuracy(fp32, queries, truth)
+        assert fp32_accuracy >= 0.5, f"fp32 from kept images: 5-shot accuracy {fp32_accuracy:.2f}"
+    results[f"{CPU}:cycle"] = {
+        "accuracy_5shot_10way": accuracy,
+        "fp32_from_kept_images_accuracy_9way": fp32_accuracy,
+        "queries": len(queries),
+    }
 
 
 def _device(argv: list[str]) -> tuple[int, str, str]:

@@ -125,6 +125,65 @@ def test_item8_cli_prints_the_thresholded_similarity_and_rejects_with_one_class(
         assert (p["similarity"] >= threshold) == (p["label"] != "unknown")
 
 
+# ------------------------------------------------------------------ item 7: one state for every precision and export
+
+
+def test_item7_enrolled_at_int8_the_cli_predicts_at_fp32_from_the_same_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("PIL")
+    from conftest import tiny_onnx, write_tiny_bundle
+
+    bundle = write_tiny_bundle(tmp_path / "m.edgetl", int8_model=tiny_onnx(scale=1.01))  # int8: another model
+    red = _write_pngs(tmp_path / "red", (220, 30, 30), 3, 0)
+    green = _write_pngs(tmp_path / "green", (30, 220, 30), 3, 1)
+    for folder, label in ((red, "red"), (green, "green")):
+        assert _device(bundle, "--precision", "int8", "add", str(folder), "--label", label, capsys=capsys)[0] == 0
+    queries = _write_pngs(tmp_path / "q", (220, 30, 30), 2, 5)
+    code, out, err = _device(bundle, "--precision", "fp32", "predict", str(queries), capsys=capsys)
+    assert code == 0, err
+    assert [p["label"] for p in out["predictions"]] == ["red", "red"]
+    assert "features for this model from kept images: 6/6" in err  # computed once, and said so
+    code, out, err = _device(bundle, "--precision", "fp32", "info", capsys=capsys)
+    assert code == 0 and "kept images" not in err  # stored: no second backbone pass
+    assert [m["precision"] for m in out["state"]["models"]] == ["int8", "fp32"]
+    assert all(m["samples_with_features"] == 6 for m in out["state"]["models"])
+
+
+def test_item7_a_re_exported_bundle_keeps_the_enrolments_and_forget_images_keeps_features(
+    bundle_factory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("PIL")
+    old, new, state = bundle_factory(seed=0), bundle_factory(seed=1), tmp_path / "device.sqlite"
+    _device(
+        old,
+        "--state",
+        str(state),
+        "add",
+        str(_write_pngs(tmp_path / "r", (220, 30, 30), 3, 0)),
+        "--label",
+        "red",
+        capsys=capsys,
+    )
+    _device(
+        old,
+        "--state",
+        str(state),
+        "add",
+        str(_write_pngs(tmp_path / "g", (30, 220, 30), 3, 1)),
+        "--label",
+        "green",
+        capsys=capsys,
+    )
+    code, out, err = _device(new, "--state", str(state), "info", capsys=capsys)
+    assert code == 0, err
+    assert out["classes"] == {"green": 3, "red": 3} and out["unavailable_to_this_model"] == {}
+    code, out, _ = _device(new, "--state", str(state), "forget-images", capsys=capsys)
+    assert code == 0 and out["images_deleted"] == 6 and out["state"]["images_kept"] == 0
+    code, out, err = _device(old, "--state", str(state), "predict", str(tmp_path / "r"), capsys=capsys)
+    assert code == 0 and [p["label"] for p in out["predictions"]] == ["red"] * 3  # both models have features
+
+
 # ------------------------------------------------------------------ item 11: the device CLI keeps its promises
 
 

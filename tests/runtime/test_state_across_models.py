@@ -178,3 +178,30 @@ def test_best_keeps_the_precision_the_state_has_features_for(two_model_bundle: P
     assert state_precision(state, manifest) is Precision.INT8
     with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="best", measure=False) as learner:
         assert learner.backend.precision is Precision.INT8 and learner.extractor.backbone_runs == 0
+
+
+def test_a_damaged_kept_image_is_named_and_left_out_not_a_failed_load(two_model_bundle: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite"
+    with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8") as learner:
+        _enrol(learner)
+        victim = learner.store.samples_with_keys()[2][0]  # the first red sample's image
+    with sqlite3.connect(state) as con:
+        con.execute("UPDATE images SET pixels = x'00ff00' WHERE hash = ?", (victim,))
+    with pytest.warns(RuntimeWarning, match="kept pixels of image .* are damaged"):
+        with pytest.warns(UserWarning, match=r"1 enrolled sample\(s\) \{'red': 1\}"):
+            learner = Learner.load(two_model_bundle, state, backend="onnxruntime", precision="fp32")
+    with learner:
+        assert learner.unavailable == {"red": 1} and len(learner.store.samples()[0]) == 8
+        assert learner.store.integrity_check() == [f"kept pixels of {victim[:12]}… do not decode: StateError"]
+
+
+def test_re_extraction_reports_progress_batch_by_batch(two_model_bundle: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state.sqlite"
+    with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8") as learner:
+        _enrol(learner)
+    calls: list[tuple[int, int]] = []
+    learner = Learner.load(
+        two_model_bundle, state, backend="onnxruntime", precision="fp32", progress=lambda d, t: calls.append((d, t))
+    )
+    learner.close()
+    assert calls == [(9, 9)]  # one batch of 32 holds all nine

@@ -2,8 +2,8 @@
 
 An enrolment file is a zip like a bundle: ``manifest.json`` (format, version, the model digest and
 precision whose features it holds, preprocessing key, labels, counts, and the SHA-256 and size of every
-other member), ``enrolment.npz`` (features ``(N, D)`` float32, labels, feature keys, sample ids) and,
-only when asked, ``images/<feature key><suffix>`` (the original image files). The reader checks every
+other member), ``enrolment.npz`` (features ``(N, D)`` float32, labels, sample keys, sample ids) and,
+only when asked, ``images/<sample key><suffix>`` (the original image files). The reader checks every
 name, compression method, size and hash before parsing anything, as :class:`~edgetl_runtime.bundle.Bundle`
 does, and :meth:`Enrolment.check_bundle` refuses features made by another backbone, precision or
 preprocessing. Nothing is pickled; the file appears only when complete and readable (atomic write).
@@ -75,10 +75,10 @@ class Enrolment:
     path: Path
     info: dict[str, Any]  # the manifest
     labels: npt.NDArray[np.str_]  # (N,)
-    keys: list[str]  # (N,) feature keys: sha256(image, model digest, preprocessing)
+    keys: list[str]  # (N,) sample keys: sha256 of the pixels (files before schema 2: of pixels, model, preprocessing)
     features: npt.NDArray[np.float32]  # (N, D)
     ids: npt.NDArray[np.int64]  # (N,) sample ids on the device
-    images: dict[str, bytes] = field(default_factory=dict)  # feature key -> image file bytes (when exported)
+    images: dict[str, bytes] = field(default_factory=dict)  # sample key -> image file bytes (when exported)
 
     @property
     def model_digest(self) -> str:
@@ -154,7 +154,7 @@ def write_enrolment(
 ) -> Enrolment:
     """Write an enrolment file atomically and return it as read back (verified) from disk.
 
-    ``images`` maps feature keys to ``(suffix, file bytes)``; it is only written when given.
+    ``images`` maps sample keys to ``(suffix, file bytes)``; it is only written when given.
     """
     features = np.ascontiguousarray(features, dtype="<f4")  # (N, D)
     if not len(keys) or features.shape != (len(keys), manifest.backbone.feature_dim) or len(labels) != len(keys):
@@ -348,7 +348,7 @@ def _check_values(
 ) -> None:
     problems = label_collisions(sorted(set(labels.tolist())))
     bad_keys = [k for k in keys if not _KEY.match(k)]
-    problems += [f"feature key {k[:20]!r} is not a sha256 hex digest" for k in bad_keys[:3]]
+    problems += [f"sample key {k[:20]!r} is not a sha256 hex digest" for k in bad_keys[:3]]
     if len(np.unique(ids)) != len(ids) or (len(ids) and ids.min() < 1):
         problems.append("sample ids must be distinct and positive")
     if not np.isfinite(features).all():

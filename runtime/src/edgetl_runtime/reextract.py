@@ -22,18 +22,22 @@ def reextract_missing(
     missing = store.samples_without_features()
     if not missing:
         return {}
-    pixels = store.kept_pixels([key for _, _, key, kept in missing if kept])
-    _warn_upscaled(store, extractor, [min(p.shape[:2]) for p in pixels.values()])
-    todo = list(pixels)
-    for start in range(0, len(todo), extractor.batch_size):
-        chunk = todo[start : start + extractor.batch_size]
-        features = extractor.run_backbone([pixels[k] for k in chunk])  # (B, D)
-        store.add_model_features(dict(zip(chunk, features, strict=True)))
+    todo = list(dict.fromkeys(key for _, _, key, kept in missing if kept))  # an image enrolled twice runs once
+    done: set[str] = set()
+    short_sides: list[int] = []
+    for start in range(0, len(todo), extractor.batch_size):  # batch by batch: thousands of thumbnails need not fit
+        pixels = store.kept_pixels(todo[start : start + extractor.batch_size], skip_damaged=True)
+        short_sides += [min(p.shape[:2]) for p in pixels.values()]
+        if pixels:
+            features = extractor.run_backbone(list(pixels.values()))  # (B, D)
+            store.add_model_features(dict(zip(pixels, features, strict=True)))
+            done.update(pixels)
         if progress is not None:
-            progress(start + len(chunk), len(todo))
+            progress(min(start + extractor.batch_size, len(todo)), len(todo))
+    _warn_upscaled(store, extractor, short_sides)
     lost: dict[str, int] = {}
     for _, label, key, _ in missing:
-        if key not in pixels:
+        if key not in done:
             lost[label] = lost.get(label, 0) + 1
     return lost
 

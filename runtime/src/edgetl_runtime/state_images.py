@@ -5,6 +5,7 @@ state's health and what it all costs on disk."""
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,8 +54,12 @@ class KeptImages(StateDatabase):
     def _drop_unused_images(self) -> None:
         self._db.execute("DELETE FROM images WHERE NOT EXISTS (SELECT 1 FROM samples s WHERE s.image = images.hash)")
 
-    def kept_pixels(self, keys: Sequence[str]) -> dict[str, npt.NDArray[np.uint8]]:
-        """Image hash -> the kept ``(H, W, 3)`` uint8 pixels, for those of ``keys`` that have them."""
+    def kept_pixels(self, keys: Sequence[str], *, skip_damaged: bool = False) -> dict[str, npt.NDArray[np.uint8]]:
+        """Image hash -> the kept ``(H, W, 3)`` uint8 pixels, for those of ``keys`` that have them.
+
+        A blob that does not decode is a :class:`StateError`, or with ``skip_damaged`` left out with a
+        warning (a load must not fail for one damaged image: its sample can then be removed and re-enrolled).
+        """
         out: dict[str, npt.NDArray[np.uint8]] = {}
         unique = list(dict.fromkeys(keys))
         with self._reading():
@@ -63,7 +68,12 @@ class KeptImages(StateDatabase):
                 marks = ",".join("?" * len(chunk))
                 query = f"SELECT hash, height, width, pixels FROM images WHERE pixels IS NOT NULL AND hash IN ({marks})"
                 for key, h, w, blob in self._db.execute(query, chunk):
-                    out[str(key)] = decode_pixels(blob, int(h), int(w), f"image {str(key)[:12]}…")
+                    try:
+                        out[str(key)] = decode_pixels(blob, int(h), int(w), f"image {str(key)[:12]}…")
+                    except StateError as exc:
+                        if not skip_damaged:
+                            raise
+                        warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
         return out
 
     def forget_images(self) -> int:

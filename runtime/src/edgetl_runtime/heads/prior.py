@@ -21,7 +21,7 @@ from edgetl_runtime.heads.rejection import SimilarityRejector, class_sums, loo_c
 from edgetl_runtime.heads.stats import ClassStats
 
 PRIOR_KINDS = ("lda", "ncm")
-KEY_BYTES = 16  # 128 bits of a feature key's SHA-256: collision-free at fleet scale, 16 bytes per sample
+KEY_BYTES = 16  # 128 bits of a sample key's SHA-256: collision-free at fleet scale, 16 bytes per sample
 CLASS_WEIGHTS = ("balanced", None)
 
 
@@ -38,7 +38,7 @@ def _empty_keys() -> npt.NDArray[np.uint8]:
 
 
 def key_prefixes(keys: Any) -> npt.NDArray[np.uint8]:
-    """``(N, KEY_BYTES)`` first bytes of hex feature keys: how a prior records the samples it already counts."""
+    """``(N, KEY_BYTES)`` first bytes of hex sample keys: how a prior records the samples it already counts."""
     hexes = [str(k)[: 2 * KEY_BYTES] for k in keys]
     if not hexes:
         return _empty_keys()
@@ -125,7 +125,7 @@ class Prior:
         }
 
     def already_counted(self, keys: Any) -> npt.NDArray[np.bool_]:
-        """Which hex feature ``keys`` this prior already counts (a merge folded them in)."""
+        """Which hex sample ``keys`` this prior already counts (a merge folded them in)."""
         if not len(self.counted_keys) or not len(keys):
             return np.zeros(len(keys), dtype=bool)
         counted = {row.tobytes() for row in self.counted_keys}

@@ -1,0 +1,201 @@
+"""What an enrolment state costs on disk for each image policy, and what re-extraction from kept images buys.
+
+One state serves every precision of a bundle and every re-export: a model it has no features for
+computes them from the images it kept (issue 16, item 7). This measures, with the bundled
+EfficientNet-Lite0 (real ImageNet weights) and real photos (skimage's and matplotlib's sample photos, 8
+scenes from 300x451 to 1411x1411 px):
+
+1. Bytes per kept image for ``original``, ``thumbnail:384``, ``thumbnail:256`` (the default) and
+   ``none``, on the full photos, on 100-140 px crops of them, and on Fashion-MNIST (28x28); and the state
+   file's size per enrolled sample (pixels + one model's features + SQLite's pages).
+2. Fidelity: cosine between fp32 features of each photo and of its thumbnail (what a re-extraction sees).
+3. A precision switch on a real task: 8 classes (one scene each), K = 5 crops enrolled at int8, then the
+   state loaded at fp32 (features re-extracted from the kept thumbnails) against a state enrolled at fp32
+   from the original crops; accuracy on 20 other crops per class, the one-off re-extraction time per
+   sample, and the next load's time (features stored: no backbone run).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_state_storage.py --out runs/bench/state_storage.json
+    .venv/bin/python benchmarks/bench_state_storage.py --bundle runs/bench/state-lite0-224.edgetl  # reuse
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetl_runtime.kept_images import ImageKeeping, encode_pixels
+from edgetl_runtime.latency import environment
+from edgetl_runtime.learner import Learner
+
+POLICIES = ("original", "thumbnail:384", "thumbnail:256", "none")
+SCENES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "ihc", "retina", "grace_hopper")
+
+
+def photos() -> dict[str, np.ndarray]:
+    """Real RGB photos that ship with skimage and matplotlib (no download)."""
+    import matplotlib.cbook
+    import skimage.data
+    from PIL import Image
+
+    out = {name: np.asarray(getattr(skimage.data, name)())[..., :3] for name in SCENES[:-1]}
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as fh:
+        out["grace_hopper"] = np.asarray(Image.open(fh).convert("RGB"))
+    return {k: np.ascontiguousarray(v, dtype=np.uint8) for k, v in out.items()}
+
+
+def crops(image: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` random square-ish crops of 100-140 px (a user's object photos, at thumbnail scale already)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        h, w = int(rng.integers(100, 141)), int(rng.integers(100, 141))
+        top, left = int(rng.integers(0, image.shape[0] - h)), int(rng.integers(0, image.shape[1] - w))
+        out.append(np.ascontiguousarray(image[top : top + h, left : left + w]))
+    return out
+
+
+def big_crops(image: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` crops covering 60-90 % of a photo's sides: larger than the default thumbnail, like camera frames."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        h, w = (int(s * rng.uniform(0.6, 0.9)) for s in image.shape[:2])
+        top, left = int(rng.integers(0, image.shape[0] - h + 1)), int(rng.integers(0, image.shape[1] - w + 1))
+        out.append(np.ascontiguousarray(image[top : top + h, left : left + w]))
+    return out
+
+
+def kept_bytes(images: list[np.ndarray], policy: str) -> dict[str, float]:
+    keeping = ImageKeeping.from_text(policy)
+    sizes = []
+    for image in images:
+        small = keeping.shrink(image)
+        sizes.append(0 if small is None else len(encode_pixels(small)))
+    raw = float(np.mean([img.nbytes for img in images]))
+    return {"mean_bytes": round(float(np.mean(sizes)), 1), "raw_rgb_bytes": round(raw, 1)}
+
+
+def storage(photo_set: dict[str, np.ndarray]) -> dict[str, Any]:
+    from edgetl.datasets import load_fashion_mnist
+
+    fmnist = [
+        np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+        for img in load_fashion_mnist("test").images[:100]
+    ]
+    sets = {
+        "full_photos": list(photo_set.values()),
+        "frames_60_90pct": [c for i, img in enumerate(photo_set.values()) for c in big_crops(img, 2, i)],
+        "crops_100_140px": [c for i, img in enumerate(photo_set.values()) for c in crops(img, 4, i)],
+        "fashion_mnist_28px": fmnist,
+    }
+    return {name: {p: kept_bytes(images, p) for p in POLICIES} for name, images in sets.items()}
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def fidelity(bundle: Path, photo_set: dict[str, np.ndarray]) -> dict[str, Any]:
+    """fp32 features of each photo vs of its kept thumbnail (the input a re-extraction gets)."""
+    out: dict[str, Any] = {}
+    with Learner.load(bundle, precision="fp32") as learner:
+        frames = [c for i, img in enumerate(photo_set.values()) for c in big_crops(img, 2, i)]
+        originals = learner.features(frames)
+        for size in (384, 256, 224):
+            kept = [ImageKeeping.parse(size).shrink(img) for img in frames]
+            cos = cosine(originals, learner.features(kept))  # type: ignore[arg-type]
+            out[f"thumbnail:{size}"] = {"min": round(float(cos.min()), 5), "mean": round(float(cos.mean()), 5)}
+    out["frames"] = len(frames)
+    return out
+
+
+def switch(bundle: Path, photo_set: dict[str, np.ndarray], shots: int, queries: int) -> dict[str, Any]:
+    """Enrol at int8, load at fp32 (re-extraction from thumbnails) vs enrol at fp32 from the originals."""
+    classes = list(photo_set)
+    enrol = {c: big_crops(photo_set[c], shots, 100 + i) for i, c in enumerate(classes)}
+    test = {c: big_crops(photo_set[c], queries, 200 + i) for i, c in enumerate(classes)}
+    truth = np.array([c for c in classes for _ in range(queries)])
+    test_images = [img for c in classes for img in test[c]]
+    result: dict[str, Any] = {"classes": len(classes), "shots": shots, "queries_per_class": queries}
+    with tempfile.TemporaryDirectory(prefix="edgetl-state-") as tmp:
+        state = Path(tmp) / "device.sqlite"
+        with Learner.load(bundle, state, precision="int8") as learner:
+            for c in classes:
+                learner.add(enrol[c], c)
+            result["int8_accuracy"] = round(float(np.mean(learner.predict(test_images) == truth)), 4)
+        start = time.perf_counter()
+        with Learner.load(bundle, state, precision="fp32") as learner:
+            seconds = time.perf_counter() - start
+            runs = learner.extractor.backbone_runs
+            result["fp32_from_thumbnails_accuracy"] = round(float(np.mean(learner.predict(test_images) == truth)), 4)
+            result["state_bytes_per_sample"] = round(learner.store.storage()["file_bytes"] / (len(classes) * shots))
+        result["switch_load_seconds"] = round(seconds, 2)
+        result["reextracted_samples"] = runs
+        start = time.perf_counter()
+        with Learner.load(bundle, state, precision="fp32") as learner:
+            result["next_load_seconds"] = round(time.perf_counter() - start, 2)
+            result["next_load_backbone_runs"] = learner.extractor.backbone_runs
+        with Learner.load(bundle, Path(tmp) / "direct.sqlite", precision="fp32") as learner:
+            for c in classes:
+                learner.add(enrol[c], c)
+            result["fp32_from_originals_accuracy"] = round(float(np.mean(learner.predict(test_images) == truth)), 4)
+    return result
+
+
+def export(path: Path, size: int) -> None:
+    from edgetl.datasets import load_fashion_mnist
+    from edgetl.export import export_bundle
+    from edgetl_exporters.quantization import QuantizeConfig
+
+    export_bundle(
+        "tf_efficientnet_lite0",
+        path,
+        weights="bundled",
+        data=load_fashion_mnist("train"),
+        data_source="fashion-mnist",
+        image_size=size,
+        quantize_config=QuantizeConfig.preset("portable", num_calibration=200),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, default=None, help="reuse a bundle with fp32 and int8 members")
+    parser.add_argument("--size", type=int, default=224, help="input size of the exported bundle")
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--queries", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/state_storage.json"))
+    args = parser.parse_args()
+    env = environment()
+    print(json.dumps(env["cpu"]), flush=True)
+    bundle = args.bundle or Path(f"runs/bench/state-lite0-{args.size}.edgetl")
+    if args.bundle is None and not bundle.exists():
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        export(bundle, args.size)
+    photo_set = photos()
+    result: dict[str, Any] = {
+        "environment": env,
+        "bundle": str(bundle),
+        "photos": {k: list(v.shape) for k, v in photo_set.items()},
+    }
+    result["kept_bytes"] = storage(photo_set)
+    print("kept bytes", json.dumps(result["kept_bytes"]), flush=True)
+    result["fidelity"] = fidelity(bundle, photo_set)
+    print("fidelity", json.dumps(result["fidelity"]), flush=True)
+    result["precision_switch"] = switch(bundle, photo_set, args.shots, args.queries)
+    print("precision switch", json.dumps(result["precision_switch"]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
