@@ -65,7 +65,7 @@ def test_a_thumbnail_keeps_the_aspect_and_the_colour() -> None:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [("thumbnail", "thumbnail:256"), (128, "thumbnail:128"), ("96", "thumbnail:96"), ("Original", "original")],
+    [("thumbnail", "thumbnail:384"), (128, "thumbnail:128"), ("96", "thumbnail:96"), ("Original", "original")],
 )
 def test_image_policy_parses_and_round_trips(value: object, text: str) -> None:
     policy = ImageKeeping.parse(value)  # type: ignore[arg-type]
@@ -116,7 +116,7 @@ def test_a_schema_1_state_is_upgraded_in_place_keeping_every_sample(tmp_path: Pa
         assert got_ids.tolist() == ids and labels.tolist() == ["a", "b", "b"]
         np.testing.assert_array_equal(features, vectors)
         assert store.integrity_check() == []
-        assert store.image_policy.to_text() == "thumbnail:256"  # new enrolments keep thumbnails
+        assert store.image_policy.to_text() == "thumbnail:384"  # new enrolments keep thumbnails
         model = store.storage()["models"][0]
         assert (model["precision"], model["backbone"], model["samples_with_features"]) == ("int8", "b", 3)
         new = store.add_samples(["new"], ["c"], np.ones((1, D), np.float32))

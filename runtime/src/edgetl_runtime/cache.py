@@ -58,7 +58,7 @@ class FeatureStore(KeptImages):
         preprocess_key: identity of the preprocessing that produced the features.
         precision, backbone: recorded with the model, for people and tools reading the state.
         keep_images: what to keep of enrolled images (:class:`ImageKeeping`, ``"thumbnail"``, ``"original"``,
-            ``"none"`` or a thumbnail size); None keeps the state's own policy (a new state: 256-px thumbnails).
+            ``"none"`` or a thumbnail size); None keeps the state's own policy (a new state: 384-px thumbnails).
         max_unenrolled: how many features of images that are *not* enrolled (predicted ones) to keep;
             beyond it the oldest are evicted, so months of predictions cannot grow the file without bound.
             Enrolled samples' features are never evicted.

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="POLICY",
         help="what the state keeps of each enrolled image, so another precision or a re-exported bundle can "
-        "re-extract it: 'thumbnail' (shorter side 256 px), a thumbnail size in px, 'original', or 'none' "
+        "re-extract it: 'thumbnail' (shorter side 384 px), a thumbnail size in px, 'original', or 'none' "
         "(features only, for privacy); default: the state's own setting (thumbnail for a new state)",
     )
     sub = parser.add_subparsers(dest="command", required=True)

@@ -111,7 +111,7 @@ class Learner:
                 picks int8 when its member was built for this CPU family, else fp32, untimed.
             shipped_head: start from the head the bundle ships, if any (False: enrolments only).
             keep_images: what the state keeps of each enrolled image so that another precision or a new
-                bundle can re-extract it: ``"thumbnail"`` (256-px shorter side), a thumbnail size in pixels,
+                bundle can re-extract it: ``"thumbnail"`` (384-px shorter side), a thumbnail size in pixels,
                 ``"original"``, or ``"none"`` (features only, for privacy). None: the state's own policy
                 (a new state: thumbnails). See :class:`~edgetl_runtime.kept_images.ImageKeeping`.
             progress: called as ``progress(done, total)`` while samples are re-extracted for this model.
