@@ -127,14 +127,20 @@ def encode_pixels(image: npt.NDArray[np.uint8]) -> bytes:
     return zlib.compress(delta.tobytes(), _ZLIB_LEVEL)
 
 
-def decode_pixels(blob: bytes, height: int, width: int, where: str) -> npt.NDArray[np.uint8]:
-    """Inverse of :func:`encode_pixels`; a damaged blob is a :class:`StateError`, never a wrong image."""
+def decode_pixels(blob: object, height: object, width: object, where: str) -> npt.NDArray[np.uint8]:
+    """Inverse of :func:`encode_pixels`; a damaged blob or size (as read from a state row) is a
+    :class:`StateError`, never a wrong image."""
+    if not (type(height) is int and type(width) is int and height > 0 and width > 0 and isinstance(blob, bytes)):
+        raise StateError(
+            f"The kept pixels of {where} are damaged (size {height!r}x{width!r}, {type(blob).__name__} data). Fix: "
+            "remove the sample and enrol the image again, or restore the state from a backup."
+        )
     expected = height * width * 3
     try:
         inflater = zlib.decompressobj()
         raw = inflater.decompress(blob, expected + 1)  # bounded: a damaged blob cannot inflate without limit
         ok = len(raw) == expected and inflater.eof and not inflater.unused_data
-    except (zlib.error, TypeError):
+    except zlib.error:
         ok = False
     if not ok:
         raise StateError(

@@ -69,7 +69,7 @@ class KeptImages(StateDatabase):
                 query = f"SELECT hash, height, width, pixels FROM images WHERE pixels IS NOT NULL AND hash IN ({marks})"
                 for key, h, w, blob in self._db.execute(query, chunk):
                     try:
-                        out[str(key)] = decode_pixels(blob, int(h), int(w), f"image {str(key)[:12]}…")
+                        out[str(key)] = decode_pixels(blob, h, w, f"image {str(key)[:12]}…")
                     except StateError as exc:
                         if not skip_damaged:
                             raise
@@ -134,7 +134,7 @@ class KeptImages(StateDatabase):
             rows = self._db.execute("SELECT hash, height, width, pixels FROM images WHERE pixels IS NOT NULL")
             for key, h, w, blob in rows:
                 try:
-                    decode_pixels(blob, int(h), int(w), "")
+                    decode_pixels(blob, h, w, "")
                 except (StateError, TypeError, ValueError) as exc:
                     bad.append((str(key), type(exc).__name__))
         return bad
