@@ -73,7 +73,8 @@ class Fixture:
             learner.add([np.full((10, 12, 3), v, np.uint8) for v in (10, 200)], ["a", "b"])
             learner.save()
         con = sqlite3.connect(folder / "state.db")
-        meta = dict(con.execute("SELECT key, value FROM meta").fetchall())
+        (digest, pre) = con.execute("SELECT model_digest, preprocess_key FROM models").fetchone()  # the one model
+        meta = {"model_digest": str(digest), "preprocess_key": str(pre)}
         con.close()
         return cls(folder, path.read_bytes(), manifest, (folder / "state.db").read_bytes(), meta)
 
@@ -190,11 +191,14 @@ def _state(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]
         target.write_bytes(bytes(data))
         meta = fx.meta
         with FeatureStore(
-            target, model_digest=meta["bundle_digest"], feature_dim=16, preprocess_key=meta["preprocess_key"]
+            target, model_digest=meta["model_digest"], feature_dim=16, preprocess_key=meta["preprocess_key"]
         ) as store:
             store.samples()
+            store.samples_without_features()
+            store.kept_pixels([key for _, _, key, _ in store.samples_without_features()] or ["none"])
             store.integrity_check()
             store.counts()
+            store.storage()
 
     return flips, call
 

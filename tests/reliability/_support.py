@@ -76,11 +76,12 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 
 def sample_rows(db: Path) -> list[tuple[Any, ...]]:
-    """(id, label, feature bytes) of every sample, read with a plain sqlite3 connection."""
+    """(id, label, feature bytes) of every sample under every model it has features for, read with a plain
+    sqlite3 connection."""
     con = sqlite3.connect(db)  # read-write: a read-only connection would leave -wal/-shm files behind
     try:
         return con.execute(
-            "SELECT s.id, s.label, f.vec FROM samples s JOIN features f ON f.key = s.feature_key ORDER BY s.id"
+            "SELECT s.id, s.label, f.vec FROM samples s JOIN features f ON f.image = s.image ORDER BY s.id, f.model"
         ).fetchall()
     except sqlite3.DatabaseError as exc:  # a deliberately damaged state: its bytes are compared instead
         return [("unreadable", str(exc))]

@@ -38,7 +38,7 @@ from edgetl_runtime.errors import (
 from edgetl_runtime.learner import Learner
 
 from . import _hostile as H
-from ._support import COLORS, class_images, sample_rows, snapshot, write_tiny_bundle
+from ._support import COLORS, class_images, sample_rows, snapshot
 
 pytestmark = pytest.mark.runtime
 U8 = np.zeros((12, 14, 3), np.uint8)
@@ -131,13 +131,6 @@ def _symlink_zip(c: Ctx) -> Path:
     link = zipfile.ZipInfo("evil_link")
     link.external_attr = (stat.S_IFLNK | 0o777) << 16
     return c.variant("link.edgetl", extra={link: b"/etc/passwd"})
-
-
-def _other_bundle_state(c: Ctx) -> Path:
-    other = write_tiny_bundle(c.dir / "other.edgetl", seed=1)
-    with c.load(other, c.dir / "other.sqlite") as learner:
-        learner.add([U8], "x")
-    return c.dir / "other.sqlite"
 
 
 def _foreign_db(c: Ctx) -> Path:
@@ -260,14 +253,15 @@ CASES: dict[str, tuple[type[Exception] | int, Callable[[Ctx], Callable[[], objec
     "predict-bad-image": (InputError, lambda c: c.with_learner(lambda learner: learner.predict([np.zeros((8, 8), np.float64)]))),
     "predict-before-enrolment": (NotFittedError, lambda c: c.with_learner(lambda learner: learner.predict([U8]), state=None)),
     # --- state databases --------------------------------------------------------------------------------------
-    "state-of-another-bundle": (StateError, _state(_other_bundle_state)),
+    "state-model-of-another-width": (StateError, _state(lambda c: c.sql("UPDATE models SET feature_dim = feature_dim + 1"))),
+    "state-damaged-image-policy": (StateError, _state(lambda c: c.sql("UPDATE meta SET value = 'thumbnail:big' WHERE key = 'image_policy'"))),
     "state-garbage-bytes": (StateError, _state(lambda c: _file(c, "g.sqlite", b"not sqlite" * 500))),
     "state-damaged-pages": (StateError, _state(lambda c: _file(c, "p.sqlite", c.state.read_bytes()[:4096] + b"\xa5" * (len(c.state.read_bytes()) - 4096)))),
     "state-foreign-sqlite": (StateError, _state(_foreign_db)),
     "state-schema-version-99": (StateError, _state(lambda c: c.sql("UPDATE meta SET value = '99' WHERE key = 'schema_version'"))),
     "state-truncated-feature": (StateError, _state(lambda c: c.sql("UPDATE features SET vec = substr(vec, 1, 8)"))),
     "state-invalid-utf8-label": (StateError, _state(lambda c: c.sql("UPDATE samples SET label = CAST(x'ff80' AS TEXT)"))),
-    "state-damaged-schema-text": (StateError, _state(lambda c: c.sql("PRAGMA writable_schema=ON", "UPDATE sqlite_master SET sql = replace(sql, 'feature_key TEXT', 'feature_kex TEXT') WHERE name = 'samples'"))),
+    "state-damaged-schema-text": (StateError, _state(lambda c: c.sql("PRAGMA writable_schema=ON", "UPDATE sqlite_master SET sql = replace(sql, 'image TEXT NOT NULL', 'imagx TEXT NOT NULL') WHERE name = 'samples'"))),
     "state-path-is-directory": (StateError, _state(lambda c: c.dir)),
     "state-in-missing-directory": (StateError, _state(lambda c: c.dir / "no" / "such" / "state.sqlite")),
     # --- options --------------------------------------------------------------------------------------------------
@@ -688,8 +682,8 @@ ROUND2: dict[str, _Case] = {
     "state-samples-without-not-null": (StateError, _rebuilt("samples", "CREATE TABLE samples (id INTEGER PRIMARY KEY AUTOINCREMENT, label TEXT, feature_key TEXT REFERENCES features(key))")),
     "state-samples-without-foreign-key": (StateError, _rebuilt("samples", "CREATE TABLE samples (id INTEGER PRIMARY KEY AUTOINCREMENT, label TEXT NOT NULL, feature_key TEXT NOT NULL)")),
     "state-meta-without-primary-key": (StateError, _rebuilt("meta", "CREATE TABLE meta (key TEXT, value TEXT NOT NULL)")),
-    "state-features-with-check": (StateError, _rebuilt("features", "CREATE TABLE features (key TEXT PRIMARY KEY, vec BLOB NOT NULL CHECK (length(vec) > 0))")),
-    "state-features-generated-column": (StateError, _schema("ALTER TABLE features ADD COLUMN g TEXT GENERATED ALWAYS AS (upper(key)) VIRTUAL")),
+    "state-features-with-check": (StateError, _rebuilt("features", "CREATE TABLE features (image TEXT NOT NULL, model TEXT NOT NULL REFERENCES models(key) ON DELETE CASCADE, vec BLOB NOT NULL CHECK (length(vec) > 0), PRIMARY KEY (image, model))")),
+    "state-features-generated-column": (StateError, _schema("ALTER TABLE features ADD COLUMN g TEXT GENERATED ALWAYS AS (upper(image)) VIRTUAL")),
     "state-schema-text-with-default": (StateError, _schema("UPDATE sqlite_master SET sql = replace(sql, 'value TEXT NOT NULL', 'value TEXT NOT NULL DEFAULT (random())') WHERE name = 'meta'")),
     "state-analyze-stats": (StateError, _schema("ANALYZE")),
     # --- CLI: one line on stderr, exit 2, never a traceback ----------------------------------------------------------

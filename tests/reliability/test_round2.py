@@ -440,7 +440,7 @@ def test_a_planted_trigger_would_have_eaten_the_row(reliability_bundle: Path, tm
         learner.add(RED, "red")
     con = sqlite3.connect(state)
     con.execute("CREATE TRIGGER eat AFTER INSERT ON samples BEGIN DELETE FROM samples WHERE id = NEW.id; END")
-    con.execute("INSERT INTO samples (label, feature_key) SELECT 'x', key FROM features LIMIT 1")
+    con.execute("INSERT INTO samples (label, image) SELECT 'x', hash FROM images LIMIT 1")
     assert con.execute("SELECT count(*) FROM samples WHERE label = 'x'").fetchone() == (0,)
     con.commit()
     con.close()
