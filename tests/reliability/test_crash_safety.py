@@ -1,7 +1,8 @@
 """SIGKILL a child that enrols, removes and saves in a loop: every reopened state is healthy and lost nothing.
 
-A quarter of the trials kill during start-up (schema creation; the schema-1 upgrade and re-extraction for a second
-model are killed in test_crash_state2.py), a quarter inside a remove (by id or by label, its transaction held open), the rest at random.
+A quarter of the trials kill during start-up (schema creation; the schema-1 upgrade and re-extraction for a
+second model are killed in test_crash_state2.py), a quarter inside a remove (by id or by label, its transaction
+held open), the rest at random.
 
 ``EDGETL_STRESS_TRIALS`` sets the number of kills (CI default 5; benchmarks/stress.py runs >= 200).
 """
