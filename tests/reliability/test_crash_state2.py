@@ -1,7 +1,7 @@
 """SIGKILL in the middle of what state schema 2 added: re-extracting features for a second model, and the
 in-place upgrade of a schema-1 file. Either way the reopened state is healthy and holds every sample.
 
-``EDGETL_STRESS_TRIALS`` sets the number of kills per test (CI default 5; benchmarks/stress.py runs more).
+``EDGETL_STRESS_TRIALS`` sets the number of kills per test (CI default 5; e.g. ``EDGETL_STRESS_TRIALS=100``).
 """
 
 from __future__ import annotations
