@@ -131,6 +131,34 @@ def test_state_stays_valid_when_the_bundle_changes_only_its_head(host: dict[str,
         assert device.store.counts() == {"blue": 3} and list(device.classes_) == ["blue", "red"]
 
 
+def test_a_merged_heads_counted_samples_are_recognised_at_every_precision(host: dict[str, Any], tmp_path: Path) -> None:
+    """A merge records the samples it folded in by image key, so a device never counts them twice, whichever
+    precision it enrolled them at or runs now; keys of enrolment files written before (pixels + model) still
+    count under the model that made them."""
+    from edgetl_runtime.heads.prior import key_prefixes
+
+    state = tmp_path / "device.sqlite"
+    with load(host["shipped"], state, precision="int8") as device:
+        device.add(images("blue", 3, 3), "blue")
+        enrolment = device.export_enrolment(tmp_path / "d.enrol")
+        legacy = [device.store.feature_key(k) for k in enrolment.keys]  # schema-1 keys: image, int8 model
+    assert len(enrolment.keys) == 3
+    merged = ship(
+        host["plain"],
+        tmp_path / "m.edgetl",
+        dataclasses.replace(host["prior"], counted_keys=key_prefixes(enrolment.keys)),
+    )
+    old = ship(
+        host["plain"], tmp_path / "old.edgetl", dataclasses.replace(host["prior"], counted_keys=key_prefixes(legacy))
+    )
+    for precision in ("int8", "fp32"):
+        with load(merged, state, precision=precision) as device:
+            assert device._already_counted(device.store.samples_with_keys()[2]).tolist() == [True] * 3
+        with load(old, state, precision=precision) as device:
+            expected = [precision == "int8"] * 3
+            assert device._already_counted(device.store.samples_with_keys()[2]).tolist() == expected
+
+
 def test_export_enrolment_round_trips_and_is_bound_to_the_model(host: dict[str, Any], tmp_path: Path) -> None:
     files = []
     for i, img in enumerate(images("blue", 3, 3)):
