@@ -205,3 +205,16 @@ def test_re_extraction_reports_progress_batch_by_batch(two_model_bundle: Path, t
     )
     learner.close()
     assert calls == [(9, 9)]  # one batch of 32 holds all nine
+
+
+def test_asking_for_features_only_says_the_images_kept_earlier_stay_until_forgotten(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.sqlite"
+    with Learner.load(tiny_bundle, state, backend="onnxruntime") as learner:
+        learner.add(_images(COLOURS["red"], 2, seed=0), "red")
+    with pytest.warns(UserWarning, match=r"2 image\(s\) enrolled earlier are still kept.*forget_images"):
+        learner = Learner.load(tiny_bundle, state, backend="onnxruntime", keep_images="none")
+    with learner:
+        learner.add(_images(COLOURS["green"], 1, seed=1), "green")
+        assert learner.store.storage()["images_kept"] == 2  # the new one is not kept

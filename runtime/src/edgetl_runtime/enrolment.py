@@ -20,9 +20,10 @@ import re
 import stat
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,9 +39,14 @@ from edgetl_runtime.errors import (
     raise_all,
 )
 from edgetl_runtime.features import preprocess_key as spec_key
+from edgetl_runtime.images import as_image_list
 from edgetl_runtime.manifest import MANIFEST_NAME, Manifest, Precision, _unique_keys, member_name_problem
 from edgetl_runtime.npz import ArrayHeader, expect_array, read_npz
 from edgetl_runtime.shipped import label_collisions
+
+if TYPE_CHECKING:
+    from edgetl_runtime.cache import FeatureStore
+    from edgetl_runtime.features import FeatureExtractor
 
 ENROLMENT_FORMAT = "edgetl-enrolment"
 ENROLMENT_VERSION = 1
@@ -200,6 +206,40 @@ def write_enrolment(
             method = zipfile.ZIP_STORED if name.startswith(IMAGES_PREFIX) else zipfile.ZIP_DEFLATED
             archive.writestr(name, data, compress_type=method)
     return read_enrolment(path)
+
+
+def export_samples(
+    store: FeatureStore,
+    extractor: FeatureExtractor,
+    manifest: Manifest,
+    precision: Precision,
+    path: str | os.PathLike[str],
+    images: Sequence[str | os.PathLike[str]] | None,
+    versions: dict[str, str],
+) -> Enrolment:
+    """Every sample the store's model has features for, as an enrolment file (see ``Learner.export_enrolment``)."""
+    ids, labels, keys, features = store.samples_with_keys()
+    if not len(ids):
+        raise InputError("Nothing is enrolled, so there is nothing to export. Fix: add(images, label) first.")
+    attached: dict[str, tuple[str, bytes]] = {}
+    if images:
+        files = [Path(p) for p in images]
+        enrolled = set(keys)
+        for file, key in zip(files, extractor.keys(as_image_list(files)), strict=True):
+            if key in enrolled:
+                attached[key] = (file.suffix, file.read_bytes())
+    return write_enrolment(
+        path,
+        manifest=manifest,
+        precision=precision,
+        ids=ids,
+        labels=labels,
+        keys=keys,
+        features=features,
+        removed_shipped=store.removed_shipped_labels(),
+        images=attached,
+        versions=versions,
+    )
 
 
 def read_enrolment(path: str | os.PathLike[str]) -> Enrolment:

@@ -23,7 +23,7 @@ from edgetl_runtime.features import FeatureExtractor, preprocess_key
 from edgetl_runtime.heads import AutoHead, BaseHead, Prior, create_head, fit_with_prior, head_for_prior
 from edgetl_runtime.images import Images, as_image_list, hflip
 from edgetl_runtime.kept_images import ImageKeeping
-from edgetl_runtime.reextract import Progress, reextract_missing
+from edgetl_runtime.reextract import Progress, reextract_missing, warn_images_still_kept
 from edgetl_runtime.shipped import read_prior
 from edgetl_runtime.state_peek import state_precision
 
@@ -139,6 +139,7 @@ class Learner:
         try:
             learner = cls(opened, built, store, head, flip_enrolment, selection, prior)
             learner.progress = progress
+            warn_images_still_kept(store)
             if len(store) or learner._prior_now() is not None:
                 learner._fit_at_load()
         except BaseException:
@@ -215,33 +216,16 @@ class Learner:
         """Write every enrolled sample (features, labels, keys) to one verified file for ``edgetl merge``.
 
         The file is bound to the model digest of the precision in use, so a host refuses it against another
-        backbone or precision. No image leaves the device unless ``images`` names image files: those whose
-        pixels match an enrolled sample are attached as they are (others are ignored).
+        backbone or precision; samples enrolled under another model are re-extracted first (those kept as
+        features only cannot be, and are left out with a warning). No image leaves the device unless
+        ``images`` names image files: those whose pixels match an enrolled sample are attached as they are.
         """
-        from edgetl_runtime.enrolment import write_enrolment
+        from edgetl_runtime.enrolment import export_samples
 
-        ids, labels, keys, features = self.store.samples_with_keys()
-        if not len(ids):
-            raise InputError("Nothing is enrolled, so there is nothing to export. Fix: add(images, label) first.")
-        attached: dict[str, tuple[str, bytes]] = {}
-        if images:
-            files = [Path(p) for p in images]
-            enrolled = set(keys)
-            for file, key in zip(files, self.extractor.keys(as_image_list(files)), strict=True):
-                if key in enrolled:
-                    attached[key] = (file.suffix, file.read_bytes())
-        return write_enrolment(
-            path,
-            manifest=self.bundle.manifest,
-            precision=self.backend.precision,
-            ids=ids,
-            labels=labels,
-            keys=keys,
-            features=features,
-            removed_shipped=self.store.removed_shipped_labels(),
-            images=attached,
-            versions=_runtime_version(),
-        )
+        with self._head_lock:
+            self._complete_features()
+        manifest, precision = self.bundle.manifest, self.backend.precision
+        return export_samples(self.store, self.extractor, manifest, precision, path, images, _runtime_version())
 
     # ---------------------------------------------------------------- fitting and prediction
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.features import FeatureExtractor
+from edgetl_runtime.kept_images import KeepMode
 
 Progress = Callable[[int, int], None]  # progress(done, total)
 
@@ -53,3 +54,15 @@ def _warn_upscaled(store: FeatureStore, extractor: FeatureExtractor, short_sides
             f"(keep_images={resize} or 'original') for future enrolments.",
             stacklevel=4,
         )
+
+
+def warn_images_still_kept(store: FeatureStore) -> None:
+    """Asking for features only stops keeping new images; the ones already kept stay until forgotten."""
+    if store.requested_policy is not None and store.requested_policy.mode is KeepMode.NONE:
+        kept = store.storage()["images_kept"]
+        if kept:
+            warnings.warn(
+                f"keep_images='none' keeps no new images, but {kept} image(s) enrolled earlier are still kept "
+                "in this state. Fix: learner.forget_images() (edgetl-device forget-images) deletes them.",
+                stacklevel=3,
+            )
