@@ -36,6 +36,7 @@ from edgetl_runtime.errors import (
     StateLockedError,
 )
 from edgetl_runtime.learner import Learner
+from edgetl_runtime.state_schema import SCHEMA, statements
 
 from . import _hostile as H
 from ._support import COLORS, class_images, sample_rows, snapshot
@@ -456,10 +457,12 @@ def _schema(*statements: str) -> Callable[[Ctx], Callable[[], object]]:
 
 
 def _rebuilt(table: str, create: str) -> Callable[[Ctx], Callable[[], object]]:
-    """The state with ``table`` rebuilt from ``create`` (same rows, another definition)."""
+    """The state with ``table`` rebuilt from ``create`` (same rows, another definition) and its indexes made
+    again as the schema has them, so that the table's definition is the one thing the schema check can see."""
+    indexes = [s for s in statements(SCHEMA) if s.strip().startswith("CREATE INDEX") and f" ON {table}(" in s]
     return _schema(
         "PRAGMA foreign_keys=OFF", f"ALTER TABLE {table} RENAME TO old_{table}", create,
-        f"INSERT INTO {table} SELECT * FROM old_{table}", f"DROP TABLE old_{table}",
+        f"INSERT INTO {table} SELECT * FROM old_{table}", f"DROP TABLE old_{table}", *indexes,
     )  # fmt: skip
 
 
@@ -673,14 +676,14 @@ ROUND2: dict[str, _Case] = {
     "state-locked-while-created": (StateLockedError, _Lock(_add([U8]), new_file=True)),
     "state-disk-full-add": (StateFullError, _disk_full),
     "state-trigger-deletes-samples": (StateError, _schema("CREATE TRIGGER eat AFTER INSERT ON samples BEGIN DELETE FROM samples WHERE id = NEW.id; END")),
-    "state-trigger-on-features": (StateError, _schema("CREATE TRIGGER leak AFTER INSERT ON features BEGIN UPDATE meta SET value = NEW.key WHERE key = 'x'; END")),
+    "state-trigger-on-features": (StateError, _schema("CREATE TRIGGER leak AFTER INSERT ON features BEGIN UPDATE meta SET value = NEW.image WHERE key = 'x'; END")),
     "state-trigger-before-delete": (StateError, _schema("CREATE TRIGGER keep BEFORE DELETE ON samples BEGIN SELECT RAISE(IGNORE); END")),
     "state-view": (StateError, _schema("CREATE VIEW v AS SELECT * FROM samples")),
     "state-extra-table": (StateError, _schema("CREATE TABLE extra (x)")),
     "state-extra-index": (StateError, _schema("CREATE INDEX extra_idx ON features(vec)")),
     "state-dropped-index": (StateError, _schema("DROP INDEX samples_label")),
-    "state-samples-without-not-null": (StateError, _rebuilt("samples", "CREATE TABLE samples (id INTEGER PRIMARY KEY AUTOINCREMENT, label TEXT, feature_key TEXT REFERENCES features(key))")),
-    "state-samples-without-foreign-key": (StateError, _rebuilt("samples", "CREATE TABLE samples (id INTEGER PRIMARY KEY AUTOINCREMENT, label TEXT NOT NULL, feature_key TEXT NOT NULL)")),
+    "state-samples-without-not-null": (StateError, _rebuilt("samples", "CREATE TABLE samples (id INTEGER PRIMARY KEY AUTOINCREMENT, label TEXT, image TEXT REFERENCES images(hash) ON DELETE RESTRICT)")),
+    "state-samples-without-foreign-key": (StateError, _rebuilt("samples", "CREATE TABLE samples (id INTEGER PRIMARY KEY AUTOINCREMENT, label TEXT NOT NULL, image TEXT NOT NULL)")),
     "state-meta-without-primary-key": (StateError, _rebuilt("meta", "CREATE TABLE meta (key TEXT, value TEXT NOT NULL)")),
     "state-features-with-check": (StateError, _rebuilt("features", "CREATE TABLE features (image TEXT NOT NULL, model TEXT NOT NULL REFERENCES models(key) ON DELETE CASCADE, vec BLOB NOT NULL CHECK (length(vec) > 0), PRIMARY KEY (image, model))")),
     "state-features-generated-column": (StateError, _schema("ALTER TABLE features ADD COLUMN g TEXT GENERATED ALWAYS AS (upper(image)) VIRTUAL")),

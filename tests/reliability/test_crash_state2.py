@@ -34,10 +34,11 @@ def _store(path: Path, digest: str) -> FeatureStore:
     return FeatureStore(path, model_digest=digest, feature_dim=D, preprocess_key="p")
 
 
-def _rows(path: Path) -> list[tuple[object, ...]]:
+def _rows(path: Path) -> list[tuple[int, str, str]]:
     con = sqlite3.connect(path)
     try:
-        return con.execute("SELECT id, label, image FROM samples ORDER BY id").fetchall()
+        rows = con.execute("SELECT id, label, image FROM samples ORDER BY id").fetchall()
+        return [(int(i), str(label), str(image)) for i, label, image in rows]
     finally:
         con.close()
 
