@@ -85,7 +85,7 @@ class ImageKeeping:
             return cls(KeepMode.THUMBNAIL, int(size))
         if mode in (KeepMode.ORIGINAL.value, KeepMode.NONE.value) and not size:
             return cls(KeepMode(mode))
-        raise StateError(f"The state's image policy {text!r} is damaged; expected 'thumbnail:N', 'original' or 'none'.")
+        raise StateError(f"its image policy {text!r} is damaged (expected 'thumbnail:N', 'original' or 'none').")
 
     def describe(self) -> str:
         if self.mode is KeepMode.THUMBNAIL:

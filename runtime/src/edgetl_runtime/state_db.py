@@ -280,7 +280,10 @@ class StateDatabase:
         if missing or (version == 1 and not str(meta["feature_dim"]).isdigit()):
             raise StateError(f"State database {where!r} has damaged meta (missing {missing}). Fix: {_FIX_CORRUPT}.")
         if version == SCHEMA_VERSION:
-            ImageKeeping.from_text(str(meta["image_policy"]))
+            try:
+                ImageKeeping.from_text(str(meta["image_policy"]))
+            except StateError as exc:
+                raise StateError(f"State database {where!r}: {exc} Fix: {_FIX_CORRUPT}.") from None
         return version
 
     @staticmethod
