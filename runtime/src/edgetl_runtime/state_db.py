@@ -283,7 +283,10 @@ class StateDatabase:
             try:
                 ImageKeeping.from_text(str(meta["image_policy"]))
             except StateError as exc:
-                raise StateError(f"State database {where!r}: {exc} Fix: {_FIX_CORRUPT}.") from None
+                raise StateError(
+                    f"State database {where!r}: {exc} The enrolments are intact. Fix: set it with the sqlite3 tool "
+                    "(UPDATE meta SET value = 'thumbnail:384' WHERE key = 'image_policy'), or restore a backup."
+                ) from None
         return version
 
     @staticmethod
