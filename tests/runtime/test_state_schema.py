@@ -126,18 +126,23 @@ def test_a_schema_1_state_is_upgraded_in_place_keeping_every_sample(tmp_path: Pa
         assert store.samples()[0].tolist() == [*ids, 6]
 
 
-def test_an_upgraded_sample_is_still_found_as_a_duplicate_by_its_image(tmp_path: Path) -> None:
+def test_an_upgraded_sample_is_found_as_a_duplicate_of_its_image_under_any_model(tmp_path: Path) -> None:
+    """Schema 1 named a sample by sha256(image hash, model, preprocessing): re-adding that image under the
+    same model or another one (the fix the features-only warning gives) must be seen as a duplicate."""
     path = tmp_path / "v1.sqlite"
     _v1_state(path)
+    image_hash = "e" * 64
     with _store(path) as store:
-        image_hash = "e" * 64
         legacy = store.feature_key(image_hash)
-        # A schema-1 sample is named by its feature key, sha256(image hash, model, preprocessing):
-        store._db.execute("PRAGMA foreign_keys=OFF")
-        store._db.execute("UPDATE images SET hash = ? WHERE hash = ?", (legacy, "f" * 63 + "0"))
-        store._db.execute("UPDATE samples SET image = ? WHERE image = ?", (legacy, "f" * 63 + "0"))
-        store._db.execute("UPDATE features SET image = ? WHERE image = ?", (legacy, "f" * 63 + "0"))
-        assert store.enrolled_labels([image_hash, "0" * 64]) == {image_hash: ["a"]}
+    con = sqlite3.connect(path)  # the upgraded sample 1 named, as schema 1 did, by its real feature key
+    con.execute("PRAGMA foreign_keys=OFF")
+    for table, column in (("images", "hash"), ("samples", "image"), ("features", "image")):
+        con.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (legacy, "f" * 63 + "0"))
+    con.commit()
+    con.close()
+    for digest in (DIGEST, "9" * 64):
+        with _store(path, digest=digest) as store:
+            assert store.enrolled_labels([image_hash, "0" * 64]) == {image_hash: ["a"]}  # sample 1
 
 
 def test_an_upgraded_state_under_another_model_lists_its_samples_as_not_re_extractable(tmp_path: Path) -> None:

@@ -102,11 +102,18 @@ class FeatureStore(KeptImages):
         super().__init__()
         self._connect()
 
-    def feature_key(self, image_hash: str) -> str:
-        """Schema 1's key of an image's features under this model (still recognised: see ``legacy_keys``)."""
+    def feature_key(self, image_hash: str, model_digest: str | None = None, preprocess_key: str | None = None) -> str:
+        """Schema 1's key of an image's features under a model (this one by default): what a schema-1 state
+        and enrolment files written before schema 2 name a sample by."""
         # NUL separators keep the three parts from sliding into each other ("ab"+"c" vs "a"+"bc").
-        text = "\0".join((image_hash, self.model_digest, self.preprocess_key))
-        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        parts = (image_hash, model_digest or self.model_digest, preprocess_key or self.preprocess_key)
+        return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
+
+    def legacy_keys(self, image_hashes: Sequence[str]) -> dict[str, str]:
+        """Schema-1 key -> image hash, under every model the state has known: an upgraded sample is named by one."""
+        with self._reading():
+            models = self._db.execute("SELECT model_digest, preprocess_key FROM models").fetchall()
+        return {self.feature_key(h, str(d), str(p)): h for h in image_hashes for d, p in models}
 
     def _decode(self, blob: bytes, key: str) -> npt.NDArray[np.float32]:
         if not isinstance(blob, bytes) or len(blob) != 4 * self.feature_dim:
@@ -369,10 +376,11 @@ class FeatureStore(KeptImages):
     def enrolled_labels(self, keys: Sequence[str]) -> dict[str, list[str]]:
         """Labels under which each image hash in ``keys`` is already enrolled (keys not enrolled are absent).
 
-        A sample upgraded from schema 1 is known by its schema-1 feature key, which is looked up too.
+        A sample upgraded from schema 1 is known by its schema-1 key under the model that made it, which is
+        looked up too, whatever model runs now.
         """
         keys = list(dict.fromkeys(keys))
-        alias = {self.feature_key(k): k for k in keys}
+        alias = self.legacy_keys(keys)
         lookup = [*keys, *alias]
         found: dict[str, list[str]] = {}
         with self._reading():

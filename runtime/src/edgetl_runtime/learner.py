@@ -272,11 +272,16 @@ class Learner:
         self.unavailable = lost
 
     def _already_counted(self, keys: list[str]) -> npt.NDArray[np.bool_]:
-        """Which image hashes a merged shipped head already counts; it may name them by their schema-1 keys."""
+        """Which image hashes a merged shipped head already counts; enrolment files written before state
+        schema 2 named samples by their schema-1 keys (pixels + model), which count too."""
         if self.prior is None or not len(self.prior.counted_keys):
             return np.zeros(len(keys), dtype=bool)
-        legacy = [self.store.feature_key(k) for k in keys]
-        return np.asarray(self.prior.already_counted(keys) | self.prior.already_counted(legacy), dtype=bool)
+        counted = self.prior.already_counted(keys)
+        legacy = self.store.legacy_keys(keys)  # schema-1 key -> image hash, under every model
+        if legacy:
+            hit = {legacy[k] for k, c in zip(legacy, self.prior.already_counted(list(legacy)), strict=True) if c}
+            counted |= np.array([k in hit for k in keys], dtype=bool)
+        return np.asarray(counted, dtype=bool)
 
     def forget_images(self) -> int:
         """Delete every kept image from the state and keep features only from now on; returns how many.
