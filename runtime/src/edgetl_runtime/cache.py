@@ -298,17 +298,19 @@ class FeatureStore(KeptImages):
                 elif removed == 0:
                     known = sorted({*self.labels(), *(set(shipped) - set(self.removed_shipped_labels()))})
                     raise InputError(f"Unknown label {name!r}; known labels: {known}. Fix: pass one of those.")
-                self._drop_unused_images()
-                return int(removed)
-            unknown = sorted(set(wanted) - self._existing_ids(wanted))
-            if unknown:
-                raise InputError(
-                    f"Unknown sample ids {unknown[:20]}; {len(self)} samples are enrolled, labels {self.labels()}. "
-                    "Fix: pass ids returned by add_samples() or listed by samples()."
-                )
-            db.executemany("DELETE FROM samples WHERE id = ?", [(i,) for i in wanted])
-            self._drop_unused_images()
-            return len(wanted)
+            else:
+                unknown = sorted(set(wanted) - self._existing_ids(wanted))
+                if unknown:
+                    raise InputError(
+                        f"Unknown sample ids {unknown[:20]}; {len(self)} samples are enrolled, labels {self.labels()}. "
+                        "Fix: pass ids returned by add_samples() or listed by samples()."
+                    )
+                db.executemany("DELETE FROM samples WHERE id = ?", [(i,) for i in wanted])
+                removed = len(wanted)
+            dropped = self._drop_unused_images()
+        if dropped:
+            self.truncate_wal("The removed samples' images")
+        return int(removed)
 
     def _existing_ids(self, ids: list[int]) -> set[int]:
         found: set[int] = set()

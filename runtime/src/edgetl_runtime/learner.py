@@ -361,9 +361,10 @@ class Learner:
 
     # ---------------------------------------------------------------- state
 
-    def save(self) -> None:
-        """Checkpoint the write-ahead log. Every ``add`` is already durable when it returns."""
-        self.store.checkpoint()
+    def save(self) -> bool:
+        """Checkpoint and truncate the write-ahead log (every ``add`` is already durable when it returns);
+        False when another connection's read kept part of it."""
+        return self.store.checkpoint()
 
     def info(self) -> dict[str, Any]:
         m = self.bundle.manifest

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -365,14 +366,32 @@ class StateDatabase:
             if not durable:
                 con.execute("PRAGMA synchronous=FULL")
 
-    def checkpoint(self) -> None:
-        """Fold the write-ahead log into the main file (e.g. before copying the state elsewhere)."""
+    def checkpoint(self) -> bool:
+        """Fold the write-ahead log into the main file and truncate it (e.g. before copying the state
+        elsewhere); returns False when a reader in another connection kept part of it (retry later)."""
         with self._lock:
-            if self.path is not None and not self.read_only:
-                try:
-                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                except sqlite3.DatabaseError as exc:
-                    raise state_error(exc, self.path, "Checkpointing", self.busy_timeout) from exc
+            if self.path is None or self.read_only:
+                return True
+            try:
+                busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.DatabaseError as exc:
+                raise state_error(exc, self.path, "Checkpointing", self.busy_timeout) from exc
+            return bool(busy == 0)
+
+    def truncate_wal(self, what: str) -> bool:
+        """After deleting private data: checkpoint so that it leaves the -wal file too (``secure_delete`` has
+        overwritten it in the main file; the log still holds the pages it was written in). A connection of
+        another process that is reading holds the log (SQLite waits up to the busy timeout): then warn."""
+        if self.checkpoint():
+            return True
+        warnings.warn(
+            f"{what} are deleted from the state, but their old pages stay in its write-ahead log {self.path}-wal "
+            "while another connection is reading it. Fix: close the other processes that use this state, then "
+            "call learner.save() (or reload); the log is truncated then.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
 
     def close(self) -> None:
         """Close the connection; safe to call twice."""

@@ -51,8 +51,12 @@ class KeptImages(StateDatabase):
                     (*data, key),
                 )
 
-    def _drop_unused_images(self) -> None:
-        self._db.execute("DELETE FROM images WHERE NOT EXISTS (SELECT 1 FROM samples s WHERE s.image = images.hash)")
+    def _drop_unused_images(self) -> int:
+        """Delete the images rows (and kept pixels) no sample uses; returns how many held pixels."""
+        unused = "NOT EXISTS (SELECT 1 FROM samples s WHERE s.image = images.hash)"
+        (kept,) = self._db.execute(f"SELECT count(*) FROM images WHERE pixels IS NOT NULL AND {unused}").fetchone()
+        self._db.execute(f"DELETE FROM images WHERE {unused}")
+        return int(kept)
 
     def kept_pixels(self, keys: Sequence[str], *, skip_damaged: bool = False) -> dict[str, npt.NDArray[np.uint8]]:
         """Image hash -> the kept ``(H, W, 3)`` uint8 pixels, for those of ``keys`` that have them.
@@ -86,7 +90,7 @@ class KeptImages(StateDatabase):
             gone = db.execute("UPDATE images SET height = NULL, width = NULL, pixels = NULL WHERE pixels IS NOT NULL")
             db.execute("UPDATE meta SET value = ? WHERE key = 'image_policy'", (ImageKeeping(KeepMode.NONE).to_text(),))
         self.image_policy = ImageKeeping(KeepMode.NONE)
-        self.checkpoint()  # fold the WAL in, so the old pages do not linger in the -wal file
+        self.truncate_wal("The forgotten images")
         return int(gone.rowcount)
 
     def storage(self) -> dict[str, Any]:
