@@ -265,3 +265,19 @@ def test_asking_for_features_only_says_the_images_kept_earlier_stay_until_forgot
     with learner:
         learner.add(_images(COLOURS["green"], 1, seed=1), "green")
         assert learner.store.storage()["images_kept"] == 2  # the new one is not kept
+
+
+def test_forget_images_in_one_process_stops_another_running_one_from_keeping_images(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state.sqlite"
+    with (
+        Learner.load(tiny_bundle, state, backend="onnxruntime") as first,
+        Learner.load(tiny_bundle, state, backend="onnxruntime") as second,
+    ):
+        first.add(_noise(1, seed=4), "red")
+        second.forget_images()
+        images = _noise(2, seed=5)
+        first.add(images, "green")  # opened when the policy was thumbnails: the file's policy wins
+        assert first.store.storage()["images_kept"] == 0 and _on_disk(state, images) == {"db": 0, "wal": 0}
+        assert first.store.image_policy.to_text() == "none"

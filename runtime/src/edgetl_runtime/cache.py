@@ -230,6 +230,10 @@ class FeatureStore(KeptImages):
         names = [check_label(label) for label in labels]  # NFC: one spelling per class
         kept = self._encode_kept(keys, images)  # before the transaction: encoding a photo takes milliseconds
         with self._writing("Enrolling into"):
+            stored = self._stored_policy()
+            if stored != self.image_policy:  # another process changed it (forget_images) since this one opened
+                self.image_policy = stored
+                kept = self._encode_kept(keys, images)
             if not self.model_registered:  # a model first seen while the state was read-only
                 self._register_model()
             self._upsert(keys, vectors)

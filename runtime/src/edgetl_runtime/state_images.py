@@ -39,6 +39,11 @@ class KeptImages(StateDatabase):
                 out[key] = None if small is None else (small.shape[0], small.shape[1], encode_pixels(small))
         return out
 
+    def _stored_policy(self) -> ImageKeeping:
+        """The image policy the file says now (another process may have changed it)."""
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'image_policy'").fetchone()
+        return ImageKeeping.from_text(str(row[0]) if row else "")
+
     def _keep_images(self, keys: list[str], kept: Mapping[str, tuple[int, int, bytes] | None]) -> None:
         """One images row per hash; pixels fill in a features-only row when the same image comes with them."""
         db = self._db
