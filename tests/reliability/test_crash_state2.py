@@ -92,10 +92,11 @@ def test_sigkill_while_re_extracting_for_another_model_keeps_every_sample(tmp_pa
     assert lines[0] == "OPEN" and len(have) >= len(done) >= wanted, (lines[:3], len(done), len(have))
 
 
-def _v1_file(path: Path, samples: int) -> list[tuple[int, str]]:
+def _v1_file(path: Path, samples: int) -> tuple[list[tuple[int, str]], np.ndarray]:
     """A schema-1 state as edgetl 0.1 wrote it, large enough that its upgrade takes a while."""
     rng = np.random.default_rng(0)
     con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=WAL")  # as edgetl_runtime 0.1 left every state
     for statement in statements(SCHEMA_V1):
         con.execute(statement)
     meta = {"schema_version": "1", "bundle_digest": MODEL_A, "feature_dim": str(D), "preprocess_key": "p"}
@@ -111,7 +112,7 @@ def _v1_file(path: Path, samples: int) -> list[tuple[int, str]]:
     con.commit()
     rows = [(int(i), str(label)) for i, label in con.execute("SELECT id, label FROM samples ORDER BY id")]
     con.close()
-    return rows
+    return rows, vectors.astype(np.float32)
 
 
 _UPGRADE_CHILD = textwrap.dedent(
@@ -141,7 +142,7 @@ def test_sigkill_during_the_schema_1_upgrade_leaves_version_1_or_2_never_half(tm
     """Trial 0 kills after every upgrade statement ran, before COMMIT; the others at a random time across the
     ~0.12 s upgrade."""
     path = tmp_path / "v1.sqlite"
-    expected = _v1_file(path, 20_000)
+    expected, vectors = _v1_file(path, 20_000)
     argv = [sys.executable, "-c", _UPGRADE_CHILD, str(path), *(["hold"] if trial == 0 else [])]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None and child.stdout.readline().strip() == "START"
@@ -161,4 +162,4 @@ def test_sigkill_during_the_schema_1_upgrade_leaves_version_1_or_2_never_half(tm
         assert store.integrity_check() == []
         ids, labels, features = store.samples()
         assert list(zip(ids.tolist(), labels.tolist(), strict=True)) == expected
-        assert features.shape == (len(expected), D)
+        np.testing.assert_array_equal(features, vectors)  # every vector, bit for bit

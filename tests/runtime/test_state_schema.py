@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgetl_runtime.cache import FeatureStore
-from edgetl_runtime.errors import InputError, StateError, StateReadOnlyError
+from edgetl_runtime.errors import InputError, StateError, StateLockedError, StateReadOnlyError
 from edgetl_runtime.kept_images import ImageKeeping, KeepMode, decode_pixels, encode_pixels
 from edgetl_runtime.state_schema import SCHEMA, SCHEMA_V1, expected_objects, schema_objects, statements
 
@@ -85,6 +85,7 @@ def _v1_state(path: Path, digest: str = DIGEST) -> tuple[list[int], np.ndarray]:
     """A schema-1 file as edgetl_runtime 0.1 wrote it: 3 samples (ids 1, 2, 4: id 3 and 5 were removed)."""
     vectors = np.arange(3 * D, dtype="<f4").reshape(3, D)
     con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=WAL")  # as edgetl_runtime 0.1 left every state
     for statement in statements(SCHEMA_V1):
         con.execute(statement)
     meta = {"schema_version": "1", "bundle_digest": digest, "feature_dim": str(D), "preprocess_key": PRE}
@@ -158,21 +159,52 @@ def test_an_upgraded_state_under_another_model_lists_its_samples_as_not_re_extra
         assert store.storage()["models"][0]["precision"] == "unknown"  # the old model is not this bundle's
 
 
-def test_a_read_only_schema_1_state_says_it_needs_one_writable_load(
+def test_a_read_only_schema_1_state_is_upgraded_in_memory_and_still_predicts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "v1.sqlite"
-    _v1_state(path)
+    ids, vectors = _v1_state(path)
     before = path.read_bytes()
     real_connect = sqlite3.connect
 
     def read_only(where: str, **kwargs: object) -> sqlite3.Connection:  # SQLite's own read-only open (mode=ro)
+        if where == ":memory:":
+            return real_connect(where, **kwargs)  # type: ignore[arg-type]
         return real_connect(f"file:{where}?mode=ro", uri=True, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(sqlite3, "connect", read_only)  # root ignores file modes; mode=ro does not
-    with pytest.raises(StateReadOnlyError, match=r"schema 1.*upgrades once in place.*read-only"):
-        _store(path)
+    with pytest.warns(RuntimeWarning, match=r"schema 1 and is read-only: it was upgraded in memory"):
+        store = _store(path)
+    with store:
+        assert store.read_only and store.samples()[0].tolist() == ids
+        np.testing.assert_array_equal(store.samples()[2], vectors)
+        with pytest.raises(StateReadOnlyError):
+            store.add_samples(["new"], ["c"], np.ones((1, D), np.float32))
     assert path.read_bytes() == before
+
+
+def test_the_upgrade_waits_for_an_older_runtime_to_let_go_and_changes_nothing_meanwhile(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    _v1_state(path)
+    older = sqlite3.connect(path)  # an older edgetl_runtime, still running on this state (WAL, as it wrote it)
+    older.execute("SELECT count(*) FROM samples").fetchone()
+    before = path.read_bytes()
+    with pytest.raises(StateLockedError, match=r"schema 1.*another process has it open.*Nothing was changed"):
+        FeatureStore(path, model_digest=DIGEST, feature_dim=D, preprocess_key=PRE, busy_timeout=0.2)
+    assert path.read_bytes() == before
+    assert older.execute("SELECT count(*) FROM samples").fetchone() == (3,)  # it still reads schema 1
+    older.close()
+    with _store(path) as store:  # alone now: upgraded
+        assert store.samples()[0].tolist() == [1, 2, 4]
+
+
+def test_the_upgrade_names_the_old_model_from_any_precision_of_the_bundle(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    _v1_state(path)  # enrolled at the bundle's int8 member (DIGEST); loaded now at its fp32 one
+    known = {DIGEST: ("int8", "lite0"), "9" * 64: ("fp32", "lite0")}
+    with FeatureStore(path, model_digest="9" * 64, feature_dim=D, preprocess_key=PRE, known_models=known) as store:
+        names = [(m["precision"], m["backbone"], m["samples_with_features"]) for m in store.storage()["models"]]
+        assert names[0] == ("int8", "lite0", 3)
 
 
 def test_a_tampered_schema_1_state_is_refused_not_upgraded(tmp_path: Path) -> None:

@@ -57,6 +57,8 @@ class FeatureStore(KeptImages):
         feature_dim: length D of that model's feature vectors.
         preprocess_key: identity of the preprocessing that produced the features.
         precision, backbone: recorded with the model, for people and tools reading the state.
+        known_models: model digest -> (precision, backbone) of the bundle's other models, to name the model
+            of a schema-1 state when it is upgraded.
         keep_images: what to keep of enrolled images (:class:`ImageKeeping`, ``"thumbnail"``, ``"original"``,
             ``"none"`` or a thumbnail size); None keeps the state's own policy (a new state: 384-px thumbnails).
         max_unenrolled: how many features of images that are *not* enrolled (predicted ones) to keep;
@@ -81,6 +83,7 @@ class FeatureStore(KeptImages):
         precision: str = "unknown",
         backbone: str = "unknown",
         keep_images: ImageKeeping | str | int | None = None,
+        known_models: Mapping[str, tuple[str, str]] | None = None,
         max_unenrolled: int = 10_000,
         busy_timeout: float | None = None,
     ) -> None:
@@ -95,6 +98,7 @@ class FeatureStore(KeptImages):
         self.preprocess_key = preprocess_key
         self.precision, self.backbone = precision, backbone
         self.requested_policy = None if keep_images is None else ImageKeeping.parse(keep_images)
+        self.known_models = {model_digest: (precision, backbone), **(known_models or {})}
         self.model = model_key(model_digest, preprocess_key)
         self.busy_timeout = float(BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout)
         self._warned_uncached = False

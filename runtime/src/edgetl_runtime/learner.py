@@ -135,6 +135,7 @@ class Learner:
             precision=built.precision.value,
             backbone=manifest.backbone.name,
             keep_images=keep_images,
+            known_models={manifest.model_digest(p): (p.value, manifest.backbone.name) for p in manifest.precisions},
         )
         try:
             learner = cls(opened, built, store, head, flip_enrolment, selection, prior)

@@ -102,7 +102,8 @@ class StateDatabase:
 
     A subclass sets ``path``, ``busy_timeout``, the model it computes features with (``model_digest``,
     ``preprocess_key``, ``feature_dim``, ``precision``, ``backbone``) and the image policy it was asked for
-    (``requested_policy``; None keeps the state's), then calls :meth:`_connect`.
+    (``requested_policy``; None keeps the state's) and ``known_models`` (the bundle's models, to name a
+    schema-1 file's model when it is upgraded), then calls :meth:`_connect`.
     """
 
     path: str | None
@@ -113,6 +114,7 @@ class StateDatabase:
     precision: str
     backbone: str
     requested_policy: ImageKeeping | None
+    known_models: dict[str, tuple[str, str]]  # model digest -> (precision, backbone) of the bundle being loaded
     image_policy: ImageKeeping = ImageKeeping()
     model_registered: bool = False  # whether this model's features can be stored (False: read-only, new model)
     read_only: bool = False
@@ -130,7 +132,7 @@ class StateDatabase:
         except sqlite3.Error as exc:
             raise StateError(f"Cannot open state database {where!r}: {exc}. Fix: check the directory exists.") from exc
         try:
-            self._open(con, where)
+            con = self._open(con, where)
         except sqlite3.DatabaseError as exc:
             con.close()
             code = _primary_code(exc)
@@ -147,18 +149,17 @@ class StateDatabase:
             raise
         self._con = con
 
-    def _open(self, con: sqlite3.Connection, where: str) -> None:
-        """Check the file, set durability pragmas, create, verify or upgrade the schema, then switch to WAL.
+    def _open(self, con: sqlite3.Connection, where: str) -> sqlite3.Connection:
+        """Check the file, set durability pragmas, create, verify or upgrade the schema, then switch to WAL;
+        returns the connection to use (an in-memory upgrade of a read-only schema-1 file, see below).
 
         Verification only reads (a deferred transaction), so a read-only or busy file is checked without
-        waiting for the write lock; only an empty or schema-1 database is written, under BEGIN IMMEDIATE.
+        waiting for the write lock; only an empty or schema-1 database is written.
         """
         # Functions with side effects never run from schema objects (defence in depth: the schema check
         # below refuses any trigger or view anyway).
         con.execute("PRAGMA trusted_schema=OFF")
-        problems = [row[0] for row in con.execute("PRAGMA quick_check")]
-        if problems != ["ok"]:
-            raise StateError(f"State database {where!r} failed quick_check: {problems[:5]}. Fix: {_FIX_CORRUPT}.")
+        self._quick_check(con, where)
         # FULL: in WAL mode NORMAL survives a process crash but may drop the last commits on power loss.
         # A device can lose power any time, and add_samples promises the enrolment is durable once it
         # returns, so commits sync by default; cache-only writes relax this (see put_features).
@@ -169,31 +170,85 @@ class StateDatabase:
         with self._read_transaction(con):
             objects = schema_objects(con)
             version = self._check_schema(con, where, objects) if objects else None
-        if version != SCHEMA_VERSION:
-            if version == 1 and not self._writable(con):
-                raise StateReadOnlyError(
-                    f"State database {where!r} has schema 1, which this edgetl_runtime upgrades once in place "
-                    "(in one transaction), but the file or its folder is read-only. Fix: make both writable for "
-                    "one load, or open it with the edgetl_runtime that made it."
-                )
+        if version == 1:
+            con = self._upgrade_v1(con, where)
+        elif version is None:
             with self._transaction(con):  # re-read under the write lock: another process may have done it
                 objects = schema_objects(con)
                 version = self._check_schema(con, where, objects) if objects else None
-                policy = (self.requested_policy or ImageKeeping()).to_text()
                 if version is None:
                     for statement in statements(SCHEMA):
                         con.execute(statement)
+                    policy = (self.requested_policy or ImageKeeping()).to_text()
                     con.executemany(
                         "INSERT INTO meta VALUES (?, ?)",
                         [("schema_version", str(SCHEMA_VERSION)), ("image_policy", policy)],
                     )
-                elif version == 1:
-                    migrate_v1(con, {self.model_digest: (self.precision, self.backbone)}, policy)
-        self.read_only = not self._writable(con)
+            if version == 1:
+                con = self._upgrade_v1(con, where)
+        self.read_only = self.read_only or not self._writable(con)
         # WAL only once the file is known to be ours: switching rewrites the header of a foreign database.
-        if not self.read_only:
+        if not self.read_only and self.path is not None:
             con.execute("PRAGMA journal_mode=WAL")
         self._adopt(con, where)
+        return con
+
+    @staticmethod
+    def _quick_check(con: sqlite3.Connection, where: str) -> None:
+        """SQLite's quick_check of every page, except the kept images' (the bulk of the file: hundreds of
+        milliseconds per load on a device's flash); their blobs are checked as they are decoded, and by
+        ``integrity_check``. SQLite before 3.33 cannot check one table: it checks the whole file."""
+        tables = [str(r[0]) for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if "images" in tables and sqlite3.sqlite_version_info >= (3, 33, 0):
+            checks = [f"PRAGMA quick_check({name})" for name in tables if name != "images"]
+        else:
+            checks = ["PRAGMA quick_check"]
+        problems = [row[0] for check in checks for row in con.execute(check) if row[0] != "ok"]
+        if problems:
+            raise StateError(f"State database {where!r} failed quick_check: {problems[:5]}. Fix: {_FIX_CORRUPT}.")
+
+    def _upgrade_v1(self, con: sqlite3.Connection, where: str) -> sqlite3.Connection:
+        """Upgrade a schema-1 file in place, alone (an older runtime still reading it would see a damaged
+        file); a read-only one is upgraded in memory, for this process only."""
+        policy = (self.requested_policy or ImageKeeping()).to_text()
+        if not self._writable(con):
+            memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            con.backup(memory)
+            con.close()
+            memory.execute("PRAGMA foreign_keys=ON")
+            with self._transaction(memory):
+                migrate_v1(memory, self.known_models, policy)
+            warnings.warn(
+                f"State database {where!r} has schema 1 and is read-only: it was upgraded in memory for this "
+                "process (predictions work; enrolling does not). Fix: make the file and its folder writable "
+                "for one load, which upgrades it in place.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            self.read_only = True
+            return memory
+        try:
+            con.execute("PRAGMA journal_mode=DELETE")  # WAL -> DELETE needs every other connection closed
+        except sqlite3.OperationalError as exc:
+            if _primary_code(exc) not in (_BUSY, _LOCKED):
+                raise
+            raise StateLockedError(
+                f"State database {where!r} has schema 1, which this edgetl_runtime upgrades once in place, but "
+                f"another process has it open (an older edgetl_runtime?) and would then read it as damaged. "
+                "Nothing was changed. Fix: stop the other processes that use this state (update them to this "
+                "edgetl-runtime), then load again."
+            ) from exc
+        con.execute("BEGIN EXCLUSIVE")  # no reader sees the upgrade half done
+        try:
+            objects = schema_objects(con)  # another process may have upgraded it since our first look
+            if self._check_schema(con, where, objects) == 1:
+                migrate_v1(con, self.known_models, policy)
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        return con
 
     def _adopt(self, con: sqlite3.Connection, where: str) -> None:
         """Register this model's feature space and settle the image policy (writes only what changed)."""
