@@ -446,3 +446,13 @@ def test_unenrolled_features_are_evicted_oldest_first_but_enrolled_ones_never() 
     assert store.integrity_check() == []
     with pytest.raises(InputError, match="max_unenrolled"):
         FeatureStore(None, model_digest="d", feature_dim=4, preprocess_key="p", max_unenrolled=-1)
+
+
+def test_eviction_is_checked_every_hundredth_of_the_bound_and_overshoots_by_no_more() -> None:
+    store = FeatureStore(None, model_digest="d", feature_dim=4, preprocess_key="p", max_unenrolled=500)
+    for i in range(700):
+        store.put_features({f"seen{i}": np.full(4, i, np.float32)})
+        (count,) = store._db.execute("SELECT count(*) FROM features").fetchone()
+        assert count <= 500 + 5  # checked every 5 new rows
+    kept = store.get_features([f"seen{i}" for i in range(700)])
+    assert min(int(k[4:]) for k in kept) >= 195 and "seen699" in kept  # the oldest went
