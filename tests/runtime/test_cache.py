@@ -133,9 +133,18 @@ def test_another_model_opens_the_state_and_sees_its_samples_without_features(
 def test_the_same_model_with_another_feature_width_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     make(path).close()
+    with make(path) as store:
+        store.add_samples(["k0"], ["x"], feats(1), images=[np.zeros((4, 5, 3), np.uint8)])
     with pytest.raises(StateError, match=rf"{DIGEST[:12]}.* 8 wide, but the bundle says 9") as info:
         make(path, feature_dim=D + 1)
     assert isinstance(info.value, ValueError) and isinstance(info.value, EdgeTLError)
+    fix = str(info.value).split("sqlite3 tool (", 1)[1].rsplit("); the next load", 1)[0]
+    con = sqlite3.connect(path)  # the fix as the message gives it, in a plain connection (no foreign keys)
+    con.executescript(fix)
+    con.close()
+    with make(path, feature_dim=D + 1) as store:  # the enrolment survived; its features are to be recomputed
+        assert len(store) == 1 and store.samples_without_features() == [(1, "x", "k0", True)]
+        assert store.integrity_check() == []
 
 
 def test_not_a_database_is_refused(tmp_path: Path) -> None:

@@ -59,6 +59,14 @@ _MESSAGES = {  # Python 3.10 has no sqlite_errorcode: the same codes by SQLite's
 }
 
 
+def _drop_model_sql(digest: str) -> str:
+    """Statements that forget one model's features (the sqlite3 tool runs without foreign keys: no cascade)."""
+    return (
+        f"DELETE FROM features WHERE model IN (SELECT key FROM models WHERE model_digest = '{digest}'); "
+        f"DELETE FROM models WHERE model_digest = '{digest}';"
+    )
+
+
 def _primary_code(exc: BaseException) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)
     if isinstance(code, int):
@@ -259,7 +267,9 @@ class StateDatabase:
         if row is not None and row[0] != self.feature_dim:
             raise StateError(
                 f"State database {where!r} holds features of model {self.model_digest[:12]}… that are {row[0]} "
-                f"wide, but the bundle says {self.feature_dim}: one of them is damaged. Fix: {_FIX_CORRUPT}."
+                f"wide, but the bundle says {self.feature_dim}: one of them is damaged. The enrolments do not depend "
+                "on them. Fix: drop that model's features with the sqlite3 tool "
+                f"({_drop_model_sql(self.model_digest)}); the next load computes them again from the kept images."
             )
         self.image_policy = self.requested_policy or stored
         if self.read_only:
