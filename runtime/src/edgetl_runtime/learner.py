@@ -76,7 +76,8 @@ class Learner:
         self._data_version = store.data_version()
         self._samples_token = (*store.samples_token(), len(store.removed_shipped_labels()))
         self.progress: Progress | None = None  # re-extraction progress, (done, total)
-        self.unavailable: dict[str, int] = {}  # label -> samples this model cannot use (features only, elsewhere)
+        self.unavailable: dict[str, int] = {}  # label -> samples this model cannot use (features only, damaged)
+        self._warned_features_only: dict[str, int] = {}
 
     @classmethod
     def load(
@@ -261,8 +262,9 @@ class Learner:
     def _complete_features(self) -> None:
         """Compute this model's features of samples enrolled under another precision or bundle (once: they
         are stored); warn about those kept as features only, which this model cannot use."""
-        lost = reextract_missing(self.store, self.extractor, self.progress)
-        if lost and lost != self.unavailable:
+        lost, damaged = reextract_missing(self.store, self.extractor, self.progress)  # damaged: warned already
+        if lost and lost != self._warned_features_only:
+            self._warned_features_only = lost
             warnings.warn(
                 f"{sum(lost.values())} enrolled sample(s) {lost} were kept as features only (keep_images='none', or "
                 f"enrolled before edgetl kept images) under another model, so this {self.backend.precision.value} "
@@ -270,7 +272,7 @@ class Learner:
                 "were enrolled with, or enrol those images again.",
                 stacklevel=4,
             )
-        self.unavailable = lost
+        self.unavailable = {label: lost.get(label, 0) + damaged.get(label, 0) for label in {*lost, *damaged}}
 
     def _already_counted(self, keys: list[str]) -> npt.NDArray[np.bool_]:
         """Which image hashes a merged shipped head already counts; enrolment files written before state

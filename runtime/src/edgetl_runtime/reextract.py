@@ -14,44 +14,45 @@ Progress = Callable[[int, int], None]  # progress(done, total)
 
 def reextract_missing(
     store: FeatureStore, extractor: FeatureExtractor, progress: Progress | None = None
-) -> dict[str, int]:
+) -> tuple[dict[str, int], dict[str, int]]:
     """Run the backbone on the kept images of samples the store's model has no features for, and store them.
 
     Each batch is stored as it is computed, so an interrupted load keeps its progress. Returns label ->
-    number of samples that cannot be re-extracted (kept as features only, under another model).
+    number of samples that cannot be re-extracted: kept as features only (under another model), and kept
+    as pixels that no longer decode (each named in a warning).
     """
     missing = store.samples_without_features()
     if not missing:
-        return {}
+        return {}, {}
     todo = list(dict.fromkeys(key for _, _, key, kept in missing if kept))  # an image enrolled twice runs once
+    _warn_upscaled(store.shrunk_sides(todo), extractor.spec.resize_size)
     done: set[str] = set()
-    short_sides: list[int] = []
     for start in range(0, len(todo), extractor.batch_size):  # batch by batch: thousands of thumbnails need not fit
         pixels = store.kept_pixels(todo[start : start + extractor.batch_size], skip_damaged=True)
-        short_sides += [min(p.shape[:2]) for p in pixels.values()]
         if pixels:
             features = extractor.run_backbone(list(pixels.values()))  # (B, D)
             store.add_model_features(dict(zip(pixels, features, strict=True)))
             done.update(pixels)
         if progress is not None:
             progress(min(start + extractor.batch_size, len(todo)), len(todo))
-    _warn_upscaled(store, extractor, short_sides)
-    lost: dict[str, int] = {}
-    for _, label, key, _ in missing:
+    features_only: dict[str, int] = {}
+    damaged: dict[str, int] = {}
+    for _, label, key, kept in missing:
         if key not in done:
-            lost[label] = lost.get(label, 0) + 1
-    return lost
+            counts = damaged if kept else features_only
+            counts[label] = counts.get(label, 0) + 1
+    return features_only, damaged
 
 
-def _warn_upscaled(store: FeatureStore, extractor: FeatureExtractor, short_sides: list[int]) -> None:
+def _warn_upscaled(shrunk: dict[str, int], resize: int) -> None:
     """A thumbnail smaller than what this model resizes to is upscaled: its features lose detail."""
-    policy, resize = store.image_policy, extractor.spec.resize_size
-    shrunk = [side for side in short_sides if side == policy.size]  # thumbnails made smaller than the original
-    if shrunk and policy.size < resize:
+    small = sorted({side for side in shrunk.values() if side < resize})
+    if small:
+        count = sum(side < resize for side in shrunk.values())
         warnings.warn(
-            f"{len(shrunk)} kept thumbnail(s) have a shorter side of {policy.size} px, but this model resizes to "
-            f"{resize} px: their re-extracted features come from upscaled images. Fix: keep larger thumbnails "
-            f"(keep_images={resize} or 'original') for future enrolments.",
+            f"{count} kept thumbnail(s) have a shorter side of {', '.join(map(str, small))} px, but this model "
+            f"resizes to {resize} px: their re-extracted features come from upscaled images. Fix: keep larger "
+            f"thumbnails (keep_images={resize} or 'original') for future enrolments.",
             stacklevel=4,
         )
 

@@ -30,13 +30,15 @@ class KeptImages(StateDatabase):
 
     def _encode_kept(
         self, keys: list[str], images: Sequence[npt.NDArray[np.uint8]] | None
-    ) -> dict[str, tuple[int, int, bytes] | None]:
-        """Image hash -> (height, width, encoded pixels) the policy keeps, or None (features only)."""
-        out: dict[str, tuple[int, int, bytes] | None] = {}
+    ) -> dict[str, tuple[int, int, bytes, int, int] | None]:
+        """Image hash -> (height, width, encoded pixels, source height, source width) the policy keeps, or
+        None (features only)."""
+        out: dict[str, tuple[int, int, bytes, int, int] | None] = {}
         for i, key in enumerate(keys):
             small = None if images is None else self.image_policy.shrink(images[i])
             if key not in out or small is not None:
-                out[key] = None if small is None else (small.shape[0], small.shape[1], encode_pixels(small))
+                source = (0, 0) if images is None else images[i].shape[:2]
+                out[key] = None if small is None else (*small.shape[:2], encode_pixels(small), *source)
         return out
 
     def _stored_policy(self) -> ImageKeeping:
@@ -44,7 +46,7 @@ class KeptImages(StateDatabase):
         row = self._db.execute("SELECT value FROM meta WHERE key = 'image_policy'").fetchone()
         return ImageKeeping.from_text(str(row[0]) if row else "")
 
-    def _keep_images(self, keys: list[str], kept: Mapping[str, tuple[int, int, bytes] | None]) -> None:
+    def _keep_images(self, keys: list[str], kept: Mapping[str, tuple[int, int, bytes, int, int] | None]) -> None:
         """One images row per hash; pixels fill in a features-only row when the same image comes with them."""
         db = self._db
         for key in dict.fromkeys(keys):
@@ -52,7 +54,8 @@ class KeptImages(StateDatabase):
             db.execute("INSERT OR IGNORE INTO images (hash) VALUES (?)", (key,))
             if data is not None:
                 db.execute(
-                    "UPDATE images SET height = ?, width = ?, pixels = ? WHERE hash = ? AND pixels IS NULL",
+                    "UPDATE images SET height = ?, width = ?, pixels = ?, source_height = ?, source_width = ? "
+                    "WHERE hash = ? AND pixels IS NULL",
                     (*data, key),
                 )
 
@@ -83,6 +86,21 @@ class KeptImages(StateDatabase):
                         if not skip_damaged:
                             raise
                         warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+        return out
+
+    def shrunk_sides(self, keys: Sequence[str]) -> dict[str, int]:
+        """Image hash -> kept shorter side, for those of ``keys`` kept as a thumbnail smaller than enrolled."""
+        out: dict[str, int] = {}
+        unique = list(dict.fromkeys(keys))
+        with self._reading():
+            for start in range(0, len(unique), _CHUNK):
+                chunk = unique[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                query = (
+                    "SELECT hash, min(height, width) FROM images WHERE pixels IS NOT NULL AND "
+                    f"min(source_height, source_width) > min(height, width) AND hash IN ({marks})"
+                )
+                out.update((str(k), int(side)) for k, side in self._db.execute(query, chunk))
         return out
 
     def forget_images(self) -> int:

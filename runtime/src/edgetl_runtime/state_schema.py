@@ -32,6 +32,8 @@ CREATE TABLE images (
     height INTEGER,  -- of the kept pixels, which a thumbnail makes smaller than the original
     width INTEGER,
     pixels BLOB,  -- kept_images.encode_pixels, or NULL: features only
+    source_height INTEGER,  -- the image as enrolled (NULL: upgraded from schema 1)
+    source_width INTEGER,
     CHECK ((pixels IS NULL AND height IS NULL AND width IS NULL) OR (height > 0 AND width > 0))
 );
 CREATE TABLE samples (
