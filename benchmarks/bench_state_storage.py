@@ -10,7 +10,10 @@ scenes from 300x451 to 1411x1411 px):
    (28x28); and the state file's size per enrolled sample with one model's features, then two (pixels +
    features + SQLite's pages, after a checkpoint; nothing predicted yet).
 2. Fidelity: cosine between fp32 features of each photo and of its thumbnail (what a re-extraction sees).
-3. A precision switch on a real task: 8 classes (one scene each), K = 5 crops enrolled at int8, then the
+3. Upkeep: the time to open a state of 400 kept frames (every table but the images is quick_checked)
+   against SQLite's full quick_check of the same file; and ``put_features`` (caching a prediction's
+   features) in a state of 5,000 samples and 10,000 cached predictions, against one eviction count.
+4. A precision switch on a real task: 8 classes (one scene each), K = 5 crops enrolled at int8, then the
    state loaded at fp32 (features re-extracted from the kept thumbnails) against a state enrolled at fp32
    from the original crops; accuracy on 20 other crops per class, the one-off re-extraction time per
    sample, and the next load's time (features stored: no backbone run).
@@ -32,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.kept_images import ImageKeeping, encode_pixels
 from edgetl_runtime.latency import environment
 from edgetl_runtime.learner import Learner
@@ -167,6 +171,55 @@ def switch(bundle: Path, photo_set: dict[str, np.ndarray], shots: int, queries: 
     return result
 
 
+def upkeep(photo_set: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Open time with the kept images left out of quick_check, and the cost of caching a prediction."""
+    import sqlite3
+
+    frames = [c for i, img in enumerate(photo_set.values()) for c in big_crops(img, 50, i)]  # 400 frames
+    out: dict[str, Any] = {"frames": len(frames)}
+    with tempfile.TemporaryDirectory(prefix="edgetl-upkeep-") as tmp:
+        path = Path(tmp) / "s.sqlite"
+        digest, dim = "a" * 64, 1280
+        with FeatureStore(path, model_digest=digest, feature_dim=dim, preprocess_key="p") as store:
+            for start in range(0, len(frames), 50):
+                chunk = frames[start : start + 50]
+                keys = [f"{start + i:064x}" for i in range(len(chunk))]
+                store.add_samples(keys, ["x"] * len(chunk), np.ones((len(chunk), dim), np.float32), chunk)
+            store.checkpoint()
+        out["file_mb"] = round(path.stat().st_size / 1e6, 1)
+        opens, checks = [], []
+        for _ in range(5):
+            start = time.perf_counter()
+            FeatureStore(path, model_digest=digest, feature_dim=dim, preprocess_key="p").close()
+            opens.append(time.perf_counter() - start)
+            con = sqlite3.connect(path)
+            start = time.perf_counter()
+            con.execute("PRAGMA quick_check").fetchall()
+            checks.append(time.perf_counter() - start)
+            con.close()
+        out["open_ms_median"] = round(1e3 * float(np.median(opens)), 1)
+        out["full_quick_check_ms_median"] = round(1e3 * float(np.median(checks)), 1)
+        rng = np.random.default_rng(0)
+        cache = Path(tmp) / "cache.sqlite"
+        with FeatureStore(cache, model_digest=digest, feature_dim=64, preprocess_key="p", keep_images="none") as store:
+            store.add_samples([f"s{i:063x}" for i in range(5000)], ["x"] * 5000, rng.normal(size=(5000, 64)))
+            for b in range(100):
+                store.put_features({f"c{b:03d}{i:060x}": rng.normal(size=64) for i in range(100)})
+            times = []
+            for i in range(300):
+                start = time.perf_counter()
+                store.put_features({f"n{i:063x}": rng.normal(size=64)})
+                times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            store._evict_unenrolled()
+            out["eviction_count_ms"] = round(1e3 * (time.perf_counter() - start), 2)
+        out["put_features_ms"] = {
+            "p50": round(1e3 * float(np.median(times)), 3),
+            "mean": round(1e3 * float(np.mean(times)), 3),
+        }
+    return out
+
+
 def export(path: Path, size: int) -> None:
     from edgetl.datasets import load_fashion_mnist
     from edgetl.export import export_bundle
@@ -207,6 +260,8 @@ def main() -> None:
     print("kept bytes", json.dumps(result["kept_bytes"]), flush=True)
     result["fidelity"] = fidelity(bundle, photo_set)
     print("fidelity", json.dumps(result["fidelity"]), flush=True)
+    result["upkeep"] = upkeep(photo_set)
+    print("upkeep", json.dumps(result["upkeep"]), flush=True)
     result["precision_switch"] = switch(bundle, photo_set, args.shots, args.queries)
     print("precision switch", json.dumps(result["precision_switch"]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
