@@ -465,3 +465,12 @@ def test_eviction_is_checked_every_hundredth_of_the_bound_and_overshoots_by_no_m
         assert count <= 500 + 5  # checked every 5 new rows
     kept = store.get_features([f"seen{i}" for i in range(700)])
     assert min(int(k[4:]) for k in kept) >= 195 and "seen699" in kept  # the oldest went
+
+
+def test_one_shot_processes_each_caching_one_prediction_keep_the_cache_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    for i in range(60):  # sixty `edgetl-device predict one.jpg` runs
+        with FeatureStore(path, model_digest="d", feature_dim=4, preprocess_key="p", max_unenrolled=20) as store:
+            store.put_features({f"seen{i}": np.full(4, i, np.float32)})
+    with make(path, model_digest="d", feature_dim=4, preprocess_key="p") as store:
+        assert store._db.execute("SELECT count(*) FROM features").fetchone() == (20,)

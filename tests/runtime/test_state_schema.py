@@ -189,7 +189,9 @@ def test_the_upgrade_waits_for_an_older_runtime_to_let_go_and_changes_nothing_me
     older = sqlite3.connect(path)  # an older edgetl_runtime, still running on this state (WAL, as it wrote it)
     older.execute("SELECT count(*) FROM samples").fetchone()
     before = path.read_bytes()
-    with pytest.raises(StateLockedError, match=r"schema 1.*another process has it open.*Nothing was changed"):
+    with pytest.raises(
+        StateLockedError, match=r"schema 1.*another process kept it open for 0.2 s.*Nothing was changed"
+    ):
         FeatureStore(path, model_digest=DIGEST, feature_dim=D, preprocess_key=PRE, busy_timeout=0.2)
     assert path.read_bytes() == before
     assert older.execute("SELECT count(*) FROM samples").fetchone() == (3,)  # it still reads schema 1
@@ -218,3 +220,25 @@ def test_a_tampered_schema_1_state_is_refused_not_upgraded(tmp_path: Path) -> No
         _store(path)
     with sqlite3.connect(path) as con:
         assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("1",)
+
+
+def test_two_new_runtimes_upgrading_at_once_the_second_finds_schema_2_and_carries_on(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    _v1_state(path)
+    with _store(path) as first:  # upgraded it, and keeps it open (WAL): leaving WAL is refused to anyone else
+        second = sqlite3.connect(path, isolation_level=None)
+        assert first._leave_wal(second, str(path)) is False  # saw v1 before; v2 now: nothing to do
+        second.close()
+        assert first.samples()[0].tolist() == [1, 2, 4]
+
+
+def test_a_table_name_that_needs_quoting_is_named_by_the_schema_check_not_called_damage(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    with _store(path) as store:
+        store.add_samples(["k"], ["x"], np.ones((1, D), np.float32))
+    con = sqlite3.connect(path)
+    con.execute('CREATE TABLE "my notes" (text TEXT)')
+    con.commit()
+    con.close()
+    with pytest.raises(StateError, match=r"table 'my notes'.*not part of the edgetl schema.*enrolments are kept"):
+        _store(path)

@@ -246,7 +246,10 @@ class Learner:
             if len(labels) == 0 and prior is None:
                 why = " and every shipped class was removed" if self.prior is not None else ""
                 if self.unavailable:
-                    why = f" that this model can use: {self.unavailable} were kept as features only under another model"
+                    why = (
+                        f" that this model can use: {self.unavailable} cannot be re-extracted (kept as features only "
+                        "under another model, or their kept images are damaged: see the warnings at load)"
+                    )
                 raise NotFittedError(f"No samples are enrolled{why}; call add(images, label) for a class first.")
             self._fitted = (self._changes, fit_with_prior(self.head_kind, features, labels, prior))
         return self

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -208,12 +209,37 @@ class StateDatabase:
         ``integrity_check``. SQLite before 3.33 cannot check one table: it checks the whole file."""
         tables = [str(r[0]) for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         if "images" in tables and sqlite3.sqlite_version_info >= (3, 33, 0):
-            checks = [f"PRAGMA quick_check({name})" for name in tables if name != "images"]
+            quoted = ['"' + name.replace('"', '""') + '"' for name in tables if name != "images"]
+            checks = [f"PRAGMA quick_check({name})" for name in quoted]
         else:
             checks = ["PRAGMA quick_check"]
         problems = [row[0] for check in checks for row in con.execute(check) if row[0] != "ok"]
         if problems:
             raise StateError(f"State database {where!r} failed quick_check: {problems[:5]}. Fix: {_FIX_CORRUPT}.")
+
+    def _leave_wal(self, con: sqlite3.Connection, where: str) -> bool:
+        """Switch a schema-1 file out of WAL mode, which SQLite refuses (at once, without its busy handler)
+        while another connection has the file open: retry up to the busy timeout. False when the file
+        became schema 2 meanwhile (another new runtime upgraded it): nothing to do."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                con.execute("PRAGMA journal_mode=DELETE")
+                return True
+            except sqlite3.OperationalError as exc:
+                if _primary_code(exc) not in (_BUSY, _LOCKED):
+                    raise
+            with self._read_transaction(con):
+                if self._check_schema(con, where, schema_objects(con)) == SCHEMA_VERSION:
+                    return False
+            if time.monotonic() >= deadline:
+                raise StateLockedError(
+                    f"State database {where!r} has schema 1, which this edgetl_runtime upgrades once in place, "
+                    f"but another process kept it open for {self.busy_timeout:g} s (an older edgetl_runtime "
+                    "would then read it as damaged). Nothing was changed. Fix: stop the other processes that use "
+                    "this state (update them to this edgetl-runtime), then load again."
+                )
+            time.sleep(0.05)
 
     def _upgrade_v1(self, con: sqlite3.Connection, where: str) -> sqlite3.Connection:
         """Upgrade a schema-1 file in place, alone (an older runtime still reading it would see a damaged
@@ -235,17 +261,8 @@ class StateDatabase:
             )
             self.read_only = True
             return memory
-        try:
-            con.execute("PRAGMA journal_mode=DELETE")  # WAL -> DELETE needs every other connection closed
-        except sqlite3.OperationalError as exc:
-            if _primary_code(exc) not in (_BUSY, _LOCKED):
-                raise
-            raise StateLockedError(
-                f"State database {where!r} has schema 1, which this edgetl_runtime upgrades once in place, but "
-                f"another process has it open (an older edgetl_runtime?) and would then read it as damaged. "
-                "Nothing was changed. Fix: stop the other processes that use this state (update them to this "
-                "edgetl-runtime), then load again."
-            ) from exc
+        if not self._leave_wal(con, where):
+            return con  # another process upgraded it meanwhile
         con.execute("BEGIN EXCLUSIVE")  # no reader sees the upgrade half done
         try:
             objects = schema_objects(con)  # another process may have upgraded it since our first look
@@ -443,16 +460,23 @@ class StateDatabase:
                 raise state_error(exc, self.path, "Checkpointing", self.busy_timeout) from exc
             return bool(busy == 0)
 
-    def truncate_wal(self, what: str) -> bool:
+    def truncate_wal(self, what: str, wait: float = 0.5) -> bool:
         """After deleting private data: checkpoint so that it leaves the -wal file too (``secure_delete`` has
         overwritten it in the main file; the log still holds the pages it was written in). A connection of
         another process that is reading holds the log (SQLite waits up to the busy timeout): then warn."""
-        if self.checkpoint():
-            return True
+        with self._lock:  # a short wait: this process's own reads queue behind it
+            if self.path is None or self.read_only:
+                return True
+            self._db.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+            try:
+                if self.checkpoint():
+                    return True
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         warnings.warn(
             f"{what} are deleted from the state, but their old pages stay in its write-ahead log {self.path}-wal "
-            "while another connection is reading it. Fix: close the other processes that use this state, then "
-            "call learner.save() (or reload); the log is truncated then.",
+            "while another connection is reading it. Fix: once that read is over, call learner.save() (it returns "
+            "True when the log is truncated), or run `edgetl-device forget-images` again.",
             RuntimeWarning,
             stacklevel=3,
         )
