@@ -130,16 +130,38 @@ def test_another_model_opens_the_state_and_sees_its_samples_without_features(
         np.testing.assert_array_equal(store.samples()[2], feats(2))
 
 
-def test_the_same_model_with_another_feature_width_is_refused(tmp_path: Path) -> None:
+def test_the_same_model_with_another_feature_width_is_refused_with_a_fix_that_loses_nothing(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    make(path).close()
     with make(path) as store:
         store.add_samples(["k0"], ["x"], feats(1), images=[np.zeros((4, 5, 3), np.uint8)])
-    with pytest.raises(StateError, match=rf"{DIGEST[:12]}.* 8 wide, but the bundle says 9") as info:
+        store.add_samples(["k1"], ["y"], feats(1))  # features only: this model's features are the sample
+    with pytest.raises(StateError, match=rf"{DIGEST[:12]}.* as 8 wide, but the bundle says 9") as info:
         make(path, feature_dim=D + 1)
     assert isinstance(info.value, ValueError) and isinstance(info.value, EdgeTLError)
-    fix = str(info.value).split("sqlite3 tool (", 1)[1].rsplit("); the next load", 1)[0]
-    con = sqlite3.connect(path)  # the fix as the message gives it, in a plain connection (no foreign keys)
+    assert "1 enrolled sample(s) exist only as these features" in str(info.value)
+    assert "DELETE" not in str(info.value)
+    con = sqlite3.connect(path)  # a damaged record (the vectors are 8 wide, as the bundle says)
+    con.execute("UPDATE models SET feature_dim = 7")
+    con.commit()
+    con.close()
+    with pytest.raises(StateError, match=r"the record is damaged") as info:
+        make(path)
+    fix = str(info.value).split("sqlite3 tool (", 1)[1].rsplit(").", 1)[0]
+    con = sqlite3.connect(path)  # the fix as the message gives it, in a plain connection
+    con.executescript(fix)
+    con.close()
+    with make(path) as store:
+        assert len(store.samples()[0]) == 2 and store.integrity_check() == []
+
+
+def test_a_width_mismatch_offers_to_drop_features_only_when_images_can_rebuild_them(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with make(path) as store:
+        store.add_samples(["k0"], ["x"], feats(1), images=[np.zeros((4, 5, 3), np.uint8)])
+    with pytest.raises(StateError, match=r"verify the bundle.*drop that model's features") as info:
+        make(path, feature_dim=D + 1)
+    fix = str(info.value).split("drop that model's features (", 1)[1].split("): the next load", 1)[0]
+    con = sqlite3.connect(path)
     con.executescript(fix)
     con.close()
     with make(path, feature_dim=D + 1) as store:  # the enrolment survived; its features are to be recomputed

@@ -282,12 +282,7 @@ class StateDatabase:
             row = con.execute("SELECT feature_dim FROM models WHERE key = ?", (key,)).fetchone()
             stored = ImageKeeping.from_text(str(self._meta(con)["image_policy"]))
         if row is not None and row[0] != self.feature_dim:
-            raise StateError(
-                f"State database {where!r} holds features of model {self.model_digest[:12]}… that are {row[0]} "
-                f"wide, but the bundle says {self.feature_dim}: one of them is damaged. The enrolments do not depend "
-                "on them. Fix: drop that model's features with the sqlite3 tool "
-                f"({_drop_model_sql(self.model_digest)}); the next load computes them again from the kept images."
-            )
+            raise StateError(self._width_problem(con, where, key, int(row[0])))
         self.image_policy = self.requested_policy or stored
         if self.read_only:
             self.model_registered = row is not None
@@ -308,6 +303,40 @@ class StateDatabase:
                 )
                 con.execute("UPDATE meta SET value = ? WHERE key = 'image_policy'", (self.image_policy.to_text(),))
         self.model_registered = True
+
+    def _width_problem(self, con: sqlite3.Connection, where: str, key: str, recorded: int) -> str:
+        """The message for a model whose recorded feature width is not the bundle's, with the fix that fits:
+        never one that loses an enrolment."""
+        with self._read_transaction(con):
+            widths = {
+                int(n) // 4 for (n,) in con.execute("SELECT DISTINCT length(vec) FROM features WHERE model = ?", (key,))
+            }
+            (only_here,) = con.execute(
+                "SELECT count(*) FROM samples s JOIN images i ON i.hash = s.image JOIN features f "
+                "ON f.image = s.image AND f.model = ? WHERE i.pixels IS NULL",
+                (key,),
+            ).fetchone()
+        head = (
+            f"State database {where!r} records the features of model {self.model_digest[:12]}… as {recorded} wide, "
+            f"but the bundle says {self.feature_dim}"
+        )
+        if widths <= {self.feature_dim}:  # the stored vectors agree with the bundle: only the record is wrong
+            return (
+                f"{head}; the stored features are {self.feature_dim} wide, so the record is damaged. Fix: correct it "
+                f"with the sqlite3 tool (UPDATE models SET feature_dim = {self.feature_dim} WHERE model_digest = "
+                f"'{self.model_digest}';)."
+            )
+        fix = (
+            f"if the bundle is right, drop that model's features ({_drop_model_sql(self.model_digest)}): the next "
+            "load computes them again from the kept images"
+            if only_here == 0
+            else f"{only_here} enrolled sample(s) exist only as these features (no kept image): do not drop them; "
+            "restore the state or the bundle from a backup"
+        )
+        return (
+            f"{head}, and the stored features are {sorted(widths)} wide: the bundle's manifest or this state is "
+            f"damaged. Nothing was changed. Fix: verify the bundle (edgetl inspect) or export it again; {fix}."
+        )
 
     @staticmethod
     def _writable(con: sqlite3.Connection) -> bool:
