@@ -297,3 +297,25 @@ def test_the_upscaling_warning_counts_real_thumbnails_whatever_the_policy_now(bu
     bundle = write_tiny_bundle(tmp_path / "bigger.edgetl", seed=2, spec=bigger)
     with pytest.warns(UserWarning, match=r"^2 kept thumbnail\(s\) have a shorter side of 16 px"):
         Learner.load(bundle, state, backend="onnxruntime").close()
+
+
+def test_enrolling_again_restores_features_only_samples_instead_of_counting_them_twice(
+    two_model_bundle: Path, tmp_path: Path
+) -> None:
+    """The features-only warning says "enrol those images again": doing so restores the samples."""
+    state = tmp_path / "state.sqlite"
+    with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8", keep_images="none") as learner:
+        enrolled = _enrol(learner)
+        ids_before = learner.store.samples()[0].tolist()
+    with pytest.warns(UserWarning, match="features only"):
+        learner = Learner.load(two_model_bundle, state, backend="onnxruntime", precision="fp32", keep_images=384)
+    with learner, warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "enrolled already ... count twice"
+        assert learner.add(enrolled["red"], "red") == ids_before[:3]
+        assert learner.add(enrolled["green"] + _images(COLOURS["green"], 1, seed=8), "green")[:3] == ids_before[3:6]
+        assert learner.store.counts() == {"blue": 3, "green": 4, "red": 3}
+        assert list(learner.predict(_images(COLOURS["red"], 2, seed=9))) == ["red", "red"]
+        assert learner.unavailable == {"blue": 3}
+    with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8") as learner:
+        assert learner.store.counts() == {"blue": 3, "green": 4, "red": 3}  # nothing counted twice at int8 either
+        assert learner.extractor.backbone_runs == 1  # only the new green image; the restored ones kept int8

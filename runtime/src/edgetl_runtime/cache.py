@@ -11,7 +11,6 @@ row per image and model; nothing is pickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import warnings
@@ -107,19 +106,6 @@ class FeatureStore(KeptImages):
         self._unwritten = {}
         super().__init__()
         self._connect()
-
-    def feature_key(self, image_hash: str, model_digest: str | None = None, preprocess_key: str | None = None) -> str:
-        """Schema 1's key of an image's features under a model (this one by default): what a schema-1 state
-        and enrolment files written before schema 2 name a sample by."""
-        # NUL separators keep the three parts from sliding into each other ("ab"+"c" vs "a"+"bc").
-        parts = (image_hash, model_digest or self.model_digest, preprocess_key or self.preprocess_key)
-        return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
-
-    def legacy_keys(self, image_hashes: Sequence[str]) -> dict[str, str]:
-        """Schema-1 key -> image hash, under every model the state has known: an upgraded sample is named by one."""
-        with self._reading():
-            models = self._db.execute("SELECT model_digest, preprocess_key FROM models").fetchall()
-        return {self.feature_key(h, str(d), str(p)): h for h in image_hashes for d, p in models}
 
     def _decode(self, blob: bytes, key: str) -> npt.NDArray[np.float32]:
         if not isinstance(blob, bytes) or len(blob) != 4 * self.feature_dim:
@@ -288,6 +274,21 @@ class FeatureStore(KeptImages):
             if not self.model_registered:
                 self._register_model()
             self._upsert(keys, vectors)
+
+    def restore_samples(
+        self, identities: Sequence[str], features: npt.NDArray[np.floating], images: Sequence[npt.NDArray[np.uint8]]
+    ) -> None:
+        """Give enrolled samples this model's features and their image again (the same image enrolled anew,
+        see ``unusable_samples``), in one transaction: the samples become usable, none is added."""
+        keys = list(identities)
+        vectors = _as_float32(features, "restored features")  # (N, D)
+        raise_all(InputError, self._check_vectors(keys, vectors, "restored"), "Cannot restore samples")
+        kept = self._encode_kept(keys, images)
+        with self._writing("Restoring samples in"):
+            if not self.model_registered:
+                self._register_model()
+            self._upsert(keys, vectors)
+            self._keep_images(keys, kept)
 
     def remove(
         self,

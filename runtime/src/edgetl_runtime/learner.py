@@ -23,7 +23,7 @@ from edgetl_runtime.features import FeatureExtractor, preprocess_key
 from edgetl_runtime.heads import AutoHead, BaseHead, Prior, create_head, fit_with_prior, head_for_prior
 from edgetl_runtime.images import Images, as_image_list, hflip
 from edgetl_runtime.kept_images import ImageKeeping
-from edgetl_runtime.reextract import Progress, reextract_missing, warn_images_still_kept
+from edgetl_runtime.reextract import Progress, reextract_missing, restore_unusable, warn_images_still_kept
 from edgetl_runtime.shipped import read_prior
 from edgetl_runtime.state_peek import state_precision
 
@@ -169,15 +169,23 @@ class Learner:
 
         An image enrolled already (same pixels) would count twice, in the head and in the rejection
         calibration: with ``skip_duplicates`` it is left out, otherwise it is enrolled again with a warning.
+        An image whose sample this model cannot use (kept as features only under another precision or
+        bundle) is not enrolled twice: under the same label, that sample gains this model's features and
+        the image again, and its id is returned.
         """
         batch = as_image_list(images)
         names = check_labels(labels, len(batch))  # refused, never str()-converted: see arguments.LABEL_RULE
+        with self._head_lock:
+            batch, names, restored = restore_unusable(self.store, self.extractor, batch, names, self.flip_enrolment)
+            self._changes += bool(restored)  # those samples join the head at the next fit
+        if not batch:
+            return restored
         dupes = self.already_enrolled(batch)
         if dupes and skip_duplicates:
             keep = [i for i in range(len(batch)) if i not in dupes]
             batch, names = [batch[i] for i in keep], [names[i] for i in keep]
             if not batch:
-                return []
+                return restored
         elif dupes:
             warnings.warn(
                 f"{len(dupes)} of {len(batch)} image(s) are enrolled already; they were enrolled again and count "
@@ -199,7 +207,7 @@ class Learner:
                     with single_threaded_blas():
                         fitted[1].partial_fit(features[fresh], np.asarray(names)[fresh])
                 self._fitted = (self._changes, fitted[1])
-        return ids
+        return restored + ids
 
     def remove(
         self, *, label: str | None = None, ids: Sequence[int] | npt.NDArray[np.integer[Any]] | None = None
@@ -266,7 +274,7 @@ class Learner:
         """Compute this model's features of samples enrolled under another precision or bundle (once: they
         are stored); warn about those kept as features only, which this model cannot use."""
         lost, damaged = reextract_missing(self.store, self.extractor, self.progress)  # damaged: warned already
-        if lost and lost != self._warned_features_only:
+        if any(n > self._warned_features_only.get(label, 0) for label, n in lost.items()):  # new ones only
             self._warned_features_only = lost
             warnings.warn(
                 f"{sum(lost.values())} enrolled sample(s) {lost} were kept as features only (keep_images='none', or "

@@ -5,8 +5,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 
+import numpy as np
+import numpy.typing as npt
+
 from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.features import FeatureExtractor
+from edgetl_runtime.images import hflip
 from edgetl_runtime.kept_images import KeepMode
 
 Progress = Callable[[int, int], None]  # progress(done, total)
@@ -67,3 +71,28 @@ def warn_images_still_kept(store: FeatureStore) -> None:
                 "in this state. Fix: learner.forget_images() (edgetl-device forget-images) deletes them.",
                 stacklevel=3,
             )
+
+
+def restore_unusable(
+    store: FeatureStore, extractor: FeatureExtractor, images: list[npt.NDArray[np.uint8]], labels: list[str], flip: bool
+) -> tuple[list[npt.NDArray[np.uint8]], list[str], list[int]]:
+    """Enrolling again, under the same label, an image whose sample this model cannot use (kept as features
+    only under another model) restores that sample instead of adding a second one: it gains this model's
+    features and its image. Returns the images and labels still to enrol, and the restored sample ids."""
+    candidates = images + [hflip(img) for img in images] if flip else images
+    found = store.unusable_samples(extractor.keys(candidates))
+    if not found:
+        return images, labels, []
+    keys = extractor.keys(images)
+    restore = [i for i, key in enumerate(keys) if key in found and labels[i] in found[key][2]]
+    pairs = [(images[i], keys[i]) for i in restore]
+    if flip:  # each restored image's mirror was enrolled with it: restore it too when it is there
+        mirrors = [hflip(images[i]) for i in restore]
+        pairs += [(m, k) for m, k in zip(mirrors, extractor.keys(mirrors), strict=True) if k in found]
+    if not pairs:
+        return images, labels, []
+    pixels = [img for img, _ in pairs]
+    store.restore_samples([found[k][0] for _, k in pairs], extractor.run_backbone(pixels), pixels)
+    ids = sorted({i for _, k in pairs for i in found[k][1]})
+    left = [i for i in range(len(images)) if i not in set(restore)]
+    return [images[i] for i in left], [labels[i] for i in left], ids

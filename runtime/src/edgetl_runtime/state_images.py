@@ -4,6 +4,7 @@ state's health and what it all costs on disk."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,19 @@ class KeptImages(StateDatabase):
     # Features computed for enrolled samples of a model a read-only state has never seen: kept for this
     # process, since they cannot be written.
     _unwritten: dict[str, npt.NDArray[np.float32]]
+
+    def feature_key(self, image_hash: str, model_digest: str | None = None, preprocess_key: str | None = None) -> str:
+        """Schema 1's key of an image's features under a model (this one by default): what a schema-1 state
+        and enrolment files written before schema 2 name a sample by."""
+        # NUL separators keep the three parts from sliding into each other ("ab"+"c" vs "a"+"bc").
+        parts = (image_hash, model_digest or self.model_digest, preprocess_key or self.preprocess_key)
+        return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
+
+    def legacy_keys(self, image_hashes: Sequence[str]) -> dict[str, str]:
+        """Schema-1 key -> image hash, under every model the state has known: an upgraded sample is named by one."""
+        with self._reading():
+            models = self._db.execute("SELECT model_digest, preprocess_key FROM models").fetchall()
+        return {self.feature_key(h, str(d), str(p)): h for h in image_hashes for d, p in models}
 
     def _encode_kept(
         self, keys: list[str], images: Sequence[npt.NDArray[np.uint8]] | None
@@ -86,6 +100,27 @@ class KeptImages(StateDatabase):
                         if not skip_damaged:
                             raise
                         warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+        return out
+
+    def unusable_samples(self, keys: Sequence[str]) -> dict[str, tuple[str, list[int], list[str]]]:
+        """Image hash -> (its sample identity, ids, labels) for those of ``keys`` enrolled already (by hash, or
+        by a schema-1 key) whose samples the current model has no features for and cannot re-extract."""
+        keys = list(dict.fromkeys(keys))
+        alias = {**{k: k for k in keys}, **self.legacy_keys(keys)}  # identity -> image hash
+        out: dict[str, tuple[str, list[int], list[str]]] = {}
+        identities = list(alias)
+        with self._reading():
+            for start in range(0, len(identities), _CHUNK):
+                chunk = identities[start : start + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                query = (
+                    f"SELECT s.id, s.label, s.image FROM samples s WHERE s.image IN ({marks}) AND NOT EXISTS "
+                    "(SELECT 1 FROM features f WHERE f.image = s.image AND f.model = ?) ORDER BY s.id"
+                )
+                for sample_id, label, identity in self._db.execute(query, [*chunk, self.model]):
+                    entry = out.setdefault(alias[str(identity)], (str(identity), [], []))
+                    entry[1].append(int(sample_id))
+                    entry[2].append(str(label))
         return out
 
     def shrunk_sides(self, keys: Sequence[str]) -> dict[str, int]:
