@@ -25,20 +25,11 @@ from edgetl_runtime.errors import InputError, StateError, StateWriteError, raise
 from edgetl_runtime.kept_images import ImageKeeping
 from edgetl_runtime.state_db import _FIX_CORRUPT
 from edgetl_runtime.state_images import CHUNK as _CHUNK
-from edgetl_runtime.state_images import KeptImages
-from edgetl_runtime.state_schema import model_key, now
+from edgetl_runtime.state_images import KeptImages, _as_float32
+from edgetl_runtime.state_schema import model_key
 
 REMOVED_SHIPPED_KEY = "removed_shipped_labels"  # meta row: JSON list of shipped-head classes removed here
 BUSY_TIMEOUT_S = 10.0  # how long a write waits for another connection's write lock (tests shorten it)
-
-
-def _as_float32(array: object, what: str) -> npt.NDArray[np.float32]:
-    try:
-        return np.asarray(array, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InputError(
-            f"{what} must be numeric, got {type(array).__name__} ({exc}). Fix: pass a float array."
-        ) from exc
 
 
 class FeatureStore(KeptImages):
@@ -130,27 +121,6 @@ class FeatureStore(KeptImages):
                     out[key] = self._decode(blob, key)
         return out
 
-    def _check_vectors(self, keys: Sequence[object], vectors: npt.NDArray[np.float32], what: str) -> list[str]:
-        """Collect every problem with keys and a (N, D) array, so the caller raises once."""
-        problems = [
-            f"{what} key #{i} must be a non-empty str, got {k!r}"
-            for i, k in enumerate(keys)
-            if not k or not isinstance(k, str)
-        ]
-        if vectors.ndim != 2 or vectors.shape[1] != self.feature_dim:
-            problems.append(f"{what} features have shape {vectors.shape}, expected (N, {self.feature_dim})")
-        elif not np.isfinite(vectors).all():
-            bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-            problems.append(f"{what} features rows {bad[:10].tolist()} contain NaN or inf; expected finite values")
-        return problems
-
-    def _upsert(self, keys: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
-        rows = [(k, self.model, v.tobytes()) for k, v in zip(keys, np.asarray(vectors, dtype="<f4"), strict=True)]
-        # Upsert, not INSERT OR REPLACE: REPLACE deletes the row first, then inserts it again as the newest.
-        self._db.executemany(
-            "INSERT INTO features VALUES (?, ?, ?) ON CONFLICT(image, model) DO UPDATE SET vec=excluded.vec", rows
-        )
-
     def put_features(self, items: Mapping[str, npt.NDArray[np.floating]]) -> bool:
         """Cache features without enrolling them, in one transaction; returns whether they were cached.
 
@@ -240,55 +210,9 @@ class FeatureStore(KeptImages):
             self._keep_images(keys, kept)
             return [self._insert_sample(key, name) for key, name in zip(keys, names, strict=True)]
 
-    def _register_model(self) -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                self.model,
-                self.model_digest,
-                self.preprocess_key,
-                self.precision,
-                self.backbone,
-                self.feature_dim,
-                now(),
-            ),
-        )
-        self.model_registered = True
-
     def _insert_sample(self, key: str, label: str) -> int:
         row = self._db.execute("INSERT INTO samples (label, image) VALUES (?, ?) RETURNING id", (label, key)).fetchone()
         return int(row[0])
-
-    def add_model_features(self, items: Mapping[str, npt.NDArray[np.floating]]) -> None:
-        """Store this model's features of enrolled images computed after the fact (from kept pixels).
-
-        Durable like an enrolment; a read-only state keeps them in memory for this process instead.
-        """
-        keys = list(items)
-        vectors = np.stack([_as_float32(items[k], f"feature for {k[:12]}") for k in keys])  # (N, D)
-        raise_all(InputError, self._check_vectors(keys, vectors, "re-extracted"), "Cannot store features")
-        if self.read_only:
-            self._unwritten.update(zip(keys, vectors, strict=True))
-            return
-        with self._writing("Storing re-extracted features in"):
-            if not self.model_registered:
-                self._register_model()
-            self._upsert(keys, vectors)
-
-    def restore_samples(
-        self, identities: Sequence[str], features: npt.NDArray[np.floating], images: Sequence[npt.NDArray[np.uint8]]
-    ) -> None:
-        """Give enrolled samples this model's features and their image again (the same image enrolled anew,
-        see ``unusable_samples``), in one transaction: the samples become usable, none is added."""
-        keys = list(identities)
-        vectors = _as_float32(features, "restored features")  # (N, D)
-        raise_all(InputError, self._check_vectors(keys, vectors, "restored"), "Cannot restore samples")
-        kept = self._encode_kept(keys, images)
-        with self._writing("Restoring samples in"):
-            if not self.model_registered:
-                self._register_model()
-            self._upsert(keys, vectors)
-            self._keep_images(keys, kept)
 
     def remove(
         self,

@@ -1,5 +1,5 @@
-"""The SQLite side of device state: one connection, its transactions, the exact schema, and every SQLite
-failure as a typed error with a truthful fix.
+"""The SQLite side of device state: one connection, its transactions, the exact schema and its upgrade;
+every SQLite failure becomes a typed error with a truthful fix (:mod:`edgetl_runtime.state_errors`).
 
 :class:`StateDatabase` opens the file (checking it before anything in it runs), and gives its subclass
 short locked reads (``_reading``) and one-transaction writes (``_writing``); :class:`edgetl_runtime.cache.FeatureStore`
@@ -9,22 +9,25 @@ holds the samples and features on top of it.
 from __future__ import annotations
 
 import sqlite3
-import threading
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import TracebackType
 from typing import TypeVar
 
-from edgetl_runtime.errors import (
-    StateError,
-    StateFullError,
-    StateLockedError,
-    StateReadOnlyError,
-    StateWriteError,
-)
+from edgetl_runtime.errors import StateError, StateLockedError
 from edgetl_runtime.kept_images import ImageKeeping
+from edgetl_runtime.state_connection import StateConnection
+from edgetl_runtime.state_errors import (
+    _BUSY,
+    _CORRUPT,
+    _FIX_CORRUPT,
+    _FIX_SCHEMA,
+    _LOCKED,
+    _NOTADB,
+    _READONLY,
+    _primary_code,
+    state_error,
+    width_problem,
+)
 from edgetl_runtime.state_schema import (
     SCHEMA,
     SCHEMA_V1,
@@ -40,73 +43,11 @@ from edgetl_runtime.state_schema import (
     statements,
 )
 
+__all__ = ["_FIX_CORRUPT", "StateDatabase", "state_error"]
 S = TypeVar("S", bound="StateDatabase")
-_FIX_CORRUPT = "delete the state file (enrolments are lost) or restore it from a backup"
-_FIX_SCHEMA = (
-    "if you added these objects yourself, drop them with the sqlite3 tool (the enrolments are kept); "
-    "otherwise the file was tampered with or damaged: restore it from a backup or use a new state path"
-)
-# SQLite primary result codes (sqlite3.h); Python >= 3.11 exposes them as ``sqlite_errorcode``.
-_BUSY, _LOCKED, _READONLY, _IOERR, _CORRUPT, _FULL, _CANTOPEN, _NOTADB = 5, 6, 8, 10, 11, 13, 14, 26
-_MESSAGES = {  # Python 3.10 has no sqlite_errorcode: the same codes by SQLite's fixed English messages
-    "database is locked": _BUSY,
-    "database table is locked": _LOCKED,
-    "attempt to write a readonly database": _READONLY,
-    "database or disk is full": _FULL,
-    "disk I/O error": _IOERR,
-    "unable to open database file": _CANTOPEN,
-    "database disk image is malformed": _CORRUPT,
-    "file is not a database": _NOTADB,
-}
 
 
-def _drop_model_sql(digest: str) -> str:
-    """Statements that forget one model's features (the sqlite3 tool runs without foreign keys: no cascade)."""
-    return (
-        f"DELETE FROM features WHERE model IN (SELECT key FROM models WHERE model_digest = '{digest}'); "
-        f"DELETE FROM models WHERE model_digest = '{digest}';"
-    )
-
-
-def _primary_code(exc: BaseException) -> int | None:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return code & 0xFF  # extended codes carry the primary code in their low byte
-    return next((c for text, c in _MESSAGES.items() if text in str(exc)), None)
-
-
-def state_error(exc: BaseException, where: str, action: str, timeout: float) -> StateError:
-    """The typed error, with a truthful fix, for an SQLite failure while ``action`` (e.g. "enrolling")."""
-    code = _primary_code(exc)
-    head = f"{action} state database {where!r} failed ({exc})"
-    if code in (_BUSY, _LOCKED):
-        return StateLockedError(
-            f"{head}: another connection or process held its write lock for more than {timeout:g} s. Nothing was "
-            "written and the file is not damaged: do not delete it. Fix: retry once the other writer is done, or "
-            "stop the other process that has this state open."
-        )
-    if code == _READONLY:
-        return StateReadOnlyError(
-            f"{head}: the file, its folder (SQLite writes -wal/-shm files beside it) or the file system is "
-            "read-only. Nothing was written; the enrolments already there are intact and predict still works. "
-            "Fix: make the file and its folder writable (chmod u+w, or remount read-write), or use a writable copy."
-        )
-    if code == _FULL:
-        return StateFullError(
-            f"{head}: the disk is full. Nothing was written; the state is intact. Fix: free space on the device "
-            "(cached features of predicted images can go: they are evicted beyond max_unenrolled) and retry."
-        )
-    if code in (_IOERR, _CANTOPEN):
-        return StateWriteError(
-            f"{head}: SQLite could not read or write the state or its -wal/-shm/-journal files beside it (storage "
-            "removed or failing, folder missing or read-only). Nothing was committed; the file is not known to be "
-            "damaged. Fix: check the storage and the folder's permissions, then retry; copy the file elsewhere "
-            "before deleting anything."
-        )
-    return StateError(f"{head}: it is damaged. Fix: {_FIX_CORRUPT}.")
-
-
-class StateDatabase:
+class StateDatabase(StateConnection):
     """One SQLite connection guarded by a re-entrant lock, with the schema checked (or upgraded) on open.
 
     A subclass sets ``path``, ``busy_timeout``, the model it computes features with (``model_digest``,
@@ -115,8 +56,6 @@ class StateDatabase:
     schema-1 file's model when it is upgraded), then calls :meth:`_connect`.
     """
 
-    path: str | None
-    busy_timeout: float
     model_digest: str
     feature_dim: int
     preprocess_key: str
@@ -126,11 +65,6 @@ class StateDatabase:
     known_models: dict[str, tuple[str, str]]  # model digest -> (precision, backbone) of the bundle being loaded
     image_policy: ImageKeeping = ImageKeeping()
     model_registered: bool = False  # whether this model's features can be stored (False: read-only, new model)
-    read_only: bool = False
-    _con: sqlite3.Connection | None = None
-
-    def __init__(self) -> None:
-        self._lock = threading.RLock()
 
     def _connect(self) -> None:
         """Open the connection and check or create the schema; every failure a typed StateError."""
@@ -282,7 +216,7 @@ class StateDatabase:
             row = con.execute("SELECT feature_dim FROM models WHERE key = ?", (key,)).fetchone()
             stored = ImageKeeping.from_text(str(self._meta(con)["image_policy"]))
         if row is not None and row[0] != self.feature_dim:
-            raise StateError(self._width_problem(con, where, key, int(row[0])))
+            raise StateError(width_problem(con, where, key, self.model_digest, int(row[0]), self.feature_dim))
         self.image_policy = self.requested_policy or stored
         if self.read_only:
             self.model_registered = row is not None
@@ -303,40 +237,6 @@ class StateDatabase:
                 )
                 con.execute("UPDATE meta SET value = ? WHERE key = 'image_policy'", (self.image_policy.to_text(),))
         self.model_registered = True
-
-    def _width_problem(self, con: sqlite3.Connection, where: str, key: str, recorded: int) -> str:
-        """The message for a model whose recorded feature width is not the bundle's, with the fix that fits:
-        never one that loses an enrolment."""
-        with self._read_transaction(con):
-            widths = {
-                int(n) // 4 for (n,) in con.execute("SELECT DISTINCT length(vec) FROM features WHERE model = ?", (key,))
-            }
-            (only_here,) = con.execute(
-                "SELECT count(*) FROM samples s JOIN images i ON i.hash = s.image JOIN features f "
-                "ON f.image = s.image AND f.model = ? WHERE i.pixels IS NULL",
-                (key,),
-            ).fetchone()
-        head = (
-            f"State database {where!r} records the features of model {self.model_digest[:12]}… as {recorded} wide, "
-            f"but the bundle says {self.feature_dim}"
-        )
-        if widths <= {self.feature_dim}:  # the stored vectors agree with the bundle: only the record is wrong
-            return (
-                f"{head}; the stored features are {self.feature_dim} wide, so the record is damaged. Fix: correct it "
-                f"with the sqlite3 tool (UPDATE models SET feature_dim = {self.feature_dim} WHERE model_digest = "
-                f"'{self.model_digest}';)."
-            )
-        fix = (
-            f"if the bundle is right, drop that model's features ({_drop_model_sql(self.model_digest)}): the next "
-            "load computes them again from the kept images"
-            if only_here == 0
-            else f"{only_here} enrolled sample(s) exist only as these features (no kept image): do not drop them; "
-            "restore the state or the bundle from a backup"
-        )
-        return (
-            f"{head}, and the stored features are {sorted(widths)} wide: the bundle's manifest or this state is "
-            f"damaged. Nothing was changed. Fix: verify the bundle (edgetl inspect) or export it again; {fix}."
-        )
 
     @staticmethod
     def _writable(con: sqlite3.Connection) -> bool:
@@ -404,124 +304,3 @@ class StateDatabase:
     @staticmethod
     def _meta(con: sqlite3.Connection) -> dict[str, object]:
         return dict(con.execute("SELECT key, value FROM meta").fetchall())
-
-    @contextmanager
-    def _reading(self) -> Iterator[None]:
-        """Hold the lock for a read; damage SQLite only notices now (a malformed page) becomes a StateError."""
-        with self._lock:
-            try:
-                yield
-            except sqlite3.DatabaseError as exc:
-                raise state_error(exc, self.path or ":memory:", "Reading", self.busy_timeout) from exc
-            except UnicodeDecodeError as exc:
-                raise StateError(
-                    f"Reading state database {self.path or ':memory:'!r} failed ({exc}): it holds undecodable "
-                    f"text. Fix: {_FIX_CORRUPT}."
-                ) from exc
-
-    @contextmanager
-    def _writing(self, action: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """Lock, one transaction, and each SQLite failure as its typed error (nothing is kept on any error)."""
-        with self._lock:
-            db = self._db
-            if self.read_only:
-                raise state_error(
-                    sqlite3.OperationalError("attempt to write a readonly database"),
-                    self.path or ":memory:",
-                    action,
-                    self.busy_timeout,
-                )
-            try:
-                with self._transaction(db, durable=durable):
-                    yield db
-            except sqlite3.DatabaseError as exc:
-                raise state_error(exc, self.path or ":memory:", action, self.busy_timeout) from exc
-
-    @staticmethod
-    @contextmanager
-    def _read_transaction(con: sqlite3.Connection) -> Iterator[None]:
-        """A deferred transaction: one consistent snapshot to read, no write lock taken."""
-        con.execute("BEGIN")
-        try:
-            yield
-        finally:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        if self._con is None:
-            raise StateError("This FeatureStore is closed. Fix: open a new FeatureStore on the same path.")
-        return self._con
-
-    @staticmethod
-    @contextmanager
-    def _transaction(con: sqlite3.Connection, *, durable: bool = True) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception so nothing half-done is kept.
-
-        IMMEDIATE takes the write lock up front, so a second process waits (busy timeout) instead of
-        failing mid-transaction on a lock upgrade.
-        """
-        if not durable:
-            con.execute("PRAGMA synchronous=NORMAL")  # still atomic; may lose this commit on power loss only
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                if con.in_transaction:  # some errors (disk full, I/O) already rolled back inside SQLite
-                    con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-        finally:
-            if not durable:
-                con.execute("PRAGMA synchronous=FULL")
-
-    def checkpoint(self) -> bool:
-        """Fold the write-ahead log into the main file and truncate it (e.g. before copying the state
-        elsewhere); returns False when a reader in another connection kept part of it (retry later)."""
-        with self._lock:
-            if self.path is None or self.read_only:
-                return True
-            try:
-                busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            except sqlite3.DatabaseError as exc:
-                raise state_error(exc, self.path, "Checkpointing", self.busy_timeout) from exc
-            return bool(busy == 0)
-
-    def truncate_wal(self, what: str, wait: float = 0.5) -> bool:
-        """After deleting private data: checkpoint so that it leaves the -wal file too (``secure_delete`` has
-        overwritten it in the main file; the log still holds the pages it was written in). A connection of
-        another process that is reading holds the log (SQLite waits up to the busy timeout): then warn."""
-        with self._lock:  # a short wait: this process's own reads queue behind it
-            if self.path is None or self.read_only:
-                return True
-            self._db.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
-            try:
-                if self.checkpoint():
-                    return True
-            finally:
-                self._db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-        warnings.warn(
-            f"{what} are deleted from the state, but their old pages stay in its write-ahead log {self.path}-wal "
-            "while another connection is reading it. Fix: once that read is over, call learner.save() (it returns "
-            "True when the log is truncated), or run `edgetl-device forget-images` again.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return False
-
-    def close(self) -> None:
-        """Close the connection; safe to call twice."""
-        with self._lock:
-            if self._con is not None:
-                self._con.close()
-                self._con = None
-
-    def __enter__(self: S) -> S:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
