@@ -168,7 +168,7 @@ def test_a_read_only_schema_1_state_is_upgraded_in_memory_and_still_predicts(
     real_connect = sqlite3.connect
 
     def read_only(where: str, **kwargs: object) -> sqlite3.Connection:  # SQLite's own read-only open (mode=ro)
-        if where == ":memory:":
+        if where == ":memory:" or str(where).startswith("file:"):
             return real_connect(where, **kwargs)  # type: ignore[arg-type]
         return real_connect(f"file:{where}?mode=ro", uri=True, **kwargs)  # type: ignore[arg-type]
 
@@ -178,6 +178,7 @@ def test_a_read_only_schema_1_state_is_upgraded_in_memory_and_still_predicts(
     with store:
         assert store.read_only and store.samples()[0].tolist() == ids
         np.testing.assert_array_equal(store.samples()[2], vectors)
+        assert store.storage()["models"][0]["features"] == 3  # the cached prediction was not copied
         with pytest.raises(StateReadOnlyError):
             store.add_samples(["new"], ["c"], np.ones((1, D), np.float32))
     assert path.read_bytes() == before
@@ -242,3 +243,34 @@ def test_a_table_name_that_needs_quoting_is_named_by_the_schema_check_not_called
     con.close()
     with pytest.raises(StateError, match=r"table 'my notes'.*not part of the edgetl schema.*enrolments are kept"):
         _store(path)
+
+
+def test_a_state_in_a_read_only_folder_opens_immutable_when_sqlite_cannot_make_its_shm_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As root, folder modes do not apply: the refusal an unprivileged process gets on a read-only mount
+    (SQLite cannot create -shm beside a WAL file: the first statement fails read-only) is raised here by the
+    first statement of the plain open; the store then opens the file immutable, read-only."""
+    from edgetl_runtime.state_db import StateDatabase
+
+    path = tmp_path / "s.sqlite"
+    with _store(path) as store:
+        store.add_samples(["k"], ["x"], np.ones((1, D), np.float32))
+    assert not Path(f"{path}-wal").exists()
+    real_check = StateDatabase._quick_check
+    opened: list[str] = []
+
+    def first_statement_fails(con: sqlite3.Connection, where: str) -> None:
+        name = con.execute("PRAGMA database_list").fetchone()[2]
+        opened.append(name)
+        if len(opened) == 1:
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        real_check(con, where)
+
+    monkeypatch.setattr(StateDatabase, "_quick_check", staticmethod(first_statement_fails))
+    before = path.read_bytes()
+    with _store(path) as store:
+        assert store.read_only and store.samples()[0].tolist() == [1]
+        with pytest.raises(StateReadOnlyError):
+            store.add_samples(["k2"], ["x"], np.ones((1, D), np.float32))
+    assert len(opened) == 2 and path.read_bytes() == before

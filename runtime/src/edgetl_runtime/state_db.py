@@ -8,9 +8,11 @@ holds the samples and features on top of it.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 import warnings
+from pathlib import Path
 from typing import TypeVar
 
 from edgetl_runtime.errors import StateError, StateLockedError
@@ -18,6 +20,7 @@ from edgetl_runtime.kept_images import ImageKeeping
 from edgetl_runtime.state_connection import StateConnection
 from edgetl_runtime.state_errors import (
     _BUSY,
+    _CANTOPEN,
     _CORRUPT,
     _FIX_CORRUPT,
     _FIX_SCHEMA,
@@ -79,6 +82,9 @@ class StateDatabase(StateConnection):
         except sqlite3.DatabaseError as exc:
             con.close()
             code = _primary_code(exc)
+            if code in (_READONLY, _CANTOPEN) and self._immutable_uri() is not None:
+                self._connect_immutable(where)  # a read-only folder: SQLite cannot create the -shm file
+                return
             if code in (_NOTADB, _CORRUPT, None):
                 raise StateError(
                     f"State database {where!r} is not a readable SQLite database ({exc}). Fix: {_FIX_CORRUPT}."
@@ -91,6 +97,27 @@ class StateDatabase(StateConnection):
             con.close()
             raise
         self._con = con
+
+    def _immutable_uri(self) -> str | None:
+        """``mode=ro&immutable=1`` for a state file with no -wal file: a WAL state in a read-only folder
+        cannot be opened otherwise (no -shm can be made), and with no -wal nothing is lost by ignoring it."""
+        if self.path is None or not os.path.isfile(self.path) or os.path.exists(f"{self.path}-wal"):
+            return None
+        return f"{Path(self.path).resolve().as_uri()}?mode=ro&immutable=1"
+
+    def _connect_immutable(self, where: str) -> None:
+        uri = self._immutable_uri()
+        assert uri is not None
+        con = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
+        try:
+            self.read_only = True
+            self._con = self._open(con, where)
+        except sqlite3.DatabaseError as exc:
+            con.close()
+            raise state_error(exc, where, "Opening", self.busy_timeout) from exc
+        except BaseException:
+            con.close()
+            raise
 
     def _open(self, con: sqlite3.Connection, where: str) -> sqlite3.Connection:
         """Check the file, set durability pragmas, create, verify or upgrade the schema, then switch to WAL;
@@ -151,6 +178,24 @@ class StateDatabase(StateConnection):
         if problems:
             raise StateError(f"State database {where!r} failed quick_check: {problems[:5]}. Fix: {_FIX_CORRUPT}.")
 
+    def _v1_in_memory(self, con: sqlite3.Connection) -> sqlite3.Connection:
+        """A schema-1 file's samples and their features (not its cached predictions) copied into memory."""
+        source = self._immutable_uri() or f"{Path(str(self.path)).resolve().as_uri()}?mode=ro"
+        con.close()
+        memory = sqlite3.connect("file::memory:", uri=True, isolation_level=None, check_same_thread=False)
+        memory.execute("ATTACH DATABASE ? AS old", (source,))
+        for statement in statements(SCHEMA_V1):
+            memory.execute(statement)
+        memory.execute("INSERT INTO meta SELECT * FROM old.meta")
+        memory.execute(
+            "INSERT INTO features SELECT * FROM old.features WHERE key IN (SELECT feature_key FROM old.samples)"
+        )
+        memory.execute("INSERT INTO samples SELECT * FROM old.samples")
+        memory.execute("INSERT INTO sqlite_sequence SELECT * FROM old.sqlite_sequence")
+        memory.execute("DETACH DATABASE old")
+        memory.execute("PRAGMA foreign_keys=ON")
+        return memory
+
     def _leave_wal(self, con: sqlite3.Connection, where: str) -> bool:
         """Switch a schema-1 file out of WAL mode, which SQLite refuses (at once, without its busy handler)
         while another connection has the file open: retry up to the busy timeout. False when the file
@@ -180,10 +225,7 @@ class StateDatabase(StateConnection):
         file); a read-only one is upgraded in memory, for this process only."""
         policy = (self.requested_policy or ImageKeeping()).to_text()
         if not self._writable(con):
-            memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-            con.backup(memory)
-            con.close()
-            memory.execute("PRAGMA foreign_keys=ON")
+            memory = self._v1_in_memory(con)
             with self._transaction(memory):
                 migrate_v1(memory, self.known_models, policy)
             warnings.warn(
