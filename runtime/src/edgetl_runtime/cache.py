@@ -205,7 +205,7 @@ class FeatureStore(KeptImages):
                 self.image_policy = stored
                 kept = self._encode_kept(keys, images)
             if not self.model_registered:  # a model first seen while the state was read-only
-                self._register_model()
+                self._register_model(self._db)
             self._upsert(keys, vectors)
             self._keep_images(keys, kept)
             return [self._insert_sample(key, name) for key, name in zip(keys, names, strict=True)]

@@ -39,7 +39,6 @@ from edgetl_runtime.state_schema import (
     TABLES_V1,
     SchemaObjects,
     migrate_v1,
-    model_key,
     now,
     schema_objects,
     schema_problems,
@@ -63,6 +62,7 @@ class StateDatabase(StateConnection):
     feature_dim: int
     preprocess_key: str
     precision: str
+    model: str  # model_key(model_digest, preprocess_key): the feature space this store reads and writes
     backbone: str
     requested_policy: ImageKeeping | None
     known_models: dict[str, tuple[str, str]]  # model digest -> (precision, backbone) of the bundle being loaded
@@ -253,7 +253,7 @@ class StateDatabase(StateConnection):
 
     def _adopt(self, con: sqlite3.Connection, where: str) -> None:
         """Register this model's feature space and settle the image policy (writes only what changed)."""
-        key = model_key(self.model_digest, self.preprocess_key)
+        key = self.model
         with self._read_transaction(con):
             row = con.execute("SELECT feature_dim FROM models WHERE key = ?", (key,)).fetchone()
             stored = ImageKeeping.from_text(str(self._meta(con)["image_policy"]))
@@ -265,19 +265,14 @@ class StateDatabase(StateConnection):
             return
         if row is None or self.image_policy != stored:
             with self._transaction(con, durable=False):
-                con.execute(
-                    "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        key,
-                        self.model_digest,
-                        self.preprocess_key,
-                        self.precision,
-                        self.backbone,
-                        self.feature_dim,
-                        now(),
-                    ),
-                )
+                self._register_model(con)
                 con.execute("UPDATE meta SET value = ? WHERE key = 'image_policy'", (self.image_policy.to_text(),))
+        self.model_registered = True
+
+    def _register_model(self, con: sqlite3.Connection) -> None:
+        """Record this model's feature space (inside the caller's write transaction); a no-op when known."""
+        row = (self.model, self.model_digest, self.preprocess_key, self.precision, self.backbone, self.feature_dim)
+        con.execute("INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)", (*row, now()))
         self.model_registered = True
 
     @staticmethod

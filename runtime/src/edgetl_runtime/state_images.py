@@ -16,7 +16,6 @@ import numpy.typing as npt
 from edgetl_runtime.errors import InputError, StateError, raise_all
 from edgetl_runtime.kept_images import ImageKeeping, KeepMode, decode_pixels, encode_pixels
 from edgetl_runtime.state_db import StateDatabase
-from edgetl_runtime.state_schema import now
 
 CHUNK = 500  # host parameters per statement; stays under SQLITE_MAX_VARIABLE_NUMBER of old SQLite builds.
 _CHUNK = CHUNK
@@ -34,7 +33,6 @@ def _as_float32(array: object, what: str) -> npt.NDArray[np.float32]:
 class KeptImages(StateDatabase):
     """Operations on the ``images`` table (one row per enrolled image hash, pixels or NULL)."""
 
-    model: str  # the current model's key (state_schema.model_key)
     # Features computed for enrolled samples of a model a read-only state has never seen: kept for this
     # process, since they cannot be written.
     _unwritten: dict[str, npt.NDArray[np.float32]]
@@ -267,21 +265,6 @@ class KeptImages(StateDatabase):
             "INSERT INTO features VALUES (?, ?, ?) ON CONFLICT(image, model) DO UPDATE SET vec=excluded.vec", rows
         )
 
-    def _register_model(self) -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                self.model,
-                self.model_digest,
-                self.preprocess_key,
-                self.precision,
-                self.backbone,
-                self.feature_dim,
-                now(),
-            ),
-        )
-        self.model_registered = True
-
     def add_model_features(self, items: Mapping[str, npt.NDArray[np.floating]]) -> None:
         """Store this model's features of enrolled images computed after the fact (from kept pixels).
 
@@ -295,7 +278,7 @@ class KeptImages(StateDatabase):
             return
         with self._writing("Storing re-extracted features in"):
             if not self.model_registered:
-                self._register_model()
+                self._register_model(self._db)
             self._upsert(keys, vectors)
 
     def restore_samples(
@@ -309,6 +292,6 @@ class KeptImages(StateDatabase):
         kept = self._encode_kept(keys, images)
         with self._writing("Restoring samples in"):
             if not self.model_registered:
-                self._register_model()
+                self._register_model(self._db)
             self._upsert(keys, vectors)
             self._keep_images(keys, kept)
