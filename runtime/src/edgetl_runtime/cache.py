@@ -24,8 +24,7 @@ from edgetl_runtime.arguments import LABEL_RULE, check_ids, check_label, label_p
 from edgetl_runtime.errors import InputError, StateError, StateWriteError, raise_all
 from edgetl_runtime.kept_images import ImageKeeping
 from edgetl_runtime.state_db import _FIX_CORRUPT
-from edgetl_runtime.state_images import CHUNK as _CHUNK
-from edgetl_runtime.state_images import KeptImages, _as_float32
+from edgetl_runtime.state_images import KeptImages, _as_float32, in_chunks
 from edgetl_runtime.state_schema import model_key
 
 REMOVED_SHIPPED_KEY = "removed_shipped_labels"  # meta row: JSON list of shipped-head classes removed here
@@ -113,9 +112,7 @@ class FeatureStore(KeptImages):
         out = {k: self._unwritten[k] for k in unique if k in self._unwritten}
         with self._reading():
             db = self._db
-            for start in range(0, len(unique), _CHUNK):
-                chunk = unique[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_chunks(unique):
                 query = f"SELECT image, vec FROM features WHERE model = ? AND image IN ({marks})"
                 for key, blob in db.execute(query, [self.model, *chunk]):
                     out[key] = self._decode(blob, key)
@@ -257,9 +254,7 @@ class FeatureStore(KeptImages):
 
     def _existing_ids(self, ids: list[int]) -> set[int]:
         found: set[int] = set()
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in in_chunks(ids):
             found.update(r[0] for r in self._db.execute(f"SELECT id FROM samples WHERE id IN ({marks})", chunk))
         return found
 
@@ -329,9 +324,7 @@ class FeatureStore(KeptImages):
         lookup = [*keys, *alias]
         found: dict[str, list[str]] = {}
         with self._reading():
-            for start in range(0, len(lookup), _CHUNK):
-                chunk = lookup[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_chunks(lookup):
                 query = f"SELECT image, label FROM samples WHERE image IN ({marks}) ORDER BY id"
                 for key, label in self._db.execute(query, chunk):
                     found.setdefault(alias.get(str(key), str(key)), []).append(str(label))

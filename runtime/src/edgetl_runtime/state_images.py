@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -17,8 +17,15 @@ from edgetl_runtime.errors import InputError, StateError, raise_all
 from edgetl_runtime.kept_images import ImageKeeping, KeepMode, decode_pixels, encode_pixels
 from edgetl_runtime.state_db import StateDatabase
 
-CHUNK = 500  # host parameters per statement; stays under SQLITE_MAX_VARIABLE_NUMBER of old SQLite builds.
-_CHUNK = CHUNK
+_CHUNK = 500  # host parameters per statement; stays under SQLITE_MAX_VARIABLE_NUMBER of old SQLite builds.
+T = TypeVar("T")
+
+
+def in_chunks(items: Sequence[T]) -> Iterator[tuple[list[T], str]]:
+    """``items`` in slices small enough for one ``IN (...)`` each, with that slice's ``?, ?, ...`` marks."""
+    for start in range(0, len(items), _CHUNK):
+        chunk = list(items[start : start + _CHUNK])
+        yield chunk, ",".join("?" * len(chunk))
 
 
 def _as_float32(array: object, what: str) -> npt.NDArray[np.float32]:
@@ -97,9 +104,7 @@ class KeptImages(StateDatabase):
         out: dict[str, npt.NDArray[np.uint8]] = {}
         unique = list(dict.fromkeys(keys))
         with self._reading():
-            for start in range(0, len(unique), _CHUNK):
-                chunk = unique[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_chunks(unique):
                 query = f"SELECT hash, height, width, pixels FROM images WHERE pixels IS NOT NULL AND hash IN ({marks})"
                 for key, h, w, blob in self._db.execute(query, chunk):
                     try:
@@ -118,9 +123,7 @@ class KeptImages(StateDatabase):
         out: dict[str, tuple[str, list[int], list[str]]] = {}
         identities = list(alias)
         with self._reading():
-            for start in range(0, len(identities), _CHUNK):
-                chunk = identities[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_chunks(identities):
                 query = (
                     f"SELECT s.id, s.label, s.image FROM samples s WHERE s.image IN ({marks}) AND NOT EXISTS "
                     "(SELECT 1 FROM features f WHERE f.image = s.image AND f.model = ?) ORDER BY s.id"
@@ -136,9 +139,7 @@ class KeptImages(StateDatabase):
         out: dict[str, int] = {}
         unique = list(dict.fromkeys(keys))
         with self._reading():
-            for start in range(0, len(unique), _CHUNK):
-                chunk = unique[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
+            for chunk, marks in in_chunks(unique):
                 query = (
                     "SELECT hash, min(height, width) FROM images WHERE pixels IS NOT NULL AND "
                     f"min(source_height, source_width) > min(height, width) AND hash IN ({marks})"
