@@ -40,9 +40,12 @@ class FeatureExtractor:
         """``(N, D)`` float32 features, from the cache where possible."""
         return self.extract(as_image_list(images))[1]
 
-    def extract(self, images: list[npt.NDArray[np.uint8]]) -> tuple[list[str], npt.NDArray[np.float32]]:
-        """Image hashes and features for validated images; caches what it had to compute."""
-        keys = self.keys(images)
+    def extract(
+        self, images: list[npt.NDArray[np.uint8]], keys: list[str] | None = None
+    ) -> tuple[list[str], npt.NDArray[np.float32]]:
+        """Image hashes (``keys`` when the caller hashed them already) and features for validated images;
+        caches what it had to compute."""
+        keys = self.keys(images) if keys is None else keys
         cached = self.store.get_features(keys)
         missing = [i for i, k in enumerate(keys) if k not in cached]
         computed = self.run_backbone([images[i] for i in missing]) if missing else None

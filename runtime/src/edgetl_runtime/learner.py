@@ -153,8 +153,9 @@ class Learner:
 
     def already_enrolled(self, images: Images) -> dict[int, list[str]]:
         """Index -> labels of each image (pixels, not file name) that is enrolled already or earlier in ``images``."""
-        batch = as_image_list(images)
-        keys = self.extractor.keys(batch)
+        return self._duplicates(self.extractor.keys(as_image_list(images)))
+
+    def _duplicates(self, keys: list[str]) -> dict[int, list[str]]:
         found = self.store.enrolled_labels(keys)
         seen: set[str] = set()
         out: dict[int, list[str]] = {}
@@ -175,15 +176,18 @@ class Learner:
         """
         batch = as_image_list(images)
         names = check_labels(labels, len(batch))  # refused, never str()-converted: see arguments.LABEL_RULE
+        keys = self.extractor.keys(batch)  # hashed once: a phone photo takes milliseconds
         with self._head_lock:
-            batch, names, restored = restore_unusable(self.store, self.extractor, batch, names, self.flip_enrolment)
+            batch, names, keys, restored = restore_unusable(
+                self.store, self.extractor, batch, names, keys, self.flip_enrolment
+            )
             self._changes += bool(restored)  # those samples join the head at the next fit
         if not batch:
             return restored
-        dupes = self.already_enrolled(batch)
+        dupes = self._duplicates(keys)
         if dupes and skip_duplicates:
             keep = [i for i in range(len(batch)) if i not in dupes]
-            batch, names = [batch[i] for i in keep], [names[i] for i in keep]
+            batch, names, keys = [batch[i] for i in keep], [names[i] for i in keep], [keys[i] for i in keep]
             if not batch:
                 return restored
         elif dupes:
@@ -193,8 +197,9 @@ class Learner:
                 stacklevel=2,
             )
         if self.flip_enrolment:
-            batch, names = batch + [hflip(img) for img in batch], names + names
-        keys, features = self.extractor.extract(batch)  # the slow part: outside the head lock
+            mirrors = [hflip(img) for img in batch]
+            batch, names, keys = batch + mirrors, names + names, keys + self.extractor.keys(mirrors)
+        features = self.extractor.extract(batch, keys)[1]  # the slow part: outside the head lock
         with self._head_lock:
             self._sync_external()  # another process's enrolment since the last fit: refit, do not update
             ids = self.store.add_samples(keys, names, features, images=batch)

@@ -74,25 +74,29 @@ def warn_images_still_kept(store: FeatureStore) -> None:
 
 
 def restore_unusable(
-    store: FeatureStore, extractor: FeatureExtractor, images: list[npt.NDArray[np.uint8]], labels: list[str], flip: bool
-) -> tuple[list[npt.NDArray[np.uint8]], list[str], list[int]]:
+    store: FeatureStore,
+    extractor: FeatureExtractor,
+    images: list[npt.NDArray[np.uint8]],
+    labels: list[str],
+    keys: list[str],
+    flip: bool,
+) -> tuple[list[npt.NDArray[np.uint8]], list[str], list[str], list[int]]:
     """Enrolling again, under the same label, an image whose sample this model cannot use (kept as features
     only under another model) restores that sample instead of adding a second one: it gains this model's
-    features and its image. Returns the images and labels still to enrol, and the restored sample ids."""
-    candidates = images + [hflip(img) for img in images] if flip else images
-    found = store.unusable_samples(extractor.keys(candidates))
-    if not found:
-        return images, labels, []
-    keys = extractor.keys(images)
+    features and its image. Returns the images, labels and image hashes still to enrol, and the restored
+    sample ids."""
+    found = store.unusable_samples(keys)
     restore = [i for i, key in enumerate(keys) if key in found and labels[i] in found[key][2]]
+    if not restore:
+        return images, labels, keys, []
     pairs = [(images[i], keys[i]) for i in restore]
     if flip:  # each restored image's mirror was enrolled with it: restore it too when it is there
         mirrors = [hflip(images[i]) for i in restore]
-        pairs += [(m, k) for m, k in zip(mirrors, extractor.keys(mirrors), strict=True) if k in found]
-    if not pairs:
-        return images, labels, []
+        mirror_keys = extractor.keys(mirrors)
+        found.update(store.unusable_samples(mirror_keys))
+        pairs += [(m, k) for m, k in zip(mirrors, mirror_keys, strict=True) if k in found]
     pixels = [img for img, _ in pairs]
     store.restore_samples([found[k][0] for _, k in pairs], extractor.run_backbone(pixels), pixels)
     ids = sorted({i for _, k in pairs for i in found[k][1]})
     left = [i for i in range(len(images)) if i not in set(restore)]
-    return [images[i] for i in left], [labels[i] for i in left], ids
+    return [images[i] for i in left], [labels[i] for i in left], [keys[i] for i in left], ids
