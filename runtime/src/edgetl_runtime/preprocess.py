@@ -196,7 +196,7 @@ def _geometry(h: int, w: int, spec: PreprocessSpec, index: int) -> tuple[int, in
     return new_h, new_w, int(round((new_h - th) / 2.0)), int(round((new_w - tw) / 2.0))
 
 
-def _resample(
+def resample(
     planes: npt.NDArray[np.float32],
     wh: npt.NDArray[np.float32],
     ww: npt.NDArray[np.float32],
@@ -237,9 +237,9 @@ def _preprocess_same_size(
         normalised = rgb.astype(np.float32)
         normalised *= scale
         normalised += shift
-        _resample(normalised, wh, ww, out=out)
+        resample(normalised, wh, ww, out=out)
         return out
-    planes = _resample(stacked.astype(np.float32), wh, ww)  # (n, C, H, W)
+    planes = resample(stacked.astype(np.float32), wh, ww)  # (n, C, H, W)
     np.multiply(planes, scale, out=out)  # a gray plane broadcasts over the three channels
     out += shift
     return out
