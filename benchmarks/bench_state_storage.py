@@ -88,13 +88,20 @@ def big_crops(image: np.ndarray, n: int, seed: int) -> list[np.ndarray]:
 
 
 def kept_bytes(images: list[np.ndarray], policy: str) -> dict[str, float]:
+    """Mean bytes kept per image, and the time to make them (thumbnail + encoding: added to ``add``)."""
     keeping = ImageKeeping.from_text(policy)
-    sizes = []
+    sizes, seconds = [], []
     for image in images:
+        start = time.perf_counter()
         small = keeping.shrink(image)
         sizes.append(0 if small is None else len(encode_pixels(small)))
+        seconds.append(time.perf_counter() - start)
     raw = float(np.mean([img.nbytes for img in images]))
-    return {"mean_bytes": round(float(np.mean(sizes)), 1), "raw_rgb_bytes": round(raw, 1)}
+    return {
+        "mean_bytes": round(float(np.mean(sizes)), 1),
+        "raw_rgb_bytes": round(raw, 1),
+        "keep_ms_median": round(1e3 * float(np.median(seconds)), 2),
+    }
 
 
 def storage(photo_set: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -110,7 +117,31 @@ def storage(photo_set: dict[str, np.ndarray]) -> dict[str, Any]:
         "crops_100_140px": [c for i, img in enumerate(photo_set.values()) for c in crops(img, 4, i)],
         "fashion_mnist_28px": fmnist,
     }
-    return {name: {p: kept_bytes(images, p) for p in POLICIES} for name, images in sets.items()}
+    out: dict[str, Any] = {name: {p: kept_bytes(images, p) for p in POLICIES} for name, images in sets.items()}
+    out["twelve_megapixel"] = twelve_megapixel(photo_set["grace_hopper"])
+    return out
+
+
+def twelve_megapixel(photo: np.ndarray) -> dict[str, Any]:
+    """A phone-sized frame (grace_hopper upscaled to 3000x4000): keeping its thumbnail vs preprocessing it."""
+    from PIL import Image
+
+    from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
+
+    big = np.asarray(Image.fromarray(photo).resize((4000, 3000), Image.BICUBIC))
+    spec = PreprocessSpec(input_size=(224, 224), crop_pct=1.0)
+    keep, prep = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        encode_pixels(ImageKeeping().shrink(big))  # type: ignore[arg-type]
+        keep.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        preprocess_batch([big], spec)
+        prep.append(time.perf_counter() - start)
+    return {
+        "keep_ms_median": round(1e3 * float(np.median(keep))),
+        "preprocess_ms_median": round(1e3 * float(np.median(prep))),
+    }
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
