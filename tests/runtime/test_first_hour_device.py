@@ -184,6 +184,29 @@ def test_item7_a_re_exported_bundle_keeps_the_enrolments_and_forget_images_keeps
     assert code == 0 and [p["label"] for p in out["predictions"]] == ["red"] * 3  # both models have features
 
 
+def test_item7_cli_re_adding_features_only_images_under_another_precision_restores_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("PIL")
+    from conftest import tiny_onnx, write_tiny_bundle
+
+    bundle = write_tiny_bundle(tmp_path / "m.edgetl", int8_model=tiny_onnx(scale=1.01))
+    red = _write_pngs(tmp_path / "red", (220, 30, 30), 3, 0)
+    green = _write_pngs(tmp_path / "green", (30, 220, 30), 3, 1)
+    assert (
+        _device(
+            bundle, "--precision", "int8", "--keep-images", "none", "add", str(red), "--label", "red", capsys=capsys
+        )[0]
+        == 0
+    )
+    assert _device(bundle, "--precision", "int8", "add", str(green), "--label", "green", capsys=capsys)[0] == 0
+    code, out, err = _device(bundle, "--precision", "fp32", "add", str(red), "--label", "red", capsys=capsys)
+    assert code == 0, err
+    assert out["added"] == 0 and out["restored"] == 3 and "note" not in out and out["classes"] == {"green": 3, "red": 3}
+    code, out, _ = _device(bundle, "--precision", "fp32", "info", capsys=capsys)
+    assert out["unavailable_to_this_model"] == {"green": 3}  # green was not enrolled again at fp32
+
+
 # ------------------------------------------------------------------ item 11: the device CLI keeps its promises
 
 

@@ -171,16 +171,22 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if args.command == "add":
             images = as_image_list(_image_files(args.dir))
             dupes = learner.already_enrolled(images)
+            before = len(learner.store)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # reported in the output instead
                 ids = learner.add(images, args.label, skip_duplicates=args.skip_duplicates)
-            out: dict[str, object] = {"added": len(ids), "label": args.label, "classes": learner.store.counts()}
-            if dupes:
-                out["already_enrolled"] = len(dupes)
+            added = len(learner.store) - before
+            restored = len(ids) - added  # enrolled before, kept as features only under another model
+            out: dict[str, object] = {"added": added, "label": args.label, "classes": learner.store.counts()}
+            if restored:
+                out["restored"] = restored
+            already = len(dupes) - restored
+            if already > 0:
+                out["already_enrolled"] = already
                 out["note"] = (
-                    f"{len(dupes)} image(s) were enrolled already and were skipped"
+                    f"{already} image(s) were enrolled already and were skipped"
                     if args.skip_duplicates
-                    else f"{len(dupes)} image(s) were enrolled already and now count twice; "
+                    else f"{already} image(s) were enrolled already and now count twice; "
                     "rerun with --skip-duplicates to leave them out (remove --label to start the class again)"
                 )
             return out
@@ -255,12 +261,20 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+
+    def one_line(message: Warning | str, *_: object, **__: object) -> None:  # not Python's file:line form
+        print(f"edgetl-device {args.command}: warning: {message}", file=sys.stderr)
+
+    shown = warnings.showwarning
+    warnings.showwarning = one_line
     try:
         print(json.dumps(run(args), indent=2))
     except EdgeTLError as exc:
         message = " ".join(line.strip() for line in str(exc).splitlines())  # one line, whatever the error lists
         print(f"edgetl-device {args.command}: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
     return 0
 
 

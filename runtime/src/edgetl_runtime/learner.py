@@ -26,6 +26,7 @@ from edgetl_runtime.kept_images import ImageKeeping
 from edgetl_runtime.reextract import Progress, reextract_missing, restore_unusable, warn_images_still_kept
 from edgetl_runtime.shipped import read_prior
 from edgetl_runtime.state_peek import state_precision
+from edgetl_runtime.warn import warn
 
 if TYPE_CHECKING:
     from edgetl_runtime.enrolment import Enrolment
@@ -281,12 +282,11 @@ class Learner:
         lost, damaged = reextract_missing(self.store, self.extractor, self.progress)  # damaged: warned already
         if any(n > self._warned_features_only.get(label, 0) for label, n in lost.items()):  # new ones only
             self._warned_features_only = lost
-            warnings.warn(
+            warn(
                 f"{sum(lost.values())} enrolled sample(s) {lost} were kept as features only (keep_images='none', or "
                 f"enrolled before edgetl kept images) under another model, so this {self.backend.precision.value} "
                 "model cannot use them: they are left out of the head. Fix: load the precision (and bundle) they "
-                "were enrolled with, or enrol those images again.",
-                stacklevel=4,
+                "were enrolled with, or enrol those images again."
             )
         self.unavailable = {label: lost.get(label, 0) + damaged.get(label, 0) for label in {*lost, *damaged}}
 

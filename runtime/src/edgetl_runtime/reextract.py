@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -12,6 +11,7 @@ from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.features import FeatureExtractor
 from edgetl_runtime.images import hflip
 from edgetl_runtime.kept_images import KeepMode
+from edgetl_runtime.warn import warn
 
 Progress = Callable[[int, int], None]  # progress(done, total)
 
@@ -53,11 +53,10 @@ def _warn_upscaled(shrunk: dict[str, int], resize: int) -> None:
     small = sorted({side for side in shrunk.values() if side < resize})
     if small:
         count = sum(side < resize for side in shrunk.values())
-        warnings.warn(
+        warn(
             f"{count} kept thumbnail(s) have a shorter side of {', '.join(map(str, small))} px, but this model "
             f"resizes to {resize} px: their re-extracted features come from upscaled images. Fix: keep larger "
-            f"thumbnails (keep_images={resize} or 'original') for future enrolments.",
-            stacklevel=4,
+            f"thumbnails (keep_images={resize} or 'original') for future enrolments."
         )
 
 
@@ -66,10 +65,9 @@ def warn_images_still_kept(store: FeatureStore) -> None:
     if store.requested_policy is not None and store.requested_policy.mode is KeepMode.NONE:
         kept = store.storage()["images_kept"]
         if kept:
-            warnings.warn(
+            warn(
                 f"keep_images='none' keeps no new images, but {kept} image(s) enrolled earlier are still kept "
-                "in this state. Fix: learner.forget_images() (edgetl-device forget-images) deletes them.",
-                stacklevel=3,
+                "in this state. Fix: learner.forget_images() (edgetl-device forget-images) deletes them."
             )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -13,6 +12,7 @@ from typing import TypeVar
 
 from edgetl_runtime.errors import StateError
 from edgetl_runtime.state_errors import _FIX_CORRUPT, state_error
+from edgetl_runtime.warn import warn
 
 S = TypeVar("S", bound="StateConnection")
 
@@ -125,12 +125,11 @@ class StateConnection:
                     return True
             finally:
                 self._db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-        warnings.warn(
+        warn(
             f"{what} are deleted from the state, but their old pages stay in its write-ahead log {self.path}-wal "
             "while another connection is reading it. Fix: once that read is over, call learner.save() (it returns "
             "True when the log is truncated), or run `edgetl-device forget-images` again.",
             RuntimeWarning,
-            stacklevel=3,
         )
         return False
 

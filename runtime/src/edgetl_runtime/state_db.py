@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-import warnings
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,6 +43,7 @@ from edgetl_runtime.state_schema import (
     schema_problems,
     statements,
 )
+from edgetl_runtime.warn import warn
 
 __all__ = ["_FIX_CORRUPT", "StateDatabase", "state_error"]
 S = TypeVar("S", bound="StateDatabase")
@@ -228,12 +228,11 @@ class StateDatabase(StateConnection):
             memory = self._v1_in_memory(con)
             with self._transaction(memory):
                 migrate_v1(memory, self.known_models, policy)
-            warnings.warn(
+            warn(
                 f"State database {where!r} has schema 1 and is read-only: it was upgraded in memory for this "
                 "process (predictions work; enrolling does not). Fix: make the file and its folder writable "
                 "for one load, which upgrades it in place.",
                 RuntimeWarning,
-                stacklevel=4,
             )
             self.read_only = True
             return memory

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -16,6 +15,7 @@ import numpy.typing as npt
 from edgetl_runtime.errors import InputError, StateError, raise_all
 from edgetl_runtime.kept_images import ImageKeeping, KeepMode, decode_pixels, encode_pixels
 from edgetl_runtime.state_db import StateDatabase
+from edgetl_runtime.warn import warn
 
 _CHUNK = 500  # host parameters per statement; stays under SQLITE_MAX_VARIABLE_NUMBER of old SQLite builds.
 T = TypeVar("T")
@@ -112,7 +112,7 @@ class KeptImages(StateDatabase):
                     except StateError as exc:
                         if not skip_damaged:
                             raise
-                        warnings.warn(str(exc), RuntimeWarning, stacklevel=2)
+                        warn(str(exc), RuntimeWarning)
         return out
 
     def unusable_samples(self, keys: Sequence[str]) -> dict[str, tuple[str, list[int], list[str]]]:
