@@ -155,32 +155,15 @@ def test_item7_a_re_exported_bundle_keeps_the_enrolments_and_forget_images_keeps
 ) -> None:
     pytest.importorskip("PIL")
     old, new, state = bundle_factory(seed=0), bundle_factory(seed=1), tmp_path / "device.sqlite"
-    _device(
-        old,
-        "--state",
-        str(state),
-        "add",
-        str(_write_pngs(tmp_path / "r", (220, 30, 30), 3, 0)),
-        "--label",
-        "red",
-        capsys=capsys,
-    )
-    _device(
-        old,
-        "--state",
-        str(state),
-        "add",
-        str(_write_pngs(tmp_path / "g", (30, 220, 30), 3, 1)),
-        "--label",
-        "green",
-        capsys=capsys,
-    )
+    for name, colour, seed in (("red", (220, 30, 30), 0), ("green", (30, 220, 30), 1)):
+        folder = str(_write_pngs(tmp_path / name, colour, 3, seed))
+        _device(old, "--state", str(state), "add", folder, "--label", name, capsys=capsys)
     code, out, err = _device(new, "--state", str(state), "info", capsys=capsys)
     assert code == 0, err
     assert out["classes"] == {"green": 3, "red": 3} and out["unavailable_to_this_model"] == {}
     code, out, _ = _device(new, "--state", str(state), "forget-images", capsys=capsys)
     assert code == 0 and out["images_deleted"] == 6 and out["state"]["images_kept"] == 0
-    code, out, err = _device(old, "--state", str(state), "predict", str(tmp_path / "r"), capsys=capsys)
+    code, out, err = _device(old, "--state", str(state), "predict", str(tmp_path / "red"), capsys=capsys)
     assert code == 0 and [p["label"] for p in out["predictions"]] == ["red"] * 3  # both models have features
 
 

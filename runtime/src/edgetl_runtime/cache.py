@@ -197,7 +197,7 @@ class FeatureStore(KeptImages):
         names = [check_label(label) for label in labels]  # NFC: one spelling per class
         kept = self._encode_kept(keys, images)  # before the transaction: encoding a photo takes milliseconds
         with self._writing("Enrolling into"):
-            stored = self._stored_policy()
+            stored = self._read_policy(self._db)
             if stored != self.image_policy:  # another process changed it (forget_images) since this one opened
                 self.image_policy = stored
                 kept = self._encode_kept(keys, images)

@@ -90,11 +90,6 @@ class ImageKeeping:
             return cls(KeepMode(mode))
         raise StateError(f"its image policy {text!r} is damaged (expected 'thumbnail:N', 'original' or 'none').")
 
-    def describe(self) -> str:
-        if self.mode is KeepMode.THUMBNAIL:
-            return f"thumbnails (shorter side <= {self.size} px)"
-        return "original pixels" if self.mode is KeepMode.ORIGINAL else "features only (no images)"
-
     def shrink(self, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8] | None:
         """The pixels this policy keeps of an ``(H, W, 3)`` image, or None for ``none``."""
         if self.mode is KeepMode.NONE:

@@ -255,7 +255,7 @@ class StateDatabase(StateConnection):
         key = self.model
         with self._read_transaction(con):
             row = con.execute("SELECT feature_dim FROM models WHERE key = ?", (key,)).fetchone()
-            stored = ImageKeeping.from_text(str(self._meta(con)["image_policy"]))
+            stored = self._read_policy(con)
         if row is not None and row[0] != self.feature_dim:
             raise StateError(width_problem(con, where, key, self.model_digest, int(row[0]), self.feature_dim))
         self.image_policy = self.requested_policy or stored
@@ -265,7 +265,7 @@ class StateDatabase(StateConnection):
         if row is None or self.image_policy != stored:
             with self._transaction(con, durable=False):
                 self._register_model(con)
-                con.execute("UPDATE meta SET value = ? WHERE key = 'image_policy'", (self.image_policy.to_text(),))
+                self._write_policy(con, self.image_policy)
         self.model_registered = True
 
     def _register_model(self, con: sqlite3.Connection) -> None:
@@ -336,6 +336,16 @@ class StateDatabase(StateConnection):
                     "(UPDATE meta SET value = 'thumbnail:384' WHERE key = 'image_policy'), or restore a backup."
                 ) from None
         return version
+
+    @staticmethod
+    def _read_policy(con: sqlite3.Connection) -> ImageKeeping:
+        """The image policy the file says now (another process may have changed it since this one opened)."""
+        row = con.execute("SELECT value FROM meta WHERE key = 'image_policy'").fetchone()
+        return ImageKeeping.from_text(str(row[0]) if row else "")
+
+    @staticmethod
+    def _write_policy(con: sqlite3.Connection, policy: ImageKeeping) -> None:
+        con.execute("UPDATE meta SET value = ? WHERE key = 'image_policy'", (policy.to_text(),))
 
     @staticmethod
     def _meta(con: sqlite3.Connection) -> dict[str, object]:

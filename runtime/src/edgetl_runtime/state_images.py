@@ -70,11 +70,6 @@ class KeptImages(StateDatabase):
                 out[key] = None if small is None else (*small.shape[:2], encode_pixels(small), *source)
         return out
 
-    def _stored_policy(self) -> ImageKeeping:
-        """The image policy the file says now (another process may have changed it)."""
-        row = self._db.execute("SELECT value FROM meta WHERE key = 'image_policy'").fetchone()
-        return ImageKeeping.from_text(str(row[0]) if row else "")
-
     def _keep_images(self, keys: list[str], kept: Mapping[str, tuple[int, int, bytes, int, int] | None]) -> None:
         """One images row per hash; pixels fill in a features-only row when the same image comes with them."""
         db = self._db
@@ -155,7 +150,7 @@ class KeptImages(StateDatabase):
         """
         with self._writing("Forgetting images in") as db:
             gone = db.execute("UPDATE images SET height = NULL, width = NULL, pixels = NULL WHERE pixels IS NOT NULL")
-            db.execute("UPDATE meta SET value = ? WHERE key = 'image_policy'", (ImageKeeping(KeepMode.NONE).to_text(),))
+            self._write_policy(db, ImageKeeping(KeepMode.NONE))
         self.image_policy = ImageKeeping(KeepMode.NONE)
         self.truncate_wal("The forgotten images")
         return int(gone.rowcount)
