@@ -133,12 +133,45 @@ def read_cpu(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo", machine: str | N
     return CpuInfo(model or platform.processor() or machine, machine, flags, _usable_cores())
 
 
+# Set to a family (``x86-vnni``, ``x86-avx2``, ``arm64``) to take every CPU decision as that CPU would:
+# kernel choice, int8 target warnings, ``best``. Tests use it to cover each family on any machine, and a
+# user uses it to reproduce a report from another device. It changes decisions, not the arithmetic.
+SIMULATE_ENV = "EDGETL_SIMULATE_CPU"
+
+# The flags each simulated family reports (what a typical CPU of that family lists).
+_SIMULATED: dict[CpuFamily, tuple[str, frozenset[str]]] = {
+    CpuFamily.X86_VNNI: ("x86_64", frozenset({"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni"})),
+    CpuFamily.X86_AVX2: ("x86_64", frozenset({"avx2", "fma", "f16c"})),
+    CpuFamily.ARM64: ("aarch64", frozenset({"asimd", "asimddp", "asimdhp", "fphp", "i8mm"})),
+}
+SIMULATED_FAMILIES = tuple(family.value for family in _SIMULATED)
+
+
+def simulated_cpu(family: str | CpuFamily, real: CpuInfo | None = None) -> CpuInfo:
+    """A CPU of ``family`` with that family's flags, named after the real one so reports stay honest."""
+    try:
+        chosen = CpuFamily(family)
+        machine, flags = _SIMULATED[chosen]
+    except (ValueError, KeyError):
+        raise ValueError(
+            f"{SIMULATE_ENV}={family!r} is not a CPU family edgetl can simulate; "
+            f"set one of {list(SIMULATED_FAMILIES)} or unset it"
+        ) from None
+    real = real or _real_cpu()
+    return CpuInfo(f"{real.model} [simulated {chosen.value}]", machine, flags, real.logical_cores)
+
+
 _THIS_CPU: CpuInfo | None = None
 
 
-def this_cpu() -> CpuInfo:
-    """The CPU this process runs on (read once)."""
+def _real_cpu() -> CpuInfo:
     global _THIS_CPU  # noqa: PLW0603 - a process-wide constant, read lazily
     if _THIS_CPU is None:
         _THIS_CPU = read_cpu()
     return _THIS_CPU
+
+
+def this_cpu() -> CpuInfo:
+    """The CPU this process runs on (read once), or the family named by ``EDGETL_SIMULATE_CPU``."""
+    simulated = os.environ.get(SIMULATE_ENV, "").strip()
+    return simulated_cpu(simulated) if simulated else _real_cpu()

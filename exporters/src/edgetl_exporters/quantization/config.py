@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl_runtime.arguments import to_enum
-from edgetl_runtime.cpu import CpuFamily, read_cpu
+from edgetl_runtime.cpu import CpuFamily, read_cpu, this_cpu
 from edgetl_runtime.errors import ConfigError, raise_all
 from edgetl_runtime.int8_targets import infer_targets
 
@@ -176,9 +176,12 @@ class QuantizeConfig:
         return config
 
     @classmethod
-    def host(cls, cpuinfo: str | Path = "/proc/cpuinfo", **overrides: Any) -> QuantizeConfig:
-        """The preset for the CPU this runs on: right only when the exporting host is also the device."""
-        family = read_cpu(cpuinfo).family
+    def host(cls, cpuinfo: str | Path | None = None, **overrides: Any) -> QuantizeConfig:
+        """The preset for the CPU this runs on: right only when the exporting host is also the device.
+
+        ``cpuinfo`` reads another CPU's ``/proc/cpuinfo``; by default this CPU (or the simulated one).
+        """
+        family = (read_cpu(cpuinfo) if cpuinfo else this_cpu()).family
         if family is CpuFamily.ARM64:
             return cls.arm(**overrides)
         return cls.x86_vnni(**overrides) if family is CpuFamily.X86_VNNI else cls.x86_avx2(**overrides)
@@ -273,6 +276,6 @@ class QuantizeConfig:
         }
 
 
-def cpu_has_vnni(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+def cpu_has_vnni(cpuinfo: str | Path | None = None) -> bool:
     """Whether the CPU flags list AVX512-VNNI or AVX-VNNI (False when the file is unreadable)."""
-    return read_cpu(cpuinfo).vnni
+    return (read_cpu(cpuinfo) if cpuinfo else this_cpu()).vnni
