@@ -63,8 +63,8 @@ def _models(bundles: Path) -> list[tuple[str, Path, str]]:
 
 def _aliases(bundles: Path) -> dict[str, str]:
     """Preset -> an earlier preset with the byte-identical int8 model (e.g. portable and x86-avx2)."""
-    from edgetl_runtime.bundle import Bundle
-    from edgetl_runtime.manifest import Precision
+    from edgetl_runtime.bundle.manifest import Precision
+    from edgetl_runtime.bundle.reader import Bundle
 
     seen: dict[str, str] = {}
     aliases: dict[str, str] = {}

@@ -34,11 +34,11 @@ from edgetl.datasets import balanced_subset, load_fashion_mnist
 from edgetl.export import BundleConfig, export_bundle
 from edgetl_runtime.backends import select_backend
 from edgetl_runtime.backends.choice_cache import ChoiceCache
-from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.cpu import this_cpu
+from edgetl_runtime.backends.cpu import this_cpu
+from edgetl_runtime.bundle.manifest import Precision
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.heads import create_head
-from edgetl_runtime.latency import measure_interleaved
-from edgetl_runtime.manifest import Precision
+from edgetl_runtime.measure.latency import measure_interleaved
 from edgetl_runtime.preprocess import preprocess_batch
 
 

@@ -40,13 +40,13 @@ from edgetl.export import BundleConfig, export_bundle
 from edgetl.merge import merge_enrolments
 from edgetl.shipped_head import HeadConfig, bundle_features
 from edgetl_exporters.quantization import QuantizeConfig
-from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.cpu import this_cpu
+from edgetl_runtime.backends.cpu import this_cpu
+from edgetl_runtime.bundle.manifest import Precision
+from edgetl_runtime.bundle.reader import Bundle
+from edgetl_runtime.bundle.shipped_head import read_prior
 from edgetl_runtime.heads import LDAHead
-from edgetl_runtime.latency import measure
 from edgetl_runtime.learner import Learner
-from edgetl_runtime.manifest import Precision
-from edgetl_runtime.shipped import read_prior
+from edgetl_runtime.measure.latency import measure
 
 HOST, NEW = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 HALVES = ([5, 6], [7, 8, 9])

@@ -48,7 +48,7 @@ from head_features import (  # noqa: E402
 
 from edgetl.bench.fewshot import simpleshot_predict, sklearn_lr_predict  # noqa: E402
 from edgetl_runtime.fewshot import episode  # noqa: E402
-from edgetl_runtime.latency import measure, measure_interleaved  # noqa: E402
+from edgetl_runtime.measure.latency import measure, measure_interleaved  # noqa: E402
 
 
 def fmap_study(stem: Path, configs: list[str], runs: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:

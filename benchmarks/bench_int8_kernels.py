@@ -31,7 +31,7 @@ from edgetl_exporters.quantization.core import quantize_int8
 from edgetl_exporters.quantization.measure import run_features
 from edgetl_runtime.backends.onnxruntime import Int8Kernel, session_options
 from edgetl_runtime.fewshot import probe_accuracy, support_masks
-from edgetl_runtime.latency import measure_interleaved
+from edgetl_runtime.measure.latency import measure_interleaved
 from edgetl_runtime.numerics import row_cosine
 from edgetl_runtime.preprocess import preprocess_batch
 

@@ -33,7 +33,7 @@ from edgetl_exporters.quantization.core import prepare_fp32, quantize_int8
 from edgetl_exporters.quantization.guard import quantize_guarded
 from edgetl_exporters.quantization.measure import interleaved_latency, run_features
 from edgetl_runtime.fewshot import probe_accuracy, support_masks
-from edgetl_runtime.latency import cpu_info
+from edgetl_runtime.measure.latency import cpu_info
 from edgetl_runtime.numerics import row_cosine
 
 CONFIGS = {

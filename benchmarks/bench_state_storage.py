@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from edgetl_runtime.cache import FeatureStore
-from edgetl_runtime.kept_images import ImageKeeping, encode_pixels
-from edgetl_runtime.latency import environment
 from edgetl_runtime.learner import Learner
+from edgetl_runtime.measure.latency import environment
+from edgetl_runtime.state.image_policy import ImageKeeping, encode_pixels
+from edgetl_runtime.state.store import FeatureStore
 
 POLICIES = ("original", "thumbnail:384", "thumbnail:256", "none")  # 384: the default
 SCENES = (

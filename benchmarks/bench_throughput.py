@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.datasets import load_fashion_mnist
+from edgetl_runtime.backends.cpu import this_cpu
 from edgetl_runtime.backends.onnxruntime import make_session
-from edgetl_runtime.cpu import this_cpu
 from edgetl_runtime.images import as_image_list, image_digest
 from edgetl_runtime.learner import Learner
 from edgetl_runtime.preprocess import preprocess_batch

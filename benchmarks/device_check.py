@@ -136,7 +136,7 @@ def tensorrt_preflight() -> dict[str, Any]:
 def tensorrt_unsupported(bundle: Any, precision: Any, strongly_typed: bool) -> str | None:
     """Why this bundle cannot give a TensorRT engine at ``precision`` (a SKIPPED reason, with the fix), else None."""
     from edgetl_runtime.backends.tensorrt import int8_problem
-    from edgetl_runtime.manifest import Precision
+    from edgetl_runtime.bundle.manifest import Precision
 
     manifest = bundle.manifest
     problem = int8_problem(manifest) if precision is Precision.INT8 else None
@@ -179,7 +179,7 @@ def parity(key: str, backend: Any, bundle: Any) -> dict[str, Any]:
 
 
 def tensorrt_backends(bundle: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from edgetl_runtime.manifest import Precision
+    from edgetl_runtime.bundle.manifest import Precision
 
     info = step("tensorrt preflight", tensorrt_preflight)
     backends: dict[str, Any] = {}
@@ -209,7 +209,7 @@ def tensorrt_backends(bundle: Any, args: argparse.Namespace) -> dict[str, Any]:
 def ort_cuda_backends(bundle: Any) -> dict[str, Any]:
     """onnxruntime's CUDA EP, for comparison only: its absence is SKIPPED, but a built one must match golden."""
     from edgetl_runtime.backends.onnxruntime import OrtBackend
-    from edgetl_runtime.manifest import Precision
+    from edgetl_runtime.bundle.manifest import Precision
 
     def preflight() -> str:
         if importlib.util.find_spec("onnxruntime") is None:
@@ -246,7 +246,7 @@ def ort_cuda_backends(bundle: Any) -> dict[str, Any]:
 
 
 def latency(backend: Any, batch: int, size: int, warmup: int, runs: int) -> dict[str, Any]:
-    from edgetl_runtime.latency import measure
+    from edgetl_runtime.measure.latency import measure
 
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)  # (B, 3, H, W)
     stats = measure(lambda: backend.run(x), runs=runs, warmup=warmup, items_per_call=batch)
@@ -287,7 +287,7 @@ def run_checks(args: argparse.Namespace) -> None:
     bundle_path = step("bundle", lambda: resolve_bundle(args))
     if bundle_path is None:
         return
-    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.bundle.reader import Bundle
 
     bundle = step("open and verify the bundle", lambda: Bundle.open(bundle_path))
     if bundle is None:

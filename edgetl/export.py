@@ -21,9 +21,9 @@ from edgetl.sources import export_data, synthetic_images, training_data
 from edgetl_exporters.bundle_writer import npz_bytes, write_bundle
 from edgetl_exporters.onnx_export import ExportConfig, export_features_onnx
 from edgetl_runtime.arguments import to_precisions
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.manifest import GOLDEN_NAME, HEAD_NAME, BackboneInfo, Manifest, Precision
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.errors import ConfigError, DatasetError, EdgeTLError, QuantizationError
-from edgetl_runtime.manifest import GOLDEN_NAME, HEAD_NAME, BackboneInfo, Manifest, Precision
 from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
 
 GOLDEN_COUNT = 4
@@ -321,7 +321,7 @@ def _manifest(
     quant = report.get(Precision.INT8.member)
     quantization, calibration = {}, {}
     if quant:  # int8 was built: how, and from which images (the first num_calibration of the prepared set)
-        from edgetl_runtime.int8_targets import infer_targets
+        from edgetl_runtime.backends.int8_targets import infer_targets
 
         targets = list(infer_targets(quant["config"]))  # the CPU families this int8 form is exact and fast on
         quantization = {

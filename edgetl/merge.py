@@ -25,15 +25,15 @@ import numpy.typing as npt
 
 from edgetl.shipped_head import calibration_quantiles
 from edgetl_exporters.bundle_writer import npz_bytes, write_bundle
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.manifest import HEAD_NAME, Precision
+from edgetl_runtime.bundle.reader import Bundle
+from edgetl_runtime.bundle.shipped_head import head_npz_dict, head_section, read_prior
 from edgetl_runtime.enrolment import Enrolment, read_enrolment
 from edgetl_runtime.errors import ConfigError, EdgeTLError, EnrolmentError, InputError
 from edgetl_runtime.heads import ClassStats, LDAHead, Prior
 from edgetl_runtime.heads.lda import DEFAULT_ALPHA
 from edgetl_runtime.heads.prior import key_prefixes
 from edgetl_runtime.heads.ridge import FALLBACK_TEMPERATURE
-from edgetl_runtime.manifest import HEAD_NAME, Precision
-from edgetl_runtime.shipped import head_npz_dict, head_section, read_prior
 
 DEFAULT_RANK = 16  # when the bundle ships no head to take its rank from (see edgetl.shipped_head)
 ON_CONFLICT = ("drop", "error")

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from edgetl_runtime.bundle.manifest import Precision
+from edgetl_runtime.bundle.shipped_head import head_npz_dict, head_section, label_collisions
 from edgetl_runtime.errors import ConfigError, DatasetError
 from edgetl_runtime.heads import ClassStats, LDAHead, NearestClassMean, Prior
 from edgetl_runtime.heads.ridge import TEMPERATURES, loo_temperature
-from edgetl_runtime.manifest import Precision
 from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
-from edgetl_runtime.shipped import head_npz_dict, head_section, label_collisions
 
 if TYPE_CHECKING:
     from edgetl.backbones import Backbone

@@ -25,8 +25,8 @@ from edgetl.datasets import (
     load_unlabelled_folder,
     stratified_split,
 )
+from edgetl_runtime.bundle.manifest import Precision
 from edgetl_runtime.errors import ConfigError, DatasetError
-from edgetl_runtime.manifest import Precision
 
 if TYPE_CHECKING:
     from edgetl.backbones import Backbone

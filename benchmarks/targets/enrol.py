@@ -16,7 +16,7 @@ import numpy as np
 
 from edgetl_runtime.errors import ConfigError, InputError
 from edgetl_runtime.images import as_image_list
-from edgetl_runtime.latency import measure
+from edgetl_runtime.measure.latency import measure
 
 
 def enrol_one_latency(

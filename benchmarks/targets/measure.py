@@ -29,13 +29,13 @@ from edgetl.bench.fewshot import FewShotBenchConfig, accuracy_table
 from edgetl.datasets import ImageDataset, balanced_subset, load_fashion_mnist
 from edgetl_runtime._optional import require
 from edgetl_runtime.fewshot import episode, summarise
-from edgetl_runtime.latency import measure_interleaved
+from edgetl_runtime.measure.latency import measure_interleaved
 
 from .enrol import enrol_one_latency
 from .protocol import DROP_HEADS, DROP_SHOTS, ENROL_HEADS, EXTRA_VERSIONS, FIT_HEADS, POOL_SEED, TargetsConfig
 
 if TYPE_CHECKING:
-    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.bundle.reader import Bundle
 
 
 def run_targets(config: TargetsConfig | None = None) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def export_bundles(config: TargetsConfig) -> dict[str, Path]:
     """
     from edgetl.backbones import create_backbone
     from edgetl.export import BundleConfig, export_bundle
-    from edgetl_runtime.manifest import Precision
+    from edgetl_runtime.bundle.manifest import Precision
 
     backbone = create_backbone(config.model, config.weights)
     folder = config.output_dir / "bundles"
@@ -163,8 +163,8 @@ def bundle_features(
 
 def measure_size(bundle: Path) -> dict[str, Any]:
     """Target 1: member sizes as the manifest records them (what a device downloads)."""
-    from edgetl_runtime.bundle import Bundle
-    from edgetl_runtime.manifest import Precision
+    from edgetl_runtime.bundle.manifest import Precision
+    from edgetl_runtime.bundle.reader import Bundle
 
     manifest = Bundle.open(bundle).manifest
     fp32, int8 = (manifest.members[p.member].size for p in (Precision.FP32, Precision.INT8))
@@ -208,7 +208,7 @@ def paired_drop(rows: list[dict[str, Any]], head: str, shots: int = DROP_SHOTS) 
 
 def _latency_input(bundle: Path, image: np.ndarray) -> tuple[Bundle, np.ndarray]:
     """The verified bundle and one real test image preprocessed by its spec, ``(1, 3, S, S)``."""
-    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.bundle.reader import Bundle
     from edgetl_runtime.preprocess import preprocess_batch
 
     opened = Bundle.open(bundle)
@@ -247,10 +247,11 @@ def measure_latency(opened: Bundle, batch: np.ndarray, config: TargetsConfig) ->
 def profile_convolutions(opened: Bundle, batch: np.ndarray, config: TargetsConfig) -> dict[str, Any]:
     """Why target 3 lands where it does: fp32 vs int8 time of every convolution kind (1 thread), under
     the int8 kernel the runtime chose on this CPU."""
+    from op_profile import conv_profile
+
     from edgetl_runtime.backends import select_backend
+    from edgetl_runtime.bundle.manifest import Precision
     from edgetl_runtime.errors import EdgeTLError
-    from edgetl_runtime.manifest import Precision
-    from edgetl_runtime.op_profile import conv_profile
 
     kernel = select_backend(opened, "onnxruntime", "int8", threads=1)[1].kernel or "exact"
     fp32, int8 = opened.model_bytes(Precision.FP32), opened.model_bytes(Precision.INT8)
@@ -341,7 +342,7 @@ def targets_environment(config: TargetsConfig, result: dict[str, Any]) -> dict[s
     import torch
 
     from edgetl.bench.latency_report import HOST_DISTRIBUTIONS
-    from edgetl_runtime.latency import environment
+    from edgetl_runtime.measure.latency import environment
 
     return {
         **environment((*HOST_DISTRIBUTIONS, *EXTRA_VERSIONS)),

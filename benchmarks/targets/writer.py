@@ -208,7 +208,7 @@ def _latency_section(result: dict[str, Any], paths: dict[str, Path]) -> list[str
 
 
 def _conv_profile_lines(result: dict[str, Any]) -> list[str]:
-    """The per-kind convolution times behind the ratio (see ``edgetl_runtime.op_profile``)."""
+    """The per-kind convolution times behind the ratio (see ``op_profile``)."""
     profile = result.get("conv_profile") or {}
     if "by_kind" not in profile:
         return ["", f"Convolution profile unavailable: {profile.get('error', 'not measured')}."]

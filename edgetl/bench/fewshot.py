@@ -29,7 +29,7 @@ from edgetl_runtime.fewshot import (
     simpleshot_predict,
     summarise,
 )
-from edgetl_runtime.latency import measure
+from edgetl_runtime.measure.latency import measure
 
 HEADS = ("auto", "ridge", "ncm", "logistic")
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from edgetl.bench.roofline import FlopCount, PeakEstimate
 from edgetl_runtime.arguments import to_enum
+from edgetl_runtime.bundle.manifest import Precision
 from edgetl_runtime.errors import ConfigError, raise_all
-from edgetl_runtime.latency import TIMED_BACKENDS, LatencyStats, Probe
-from edgetl_runtime.manifest import Precision
-from edgetl_runtime.timing import MIN_RUNS, Budget, PreprocessTiming, Skipped
+from edgetl_runtime.measure.latency import TIMED_BACKENDS, LatencyStats, Probe
+from edgetl_runtime.measure.timing import MIN_RUNS, Budget, PreprocessTiming, Skipped
 
 BACKENDS = ("torch", *TIMED_BACKENDS)  # eager torch is the host's reference beside the device's engines
 

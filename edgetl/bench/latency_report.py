@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.latency import environment
+from edgetl_runtime.bundle.reader import Bundle
+from edgetl_runtime.measure.latency import environment
 
 if TYPE_CHECKING:
     from edgetl.bench.latency_config import LatencyBenchConfig, LatencyBenchResult, LatencyCell

@@ -18,10 +18,10 @@ import numpy as np
 
 from edgetl.bench.latency_config import LatencyBenchConfig, LatencyBenchResult, LatencyCell
 from edgetl.bench.roofline import achieved_gflops, count_flops, measure_peaks, peak_for
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.errors import ConfigError, EdgeTLError
-from edgetl_runtime.latency import LatencyStats, Probe, backend_unavailable, run_probe
-from edgetl_runtime.timing import Runner, Skipped, bundle_runners, time_preprocessing, time_round_robin
+from edgetl_runtime.measure.latency import LatencyStats, Probe, backend_unavailable, run_probe
+from edgetl_runtime.measure.timing import Runner, Skipped, bundle_runners, time_preprocessing, time_round_robin
 
 
 def run_latency_bench(
@@ -143,7 +143,7 @@ def probe(bundle_path: Path, key: tuple[str, str], config: LatencyBenchConfig, s
         code = "from edgetl.bench.latency_table import torch_probe_main; torch_probe_main()"
         args = [opened.manifest.backbone.timm_name, _weights(opened), str(size), threads, batches]
         return run_probe([sys.executable, "-c", code, *args])
-    command = [sys.executable, "-m", "edgetl_runtime.latency", str(bundle_path), "--precision", precision]
+    command = [sys.executable, "-m", "edgetl_runtime.measure.latency", str(bundle_path), "--precision", precision]
     return run_probe([*command, "--threads", threads, "--batches", batches, "--backend", backend])
 
 
@@ -152,7 +152,7 @@ def torch_probe_main() -> None:
     import torch
 
     from edgetl.backbones import create_backbone
-    from edgetl_runtime.latency import current_rss_mb, process_peak_rss_mb
+    from edgetl_runtime.measure.latency import current_rss_mb, process_peak_rss_mb
 
     timm_name, weights, size, threads, batches = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     torch.set_num_threads(int(threads))

@@ -12,7 +12,7 @@ from edgetl.shipped_head import HeadConfig
 from edgetl.sources import load_calibration, load_data, parse_classes
 from edgetl_exporters.quantization import PRESETS, CalibrationMethod, Fp16Config, QuantizeConfig
 from edgetl_runtime.arguments import to_precisions
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.reader import Bundle
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -175,7 +175,7 @@ def describe(bundle: Bundle) -> str:
             f"per_channel={q.get('per_channel')} reduce_range={q.get('reduce_range')} "
             f"calib={q.get('calibrate_method')} kept in float: {len(excluded)} node(s) (--json: every argument)"
         )
-        from edgetl_runtime.int8_targets import int8_targets
+        from edgetl_runtime.backends.int8_targets import int8_targets
 
         lines.append(f"int8 for    {', '.join(int8_targets(q))}")
         if q.get("guard"):

@@ -78,8 +78,8 @@ def _machine(bundles: dict[str, Path], threads: int | None) -> dict[str, Any]:
 
     from edgetl_runtime.backends import select_backend
     from edgetl_runtime.backends.choice_cache import ChoiceCache
-    from edgetl_runtime.bundle import Bundle
-    from edgetl_runtime.cpu import this_cpu
+    from edgetl_runtime.backends.cpu import this_cpu
+    from edgetl_runtime.bundle.reader import Bundle
 
     choices = {}
     with tempfile.TemporaryDirectory() as tmp:

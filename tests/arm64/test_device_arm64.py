@@ -28,10 +28,10 @@ import numpy.typing as npt
 import pytest
 
 from edgetl_runtime.backends import check_against_golden, create_backend
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.manifest import Precision
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.errors import EdgeTLError
 from edgetl_runtime.learner import Learner
-from edgetl_runtime.manifest import Precision
 
 pytestmark = pytest.mark.arm64
 

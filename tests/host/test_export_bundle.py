@@ -24,11 +24,11 @@ from edgetl.finetune import FinetuneConfig, finetune
 from edgetl_exporters.onnx_export import ExportConfig
 from edgetl_exporters.quantization import QuantizeConfig
 from edgetl_runtime.backends import check_against_golden, create_backend
+from edgetl_runtime.backends.int8_targets import int8_problem
 from edgetl_runtime.backends.onnxruntime import make_session
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.manifest import Precision
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.errors import ConfigError
-from edgetl_runtime.int8_targets import int8_problem
-from edgetl_runtime.manifest import Precision
 from edgetl_runtime.numerics import row_cosine
 
 pytestmark = pytest.mark.host

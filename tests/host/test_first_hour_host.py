@@ -212,7 +212,7 @@ def no_fashion_mnist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_item3_fp32_export_needs_no_dataset(
     tmp_path: Path, no_fashion_mnist: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.bundle.reader import Bundle
 
     code, _, err = cli("export", "tf_efficientnet_lite0", "--precision", "fp32,fp16", "--image-size", "64",
                        "-o", str(tmp_path / "m.edgetl"), capsys=capsys)  # fmt: skip
@@ -261,7 +261,7 @@ def test_item4_fp32_export_from_a_small_folder_keeps_no_guard_images(
 def test_item5_fp16_knobs_on_the_cli_and_what_passed_is_not_lost_silently(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.bundle.reader import Bundle
 
     base = ["export", "mobilenetv3_small_100", "--weights", "none", "--precision", "fp32,fp16", "--image-size", "64",
             "--fp16-min-cosine", "1.0", "--fp16-keep-ops", "Conv"]  # fmt: skip

@@ -19,10 +19,10 @@ from edgetl.datasets import ImageDataset, from_arrays, load_fashion_mnist
 from edgetl.export import BundleConfig, export_bundle
 from edgetl.merge import MergeConfig, merge_enrolments
 from edgetl.shipped_head import HeadConfig
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.manifest import Precision
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.errors import DatasetError, EnrolmentError, EnrolmentMismatchError, InputError
 from edgetl_runtime.learner import Learner
-from edgetl_runtime.manifest import Precision
 
 pytestmark = pytest.mark.host
 

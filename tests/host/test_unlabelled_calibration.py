@@ -10,7 +10,7 @@ from PIL import Image
 
 from edgetl.cli import main
 from edgetl.datasets import load_fashion_mnist
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.reader import Bundle
 
 pytestmark = pytest.mark.host
 

@@ -58,7 +58,7 @@ def test_own_photos_finetune_export_enrol_predict(
                    "--image-size", "64", "-o", str(run)]) == 0  # fmt: skip
     assert edgetl(["export", str(run), "--precision", "fp32,int8,fp16", "-o", str(bundle)]) == 0
     capsys.readouterr()
-    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.bundle.reader import Bundle
 
     manifest = Bundle.open(bundle).manifest
     assert [p.value for p in manifest.precisions] == ["fp32", "int8", "fp16"]

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.learner import Learner
+from edgetl_runtime.state.store import FeatureStore
 
 
 def _slow_removes(store: FeatureStore) -> None:

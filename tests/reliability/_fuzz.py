@@ -21,15 +21,16 @@ import numpy as np
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from tiny_bundles import TINY_SPEC
 
-from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.cache import FeatureStore
+from edgetl_runtime.bundle.manifest import Manifest
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.errors import BundleError, ConfigError, InputError, StateError
 from edgetl_runtime.images import as_image_list
-from edgetl_runtime.manifest import Manifest
 from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
+from edgetl_runtime.state.store import FeatureStore
 
-from ._support import runtime_conftest, write_tiny_bundle
+from ._support import write_tiny_bundle
 
 # The documented exceptions of each fuzzed function, explicitly (not "any EdgeTLError").
 DOCUMENTED: dict[str, tuple[type[BaseException], ...]] = {
@@ -151,7 +152,7 @@ def _spec(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]
     keys = st.sampled_from(["input_size", "crop_pct", "interpolation", "mean", "std", "channel_order", "layout", "x"])
     numbers = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**30), 10**30)
     values = json_values | st.lists(numbers, max_size=4) | numbers
-    valid = runtime_conftest().TINY_SPEC.to_dict()
+    valid = TINY_SPEC.to_dict()
     one_off = st.builds(lambda k, v: {**valid, k: v}, keys, values)  # a valid spec with one field changed
     return st.dictionaries(keys, values, max_size=7) | st.just(valid) | one_off, PreprocessSpec.from_dict
 
@@ -170,7 +171,7 @@ _IMAGES = st.one_of(
 
 
 def _preprocess(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]:
-    spec = runtime_conftest().TINY_SPEC
+    spec = TINY_SPEC
     return _IMAGES, lambda images: preprocess_batch(images, spec)
 
 
@@ -222,7 +223,7 @@ def _flipped(data: bytes) -> st.SearchStrategy[bytes]:
 
 
 def _npz_read(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]:
-    from edgetl_runtime.npz import expect_array, read_npz
+    from edgetl_runtime.bundle.npz import expect_array, read_npz
 
     from . import _hostile as H
 
@@ -243,7 +244,7 @@ def _npz_read(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], obje
 
 
 def _onnx_scan(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]]:
-    from edgetl_runtime.onnx_scan import external_references
+    from edgetl_runtime.bundle.onnx_scan import external_references
 
     from . import _hostile as H
 

@@ -6,7 +6,6 @@ Importable both from pytest (``reliability._support``) and from ``benchmarks/str
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import random
 import signal
@@ -16,7 +15,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -35,21 +33,11 @@ def env_float(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
-def runtime_conftest() -> ModuleType:
-    """tests/runtime/conftest.py loaded by file path (it is not a package), for its tiny-bundle builder."""
-    name = "_edgetl_runtime_test_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "runtime" / "conftest.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 def write_tiny_bundle(path: Path, **kwargs: Any) -> Path:
-    result: Path = runtime_conftest().write_tiny_bundle(path, **kwargs)
-    return result
+    """The tiny bundle builder of ``tests/tiny_bundles.py``."""
+    from tiny_bundles import write_tiny_bundle as write
+
+    return write(path, **kwargs)
 
 
 def class_images(color: tuple[int, int, int], n: int, seed: int) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""Fixtures for the reliability suite; the tiny bundle comes from tests/runtime/conftest.py (loaded by path)."""
+"""Fixtures for the reliability suite; the tiny bundle comes from tests/tiny_bundles.py."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.cli import main
 from edgetl_runtime.errors import (
     BackendError,
@@ -36,7 +36,7 @@ from edgetl_runtime.errors import (
     StateLockedError,
 )
 from edgetl_runtime.learner import Learner
-from edgetl_runtime.state_schema import SCHEMA, statements
+from edgetl_runtime.state.schema import SCHEMA, statements
 
 from . import _hostile as H
 from ._support import COLORS, class_images, sample_rows, snapshot
@@ -473,7 +473,7 @@ class _Lock:
         self.act, self.new_file = act, new_file
 
     def __call__(self, c: Ctx) -> Callable[[], object]:
-        from edgetl_runtime import cache
+        from edgetl_runtime.state import store as cache
 
         path = c.dir / "new.sqlite" if self.new_file else c.state
         holder = sqlite3.connect(path, isolation_level=None)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl_runtime.cache import FeatureStore
-from edgetl_runtime.state_schema import SCHEMA_V1, statements
+from edgetl_runtime.state.schema import SCHEMA_V1, statements
+from edgetl_runtime.state.store import FeatureStore
 
 from ._support import env_int
 
@@ -47,7 +47,7 @@ _REEXTRACT_CHILD = textwrap.dedent(
     """
     import sys, time
     import numpy as np
-    from edgetl_runtime.cache import FeatureStore
+    from edgetl_runtime.state.store import FeatureStore
 
     store = FeatureStore(sys.argv[1], model_digest="b" * 64, feature_dim=16, preprocess_key="p")
     print("OPEN", flush=True)
@@ -118,8 +118,8 @@ def _v1_file(path: Path, samples: int) -> tuple[list[tuple[int, str]], np.ndarra
 _UPGRADE_CHILD = textwrap.dedent(
     """
     import sys, time
-    from edgetl_runtime import state_db
-    from edgetl_runtime.cache import FeatureStore
+    from edgetl_runtime.state import database as state_db
+    from edgetl_runtime.state.store import FeatureStore
 
     if sys.argv[2:] == ["hold"]:  # every upgrade statement has run; COMMIT has not
         real = state_db.migrate_v1

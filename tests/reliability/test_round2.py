@@ -22,8 +22,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.cache import FeatureStore
+from edgetl_runtime.bundle.graph_check import check_features, io_problems
+from edgetl_runtime.bundle.manifest import Manifest
+from edgetl_runtime.bundle.npz import read_npz
+from edgetl_runtime.bundle.onnx_scan import MAX_DEPTH, external_references
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.errors import (
     BackendError,
     BundleError,
@@ -34,11 +37,8 @@ from edgetl_runtime.errors import (
     StateReadOnlyError,
     StateWriteError,
 )
-from edgetl_runtime.graph_check import check_features, io_problems
 from edgetl_runtime.learner import Learner
-from edgetl_runtime.manifest import Manifest
-from edgetl_runtime.npz import read_npz
-from edgetl_runtime.onnx_scan import MAX_DEPTH, external_references
+from edgetl_runtime.state.store import FeatureStore
 
 from . import _hostile as H
 from ._support import (
@@ -340,7 +340,7 @@ def _sqlite_error(text: str, code: int) -> sqlite3.OperationalError:
     ],
 )
 def test_each_sqlite_failure_has_its_own_error_and_a_truthful_fix(text: str, code: int, error: type) -> None:
-    from edgetl_runtime.state_db import state_error
+    from edgetl_runtime.state.database import state_error
 
     for exc in (_sqlite_error(text, code), sqlite3.OperationalError(text)):  # with and without sqlite_errorcode
         got = state_error(exc, "s.sqlite", "Enrolling into", 10.0)
@@ -350,7 +350,7 @@ def test_each_sqlite_failure_has_its_own_error_and_a_truthful_fix(text: str, cod
 
 
 def test_a_locked_state_still_opens_and_predicts(reliability_bundle: Path, tmp_path: Path) -> None:
-    from edgetl_runtime import cache
+    from edgetl_runtime.state import store as cache
 
     state = tmp_path / "s.sqlite"
     with _load(reliability_bundle, state) as learner:

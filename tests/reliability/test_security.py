@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgetl_runtime.bundle import MAX_MANIFEST_BYTES, Bundle
+from edgetl_runtime.bundle.reader import MAX_MANIFEST_BYTES, Bundle
 from edgetl_runtime.errors import BundleError, BundleIntegrityError
 from edgetl_runtime.learner import Learner
 
@@ -136,7 +136,7 @@ def test_hashes_are_checked_before_any_member_is_parsed(
     """A tampered golden.npz that is a perfectly valid npz in a valid zip: refused before any parser sees a member
     (the npz reader, the ONNX external-data scan, onnxruntime), and np.load is never used at all."""
     ort = pytest.importorskip("onnxruntime")
-    import edgetl_runtime.bundle as bundle_module
+    import edgetl_runtime.bundle.reader as bundle_module
 
     calls: list[str] = []
 

@@ -1,94 +1,12 @@
-"""Tiny real bundles for runtime tests: a 1x1-conv + global-pool ONNX model built with onnx.helper.
-
-No torch: the runtime must work without it. The model is small enough that tests run in
-milliseconds, but it is a real ONNX graph executed by onnxruntime.
-"""
+"""Fixtures of tiny real bundles (built by :mod:`tiny_bundles`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from edgetl_runtime.manifest import BackboneInfo, Manifest, Precision
-from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
-
-TINY_DIM = 16
-TINY_SPEC = PreprocessSpec(input_size=(16, 16), crop_pct=1.0, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-
-
-def tiny_onnx(dim: int = TINY_DIM, seed: int = 0, scale: float = 1.0) -> bytes:
-    """images (N,3,H,W) -> Conv1x1 -> Relu -> GlobalAveragePool -> Flatten -> features (N, dim).
-
-    ``scale`` multiplies the weights: 1.01 gives another model (another digest) whose features are within
-    the golden check's tolerance, like a bundle's int8 member beside its fp32 one.
-    """
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w = numpy_helper.from_array((scale * rng.normal(size=(dim, 3, 1, 1))).astype(np.float32), "w")
-    b = numpy_helper.from_array(rng.normal(size=(dim,)).astype(np.float32), "b")
-    nodes = [
-        helper.make_node("Conv", ["images", "w", "b"], ["c"]),
-        helper.make_node("Relu", ["c"], ["r"]),
-        helper.make_node("GlobalAveragePool", ["r"], ["p"]),
-        helper.make_node("Flatten", ["p"], ["features"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", dim])],
-        initializer=[w, b],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return bytes(model.SerializeToString())
-
-
-def golden_for(model: bytes, spec: PreprocessSpec, count: int = 3) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    rng = np.random.default_rng(1)
-    images = [rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8) for _ in range(count)]
-    inputs = preprocess_batch(images, spec)
-    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    return {"inputs": inputs, "features": session.run(["features"], {"images": inputs})[0]}
-
-
-def write_tiny_bundle(
-    path: Path,
-    *,
-    int8_copy: bool = False,
-    seed: int = 0,
-    members_extra: dict[str, bytes] | None = None,
-    quantization: dict[str, object] | None = None,
-    int8_model: bytes | None = None,
-    spec: PreprocessSpec = TINY_SPEC,
-) -> Path:
-    write_bundle = pytest.importorskip("edgetl_exporters.bundle_writer").write_bundle
-    npz_bytes = pytest.importorskip("edgetl_exporters.bundle_writer").npz_bytes
-    model = tiny_onnx(seed=seed)
-    members = {Precision.FP32.member: model, "golden.npz": npz_bytes(golden_for(model, spec))}
-    precisions = [Precision.FP32]
-    if int8_copy or int8_model is not None:  # exercises precision selection, not quantization
-        members[Precision.INT8.member] = model if int8_model is None else int8_model
-        precisions.append(Precision.INT8)
-    members.update(members_extra or {})
-    manifest = Manifest(
-        backbone=BackboneInfo("tiny", "tiny", "random", TINY_DIM),
-        preprocess=spec,
-        members={},
-        precisions=tuple(precisions),
-        quantization=dict(quantization or {}),
-        versions={"test": "1"},
-    )
-    write_bundle(path, manifest, members)
-    return path
+from tiny_bundles import write_tiny_bundle
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.manifest import FORMAT_VERSION, BackboneInfo, Manifest, Precision
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.errors import BundleError, BundleIntegrityError, EdgeTLError
-from edgetl_runtime.manifest import FORMAT_VERSION, BackboneInfo, Manifest, Precision
 from edgetl_runtime.preprocess import PreprocessSpec
 
 pytestmark = pytest.mark.runtime

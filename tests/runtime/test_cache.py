@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.errors import EdgeTLError, InputError, StateError
+from edgetl_runtime.state.store import FeatureStore
 
 pytestmark = pytest.mark.runtime
 
@@ -421,7 +421,7 @@ _CHILD = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from edgetl_runtime.cache import FeatureStore
+    from edgetl_runtime.state.store import FeatureStore
 
     path, digest, dim, pre = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     store = FeatureStore(path, model_digest=digest, feature_dim=dim, preprocess_key=pre)

@@ -132,7 +132,7 @@ def test_item7_enrolled_at_int8_the_cli_predicts_at_fp32_from_the_same_state(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("PIL")
-    from conftest import tiny_onnx, write_tiny_bundle
+    from tiny_bundles import tiny_onnx, write_tiny_bundle
 
     bundle = write_tiny_bundle(tmp_path / "m.edgetl", int8_model=tiny_onnx(scale=1.01))  # int8: another model
     red = _write_pngs(tmp_path / "red", (220, 30, 30), 3, 0)
@@ -171,7 +171,7 @@ def test_item7_cli_re_adding_features_only_images_under_another_precision_restor
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("PIL")
-    from conftest import tiny_onnx, write_tiny_bundle
+    from tiny_bundles import tiny_onnx, write_tiny_bundle
 
     bundle = write_tiny_bundle(tmp_path / "m.edgetl", int8_model=tiny_onnx(scale=1.01))
     red = _write_pngs(tmp_path / "red", (220, 30, 30), 3, 0)

@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import tiny_onnx, write_tiny_bundle
+from tiny_bundles import tiny_onnx, write_tiny_bundle
 
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.manifest import HEAD_NAME, Precision
+from edgetl_runtime.bundle.reader import Bundle
+from edgetl_runtime.bundle.shipped_head import head_npz_dict, head_section
 from edgetl_runtime.cli import main as device_main
 from edgetl_runtime.enrolment import read_enrolment, write_enrolment
 from edgetl_runtime.errors import (
@@ -27,8 +29,6 @@ from edgetl_runtime.errors import (
 )
 from edgetl_runtime.heads import ClassStats, LDAHead, Prior
 from edgetl_runtime.learner import Learner
-from edgetl_runtime.manifest import HEAD_NAME, Precision
-from edgetl_runtime.shipped import head_npz_dict, head_section
 
 pytestmark = pytest.mark.runtime
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgetl_runtime.errors import ConfigError
-from edgetl_runtime.latency import measure_interleaved
+from edgetl_runtime.measure.latency import measure_interleaved
 
 pytestmark = pytest.mark.runtime
 

@@ -9,19 +9,20 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import tiny_onnx, write_tiny_bundle
+from tiny_bundles import tiny_onnx, write_tiny_bundle
 
 from edgetl_runtime.backends.choice_cache import ChoiceCache
+from edgetl_runtime.backends.cpu import SIMULATE_ENV, CpuFamily, CpuInfo, read_cpu, real_cpu, this_cpu
+from edgetl_runtime.backends.int8_targets import infer_targets, int8_mismatch, int8_targets
 from edgetl_runtime.backends.onnxruntime import Int8Kernel
 from edgetl_runtime.backends.selection import MIN_SPEEDUP, _OrtChooser, select_backend
-from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.cpu import CpuFamily, CpuInfo, read_cpu
+from edgetl_runtime.bundle.manifest import Precision
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.errors import BackendError
-from edgetl_runtime.int8_targets import infer_targets, int8_mismatch, int8_targets
 from edgetl_runtime.learner import Learner
-from edgetl_runtime.manifest import Precision
 
-pytestmark = [pytest.mark.runtime]
+# Every test here runs as x86 with VNNI, x86 without, and ARM64, whatever CPU runs the suite.
+pytestmark = [pytest.mark.runtime, pytest.mark.usefixtures("each_cpu")]
 pytest.importorskip("onnxruntime")
 
 AVX2 = CpuInfo("test AVX2", "x86_64", frozenset({"avx2", "fma"}), 2)
@@ -51,6 +52,19 @@ def test_cpu_family_from_flags_and_machine(tmp_path: Path) -> None:
     assert read_cpu(arm, machine="aarch64").family is CpuFamily.ARM64
     unknown = read_cpu(tmp_path / "missing", machine="x86_64")  # no /proc/cpuinfo: flags unknown
     assert unknown.family is CpuFamily.OTHER and unknown.is_x86
+
+
+@pytest.mark.parametrize("family", ["x86-vnni", "x86-avx2", "arm64"])
+def test_a_simulated_cpu_is_that_family_and_says_so(monkeypatch: pytest.MonkeyPatch, family: str) -> None:
+    monkeypatch.setenv(SIMULATE_ENV, family)
+    cpu = this_cpu()
+    assert cpu.family.value == family and f"[simulated {family}]" in cpu.describe()
+    assert cpu.model.startswith(real_cpu().model) and cpu.identity != real_cpu().identity
+    monkeypatch.setenv(SIMULATE_ENV, "risc-v")
+    with pytest.raises(ValueError, match=r"EDGETL_SIMULATE_CPU='risc-v'.*x86-vnni.*unset it"):
+        this_cpu()
+    monkeypatch.delenv(SIMULATE_ENV)
+    assert this_cpu() is real_cpu()
 
 
 def test_target_families_recorded_or_inferred() -> None:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_SPEC, tiny_onnx, write_tiny_bundle
+from tiny_bundles import TINY_SPEC, tiny_onnx, write_tiny_bundle
 
 from edgetl_runtime import Learner
 from edgetl_runtime.backends.onnxruntime import OrtBackend
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.manifest import Precision
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.errors import NotFittedError
-from edgetl_runtime.manifest import Precision
 from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
 
 pytestmark = pytest.mark.runtime
@@ -92,6 +92,7 @@ def test_a_re_exported_bundle_keeps_every_enrolment(bundle_factory, tmp_path: Pa
         assert [(m["current"], m["samples_with_features"]) for m in models] == [(False, 9), (True, 9)]
 
 
+@pytest.mark.usefixtures("each_cpu")
 def test_features_only_state_warns_names_the_samples_and_still_serves_its_own_model(
     two_model_bundle: Path, tmp_path: Path
 ) -> None:
@@ -107,7 +108,8 @@ def test_features_only_state_warns_names_the_samples_and_still_serves_its_own_mo
         with pytest.raises(NotFittedError, match="kept as features only"):
             learner.predict(_images(COLOURS["red"], 1, seed=3))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # back on the model that made them: every sample, no warning
+        # back on the model that made them: every sample, no features-only warning
+        warnings.filterwarnings("error", message=".*features only")
         with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8") as learner:
             assert learner.unavailable == {} and len(learner.store.samples()[0]) == 9
 
@@ -147,7 +149,7 @@ def _noise(n: int, seed: int) -> list[np.ndarray]:
 
 def _on_disk(state: Path, images: list[np.ndarray]) -> dict[str, int]:
     """How many of ``images``' encoded pixels are in the state file and in its write-ahead log."""
-    from edgetl_runtime.kept_images import encode_pixels
+    from edgetl_runtime.state.image_policy import encode_pixels
 
     # 200-byte pieces at several offsets: a blob longer than a page is spread over overflow pages.
     pieces = [[encode_pixels(img)[at : at + 200] for at in (20, 1500, 3000, 4500)] for img in images]
@@ -186,7 +188,7 @@ def test_removed_samples_images_leave_the_file_and_the_log(tiny_bundle: Path, tm
 def test_a_reader_holding_the_log_is_reported_and_save_finishes_the_job(
     tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from edgetl_runtime import cache
+    from edgetl_runtime.state import store as cache
 
     monkeypatch.setattr(cache, "BUSY_TIMEOUT_S", 0.2)
     state = tmp_path / "state.sqlite"
@@ -215,8 +217,9 @@ def test_removing_a_class_deletes_its_kept_images(tiny_bundle: Path, tmp_path: P
         )
 
 
+@pytest.mark.usefixtures("each_cpu")
 def test_best_keeps_the_precision_the_state_has_features_for(two_model_bundle: Path, tmp_path: Path) -> None:
-    from edgetl_runtime.state_peek import state_precision
+    from edgetl_runtime.state.peek import state_precision
 
     state = tmp_path / "state.sqlite"
     with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8") as learner:

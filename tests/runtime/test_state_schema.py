@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.errors import InputError, StateError, StateLockedError, StateReadOnlyError
-from edgetl_runtime.kept_images import ImageKeeping, KeepMode, decode_pixels, encode_pixels
-from edgetl_runtime.state_schema import SCHEMA, SCHEMA_V1, expected_objects, schema_objects, statements
+from edgetl_runtime.state.image_policy import ImageKeeping, KeepMode, decode_pixels, encode_pixels
+from edgetl_runtime.state.schema import SCHEMA, SCHEMA_V1, expected_objects, schema_objects, statements
+from edgetl_runtime.state.store import FeatureStore
 
 pytestmark = pytest.mark.runtime
 
@@ -251,7 +251,7 @@ def test_a_state_in_a_read_only_folder_opens_immutable_when_sqlite_cannot_make_i
     """As root, folder modes do not apply: the refusal an unprivileged process gets on a read-only mount
     (SQLite cannot create -shm beside a WAL file: the first statement fails read-only) is raised here by the
     first statement of the plain open; the store then opens the file immutable, read-only."""
-    from edgetl_runtime.state_db import StateDatabase
+    from edgetl_runtime.state.database import StateDatabase
 
     path = tmp_path / "s.sqlite"
     with _store(path) as store:

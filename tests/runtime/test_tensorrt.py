@@ -19,6 +19,7 @@ import edgetl_runtime._optional as optional
 import edgetl_runtime.backends.tensorrt as trt_mod
 from edgetl_runtime._optional import is_available
 from edgetl_runtime.backends import check_against_golden, create_backend
+from edgetl_runtime.backends.int8_targets import int8_problem
 from edgetl_runtime.backends.tensorrt import (
     EngineBuildConfig,
     TensorRTBackend,
@@ -28,7 +29,8 @@ from edgetl_runtime.backends.tensorrt import (
     load_or_build_engine,
     profile_shapes,
 )
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.manifest import BackboneInfo, Manifest, Precision
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.errors import (
     BackendError,
     BundleError,
@@ -37,8 +39,6 @@ from edgetl_runtime.errors import (
     InputError,
     OptionalDependencyError,
 )
-from edgetl_runtime.int8_targets import int8_problem
-from edgetl_runtime.manifest import BackboneInfo, Manifest, Precision
 from edgetl_runtime.preprocess import PreprocessSpec
 
 pytestmark = [pytest.mark.runtime]

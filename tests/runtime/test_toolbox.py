@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from edgetl_runtime.arguments import to_enum, to_precisions
+from edgetl_runtime.bundle.manifest import Precision
 from edgetl_runtime.cli_args import PRECISION_CHOICES, comma_list, thread_count
 from edgetl_runtime.errors import ConfigError, InputError
 from edgetl_runtime.fewshot import episode, probe_accuracy, support_indices, support_masks
-from edgetl_runtime.manifest import Precision
 from edgetl_runtime.numerics import row_cosine
 
 pytestmark = pytest.mark.runtime

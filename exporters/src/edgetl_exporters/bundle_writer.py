@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from edgetl_runtime.atomic import atomic_write
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.manifest import GOLDEN_NAME, MANIFEST_NAME, Manifest, MemberInfo, member_name_problem
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.errors import BundleError, raise_all
-from edgetl_runtime.manifest import GOLDEN_NAME, MANIFEST_NAME, Manifest, MemberInfo, member_name_problem
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

@@ -14,13 +14,13 @@ from edgetl_runtime.preprocess import PreprocessSpec
 
 if TYPE_CHECKING:
     from edgetl_runtime.backends import create_backend
-    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.bundle.reader import Bundle
     from edgetl_runtime.heads import create_head
     from edgetl_runtime.learner import Learner
 
 __version__ = "0.1.0"
 _LAZY = {
-    "Bundle": "edgetl_runtime.bundle",
+    "Bundle": "edgetl_runtime.bundle.reader",
     "Learner": "edgetl_runtime.learner",
     "create_backend": "edgetl_runtime.backends",
     "create_head": "edgetl_runtime.heads",

@@ -15,8 +15,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from edgetl_runtime.bundle.manifest import Precision
 from edgetl_runtime.errors import ConfigError, InputError, raise_all
-from edgetl_runtime.manifest import Precision
 
 E = TypeVar("E", bound=Enum)
 

@@ -20,8 +20,8 @@ from edgetl_runtime.cli_args import (
 )
 from edgetl_runtime.errors import EdgeTLError, InputError
 from edgetl_runtime.images import as_image_list
-from edgetl_runtime.latency import cpu_info, measure
 from edgetl_runtime.learner import Learner
+from edgetl_runtime.measure.latency import cpu_info, measure
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 

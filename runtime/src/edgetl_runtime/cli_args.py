@@ -1,6 +1,6 @@
 """The command-line options every edgetl tool shares, defined once: backend, precision, threads, comma lists.
 
-``edgetl-device``, ``python -m edgetl_runtime.latency``, ``edgetl export`` and ``edgetl bench latency``
+``edgetl-device``, ``python -m edgetl_runtime.measure.latency``, ``edgetl export`` and ``edgetl bench latency``
 all take them; the choices come from the runtime's own lists, so a new backend or precision appears in
 every tool at once and each tool rejects the same values with the same message.
 """
@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from edgetl_runtime.arguments import MAX_THREADS
 from edgetl_runtime.backends.base import BACKENDS
-from edgetl_runtime.manifest import BEST_ORDER
+from edgetl_runtime.bundle.manifest import BEST_ORDER
 
 T = TypeVar("T")
 PRECISIONS = tuple(p.value for p in BEST_ORDER)  # int8, fp16, fp32: what a bundle can ship

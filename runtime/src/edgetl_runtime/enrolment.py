@@ -4,7 +4,7 @@ An enrolment file is a zip like a bundle: ``manifest.json`` (format, version, th
 precision whose features it holds, preprocessing key, labels, counts, and the SHA-256 and size of every
 other member), ``enrolment.npz`` (features ``(N, D)`` float32, labels, sample keys, sample ids) and,
 only when asked, ``images/<sample key><suffix>`` (the original image files). The reader checks every
-name, compression method, size and hash before parsing anything, as :class:`~edgetl_runtime.bundle.Bundle`
+name, compression method, size and hash before parsing anything, as :class:`~edgetl_runtime.bundle.reader.Bundle`
 does, and :meth:`Enrolment.check_bundle` refuses features made by another backbone, precision or
 preprocessing. Nothing is pickled; the file appears only when complete and readable (atomic write).
 """
@@ -29,7 +29,16 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.atomic import atomic_write
-from edgetl_runtime.bundle import ALLOWED_METHODS, MAX_COMPRESSION_RATIO, MAX_MANIFEST_BYTES, MAX_MEMBER_BYTES, _read
+from edgetl_runtime.bundle.manifest import MANIFEST_NAME, Manifest, Precision, _unique_keys, member_name_problem
+from edgetl_runtime.bundle.npz import ArrayHeader, expect_array, read_npz
+from edgetl_runtime.bundle.reader import (
+    ALLOWED_METHODS,
+    MAX_COMPRESSION_RATIO,
+    MAX_MANIFEST_BYTES,
+    MAX_MEMBER_BYTES,
+    _read,
+)
+from edgetl_runtime.bundle.shipped_head import label_collisions
 from edgetl_runtime.errors import (
     BundleError,
     EnrolmentError,
@@ -40,13 +49,10 @@ from edgetl_runtime.errors import (
 )
 from edgetl_runtime.features import preprocess_key as spec_key
 from edgetl_runtime.images import as_image_list
-from edgetl_runtime.manifest import MANIFEST_NAME, Manifest, Precision, _unique_keys, member_name_problem
-from edgetl_runtime.npz import ArrayHeader, expect_array, read_npz
-from edgetl_runtime.shipped import label_collisions
 
 if TYPE_CHECKING:
-    from edgetl_runtime.cache import FeatureStore
     from edgetl_runtime.features import FeatureExtractor
+    from edgetl_runtime.state.store import FeatureStore
 
 ENROLMENT_FORMAT = "edgetl-enrolment"
 ENROLMENT_VERSION = 1

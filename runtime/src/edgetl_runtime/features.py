@@ -11,9 +11,9 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.backends.base import Backend
-from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.images import Images, as_image_list, image_digest
 from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
+from edgetl_runtime.state.store import FeatureStore
 
 
 def preprocess_key(spec: PreprocessSpec) -> str:

@@ -16,16 +16,16 @@ from edgetl_runtime.arguments import check_labels, check_threads
 from edgetl_runtime.backends.base import Backend
 from edgetl_runtime.backends.selection import Selection, select_backend
 from edgetl_runtime.blas import single_threaded_blas
-from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.cache import FeatureStore
+from edgetl_runtime.bundle.reader import Bundle
+from edgetl_runtime.bundle.shipped_head import read_prior
 from edgetl_runtime.errors import InputError, NotFittedError
 from edgetl_runtime.features import FeatureExtractor, preprocess_key
 from edgetl_runtime.heads import AutoHead, BaseHead, Prior, create_head, fit_with_prior, head_for_prior
 from edgetl_runtime.images import Images, as_image_list, hflip
-from edgetl_runtime.kept_images import ImageKeeping
 from edgetl_runtime.reextract import Progress, reextract_missing, restore_unusable, warn_images_still_kept
-from edgetl_runtime.shipped import read_prior
-from edgetl_runtime.state_peek import state_precision
+from edgetl_runtime.state.image_policy import ImageKeeping
+from edgetl_runtime.state.peek import state_precision
+from edgetl_runtime.state.store import FeatureStore
 from edgetl_runtime.warn import warn
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ class Learner:
 
     The SQLite state holds samples and features; the head is derived from it and refit on load, so
     there is one source of truth. A bundle that ships a head (class statistics, see
-    :mod:`edgetl_runtime.shipped`) is the prior every fit starts from: its classes are predicted with
+    :mod:`edgetl_runtime.bundle.shipped_head`) is the prior every fit starts from: its classes are predicted with
     nothing enrolled, enrolments extend them, and ``remove(label=...)`` forgets a shipped class too
     (recorded in the state, so it stays forgotten after a reload). An ``add`` updates a current head
     incrementally (``partial_fit``: running class sums, rank-one ridge updates) instead of refitting;
@@ -115,7 +115,7 @@ class Learner:
             keep_images: what the state keeps of each enrolled image so that another precision or a new
                 bundle can re-extract it: ``"thumbnail"`` (384-px shorter side), a thumbnail size in pixels,
                 ``"original"``, or ``"none"`` (features only, for privacy). None: the state's own policy
-                (a new state: thumbnails). See :class:`~edgetl_runtime.kept_images.ImageKeeping`.
+                (a new state: thumbnails). See :class:`~edgetl_runtime.state.image_policy.ImageKeeping`.
             progress: called as ``progress(done, total)`` while samples are re-extracted for this model.
 
         One state serves every precision of a bundle and every re-export of it: features are stored per

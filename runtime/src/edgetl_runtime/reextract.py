@@ -7,10 +7,10 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_runtime.cache import FeatureStore
 from edgetl_runtime.features import FeatureExtractor
 from edgetl_runtime.images import hflip
-from edgetl_runtime.kept_images import KeepMode
+from edgetl_runtime.state.image_policy import KeepMode
+from edgetl_runtime.state.store import FeatureStore
 from edgetl_runtime.warn import warn
 
 Progress = Callable[[int, int], None]  # progress(done, total)

@@ -25,8 +25,8 @@ from edgetl_exporters.quantization.core import QuantizeReport, quantize_int8
 from edgetl_exporters.quantization.fp16 import Fp16Config, convert_fp16
 from edgetl_exporters.quantization.guard import quantize_guarded
 from edgetl_runtime.arguments import to_enum
+from edgetl_runtime.bundle.manifest import Precision
 from edgetl_runtime.errors import ConfigError
-from edgetl_runtime.manifest import Precision
 
 __all__ = [
     "PRESETS",

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from edgetl_runtime.arguments import to_enum
-from edgetl_runtime.cpu import CpuFamily, read_cpu, this_cpu
+from edgetl_runtime.backends.cpu import CpuFamily, read_cpu, this_cpu
+from edgetl_runtime.backends.int8_targets import infer_targets
 from edgetl_runtime.errors import ConfigError, raise_all
-from edgetl_runtime.int8_targets import infer_targets
 
 
 class QuantFormat(str, Enum):

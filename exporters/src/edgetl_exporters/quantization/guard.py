@@ -45,10 +45,10 @@ from edgetl_exporters.quantization.core import (
 )
 from edgetl_exporters.quantization.judge import Judge, Judgement
 from edgetl_exporters.quantization.measure import interleaved_latency, run_features
+from edgetl_runtime.backends.cpu import this_cpu
+from edgetl_runtime.backends.int8_targets import needs_exact_kernel
 from edgetl_runtime.backends.onnxruntime import Int8Kernel
-from edgetl_runtime.cpu import this_cpu
 from edgetl_runtime.errors import ConfigError, InputError, QuantizationError, raise_all
-from edgetl_runtime.int8_targets import needs_exact_kernel
 
 FloatArray = npt.NDArray[np.float32]
 _ACTIVATIONS = ("Clip", "Relu")  # folded into their producer by the QDQ quantizer

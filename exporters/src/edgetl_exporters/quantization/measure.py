@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.backends.onnxruntime import HOST_KERNEL, Int8Kernel, make_session
-from edgetl_runtime.latency import LatencyStats, measure_interleaved
+from edgetl_runtime.measure.latency import LatencyStats, measure_interleaved
 
 FloatArray = npt.NDArray[np.float32]
 

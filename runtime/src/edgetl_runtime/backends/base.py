@@ -8,9 +8,9 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.graph_check import check_features
-from edgetl_runtime.manifest import Precision
+from edgetl_runtime.bundle.graph_check import check_features
+from edgetl_runtime.bundle.manifest import Precision
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.numerics import row_cosine
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from edgetl_runtime.arguments import to_enum
+from edgetl_runtime.bundle.manifest import Precision
 from edgetl_runtime.errors import BackendError, ConfigError, raise_all
-from edgetl_runtime.manifest import Precision
 
 DEFAULT_ENGINE_DIR = Path.home() / ".cache" / "edgetl" / "engines"
 # TensorRT 10 builder flags per precision. int8 adds FP16 so the layers the Q/DQ ONNX leaves in

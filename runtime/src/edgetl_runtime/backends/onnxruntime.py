@@ -10,10 +10,10 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime._optional import require
-from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.bundle.graph_check import check_session_io, run_session
+from edgetl_runtime.bundle.manifest import Precision
+from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.errors import BackendError, InputError
-from edgetl_runtime.graph_check import check_session_io, run_session
-from edgetl_runtime.manifest import Precision
 
 
 class Int8Kernel(str, Enum):

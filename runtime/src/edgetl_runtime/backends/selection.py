@@ -19,12 +19,12 @@ import numpy as np
 from edgetl_runtime._optional import is_available
 from edgetl_runtime.backends.base import BACKENDS, Backend, check_against_golden
 from edgetl_runtime.backends.choice_cache import ChoiceCache, choice_key
+from edgetl_runtime.backends.cpu import CpuFamily, CpuInfo, this_cpu
+from edgetl_runtime.backends.int8_targets import int8_mismatch, int8_targets, needs_exact_kernel
 from edgetl_runtime.backends.onnxruntime import Int8Kernel, OrtBackend
-from edgetl_runtime.bundle import Bundle, requested_precision
-from edgetl_runtime.cpu import CpuFamily, CpuInfo, this_cpu
+from edgetl_runtime.bundle.manifest import Precision
+from edgetl_runtime.bundle.reader import Bundle, requested_precision
 from edgetl_runtime.errors import BackendError, ConfigError
-from edgetl_runtime.int8_targets import int8_mismatch, int8_targets, needs_exact_kernel
-from edgetl_runtime.manifest import Precision
 from edgetl_runtime.warn import warn
 
 if TYPE_CHECKING:

@@ -31,10 +31,10 @@ from edgetl_runtime.backends.engine_config import (
     precision_flags,
     profile_shapes,
 )
-from edgetl_runtime.bundle import Bundle, requested_precision
+from edgetl_runtime.backends.int8_targets import int8_problem
+from edgetl_runtime.bundle.manifest import Precision
+from edgetl_runtime.bundle.reader import Bundle, requested_precision
 from edgetl_runtime.errors import BackendError, InputError, OptionalDependencyError, raise_all
-from edgetl_runtime.int8_targets import int8_problem
-from edgetl_runtime.manifest import Precision
 
 
 def gpu_available() -> bool:

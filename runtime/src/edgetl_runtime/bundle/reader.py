@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_runtime.errors import BundleError, BundleIntegrityError
-from edgetl_runtime.head_format import CLASS_STATS_FORMAT, class_stats_problems
-from edgetl_runtime.manifest import (
+from edgetl_runtime.bundle.head_format import CLASS_STATS_FORMAT, class_stats_problems
+from edgetl_runtime.bundle.manifest import (
     BEST_ORDER,
     GOLDEN_NAME,
     HEAD_NAME,
@@ -29,8 +28,9 @@ from edgetl_runtime.manifest import (
     Precision,
     member_name_problem,
 )
-from edgetl_runtime.npz import ArrayHeader, expect_array, read_npz
-from edgetl_runtime.onnx_scan import check_self_contained
+from edgetl_runtime.bundle.npz import ArrayHeader, expect_array, read_npz
+from edgetl_runtime.bundle.onnx_scan import check_self_contained
+from edgetl_runtime.errors import BundleError, BundleIntegrityError
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_MEMBER_BYTES = 2 << 30  # 2 GiB: larger than any mobile backbone, smaller than a zip bomb's claim

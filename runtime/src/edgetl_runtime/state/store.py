@@ -4,7 +4,7 @@ The head is refit from :meth:`FeatureStore.samples` on load, so this database is
 truth on a device. It uses stdlib ``sqlite3`` in WAL mode with one transaction per enrolment, so a
 crash or power loss never leaves half an enrolment behind, and any SQLite tool can inspect it.
 A sample is a label and an image hash; what the image looked like is kept as pixels (a thumbnail by
-default, see :mod:`edgetl_runtime.kept_images`) so that any model, another precision of the bundle or a
+default, see :mod:`edgetl_runtime.state.image_policy`) so that any model, another precision of the bundle or a
 re-exported bundle, can compute its features on demand. Features are float32 little-endian BLOBs, one
 row per image and model; nothing is pickled.
 """
@@ -22,10 +22,10 @@ import numpy.typing as npt
 
 from edgetl_runtime.arguments import LABEL_RULE, check_ids, check_label, label_problem
 from edgetl_runtime.errors import InputError, StateError, StateWriteError, raise_all
-from edgetl_runtime.kept_images import ImageKeeping
-from edgetl_runtime.state_db import _FIX_CORRUPT
-from edgetl_runtime.state_images import KeptImages, _as_float32, in_chunks
-from edgetl_runtime.state_schema import model_key
+from edgetl_runtime.state.database import _FIX_CORRUPT
+from edgetl_runtime.state.image_policy import ImageKeeping
+from edgetl_runtime.state.images import KeptImages, _as_float32, in_chunks
+from edgetl_runtime.state.schema import model_key
 
 REMOVED_SHIPPED_KEY = "removed_shipped_labels"  # meta row: JSON list of shipped-head classes removed here
 BUSY_TIMEOUT_S = 10.0  # how long a write waits for another connection's write lock (tests shorten it)

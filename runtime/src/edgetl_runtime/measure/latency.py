@@ -16,8 +16,8 @@ from edgetl_runtime.errors import ConfigError
 
 if TYPE_CHECKING:
     from edgetl_runtime.backends.base import Backend
-    from edgetl_runtime.bundle import Bundle
-    from edgetl_runtime.manifest import Precision
+    from edgetl_runtime.bundle.manifest import Precision
+    from edgetl_runtime.bundle.reader import Bundle
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,8 @@ def process_peak_rss_mb() -> float:
 
 
 def cpu_info() -> dict[str, Any]:
-    """CPU model, family, core count and the ISA flags that decide int8 speed (see :mod:`edgetl_runtime.cpu`)."""
-    from edgetl_runtime.cpu import this_cpu
+    """CPU model, family, core count and the ISA flags that decide int8 speed (``backends.cpu``)."""
+    from edgetl_runtime.backends.cpu import this_cpu
 
     return this_cpu().to_dict()
 
@@ -223,7 +223,7 @@ class Probe:
 
 
 def run_probe(command: list[str], timeout: float = 600.0) -> Probe:
-    """Run a probe (``python -m edgetl_runtime.latency ...``, or any command printing a probe's JSON on its last
+    """Run a probe (``python -m edgetl_runtime.measure.latency ...``, or any command printing a probe's JSON on its last
     line) in a fresh interpreter, so the memory measured is that backend's alone."""
     import json
     import subprocess
@@ -242,7 +242,7 @@ def probe_backend(
     """Cold start (backend load + first batch-1 run) and peak RSS after each batch size, ascending, as a
     :class:`Probe`'s fields. Run it alone in a fresh process (:func:`run_probe`) so the memory is this backend's.
     """
-    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.bundle.reader import Bundle
 
     bundle = Bundle.open(bundle_path)
     chosen = bundle.resolve_precision(precision)

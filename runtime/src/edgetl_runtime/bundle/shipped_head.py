@@ -18,13 +18,13 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.arguments import label_problem
+from edgetl_runtime.bundle.head_format import _FIX, CLASS_STATS_FORMAT, CLASS_STATS_VERSION, FACTOR_DTYPE, HEAD_KIND
+from edgetl_runtime.bundle.manifest import HEAD_NAME
 from edgetl_runtime.errors import BundleError, InputError
-from edgetl_runtime.head_format import _FIX, CLASS_STATS_FORMAT, CLASS_STATS_VERSION, FACTOR_DTYPE, HEAD_KIND
 from edgetl_runtime.heads.prior import Prior
-from edgetl_runtime.manifest import HEAD_NAME
 
 if TYPE_CHECKING:
-    from edgetl_runtime.bundle import Bundle
+    from edgetl_runtime.bundle.reader import Bundle
 
 
 def head_npz_dict(prior: Prior) -> dict[str, npt.NDArray[Any]]:

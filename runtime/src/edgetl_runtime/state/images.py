@@ -13,8 +13,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.errors import InputError, StateError, raise_all
-from edgetl_runtime.kept_images import ImageKeeping, KeepMode, decode_pixels, encode_pixels
-from edgetl_runtime.state_db import StateDatabase
+from edgetl_runtime.state.database import StateDatabase
+from edgetl_runtime.state.image_policy import ImageKeeping, KeepMode, decode_pixels, encode_pixels
 from edgetl_runtime.warn import warn
 
 _CHUNK = 500  # host parameters per statement; stays under SQLITE_MAX_VARIABLE_NUMBER of old SQLite builds.

@@ -1,13 +1,13 @@
 """What ``head.npz`` holds (format ``class-stats``, version 1) and the header check the bundle reader runs on
-it before any array is read; :mod:`edgetl_runtime.shipped` turns the arrays into a prior."""
+it before any array is read; :mod:`edgetl_runtime.bundle.shipped_head` turns the arrays into a prior."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from edgetl_runtime.bundle.manifest import Manifest
+from edgetl_runtime.bundle.npz import ArrayHeader, expect_array
 from edgetl_runtime.heads.prior import KEY_BYTES
-from edgetl_runtime.manifest import Manifest
-from edgetl_runtime.npz import ArrayHeader, expect_array
 
 CLASS_STATS_FORMAT = "class-stats"
 CLASS_STATS_VERSION = 1

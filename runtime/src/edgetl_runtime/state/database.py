@@ -1,9 +1,9 @@
 """The SQLite side of device state: one connection, its transactions, the exact schema and its upgrade;
-every SQLite failure becomes a typed error with a truthful fix (:mod:`edgetl_runtime.state_errors`).
+every SQLite failure becomes a typed error with a truthful fix (:mod:`edgetl_runtime.state.errors`).
 
 :class:`StateDatabase` opens the file (checking it before anything in it runs), and gives its subclass
-short locked reads (``_reading``) and one-transaction writes (``_writing``); :class:`edgetl_runtime.cache.FeatureStore`
-holds the samples and features on top of it.
+short locked reads (``_reading``) and one-transaction writes (``_writing``);
+:class:`~edgetl_runtime.state.store.FeatureStore` holds the samples and features on top of it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from edgetl_runtime.errors import StateError, StateLockedError
-from edgetl_runtime.kept_images import ImageKeeping
-from edgetl_runtime.state_connection import StateConnection
-from edgetl_runtime.state_errors import (
+from edgetl_runtime.state.connection import StateConnection
+from edgetl_runtime.state.errors import (
     _BUSY,
     _CANTOPEN,
     _CORRUPT,
@@ -30,7 +29,8 @@ from edgetl_runtime.state_errors import (
     state_error,
     width_problem,
 )
-from edgetl_runtime.state_schema import (
+from edgetl_runtime.state.image_policy import ImageKeeping
+from edgetl_runtime.state.schema import (
     SCHEMA,
     SCHEMA_V1,
     SCHEMA_VERSION,

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from edgetl_runtime.cpu import CpuFamily, CpuInfo
-from edgetl_runtime.manifest import Manifest, Precision
+from edgetl_runtime.backends.cpu import CpuFamily, CpuInfo
+from edgetl_runtime.bundle.manifest import Manifest, Precision
 
 TENSORRT = "tensorrt"  # a GPU target: TensorRT's explicit-quantization form
 ALL_CPU_FAMILIES = (CpuFamily.X86_AVX2.value, CpuFamily.X86_VNNI.value, CpuFamily.ARM64.value)

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from edgetl_runtime.backends.base import GoldenReport, check_against_golden
-from edgetl_runtime.bundle import Bundle
-from edgetl_runtime.latency import LatencyStats, measure, open_backend, summarize
-from edgetl_runtime.manifest import Precision
+from edgetl_runtime.bundle.manifest import Precision
+from edgetl_runtime.bundle.reader import Bundle
+from edgetl_runtime.measure.latency import LatencyStats, measure, open_backend, summarize
 from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
 
 CHUNK = 10  # timed calls per configuration before switching to the next one

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgetl_runtime.bundle.manifest import Manifest
 from edgetl_runtime.errors import BackendError, raise_all
-from edgetl_runtime.manifest import Manifest
 
 FLOAT = "tensor(float)"  # what the runtime feeds (float32 NCHW) and reads back
 

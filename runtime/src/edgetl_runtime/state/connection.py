@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from edgetl_runtime.errors import StateError
-from edgetl_runtime.state_errors import _FIX_CORRUPT, state_error
+from edgetl_runtime.state.errors import _FIX_CORRUPT, state_error
 from edgetl_runtime.warn import warn
 
 S = TypeVar("S", bound="StateConnection")

@@ -157,14 +157,15 @@ def simulated_cpu(family: str | CpuFamily, real: CpuInfo | None = None) -> CpuIn
             f"{SIMULATE_ENV}={family!r} is not a CPU family edgetl can simulate; "
             f"set one of {list(SIMULATED_FAMILIES)} or unset it"
         ) from None
-    real = real or _real_cpu()
+    real = real or real_cpu()
     return CpuInfo(f"{real.model} [simulated {chosen.value}]", machine, flags, real.logical_cores)
 
 
 _THIS_CPU: CpuInfo | None = None
 
 
-def _real_cpu() -> CpuInfo:
+def real_cpu() -> CpuInfo:
+    """The CPU this process really runs on, whatever is simulated: what the arithmetic of a kernel depends on."""
     global _THIS_CPU  # noqa: PLW0603 - a process-wide constant, read lazily
     if _THIS_CPU is None:
         _THIS_CPU = read_cpu()
@@ -174,4 +175,4 @@ def _real_cpu() -> CpuInfo:
 def this_cpu() -> CpuInfo:
     """The CPU this process runs on (read once), or the family named by ``EDGETL_SIMULATE_CPU``."""
     simulated = os.environ.get(SIMULATE_ENV, "").strip()
-    return simulated_cpu(simulated) if simulated else _real_cpu()
+    return simulated_cpu(simulated) if simulated else real_cpu()

@@ -6,7 +6,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from edgetl_runtime.manifest import Manifest, Precision
+from edgetl_runtime.bundle.manifest import Manifest, Precision
 
 
 def state_precision(state: str | os.PathLike[str], manifest: Manifest) -> Precision | None:
