@@ -222,9 +222,9 @@ def timings(bundle: Path, devices: Devices, args: argparse.Namespace) -> dict[st
     for where in ("memory", "sqlite-file"):
         with devices.load(bundle) if where == "sqlite-file" else Learner.load(bundle, None) as learner:
             learner.features(pool)  # cached before timing: what is timed is everything after the backbone
-            runs_before = learner.extractor.backbone_runs
+            runs_before = learner.backbone_runs
             stats = measure(_adder(learner, pool), runs=args.enrol_runs, warmup=10)
-            assert learner.extractor.backbone_runs == runs_before, "a backbone ran while timing"
+            assert learner.backbone_runs == runs_before, "a backbone ran while timing"
             out[f"enrol_one_{where}"] = {**stats.to_dict(), "shipped_classes": 5, "head": learner.head.kind}
     return out
 

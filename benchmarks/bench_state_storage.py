@@ -177,14 +177,14 @@ def switch(bundle: Path, photo_set: dict[str, np.ndarray], shots: int, queries: 
             for c in classes:
                 learner.add(enrol[c], c)
             learner.save()  # checkpoint: the file holds everything
-            result["bytes_per_sample_one_model"] = round(learner.store.storage()["file_bytes"] / n)
-            result["kept_pixel_bytes_per_sample"] = round(learner.store.storage()["kept_pixel_bytes"] / n)
+            result["bytes_per_sample_one_model"] = round(learner.storage()["file_bytes"] / n)
+            result["kept_pixel_bytes_per_sample"] = round(learner.storage()["kept_pixel_bytes"] / n)
             result["int8_accuracy"] = round(float(np.mean(learner.predict(test_images) == truth)), 4)
         start = time.perf_counter()
         with Learner.load(bundle, state, precision="fp32") as learner:
             seconds = time.perf_counter() - start
-            runs = learner.extractor.backbone_runs
-            models = learner.store.storage()["models"]
+            runs = learner.backbone_runs
+            models = learner.storage()["models"]
             result["bytes_per_feature_vector"] = {
                 m["precision"]: round(m["feature_bytes"] / m["features"]) for m in models
             }
@@ -194,7 +194,7 @@ def switch(bundle: Path, photo_set: dict[str, np.ndarray], shots: int, queries: 
         start = time.perf_counter()
         with Learner.load(bundle, state, precision="fp32") as learner:
             result["next_load_seconds"] = round(time.perf_counter() - start, 2)
-            result["next_load_backbone_runs"] = learner.extractor.backbone_runs
+            result["next_load_backbone_runs"] = learner.backbone_runs
         with Learner.load(bundle, Path(tmp) / "direct.sqlite", precision="fp32") as learner:
             for c in classes:
                 learner.add(enrol[c], c)

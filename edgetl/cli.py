@@ -10,17 +10,9 @@ import warnings
 from collections.abc import Sequence
 
 from edgetl_runtime.errors import EdgeTLError
+from edgetl_runtime.versions import distribution_version
 
-COMMANDS = ("finetune", "export", "inspect", "merge", "bench", "demo")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("edgetl")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
+COMMANDS = ("finetune", "export", "merge", "bench", "demo")  # modules of edgetl.commands (export has inspect)
 
 
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +26,7 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgetl", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {distribution_version('edgetl')}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         module = f"edgetl.commands.{name}"

@@ -63,7 +63,7 @@ def enrol_one_latency(
             learner.store.put_features(dict(zip(keys, np.asarray(features, dtype=np.float32), strict=True)))
         else:
             learner.features(batch)  # every backbone run happens here, before timing
-        runs_before = learner.extractor.backbone_runs
+        runs_before = learner.backbone_runs
         learner.add(batch[:state_size], list(labels[:state_size]))
         learner.fit()
         queue = iter(range(state_size, len(batch)))
@@ -73,9 +73,9 @@ def enrol_one_latency(
             learner.add(batch[i : i + 1], [labels[i]])
 
         stats = measure(add_one, runs=runs, warmup=warmup)
-        if learner.extractor.backbone_runs != runs_before:
+        if learner.backbone_runs != runs_before:
             raise InputError(
-                f"{learner.extractor.backbone_runs - runs_before} backbone run(s) happened while timing: the "
+                f"{learner.backbone_runs - runs_before} backbone run(s) happened while timing: the "
                 "given features do not match this bundle's cache keys; pass features from this bundle, or none."
             )
         samples, dim = len(learner.store), learner.bundle.manifest.backbone.feature_dim

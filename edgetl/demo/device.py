@@ -54,10 +54,10 @@ def few_shot_curve(
     cells = []
     for k in shots:
         accuracies, enrol_ms = [], []
-        runs_before = learner.extractor.backbone_runs
+        runs_before = learner.backbone_runs
         for seed in range(seeds):
             support, _ = k_shot(pool, k, seed=seed)
-            for label in list(learner.store.counts()):
+            for label in list(learner.counts()):
                 learner.remove(label=label)
             start = time.perf_counter()
             learner.add(list(support.images), [support.classes[i] for i in support.labels])
@@ -73,7 +73,7 @@ def few_shot_curve(
                 float(np.std(accuracies)),
                 seeds,
                 float(np.median(enrol_ms[1:] or enrol_ms)),
-                learner.extractor.backbone_runs - runs_before,
+                learner.backbone_runs - runs_before,
             )
         )
     learner.close()

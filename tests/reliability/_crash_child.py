@@ -56,7 +56,7 @@ def main(bundle: str, state: str, seed: int, slow_remove: bool = False) -> None:
                 learner.remove(ids=[victim])
                 print(f"D {victim}", flush=True)
             gone = labels[i // 11 % len(labels)]
-            if i % 11 == 10 and gone in learner.store.counts():  # a whole class: one DELETE of several rows
+            if i % 11 == 10 and gone in learner.counts():  # a whole class: one DELETE of several rows
                 print(f"XL {gone}", flush=True)
                 learner.remove(label=gone)
                 print(f"DL {gone}", flush=True)

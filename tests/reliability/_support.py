@@ -138,7 +138,10 @@ def crash_trial(bundle: Path, state: Path, seed: int) -> dict[str, Any]:
             time.sleep(rng.uniform(0.002, 0.015) if aim_remove else rng.uniform(0.0, 0.6))
     finally:
         os.kill(child.pid, signal.SIGKILL)
-    out, err = child.communicate(timeout=30)
+    # Through the buffered readers readline used: communicate() reads the raw pipes and misses buffered lines.
+    out = child.stdout.read() if child.stdout else ""
+    err = child.stderr.read() if child.stderr else ""
+    child.wait(timeout=30)
     if child.returncode != -signal.SIGKILL:
         raise RuntimeError(f"crash child exited by itself ({child.returncode}): {err[-2000:]}")
     lines = (first + out).split("\n")[:-1]  # text after the last newline may be a torn write

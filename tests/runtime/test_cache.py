@@ -455,7 +455,10 @@ def test_sigkill_during_enrolment_keeps_every_returned_sample(tmp_path: Path, tr
         time.sleep(random.Random(trial).uniform(0.05, 0.4))
     finally:
         child.kill()  # SIGKILL: no cleanup, no atexit, possibly mid-transaction
-    out, _ = child.communicate(timeout=10)
+    # Read through the same buffered reader as readline (communicate() reads the raw pipe and would miss the
+    # lines readline had already buffered: on a loaded machine, several).
+    out = child.stdout.read() if child.stdout else ""
+    child.wait(timeout=10)
     lines = (first + out).split("\n")[:-1]  # the text after the last newline may be a torn write
     returned = [int(tok) for line in lines for tok in line.split()]
     assert returned

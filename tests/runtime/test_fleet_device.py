@@ -128,7 +128,7 @@ def test_state_stays_valid_when_the_bundle_changes_only_its_head(host: dict[str,
         host["shipped"]
     ).manifest.model_digest(Precision.FP32)
     with load(replaced, state) as device:  # same state file: enrolments sit on top of the new head
-        assert device.store.counts() == {"blue": 3} and list(device.classes_) == ["blue", "red"]
+        assert device.counts() == {"blue": 3} and list(device.classes_) == ["blue", "red"]
 
 
 def test_a_merged_heads_counted_samples_are_recognised_at_every_precision(host: dict[str, Any], tmp_path: Path) -> None:
@@ -153,9 +153,9 @@ def test_a_merged_heads_counted_samples_are_recognised_at_every_precision(host: 
     )
     for precision in ("int8", "fp32"):
         with load(merged, state, precision=precision) as device:
-            assert device._already_counted(device.store.samples_with_keys()[2]).tolist() == [True] * 3
+            assert device.keeper.already_counted(device.store.samples_with_keys()[2]).tolist() == [True] * 3
         with load(old, state, precision=precision) as device:  # the int8 model is known to the state
-            assert device._already_counted(device.store.samples_with_keys()[2]).tolist() == [True] * 3
+            assert device.keeper.already_counted(device.store.samples_with_keys()[2]).tolist() == [True] * 3
 
 
 def test_export_enrolment_round_trips_and_is_bound_to_the_model(host: dict[str, Any], tmp_path: Path) -> None:

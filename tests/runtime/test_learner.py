@@ -53,9 +53,9 @@ def test_cache_means_no_backbone_rerun_and_state_persists(tiny_bundle: Path, tmp
     images = _class_images(RED, 2, 0) + _class_images(GREEN, 2, 1)
     learner = Learner.load(tiny_bundle, state, backend="onnxruntime", flip_enrolment=False)
     learner.add(images, ["red", "red", "green", "green"])
-    runs = learner.extractor.backbone_runs
+    runs = learner.backbone_runs
     learner.add(images[:1], "red")  # a known image: no backbone run
-    assert learner.extractor.backbone_runs == runs
+    assert learner.backbone_runs == runs
     learner.save()
     learner.close()
     again = Learner.load(tiny_bundle, state, backend="onnxruntime", flip_enrolment=False)
@@ -136,4 +136,4 @@ def test_predict_while_another_thread_enrols(tiny_bundle: Path) -> None:
     for t in threads:
         t.join()
     assert not errors, errors[0]
-    assert learner.store.counts()["blue"] == 10
+    assert learner.counts()["blue"] == 10

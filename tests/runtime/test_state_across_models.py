@@ -60,8 +60,8 @@ def test_a_state_enrolled_at_int8_serves_fp32_and_back_with_one_backbone_run_per
         int8_predictions = learner.predict(queries)
     images = [img for imgs in enrolled.values() for img in imgs]
     with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="fp32") as learner:
-        assert learner.extractor.backbone_runs == len(images)  # re-extracted once, at load
-        assert learner.store.counts() == {label: 3 for label in COLOURS}
+        assert learner.backbone_runs == len(images)  # re-extracted once, at load
+        assert learner.counts() == {label: 3 for label in COLOURS}
         _, labels, _, features = learner.store.samples_with_keys()
         np.testing.assert_allclose(features, _direct_features(two_model_bundle, Precision.FP32, images), rtol=1e-5)
         assert list(labels) == [label for label in COLOURS for _ in range(3)]
@@ -69,7 +69,7 @@ def test_a_state_enrolled_at_int8_serves_fp32_and_back_with_one_backbone_run_per
         assert learner.unavailable == {}
     for precision in ("fp32", "int8"):  # both models' features are stored now: no backbone run at load
         with Learner.load(two_model_bundle, state, backend="onnxruntime", precision=precision) as learner:
-            assert learner.extractor.backbone_runs == 0
+            assert learner.backbone_runs == 0
             _, _, _, features = learner.store.samples_with_keys()
             expected = _direct_features(two_model_bundle, Precision(precision), images)
             np.testing.assert_allclose(features, expected, rtol=1e-5)
@@ -88,7 +88,7 @@ def test_a_re_exported_bundle_keeps_every_enrolment(bundle_factory, tmp_path: Pa
         # Images smaller than the thumbnail are kept as they are: the new model sees exactly what the old one did.
         np.testing.assert_allclose(features, _direct_features(new_bundle, Precision.FP32, images), rtol=1e-5)
         assert list(learner.predict(_images(COLOURS["blue"], 2, seed=7))) == ["blue", "blue"]
-        models = learner.store.storage()["models"]
+        models = learner.storage()["models"]
         assert [(m["current"], m["samples_with_features"]) for m in models] == [(False, 9), (True, 9)]
 
 
@@ -99,7 +99,7 @@ def test_features_only_state_warns_names_the_samples_and_still_serves_its_own_mo
     state = tmp_path / "state.sqlite"
     with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8", keep_images="none") as learner:
         _enrol(learner)
-        assert learner.store.storage()["images_kept"] == 0
+        assert learner.storage()["images_kept"] == 0
     with pytest.warns(UserWarning, match=r"9 enrolled sample\(s\).*features only.*Fix: load the precision"):
         learner = Learner.load(two_model_bundle, state, backend="onnxruntime", precision="fp32")
     with learner:
@@ -169,9 +169,9 @@ def test_forget_images_deletes_the_pixels_and_keeps_the_enrolments(tiny_bundle: 
         assert learner.store.image_policy.to_text() == "none"
         assert len(learner.store) == 3 and list(learner.predict(images[:1])) == ["red"]
     with Learner.load(tiny_bundle, state, backend="onnxruntime") as learner:
-        assert learner.store.storage()["images_kept"] == 0
+        assert learner.storage()["images_kept"] == 0
         learner.add(_images(COLOURS["green"], 1, seed=1), "green")  # the state's policy is now features only
-        assert learner.store.storage()["images_kept"] == 0
+        assert learner.storage()["images_kept"] == 0
 
 
 def test_removed_samples_images_leave_the_file_and_the_log(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -210,7 +210,7 @@ def test_removing_a_class_deletes_its_kept_images(tiny_bundle: Path, tmp_path: P
         learner.add(_images(COLOURS["red"], 2, seed=0), "red")
         learner.add(_images(COLOURS["green"], 2, seed=1), "green")
         learner.remove(label="red")
-        storage = learner.store.storage()
+        storage = learner.storage()
         assert (storage["images"], storage["images_kept"]) == (2, 2)
         assert set(learner.store.kept_pixels(learner.store.samples_with_keys()[2])) == set(
             learner.store.samples_with_keys()[2]
@@ -227,7 +227,7 @@ def test_best_keeps_the_precision_the_state_has_features_for(two_model_bundle: P
     manifest = Bundle.open(two_model_bundle).manifest
     assert state_precision(state, manifest) is Precision.INT8
     with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="best", measure=False) as learner:
-        assert learner.backend.precision is Precision.INT8 and learner.extractor.backbone_runs == 0
+        assert learner.backend.precision is Precision.INT8 and learner.backbone_runs == 0
 
 
 def test_a_damaged_kept_image_is_named_and_left_out_not_a_failed_load(two_model_bundle: Path, tmp_path: Path) -> None:
@@ -270,7 +270,7 @@ def test_asking_for_features_only_says_the_images_kept_earlier_stay_until_forgot
         learner = Learner.load(tiny_bundle, state, backend="onnxruntime", keep_images="none")
     with learner:
         learner.add(_images(COLOURS["green"], 1, seed=1), "green")
-        assert learner.store.storage()["images_kept"] == 2  # the new one is not kept
+        assert learner.storage()["images_kept"] == 2  # the new one is not kept
 
 
 def test_forget_images_in_one_process_stops_another_running_one_from_keeping_images(
@@ -316,9 +316,9 @@ def test_enrolling_again_restores_features_only_samples_instead_of_counting_them
         warnings.simplefilter("error")  # no "enrolled already ... count twice"
         assert learner.add(enrolled["red"], "red") == ids_before[:3]
         assert learner.add(enrolled["green"] + _images(COLOURS["green"], 1, seed=8), "green")[:3] == ids_before[3:6]
-        assert learner.store.counts() == {"blue": 3, "green": 4, "red": 3}
+        assert learner.counts() == {"blue": 3, "green": 4, "red": 3}
         assert list(learner.predict(_images(COLOURS["red"], 2, seed=9))) == ["red", "red"]
         assert learner.unavailable == {"blue": 3}
     with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8") as learner:
-        assert learner.store.counts() == {"blue": 3, "green": 4, "red": 3}  # nothing counted twice at int8 either
-        assert learner.extractor.backbone_runs == 1  # only the new green image; the restored ones kept int8
+        assert learner.counts() == {"blue": 3, "green": 4, "red": 3}  # nothing counted twice at int8 either
+        assert learner.backbone_runs == 1  # only the new green image; the restored ones kept int8

@@ -19,26 +19,16 @@ from edgetl_runtime.cli_args import (
     positive_int,
 )
 from edgetl_runtime.errors import EdgeTLError, InputError
-from edgetl_runtime.images import as_image_list
+from edgetl_runtime.images import IMAGE_SUFFIXES, as_image_list
 from edgetl_runtime.learner import Learner
 from edgetl_runtime.measure.latency import cpu_info, measure
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("edgetl-runtime")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
+from edgetl_runtime.versions import distribution_version
 
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="edgetl-device", description=__doc__, formatter_class=fmt)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {distribution_version()}")
     parser.add_argument("--bundle", required=True, type=Path, help="the .edgetl bundle written by `edgetl export`")
     parser.add_argument("--state", type=Path, default=None, help="enrolment database (None: BUNDLE.state.sqlite)")
     add_backend_argument(parser)
@@ -170,17 +160,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     ) as learner:
         if args.command == "add":
             images = as_image_list(_image_files(args.dir))
-            dupes = learner.already_enrolled(images)
-            before = len(learner.store)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # reported in the output instead
-                ids = learner.add(images, args.label, skip_duplicates=args.skip_duplicates)
-            added = len(learner.store) - before
-            restored = len(ids) - added  # enrolled before, kept as features only under another model
-            out: dict[str, object] = {"added": added, "label": args.label, "classes": learner.store.counts()}
-            if restored:
-                out["restored"] = restored
-            already = len(dupes) - restored
+                enrolled = learner.enrol(images, args.label, skip_duplicates=args.skip_duplicates)
+            out: dict[str, object] = {"added": enrolled.added, "label": args.label, "classes": learner.counts()}
+            if enrolled.restored:
+                out["restored"] = enrolled.restored  # enrolled before, kept as features only under another model
+            already = enrolled.duplicates
             if already > 0:
                 out["already_enrolled"] = already
                 out["note"] = (
@@ -192,13 +178,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             return out
         if args.command == "remove":
             removed = learner.remove(label=args.label)
-            out = {"removed": removed, "classes": learner.store.counts()}
-            if args.label in learner.store.removed_shipped_labels():
+            out = {"removed": removed, "classes": learner.counts()}
+            if args.label in learner.removed_shipped_classes():
                 out["removed_shipped_class"] = args.label  # the shipped head's class, forgotten on this device
             return out
         if args.command == "forget-images":
             forgotten = learner.forget_images()
-            return {"images_deleted": forgotten, "samples": len(learner.store), "state": learner.store.storage()}
+            return {"images_deleted": forgotten, "samples": len(learner), "state": learner.storage()}
         if args.command == "export":
             files = _files_and_folders(args.images) if args.images else None
             enrolment = learner.export_enrolment(args.output, images=files)
@@ -215,7 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             head = learner.head
             return {
                 "classes": list(learner.classes_),
-                "samples": len(learner.store),
+                "samples": len(learner),
                 "head": repr(head),
                 **_loo_quality(head),
             }
@@ -245,7 +231,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if args.command == "bench":
             size = learner.bundle.manifest.preprocess.input_size
             image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-            stats = measure(lambda: learner.extractor.run_backbone([image]), runs=args.runs, warmup=10)
+            stats = measure(lambda: learner.backbone([image]), runs=args.runs, warmup=10)
             selection = learner.selection.to_dict() if learner.selection else None
             return {
                 "backend": learner.backend.name,

@@ -47,8 +47,8 @@ from edgetl_runtime.errors import (
     InputError,
     raise_all,
 )
-from edgetl_runtime.features import preprocess_key as spec_key
 from edgetl_runtime.images import as_image_list
+from edgetl_runtime.preprocess import preprocess_key as spec_key
 
 if TYPE_CHECKING:
     from edgetl_runtime.features import FeatureExtractor
@@ -58,7 +58,6 @@ ENROLMENT_FORMAT = "edgetl-enrolment"
 ENROLMENT_VERSION = 1
 ARRAYS_NAME = "enrolment.npz"
 IMAGES_PREFIX = "images/"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "format": str,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from dataclasses import dataclass, field
 
@@ -12,13 +10,10 @@ import numpy.typing as npt
 
 from edgetl_runtime.backends.base import Backend
 from edgetl_runtime.images import Images, as_image_list, image_digest
-from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
+from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch, preprocess_key
 from edgetl_runtime.state.store import FeatureStore
 
-
-def preprocess_key(spec: PreprocessSpec) -> str:
-    """Stable digest of a preprocessing spec; features made under another spec are not reused."""
-    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+__all__ = ["FeatureExtractor", "preprocess_key"]
 
 
 @dataclass
@@ -41,15 +36,18 @@ class FeatureExtractor:
         return self.extract(as_image_list(images))[1]
 
     def extract(
-        self, images: list[npt.NDArray[np.uint8]], keys: list[str] | None = None
+        self, images: list[npt.NDArray[np.uint8]], keys: list[str] | None = None, *, cache: bool = True
     ) -> tuple[list[str], npt.NDArray[np.float32]]:
-        """Image hashes (``keys`` when the caller hashed them already) and features for validated images;
-        caches what it had to compute."""
+        """Image hashes (``keys`` when the caller hashed them already) and features for validated images.
+
+        With ``cache`` what had to be computed is cached (a prediction); without, the caller writes it
+        (an enrolment, whose transaction stores the features once).
+        """
         keys = self.keys(images) if keys is None else keys
         cached = self.store.get_features(keys)
         missing = [i for i, k in enumerate(keys) if k not in cached]
         computed = self.run_backbone([images[i] for i in missing]) if missing else None
-        if computed is not None:
+        if computed is not None and cache:
             self.store.put_features({keys[i]: computed[j] for j, i in enumerate(missing)})
         out = np.empty((len(images), self.store.feature_dim), dtype=np.float32)  # (N, D)
         for i, key in enumerate(keys):

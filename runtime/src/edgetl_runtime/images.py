@@ -19,6 +19,8 @@ ImageLike: TypeAlias = npt.NDArray[Any] | str | os.PathLike[str]
 Images: TypeAlias = Sequence[ImageLike] | npt.NDArray[Any]
 
 
+# File names a folder walk takes as images (the content still decides: see RASTER_FORMATS).
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 RASTER_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")  # Pillow format names, identified by content
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 

@@ -9,6 +9,8 @@ host and device agree to float precision rather than to "close enough".
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -270,12 +272,6 @@ def _as_planes(image: npt.ArrayLike, index: int = 0) -> npt.NDArray[np.uint8]:
     return arr[:, :, :3] if arr.shape[2] == 4 else arr
 
 
-def preprocess_one(image: npt.ArrayLike, spec: PreprocessSpec) -> npt.NDArray[np.float32]:
-    """One image -> ``(3, H, W)`` float32 normalised model input."""
-    out: npt.NDArray[np.float32] = _preprocess_same_size([_as_planes(image)], spec, 0)[0]
-    return out
-
-
 CHANNELS = (1, 3, 4)  # gray, RGB, RGBA: the channel counts an (H, W, C) image may have
 
 
@@ -345,3 +341,8 @@ def _preprocess_list(images: list[Any] | tuple[Any, ...], spec: PreprocessSpec) 
             else:
                 out[chunk] = _preprocess_same_size(batch, spec, chunk[0])
     return out
+
+
+def preprocess_key(spec: PreprocessSpec) -> str:
+    """Stable digest of a preprocessing spec; features made under another spec are not reused."""
+    return hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()[:16]

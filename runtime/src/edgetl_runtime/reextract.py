@@ -98,3 +98,30 @@ def restore_unusable(
     ids = sorted({i for _, k in pairs for i in found[k][1]})
     left = [i for i in range(len(images)) if i not in set(restore)]
     return [images[i] for i in left], [labels[i] for i in left], [keys[i] for i in left], ids
+
+
+class FeatureCompletion:
+    """Computes this model's missing features of enrolled samples before each fit, and warns once per new loss.
+
+    Samples kept as features only under another model cannot be re-extracted: they are left out of the
+    head and reported (by label) as unavailable.
+    """
+
+    def __init__(self, store: FeatureStore, extractor: FeatureExtractor, precision: str) -> None:
+        self.store, self.extractor, self.precision = store, extractor, precision
+        self.progress: Progress | None = None
+        self.unavailable: dict[str, int] = {}  # label -> samples this model cannot use (features only, damaged)
+        self._warned: dict[str, int] = {}
+
+    def __call__(self) -> dict[str, int]:
+        lost, damaged = reextract_missing(self.store, self.extractor, self.progress)  # damaged: warned already
+        if any(n > self._warned.get(label, 0) for label, n in lost.items()):  # new ones only
+            self._warned = lost
+            warn(
+                f"{sum(lost.values())} enrolled sample(s) {lost} were kept as features only (keep_images='none', or "
+                f"enrolled before edgetl kept images) under another model, so this {self.precision} model cannot "
+                "use them: they are left out of the head. Fix: load the precision (and bundle) they were enrolled "
+                "with, or enrol those images again."
+            )
+        self.unavailable = {label: lost.get(label, 0) + damaged.get(label, 0) for label in {*lost, *damaged}}
+        return self.unavailable

@@ -15,6 +15,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from edgetl_runtime.versions import distribution_version
+
 # Flags that change which int8 / fp16 kernels onnxruntime's MLAS can use.
 INTERESTING_FLAGS = (
     "avx2",
@@ -74,7 +76,7 @@ class CpuInfo:
     def identity(self) -> str:
         """Stable digest of model + machine + relevant flags: a timing measured here is only reused here."""
         relevant = sorted(self.flags & set(INTERESTING_FLAGS))
-        text = "|".join([self.model, self.machine, ",".join(relevant), str(self.logical_cores), _runtime_version()])
+        text = "|".join([self.model, self.machine, ",".join(relevant), str(self.logical_cores), distribution_version()])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,16 +94,6 @@ class CpuInfo:
         """One line for reports: model, family and the int8-relevant flags present."""
         present = [f for f in INTERESTING_FLAGS if f in self.flags]
         return f"{self.model} ({self.machine}, {self.family.value}; {self.logical_cores} cores; {' '.join(present)})"
-
-
-def _runtime_version() -> str:
-    """This edgetl-runtime's version (part of the identity: timings from another release are not reused)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("edgetl-runtime")
-    except PackageNotFoundError:
-        return "source"
 
 
 def _usable_cores() -> int:

@@ -254,12 +254,13 @@ class KeptImages(StateDatabase):
             problems.append(f"{what} features rows {bad[:10].tolist()} contain NaN or inf; expected finite values")
         return problems
 
-    def _upsert(self, keys: Sequence[str], vectors: npt.NDArray[np.float32]) -> None:
+    def _upsert(self, keys: Sequence[str], vectors: npt.NDArray[np.float32], *, overwrite: bool = True) -> None:
+        """Store this model's features; without ``overwrite`` a row already there (the same image under the
+        same model, hence the same vector) is left as it is instead of being written again."""
         rows = [(k, self.model, v.tobytes()) for k, v in zip(keys, np.asarray(vectors, dtype="<f4"), strict=True)]
         # Upsert, not INSERT OR REPLACE: REPLACE deletes the row first, then inserts it again as the newest.
-        self._db.executemany(
-            "INSERT INTO features VALUES (?, ?, ?) ON CONFLICT(image, model) DO UPDATE SET vec=excluded.vec", rows
-        )
+        conflict = "DO UPDATE SET vec=excluded.vec" if overwrite else "DO NOTHING"
+        self._db.executemany(f"INSERT INTO features VALUES (?, ?, ?) ON CONFLICT(image, model) {conflict}", rows)
 
     def add_model_features(self, items: Mapping[str, npt.NDArray[np.floating]]) -> None:
         """Store this model's features of enrolled images computed after the fact (from kept pixels).

@@ -21,7 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.arguments import LABEL_RULE, check_ids, check_label, label_problem
+from edgetl_runtime.bundle.manifest import Manifest, Precision
 from edgetl_runtime.errors import InputError, StateError, StateWriteError, raise_all
+from edgetl_runtime.preprocess import preprocess_key
 from edgetl_runtime.state.database import _FIX_CORRUPT
 from edgetl_runtime.state.image_policy import ImageKeeping
 from edgetl_runtime.state.images import KeptImages, _as_float32, in_chunks
@@ -96,6 +98,27 @@ class FeatureStore(KeptImages):
         self._unwritten = {}
         super().__init__()
         self._connect()
+
+    @classmethod
+    def for_bundle(
+        cls,
+        path: str | os.PathLike[str] | None,
+        manifest: Manifest,
+        precision: Precision,
+        keep_images: ImageKeeping | str | int | None = None,
+    ) -> FeatureStore:
+        """The state of ``manifest``'s ``precision`` model; every precision of the bundle is a known model."""
+        name = manifest.backbone.name
+        return cls(
+            path,
+            model_digest=manifest.model_digest(precision),
+            feature_dim=manifest.backbone.feature_dim,
+            preprocess_key=preprocess_key(manifest.preprocess),
+            precision=precision.value,
+            backbone=name,
+            keep_images=keep_images,
+            known_models={manifest.model_digest(p): (p.value, name) for p in manifest.precisions},
+        )
 
     def _decode(self, blob: bytes, key: str) -> npt.NDArray[np.float32]:
         if not isinstance(blob, bytes) or len(blob) != 4 * self.feature_dim:
@@ -203,7 +226,7 @@ class FeatureStore(KeptImages):
                 kept = self._encode_kept(keys, images)
             if not self.model_registered:  # a model first seen while the state was read-only
                 self._register_model(self._db)
-            self._upsert(keys, vectors)
+            self._upsert(keys, vectors, overwrite=False)  # a cached prediction's row is already this vector
             self._keep_images(keys, kept)
             return [self._insert_sample(key, name) for key, name in zip(keys, names, strict=True)]
 
@@ -329,6 +352,17 @@ class FeatureStore(KeptImages):
                 for key, label in self._db.execute(query, chunk):
                     found.setdefault(alias.get(str(key), str(key)), []).append(str(label))
         return found
+
+    def duplicates(self, keys: Sequence[str]) -> dict[int, list[str]]:
+        """Index -> labels of each image hash enrolled already, or repeated earlier in ``keys``."""
+        found = self.enrolled_labels(keys)
+        seen: set[str] = set()
+        out: dict[int, list[str]] = {}
+        for i, key in enumerate(keys):
+            if key in found or key in seen:
+                out[i] = found.get(key, [])
+            seen.add(key)
+        return out
 
     def counts(self) -> dict[str, int]:
         """Number of enrolled samples per label."""

@@ -1,0 +1,143 @@
+"""The Learner's head, kept current across threads and processes.
+
+The head is derived state: it reflects a change count, and every use (fit, incremental update,
+predict) holds one lock, so ``predict`` from several threads while another adds never sees a
+half-updated head and an add committed during a refit is never lost. Another process's commits to the
+same state file move SQLite's ``data_version``; the samples token then tells enrolments from mere
+cache writes, so a neighbour's predictions never force a refit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetl_runtime.blas import single_threaded_blas
+from edgetl_runtime.errors import NotFittedError
+from edgetl_runtime.heads import AutoHead, BaseHead, Prior, create_head, fit_with_prior, head_for_prior
+from edgetl_runtime.state.store import FeatureStore
+
+__all__ = ["HeadKeeper"]
+
+Head = BaseHead | AutoHead
+
+
+class HeadKeeper:
+    """Fits the head from the state (and the shipped prior), updates it in place, refits it when stale.
+
+    ``prepare`` runs before every full fit (it computes this model's missing features) and returns the
+    samples this model cannot use, by label, so a fit with nothing usable can say why.
+    """
+
+    def __init__(
+        self, store: FeatureStore, kind: str, prior: Prior | None, prepare: Callable[[], dict[str, int]]
+    ) -> None:
+        create_head(kind)  # refuse an unknown head name now, not at the first prediction after enrolling
+        if prior is not None:
+            head_for_prior(kind, prior)  # and a head that cannot continue a shipped one (logistic)
+        self.store, self.kind, self.prior, self._prepare = store, kind, prior, prepare
+        self.lock = threading.RLock()
+        self._changes = 0  # bumped with every committed add/remove
+        self._fitted: tuple[int, Head] | None = None  # published with the change count it reflects
+        self._data_version = store.data_version()
+        self._samples_token = self._token()
+
+    def _token(self) -> tuple[int, ...]:
+        return (*self.store.samples_token(), len(self.store.removed_shipped_labels()))
+
+    def changed(self) -> None:
+        """A change this process committed: the head is stale until refit or updated."""
+        with self.lock:
+            self._changes += 1
+
+    def prior_now(self) -> Prior | None:
+        """The shipped head without the classes this device removed."""
+        if self.prior is None:
+            return None
+        removed = self.store.removed_shipped_labels()
+        return self.prior.drop(removed) if removed else self.prior
+
+    def already_counted(self, keys: Sequence[str]) -> npt.NDArray[np.bool_]:
+        """Which image hashes a merged shipped head already counts; enrolment files written before state
+        schema 2 named samples by their schema-1 keys (pixels + model), which count too."""
+        if self.prior is None or not len(self.prior.counted_keys):
+            return np.zeros(len(keys), dtype=bool)
+        counted = self.prior.already_counted(list(keys))
+        legacy = self.store.legacy_keys(keys)  # schema-1 key -> image hash, under every model
+        if legacy:
+            hit = {legacy[k] for k, c in zip(legacy, self.prior.already_counted(list(legacy)), strict=True) if c}
+            counted |= np.array([k in hit for k in keys], dtype=bool)
+        return np.asarray(counted, dtype=bool)
+
+    def fit(self) -> Head:
+        """Refit from every usable enrolled sample and the prior (also re-runs ``auto``'s model selection)."""
+        with self.lock:
+            unavailable = self._prepare()
+            _, labels, keys, features = self.store.samples_with_keys()  # (N,), N, (N, D)
+            prior = self.prior_now()
+            if prior is not None and len(prior.counted_keys):  # this device's samples a merge already folded in
+                fresh = ~self.already_counted(keys)
+                labels, features = labels[fresh], features[fresh]
+            if len(labels) == 0 and prior is None:
+                why = " and every shipped class was removed" if self.prior is not None else ""
+                if unavailable:
+                    why = (
+                        f" that this model can use: {unavailable} cannot be re-extracted (kept as features only "
+                        "under another model, or their kept images are damaged: see the warnings at load)"
+                    )
+                raise NotFittedError(f"No samples are enrolled{why}; call add(images, label) for a class first.")
+            head = fit_with_prior(self.kind, features, labels, prior)
+            self._fitted = (self._changes, head)
+            return head
+
+    def commit_added(
+        self, commit: Callable[[], list[int]], keys: Sequence[str], names: Sequence[str], features: npt.NDArray[Any]
+    ) -> list[int]:
+        """Run ``commit`` (the enrolment transaction) under the lock and fold its samples into a current head."""
+        with self.lock:
+            self._sync_external()  # another process's enrolment since the last fit: refit, do not update
+            ids = commit()
+            fitted, self._changes = self._fitted, self._changes + 1
+            if fitted is not None and fitted[0] == self._changes - 1:  # current head: update it in place
+                fresh = ~self.already_counted(keys)
+                if fresh.any():
+                    # Small products: BLAS threads spinning on a busy 2-core device cost more than they save
+                    # (benchmarks/bench_fleet.py times it).
+                    with single_threaded_blas():
+                        fitted[1].partial_fit(features[fresh], np.asarray(names)[fresh])
+                self._fitted = (self._changes, fitted[1])
+            return ids
+
+    def shipped_info(self, section: dict[str, Any]) -> dict[str, Any] | None:
+        """The shipped head as ``Learner.info()`` reports it (None without one)."""
+        if self.prior is None:
+            return None
+        return {
+            "classes": section.get("counts"),
+            "removed_here": self.store.removed_shipped_labels(),
+            "host_accuracy": section.get("accuracy"),
+            "merged": section.get("merged"),
+        }
+
+    def _sync_external(self) -> None:
+        """Mark the head stale if another process added or removed samples; call with the lock held."""
+        version = self.store.data_version()
+        if version == self._data_version:
+            return
+        self._data_version = version
+        token = self._token()
+        if token != self._samples_token:
+            self._samples_token = token
+            self._changes += 1
+
+    def current(self) -> Head:
+        """The head reflecting every change committed by any process before the call."""
+        with self.lock:
+            self._sync_external()
+            if self._fitted is None or self._fitted[0] != self._changes:
+                return self.fit()  # threads queued on the lock behind this refit find it current and reuse it
+            return self._fitted[1]
