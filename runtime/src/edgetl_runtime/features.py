@@ -61,7 +61,7 @@ class FeatureExtractor:
         """Always run the backbone (no cache), in batches.
 
         Sequential on purpose: preprocessing the next batch in a thread while onnxruntime runs this
-        one measured 3x slower on 2 cores (the threads fight for the cores onnxruntime already uses).
+        one is slower on a small device: the threads fight for the cores onnxruntime already uses.
         """
         chunks = []
         for start in range(0, len(images), self.batch_size):

@@ -3,9 +3,8 @@
 Features belong to one model: the int8 and fp32 members of a bundle, or a re-exported bundle, give other
 features for the same picture. A state that kept only features would be tied to one model; one that keeps
 the pixels (or a thumbnail) computes any model's features on demand. Pixels are stored lossless, without
-Pillow: each row minus the row above (PNG's "Up" filter) then zlib, which compresses a photo about 2x,
-as well as PNG does (measured on a 600x512 photo: 2.05x at zlib level 6 vs PNG's 1.99x; 1.9x at the
-level 1 used here).
+Pillow: each row minus the row above (PNG's "Up" filter) then zlib, which compresses a photo about as
+well as PNG does (figures in docs/state.md, from benchmarks/bench_state_storage.py).
 """
 
 from __future__ import annotations
@@ -25,8 +24,8 @@ from edgetl_runtime.preprocess import Interpolation, resample, resample_matrix
 # but 0.976 / 0.993 at 256 and 224 px (the grid pooling sees the second resampling); 384 costs ~2x the bytes.
 DEFAULT_THUMBNAIL = 384
 MIN_THUMBNAIL = 16
-# zlib level 1: a 384x448 thumbnail in 7 ms instead of 27 ms at level 6, for 6 % more bytes (299 vs 282 KB):
-# enrolling is on the device's interactive path.
+# zlib level 1, not 6: a few % more bytes for a fraction of the encoding time, on the device's interactive
+# enrolment path (docs/state.md has the figures of benchmarks/bench_state_storage.py).
 _ZLIB_LEVEL = 1
 
 
