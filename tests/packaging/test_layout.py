@@ -81,7 +81,9 @@ def test_no_distribution_imports_one_above_it(dist: str) -> None:
 
 
 def test_runtime_modules_stay_small_and_the_learner_a_facade() -> None:
-    sizes = {mod: len(path.read_text(encoding="utf-8").splitlines()) for mod, path in _modules("edgetl_runtime").items()}
+    sizes = {
+        mod: len(path.read_text(encoding="utf-8").splitlines()) for mod, path in _modules("edgetl_runtime").items()
+    }
     assert not {m: n for m, n in sizes.items() if n > MAX_MODULE_LINES}
     assert sizes["edgetl_runtime.learner"] <= MAX_LEARNER_LINES
 

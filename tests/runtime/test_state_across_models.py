@@ -230,6 +230,27 @@ def test_best_keeps_the_precision_the_state_has_features_for(two_model_bundle: P
         assert learner.backend.precision is Precision.INT8 and learner.backbone_runs == 0
 
 
+@pytest.mark.usefixtures("each_cpu")
+@pytest.mark.parametrize("measure", [False, True])
+def test_a_one_off_precision_does_not_change_what_best_runs_next(
+    two_model_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, measure: bool
+) -> None:
+    """`edgetl-device --precision fp32 bench` computes fp32 features of every sample; afterwards `best` means the
+    fastest of the precisions the state has features for, not the one that was computed last."""
+    from edgetl_runtime.backends.selection import _OrtChooser
+
+    faster_int8 = {Precision.INT8: 1.0, Precision.FP32: 9.0}
+    monkeypatch.setattr(_OrtChooser, "time", lambda self, built: {p: faster_int8[p] for p in built})
+    state = tmp_path / "state.sqlite"
+    with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8") as learner:
+        _enrol(learner)
+    with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="fp32") as learner:
+        assert learner.backbone_runs == 9  # the one-off command re-extracted every sample at fp32
+    with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="best", measure=measure) as learner:
+        assert learner.backend.precision is Precision.INT8 and learner.backbone_runs == 0
+        assert "the state has features for" in learner.info()["chosen_because"]
+
+
 def test_a_damaged_kept_image_is_named_and_left_out_not_a_failed_load(two_model_bundle: Path, tmp_path: Path) -> None:
     state = tmp_path / "state.sqlite"
     with Learner.load(two_model_bundle, state, backend="onnxruntime", precision="int8") as learner:

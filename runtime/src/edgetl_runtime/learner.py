@@ -23,7 +23,7 @@ from edgetl_runtime.heads import Prior
 from edgetl_runtime.images import Images, as_image_list, hflip
 from edgetl_runtime.reextract import FeatureCompletion, Progress, restore_unusable, warn_images_still_kept
 from edgetl_runtime.state.image_policy import ImageKeeping
-from edgetl_runtime.state.peek import state_precision
+from edgetl_runtime.state.peek import state_precisions
 from edgetl_runtime.state.store import FeatureStore
 from edgetl_runtime.versions import runtime_versions
 
@@ -111,7 +111,7 @@ class Learner:
         threads = check_threads(threads)
         opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         prior = read_prior(opened) if shipped_head else None  # before the backend: a bad head fails fast
-        keep = state_precision(state, opened.manifest) if state is not None else None
+        keep = state_precisions(state, opened.manifest) if state is not None else ()
         built, selection = select_backend(opened, backend, precision, threads, measure=measure, keep=keep)
         store = FeatureStore.for_bundle(state, opened.manifest, built.precision, keep_images)
         try:

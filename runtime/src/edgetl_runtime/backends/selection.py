@@ -94,7 +94,7 @@ def select_backend(
     measure: bool = True,
     cache: ChoiceCache | None = None,
     cpu: CpuInfo | None = None,
-    keep: Precision | None = None,
+    keep: Precision | tuple[Precision, ...] | None = None,
 ) -> tuple[Backend, Selection]:
     """Build the backend for this device and say why it was chosen.
 
@@ -103,8 +103,9 @@ def select_backend(
     explicit precision is built with the right int8 kernel and golden-checked; ``best`` times every
     verified precision (unless ``measure=False``: then int8 when its member was built for this CPU
     family, else fp32) and keeps the fastest, a reduced precision only when it beats fp32 by
-    :data:`MIN_SPEEDUP`. ``keep`` (under ``best``) is a precision to stay with while it passes its
-    golden check, e.g. the one an existing enrolment state's cached features were computed with.
+    :data:`MIN_SPEEDUP`. ``keep`` (under ``best``) is the precision, or the precisions, to stay with while
+    they pass their golden check: those an existing enrolment state's features were computed with; of
+    several, the fastest.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"Unknown backend {backend!r}; choose one of {list(BACKENDS)}.")
@@ -151,7 +152,11 @@ class _OrtChooser:
         )
 
     def choose(
-        self, precision: str | Precision, measure: bool, cache: ChoiceCache, keep: Precision | None = None
+        self,
+        precision: str | Precision,
+        measure: bool,
+        cache: ChoiceCache,
+        keep: Precision | tuple[Precision, ...] | None = None,
     ) -> tuple[Backend, Selection]:
         asked = requested_precision(precision)
         if asked is Precision.INT8:
@@ -162,18 +167,39 @@ class _OrtChooser:
             if built is None:
                 raise BackendError(_golden_failure(asked, tried))
             return built, self.selection(built, f"{asked.value} was asked for; {_passed(tried)}", candidates=tried)
-        if keep is not None and keep in self.bundle.manifest.precisions:
-            built, tried = self.build(keep)
+        kept = tuple(
+            p for p in ((keep,) if isinstance(keep, Precision) else keep or ()) if p in self.bundle.manifest.precisions
+        )
+        if len(kept) == 1:
+            built, tried = self.build(kept[0])
             if built is not None:
-                reason = f"kept {keep.value}: the enrolment state's cached features were computed with it"
+                reason = f"kept {kept[0].value}: the enrolment state's cached features were computed with it"
                 return built, self.selection(built, reason, candidates=tried)
-        if not measure or not self.verify:
-            chosen = self.static_best()
-        else:
-            chosen = self.cached_or_measured(cache)
+        chosen = self.static_best() if not measure or not self.verify else self.cached_or_measured(cache)
+        if len(kept) > 1:
+            chosen = self.fastest_of(kept, chosen)
         if chosen[1].measured and chosen[1].from_cache and chosen[1].precision != Precision.INT8.value:
             return chosen  # decided before, without int8: its notes were shown then (they stay in .warnings)
         self.warn_notes()
+        return chosen
+
+    def fastest_of(self, kept: tuple[Precision, ...], chosen: tuple[Backend, Selection]) -> tuple[Backend, Selection]:
+        """Of the precisions the state has every feature for, ``best``'s choice if it is one, else the fastest
+        of them as ``best`` timed them (untimed: the first)."""
+        names = ", ".join(p.value for p in kept)
+        selection = chosen[1]
+        if Precision(selection.precision) in kept:
+            return chosen[0], replace(selection, reason=f"{selection.reason}; the state has features for {names}")
+        timed = sorted(
+            (c.p50_ms, Precision(c.precision))
+            for c in selection.candidates
+            if c.passed and c.p50_ms is not None and Precision(c.precision) in kept
+        )
+        for precision in [p for _, p in timed] + [p for p in kept if p not in {q for _, q in timed}]:
+            built, tried = self.build(precision)
+            if built is not None:
+                why = f"kept {precision.value}: the fastest of the precisions the state has features for ({names})"
+                return built, self.selection(built, why, candidates=(*selection.candidates, *tried))
         return chosen
 
     def warn_notes(self) -> None:

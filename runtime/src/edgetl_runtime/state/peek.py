@@ -10,23 +10,31 @@ from edgetl_runtime.bundle.manifest import Manifest, Precision
 
 
 def state_precision(state: str | os.PathLike[str], manifest: Manifest) -> Precision | None:
-    """The precision of this bundle whose model has features for the most enrolled samples, if any.
+    """The precision of this bundle whose model has features for the most enrolled samples, if any."""
+    found = state_precisions(state, manifest)
+    return found[0] if found else None
+
+
+def state_precisions(state: str | os.PathLike[str], manifest: Manifest) -> tuple[Precision, ...]:
+    """The precisions of this bundle whose models have features for the most enrolled samples (ties: all).
 
     ``precision="best"`` is measured on the device and could change between loads (another thread
     count, another CPU). A state serves every precision, but one it has no features for must re-run the
-    backbone on every kept image first, so ``best`` keeps the precision the state is already using.
+    backbone on every kept image first, so ``best`` keeps to the precisions the state is already using;
+    when several have every feature (a one-off ``--precision fp32`` command computed them), ``best``
+    means the fastest of those, so a one-off command never changes what the device runs next.
     Read-only (``immutable``: no -wal/-shm files appear) and best-effort: anything unreadable is left to
     the full checks of :class:`FeatureStore`.
     """
     path = Path(state)
     if not path.is_file():
-        return None
+        return ()
     counts = _read_counts(path, "mode=ro&immutable=1")  # creates no -wal/-shm files...
     if not counts and Path(f"{path}-wal").exists():  # ...but cannot see a WAL another process still holds
         counts = _read_counts(path, "mode=ro")
     by_digest = {manifest.members[p.member].sha256: p for p in manifest.precisions if p.member in manifest.members}
     ranked = sorted(((n, i, by_digest[d]) for i, (d, n) in enumerate(counts) if d in by_digest), reverse=True)
-    return ranked[0][2] if ranked else None
+    return tuple(p for n, _, p in ranked if n == ranked[0][0])
 
 
 _COUNTS = (
