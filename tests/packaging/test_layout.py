@@ -106,8 +106,8 @@ def test_runtime_import_graph_has_no_cycles() -> None:
         for mod, path in modules.items()
     }
     # a package's __init__ importing its own submodules is how a package shows its face, not a cycle
-    for mod in graph:
-        graph[mod] = {t for t in graph[mod] if not (modules[mod].name == "__init__.py" and t.startswith(mod + "."))}
+    for mod, targets in graph.items():
+        graph[mod] = {t for t in targets if not (modules[mod].name == "__init__.py" and t.startswith(mod + "."))}
     state: dict[str, int] = {}
     cycle: list[str] = []
 
