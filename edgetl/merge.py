@@ -34,6 +34,7 @@ from edgetl_runtime.heads import ClassStats, LDAHead, Prior
 from edgetl_runtime.heads.lda import DEFAULT_ALPHA
 from edgetl_runtime.heads.prior import key_prefixes
 from edgetl_runtime.heads.ridge import FALLBACK_TEMPERATURE
+from edgetl_runtime.outputs import check_output
 
 DEFAULT_RANK = 16  # when the bundle ships no head to take its rank from (see edgetl.shipped_head)
 ON_CONFLICT = ("drop", "error")
@@ -87,6 +88,7 @@ def merge_enrolments(
         InputError: a conflict with ``on_conflict="error"``, or nothing to merge.
     """
     config = config or MergeConfig()
+    check_output(output, [bundle, *enrolments], force=True)  # an input is never overwritten (the CLI adds --force)
     original = Bundle.open(bundle)
     prior = read_prior(original)
     files = _read_all(enrolments, original, config)

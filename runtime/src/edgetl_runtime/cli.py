@@ -22,6 +22,7 @@ from edgetl_runtime.errors import EdgeTLError, InputError
 from edgetl_runtime.images import as_image_list
 from edgetl_runtime.learner import Learner
 from edgetl_runtime.measure.latency import cpu_info, measure
+from edgetl_runtime.outputs import check_output
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also attach these image files (or folders) where they match an enrolled sample; without it no image "
         "leaves the device",
     )
+    export.add_argument("--force", action="store_true", help="replace OUTPUT if it exists (never the bundle or state)")
     return parser
 
 
@@ -157,6 +159,8 @@ def _print_progress(done: int, total: int) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     state = args.state or args.bundle.with_suffix(".state.sqlite")
+    if args.command == "export":  # before anything opens: the output must not be an input or a stranger's file
+        check_output(args.output, [args.bundle, state, *(args.images or [])], force=args.force)
     with Learner.load(
         args.bundle,
         state,

@@ -237,7 +237,9 @@ class Learner:
         ``images`` names image files: those whose pixels match an enrolled sample are attached as they are.
         """
         from edgetl_runtime.enrolment import export_samples
+        from edgetl_runtime.outputs import check_output
 
+        check_output(path, [self.bundle.path, self.store.path, *(images or [])], force=True)  # never an input
         with self._head_lock:
             self._complete_features()
         manifest, precision = self.bundle.manifest, self.backend.precision
