@@ -82,7 +82,11 @@ def test_export_replaces_an_existing_file_only_with_force(
 
 @pytest.mark.parametrize("case", ["folder", "parent-is-a-file", "disk-full", "read-only"])
 def test_export_file_system_errors_are_one_line_and_write_nothing(
-    device: tuple[Path, Path], tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    device: tuple[Path, Path],
+    tmp_path: Path,
+    case: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     bundle, state = device
     output = tmp_path / "out.enrol"
@@ -114,7 +118,11 @@ def test_export_file_system_errors_are_one_line_and_write_nothing(
 @pytest.mark.host
 @pytest.mark.parametrize("case", ["bundle", "enrolment", "folder", "disk-full", "exists"])
 def test_merge_refuses_inputs_and_reports_file_system_errors_in_one_line(
-    device: tuple[Path, Path], tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    device: tuple[Path, Path],
+    tmp_path: Path,
+    case: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from edgetl.cli import main as host_main
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_runtime.arguments import check_labels, check_threads
+from edgetl_runtime.arguments import LABEL_RULE, check_labels, check_threads, usable_labels
 from edgetl_runtime.backends.base import Backend
 from edgetl_runtime.backends.selection import Selection, select_backend
 from edgetl_runtime.blas import single_threaded_blas
@@ -255,6 +255,13 @@ class Learner:
         with self._head_lock:
             self._complete_features()
             _, labels, keys, features = self.store.samples_with_keys()  # (N,), N, (N, D)
+            usable, refused = usable_labels(labels)  # a label stored before a rule refused it: left out, named
+            if refused:
+                warn(
+                    f"enrolled samples {refused} have labels a head refuses ({LABEL_RULE}): they are left out. "
+                    "Fix: remove those classes (remove(label=...)) and enrol the images under a valid label."
+                )
+                labels, keys, features = labels[usable], [k for k, u in zip(keys, usable) if u], features[usable]
             prior = self._prior_now()
             if prior is not None and len(prior.counted_keys):  # this device's samples a merge already folded in
                 fresh = ~self._already_counted(keys)

@@ -40,7 +40,9 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def check_output(output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None], *, force: bool) -> Path:
+def check_output(
+    output: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None], *, force: bool
+) -> Path:
     """``output`` if a command may write it, else an :class:`OutputError` saying why and how to fix it.
 
     Refused: an output that is one of ``inputs`` (same file through any link, hard or symbolic; a state's

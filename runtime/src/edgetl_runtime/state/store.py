@@ -227,7 +227,7 @@ class FeatureStore(KeptImages):
         """
         if (label is None) == (ids is None):
             raise InputError(f"remove() needs exactly one of label= or ids=, got label={label!r}, ids={ids!r}")
-        name = None if label is None else check_label(label)
+        name = None if label is None else check_label(label, lookup=True)
         wanted = [] if ids is None else check_ids(ids)
         with self._writing("Removing from") as db:
             if name is not None:
@@ -268,7 +268,7 @@ class FeatureStore(KeptImages):
             labels = json.loads(row[0])
         except (TypeError, ValueError):
             labels = None
-        if not isinstance(labels, list) or any(label_problem(v) for v in labels):
+        if not isinstance(labels, list) or any(label_problem(v, lookup=True) for v in labels):
             raise StateError(f"meta {REMOVED_SHIPPED_KEY!r} is damaged ({str(row[0])[:80]!r}). Fix: {_FIX_CORRUPT}.")
         return [str(v) for v in labels]
 
