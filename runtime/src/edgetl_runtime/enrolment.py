@@ -49,6 +49,7 @@ from edgetl_runtime.errors import (
 )
 from edgetl_runtime.features import preprocess_key as spec_key
 from edgetl_runtime.images import as_image_list
+from edgetl_runtime.numerics import MAX_FEATURE_MAGNITUDE
 
 if TYPE_CHECKING:
     from edgetl_runtime.features import FeatureExtractor
@@ -399,6 +400,11 @@ def _check_values(
         problems.append("sample ids must be distinct and positive")
     if not np.isfinite(features).all():
         problems.append("features hold NaN or infinite values")
+    elif features.size and float(np.abs(features).max()) > MAX_FEATURE_MAGNITUDE:
+        problems.append(
+            f"features reach magnitude {float(np.abs(features).max()):.3g}, beyond the {MAX_FEATURE_MAGNITUDE:g} "
+            "any backbone's pooled features stay within"
+        )
     names, counts = np.unique(labels, return_counts=True)
     if {str(n): int(c) for n, c in zip(names, counts, strict=True)} != info["counts"]:
         problems.append("the per-label counts differ from the manifest's")

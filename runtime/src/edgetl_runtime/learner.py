@@ -206,7 +206,7 @@ class Learner:
             ids = self.store.add_samples(keys, names, features, images=batch)
             fitted, self._changes = self._fitted, self._changes + 1
             if fitted is not None and fitted[0] == self._changes - 1:  # current head: update it in place
-                fresh = ~self._already_counted(keys)
+                fresh = ~self._already_counted(keys, names)
                 if fresh.any():
                     # Small products: OpenBLAS threads spinning on a busy 2-core device made this p50 3.5 ms with
                     # 120 ms outliers; on one thread, 1.7 ms and 7 ms at worst (benchmarks/bench_fleet.py).
@@ -264,7 +264,7 @@ class Learner:
                 labels, keys, features = labels[usable], [k for k, u in zip(keys, usable) if u], features[usable]
             prior = self._prior_now()
             if prior is not None and len(prior.counted_keys):  # this device's samples a merge already folded in
-                fresh = ~self._already_counted(keys)
+                fresh = ~self._already_counted(keys, labels)
                 labels, features = labels[fresh], features[fresh]
             if len(labels) == 0 and prior is None:
                 why = " and every shipped class was removed" if self.prior is not None else ""
@@ -299,15 +299,19 @@ class Learner:
             )
         self.unavailable = {label: lost.get(label, 0) + damaged.get(label, 0) for label in {*lost, *damaged}}
 
-    def _already_counted(self, keys: list[str]) -> npt.NDArray[np.bool_]:
-        """Which image hashes a merged shipped head already counts; enrolment files written before state
-        schema 2 named samples by their schema-1 keys (pixels + model), which count too."""
+    def _already_counted(self, keys: list[str], labels: Any) -> npt.NDArray[np.bool_]:
+        """Which image hashes a merged shipped head already counts under the label this device gives them;
+        enrolment files written before state schema 2 named samples by their schema-1 keys (pixels + model),
+        which count too."""
         if self.prior is None or not len(self.prior.counted_keys):
             return np.zeros(len(keys), dtype=bool)
-        counted = self.prior.already_counted(keys)
+        counted = self.prior.already_counted(keys, labels)
         legacy = self.store.legacy_keys(keys)  # schema-1 key -> image hash, under every model
         if legacy:
-            hit = {legacy[k] for k, c in zip(legacy, self.prior.already_counted(list(legacy)), strict=True) if c}
+            label_of = dict(zip(keys, (str(v) for v in labels), strict=True))
+            old = list(legacy)
+            found = self.prior.already_counted(old, [label_of[legacy[k]] for k in old])
+            hit = {legacy[k] for k, c in zip(old, found, strict=True) if c}
             counted |= np.array([k in hit for k in keys], dtype=bool)
         return np.asarray(counted, dtype=bool)
 
