@@ -77,7 +77,9 @@ def test_relabelling_an_image_on_a_merged_bundle_is_heard(reliability_bundle: Pa
 
 
 @pytest.mark.parametrize("scale", [1e37, 1e30, 1e20])
-def test_huge_finite_features_are_refused_where_they_enter(reliability_bundle: Path, tmp_path: Path, scale: float) -> None:
+def test_huge_finite_features_are_refused_where_they_enter(
+    reliability_bundle: Path, tmp_path: Path, scale: float
+) -> None:
     _, mine = _device(reliability_bundle, tmp_path)
     e = read_enrolment(mine)
     with pytest.raises(EnrolmentError, match="magnitude"):
