@@ -67,7 +67,7 @@ class KeptImages(StateDatabase):
             small = None if images is None else self.image_policy.shrink(images[i])
             if key not in out or small is not None:
                 source = (0, 0) if images is None else images[i].shape[:2]
-                out[key] = None if small is None else (*small.shape[:2], encode_pixels(small), *source)
+                out[key] = None if small is None else (*small.shape[:2], encode_pixels(small, key), *source)
         return out
 
     def _keep_images(self, keys: list[str], kept: Mapping[str, tuple[int, int, bytes, int, int] | None]) -> None:
@@ -103,7 +103,7 @@ class KeptImages(StateDatabase):
                 query = f"SELECT hash, height, width, pixels FROM images WHERE pixels IS NOT NULL AND hash IN ({marks})"
                 for key, h, w, blob in self._db.execute(query, chunk):
                     try:
-                        out[str(key)] = decode_pixels(blob, h, w, f"image {str(key)[:12]}…")
+                        out[str(key)] = decode_pixels(blob, h, w, f"image {str(key)[:12]}…", str(key))
                     except StateError as exc:
                         if not skip_damaged:
                             raise
@@ -200,7 +200,7 @@ class KeptImages(StateDatabase):
             rows = self._db.execute("SELECT hash, height, width, pixels FROM images WHERE pixels IS NOT NULL")
             for key, h, w, blob in rows:
                 try:
-                    decode_pixels(blob, h, w, "")
+                    decode_pixels(blob, h, w, "", str(key))
                 except (StateError, TypeError, ValueError) as exc:
                     bad.append((str(key), type(exc).__name__))
         return bad
