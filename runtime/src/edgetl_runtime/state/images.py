@@ -70,6 +70,20 @@ class KeptImages(StateDatabase):
                 out[key] = None if small is None else (*small.shape[:2], encode_pixels(small, key), *source)
         return out
 
+    def _kept_under_file_policy(
+        self,
+        keys: list[str],
+        images: Sequence[npt.NDArray[np.uint8]] | None,
+        kept: dict[str, tuple[int, int, bytes, int, int] | None],
+    ) -> dict[str, tuple[int, int, bytes, int, int] | None]:
+        """``kept`` again under the policy the file holds now; call inside the write transaction. Another process
+        may have changed it (forget_images) since this one opened: the file's policy is the one that holds."""
+        stored = self._read_policy(self._db)
+        if stored != self.image_policy:
+            self.image_policy = stored
+            kept = self._encode_kept(keys, images)
+        return kept
+
     def _keep_images(self, keys: list[str], kept: Mapping[str, tuple[int, int, bytes, int, int] | None]) -> None:
         """One images row per hash; pixels fill in a features-only row when the same image comes with them."""
         db = self._db
@@ -287,6 +301,7 @@ class KeptImages(StateDatabase):
         raise_all(InputError, self._check_vectors(keys, vectors, "restored"), "Cannot restore samples")
         kept = self._encode_kept(keys, images)
         with self._writing("Restoring samples in"):
+            kept = self._kept_under_file_policy(keys, images, kept)
             if not self.model_registered:
                 self._register_model(self._db)
             self._upsert(keys, vectors)

@@ -197,10 +197,7 @@ class FeatureStore(KeptImages):
         names = [check_label(label) for label in labels]  # NFC: one spelling per class
         kept = self._encode_kept(keys, images)  # before the transaction: encoding a photo takes milliseconds
         with self._writing("Enrolling into"):
-            stored = self._read_policy(self._db)
-            if stored != self.image_policy:  # another process changed it (forget_images) since this one opened
-                self.image_policy = stored
-                kept = self._encode_kept(keys, images)
+            kept = self._kept_under_file_policy(keys, images, kept)  # another process may have changed it
             if not self.model_registered:  # a model first seen while the state was read-only
                 self._register_model(self._db)
             self._upsert(keys, vectors)
