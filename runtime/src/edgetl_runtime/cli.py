@@ -23,6 +23,8 @@ from edgetl_runtime.images import as_image_list
 from edgetl_runtime.learner import Learner
 from edgetl_runtime.measure.latency import cpu_info, measure
 from edgetl_runtime.outputs import check_output
+from edgetl_runtime.terminal import escape, escaped_output
+from edgetl_runtime.terminal import one_line as joined
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -267,16 +269,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def one_line(message: Warning | str, *_: object, **__: object) -> None:  # not Python's file:line form
-        print(f"edgetl-device {args.command}: warning: {message}", file=sys.stderr)
+        print(f"edgetl-device {args.command}: warning: {escape(joined(str(message)))}", file=sys.stderr)
 
     shown = warnings.showwarning
     warnings.showwarning = one_line
     try:
-        print(json.dumps(run(args), indent=2))
-    except EdgeTLError as exc:
-        message = " ".join(line.strip() for line in str(exc).splitlines())  # one line, whatever the error lists
-        print(f"edgetl-device {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        with escaped_output():  # labels, file names and manifest strings reach a terminal
+            try:
+                print(json.dumps(run(args), indent=2))
+            except EdgeTLError as exc:
+                print(f"edgetl-device {args.command}: error: {escape(joined(str(exc)))}", file=sys.stderr)
+                return 2
     finally:
         warnings.showwarning = shown
     return 0

@@ -8,6 +8,7 @@ from enum import Enum
 from pathlib import PurePosixPath
 from typing import Any
 
+from edgetl_runtime.bundle.manifest_fields import field_problems
 from edgetl_runtime.errors import BundleError, raise_all
 from edgetl_runtime.preprocess import PreprocessSpec
 
@@ -160,6 +161,7 @@ def _parse(data: dict[str, Any]) -> Manifest:
     ]
     if Precision.FP32 not in precisions:  # the reference every device checks its backend against
         problems.append(f"precisions {[p.value for p in precisions]} lack fp32, which every bundle ships")
+    problems += field_problems(data)  # host-written sections: the types their readers rely on
     raise_all(BundleError, problems, "manifest.json is inconsistent")
     return Manifest(
         backbone=backbone,
