@@ -36,7 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run_merge(args: argparse.Namespace) -> int:
     from edgetl.merge import MergeConfig, merge_enrolments
-
     from edgetl_runtime.outputs import check_output
 
     check_output(args.output, [args.bundle, *args.enrolments], force=args.force)

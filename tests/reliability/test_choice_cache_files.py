@@ -54,5 +54,5 @@ def test_device_info_does_not_hang_on_a_fifo_cache(_private_choice_cache: Path, 
     os.mkfifo(_private_choice_cache / CACHE_FILE)
     env = {**os.environ, "EDGETL_CACHE_DIR": str(_private_choice_cache)}
     argv = [sys.executable, "-m", "edgetl_runtime.cli", "--bundle", str(reliability_bundle), "--backend", "onnxruntime"]
-    done = subprocess.run([*argv, "info"], capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    done = subprocess.run([*argv, "info"], check=False, capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     assert done.returncode == 0, done.stderr

@@ -41,8 +41,9 @@ def test_a_forget_in_one_process_holds_for_every_other_writer(
 def test_a_forget_in_one_process_holds_for_a_restored_sample(tmp_path: Path) -> None:
     """A sample kept as features only under fp32 is restored under int8 by enrolling its image again."""
     onnx = pytest.importorskip("onnx")
-    from edgetl_runtime.bundle.manifest import Precision
     from tiny_bundles import tiny_onnx
+
+    from edgetl_runtime.bundle.manifest import Precision
 
     from ._support import write_tiny_bundle
 

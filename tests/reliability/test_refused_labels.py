@@ -31,7 +31,7 @@ def test_a_refused_label_stores_nothing_and_the_state_keeps_loading(
         learner.add(RED, "red")
         learner.add(GREEN, "green")
         before = sample_rows(state)
-        with pytest.raises(InputError, match="reserved|U\\+"):
+        with pytest.raises(InputError, match=r"reserved|U\+"):
             learner.add(BLUE[:1], label)
         assert sample_rows(state) == before  # validated before the transaction
     with _load(reliability_bundle, state) as again:

@@ -63,7 +63,7 @@ def test_a_shipped_head_beyond_what_a_real_head_holds_is_refused_at_load(
     reliability_bundle: Path, tmp_path: Path, prior: Prior, case: str
 ) -> None:
     bundle = _ship(reliability_bundle, tmp_path / "h.edgetl", _degenerate(prior, case))
-    with pytest.raises(EdgeTLError, match="outside|count|longer|larger|cosines"):
+    with pytest.raises(EdgeTLError, match=r"outside|count|longer|larger|cosines"):
         Learner.load(bundle, backend="onnxruntime")
 
 

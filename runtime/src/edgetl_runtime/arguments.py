@@ -50,7 +50,7 @@ def label_problem(value: object, *, lookup: bool = False) -> str | None:
     bidi = () if lookup else BIDI_CONTROLS
     bad = sorted({c for c in value if unicodedata.category(c) in ("Cc", "Cs") or c in bidi})
     if bad:
-        return f"{ascii(value)} contains {', '.join(f'U+{ord(c):04X}' for c in bad[:5])}"
+        return f"{value!a} contains {', '.join(f'U+{ord(c):04X}' for c in bad[:5])}"
     if not lookup and unicodedata.normalize("NFC", value) in RESERVED_LABELS:
         return f"{value!r} is reserved for rejected images"
     return None

@@ -261,7 +261,8 @@ class Learner:
                     f"enrolled samples {refused} have labels a head refuses ({LABEL_RULE}): they are left out. "
                     "Fix: remove those classes (remove(label=...)) and enrol the images under a valid label."
                 )
-                labels, keys, features = labels[usable], [k for k, u in zip(keys, usable) if u], features[usable]
+                keys = [k for k, u in zip(keys, usable, strict=True) if u]
+                labels, features = labels[usable], features[usable]
             prior = self._prior_now()
             if prior is not None and len(prior.counted_keys):  # this device's samples a merge already folded in
                 fresh = ~self._already_counted(keys, labels)

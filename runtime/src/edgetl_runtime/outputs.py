@@ -57,7 +57,7 @@ def check_output(
             continue
         for path in [Path(given), *(Path(f"{given}{side}") for side in STATE_SIDE_FILES)]:
             same = target is not None and target == _identity(path)
-            if same or resolved == path.resolve(strict=False) and path.exists():
+            if same or (resolved == path.resolve(strict=False) and path.exists()):
                 raise OutputError(
                     f"Refusing to write {out}: it is {path}, which this command reads; writing it would destroy it. "
                     "Fix: name a new output file."
