@@ -156,3 +156,97 @@ def test_hostile_enrolment_files_are_refused_within_64_mib(tmp_path: Path) -> No
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(rows) == 3 and all(r["outcome"] == "EnrolmentError" for r in rows), rows
     assert max(r["peak_mib"] for r in rows) <= MAX_REFUSED_GROWTH_MIB, rows
+
+
+# ---------------------------------------------------------------------------------------------- item 10
+
+
+def test_an_image_over_the_pixel_limit_is_refused_or_decoded_reduced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from edgetl_runtime import images
+    from edgetl_runtime.errors import InputError
+
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 100 * 100)  # the rule, at a size a test can afford
+    Image.new("RGB", (300, 200), (200, 10, 10)).save(tmp_path / "big.png")
+    Image.new("RGB", (300, 200), (200, 10, 10)).save(tmp_path / "big.jpg", quality=95)
+    Image.new("RGB", (100, 100), (200, 10, 10)).save(tmp_path / "fits.png")
+    with pytest.raises(InputError, match="more than the 10,000"):
+        images.load_image(tmp_path / "big.png")
+    reduced = images.load_image(tmp_path / "big.jpg")  # decoded at 1/2 in the JPEG decoder, never full size
+    assert reduced.shape == (100, 150, 3) or reduced.shape[0] * reduced.shape[1] <= 100 * 100
+    assert images.load_image(tmp_path / "fits.png").shape == (100, 100, 3)
+
+
+def test_a_kept_row_declaring_a_huge_image_is_damage_without_allocating_it() -> None:
+    from edgetl_runtime.errors import StateError
+    from edgetl_runtime.state.image_policy import decode_pixels
+
+    blob = zlib.compress(bytes(12000 * 3))  # one row of the 12000 x 12000 it declares
+    with pytest.raises(StateError, match="more than"):
+        decode_pixels(blob, 12000, 12000, "image x", "k" * 64)
+
+
+def test_classes_beyond_the_limit_are_refused_before_anything_is_stored(
+    reliability_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edgetl_runtime import arguments
+    from edgetl_runtime.errors import InputError
+    from edgetl_runtime.learner import Learner
+
+    from ._support import COLORS, class_images, sample_rows
+
+    monkeypatch.setattr(arguments, "MAX_CLASSES", 2)
+    state = tmp_path / "s.sqlite"
+    with Learner.load(reliability_bundle, state, backend="onnxruntime", head="ncm") as learner:
+        learner.add(class_images(COLORS["red"], 2, 0), "red")
+        learner.add(class_images(COLORS["green"], 2, 1), "green")
+        learner.add(class_images(COLORS["green"], 1, 5), "green")  # a known class is always fine
+        before = sample_rows(state)
+        with pytest.raises(InputError, match="at most 2"):
+            learner.add(class_images(COLORS["blue"], 2, 2), "blue")
+        assert sample_rows(state) == before
+
+
+def test_a_shipped_head_beyond_the_class_limit_is_refused_before_its_arrays_are_read(
+    reliability_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from edgetl_runtime.bundle import head_format
+    from edgetl_runtime.heads import ClassStats, Prior
+    from edgetl_runtime.learner import Learner
+
+    from .test_shipped_head_values import _ship
+
+    rng = np.random.default_rng(0)
+    X = np.abs(rng.standard_normal((9, 16))).astype(np.float32)
+    prior = Prior(ClassStats.from_features(X, ["a", "b", "c"] * 3), alpha=0.01, temperature=0.1)
+    bundle = _ship(reliability_bundle, tmp_path / "h.edgetl", prior)
+    monkeypatch.setattr(head_format, "MAX_CLASSES", 2)
+    with pytest.raises(BundleError, match="3 classes, more than the 2"):
+        Learner.load(bundle, backend="onnxruntime")
+
+
+def test_device_add_decodes_a_folder_a_batch_at_a_time(
+    reliability_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from edgetl_runtime import cli
+
+    from ._support import COLORS, class_images
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(class_images(COLORS["red"], 5, 0)):
+        Image.fromarray(img).save(folder / f"{i}.png")
+    seen: list[int] = []
+    decode = cli.as_image_list
+    monkeypatch.setattr(cli, "as_image_list", lambda files: seen.append(len(files)) or decode(files))
+    monkeypatch.setattr(cli, "ADD_BATCH", 2)
+    argv = ["--bundle", str(reliability_bundle), "--state", str(tmp_path / "s.sqlite"), "--backend", "onnxruntime"]
+    assert cli.main([*argv, "add", str(folder), "--label", "red"]) == 0
+    assert seen == [2, 2, 1]

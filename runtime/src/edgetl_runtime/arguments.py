@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from edgetl_runtime.bundle.manifest import Precision
 from edgetl_runtime.errors import ConfigError, InputError, raise_all
+from edgetl_runtime.limits import MAX_CLASSES
 
 E = TypeVar("E", bound=Enum)
 
@@ -95,6 +96,16 @@ def check_labels(labels: object, count: int) -> list[str]:
     problems = [f"label #{i}: {p}" for i, p in enumerate(map(label_problem, items)) if p]
     raise_all(InputError, problems[:20], f"Invalid labels, {len(problems)} in all ({LABEL_RULE})")
     return [unicodedata.normalize("NFC", str(v)) for v in items]
+
+
+def check_class_count(existing: Iterable[str], new: Iterable[str]) -> None:
+    """Refuse an enrolment that would take a head past :data:`MAX_CLASSES` classes (before anything is stored)."""
+    classes = set(existing) | set(new)
+    if len(classes) > MAX_CLASSES:
+        raise InputError(
+            f"This enrolment would make {len(classes)} classes; a head holds at most {MAX_CLASSES} (its memory grows "
+            "with classes x samples). Fix: remove classes you no longer need, or split them across bundles."
+        )
 
 
 def check_ids(ids: object) -> list[int]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_runtime.arguments import LABEL_RULE, check_labels, check_threads, usable_labels
+from edgetl_runtime.arguments import LABEL_RULE, check_class_count, check_labels, check_threads, usable_labels
 from edgetl_runtime.backends.base import Backend
 from edgetl_runtime.backends.selection import Selection, select_backend
 from edgetl_runtime.blas import single_threaded_blas
@@ -177,6 +177,9 @@ class Learner:
         """
         batch = as_image_list(images)
         names = check_labels(labels, len(batch))  # refused, never str()-converted: see arguments.LABEL_RULE
+        fitted = self._fitted
+        if fitted is None or not set(names) <= {str(c) for c in fitted[1].classes_}:  # a new class: count them
+            check_class_count(self.store.counts(), names)  # before anything is stored
         keys = self.extractor.keys(batch)  # hashed once: a phone photo takes milliseconds
         with self._head_lock:
             batch, names, keys, restored = restore_unusable(

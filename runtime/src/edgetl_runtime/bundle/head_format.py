@@ -8,6 +8,7 @@ import numpy as np
 from edgetl_runtime.bundle.manifest import Manifest
 from edgetl_runtime.bundle.npz import ArrayHeader, expect_array
 from edgetl_runtime.heads.prior import KEY_BYTES
+from edgetl_runtime.limits import MAX_CLASSES
 
 CLASS_STATS_FORMAT = "class-stats"
 CLASS_STATS_VERSION = 1
@@ -49,6 +50,8 @@ def class_stats_problems(headers: dict[str, ArrayHeader], manifest: Manifest) ->
         "counted_keys": ("u", (n_counted, KEY_BYTES)),
         "counted_class": ("iu", (n_counted,)),
     }
+    if count is not None and count > MAX_CLASSES:  # before any array is read: 40k classes ran out of memory
+        problems.append(f"the head has {count} classes, more than the {MAX_CLASSES} a device holds. {_FIX}")
     if not problems:
         for key, (kinds, shape) in expected.items():  # a head with no counted keys may predate counted_class
             problems += expect_array(headers, key, kinds, shape, required=key != "counted_class" or bool(n_counted))

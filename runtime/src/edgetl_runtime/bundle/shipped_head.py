@@ -22,6 +22,7 @@ from edgetl_runtime.bundle.head_format import _FIX, CLASS_STATS_FORMAT, CLASS_ST
 from edgetl_runtime.bundle.manifest import HEAD_NAME
 from edgetl_runtime.errors import BundleError, InputError
 from edgetl_runtime.heads.prior import Prior
+from edgetl_runtime.limits import MAX_CLASSES
 
 if TYPE_CHECKING:
     from edgetl_runtime.bundle.reader import Bundle
@@ -105,7 +106,6 @@ ALPHA_RANGE = (1e-6, 1e3)  # LDA shrinkage; the host's grid is 1e-4..1
 TEMPERATURE_RANGE = (1e-3, 1e3)  # softmax temperature; the host's grid is 0.02..1
 POWER_RANGE = (0.05, 4.0)  # the feature transform's exponent: 0.5 or 1 in practice
 MAX_CLASS_COUNT = 2.0**40  # samples per class
-MAX_CLASSES = 4096  # see edgetl_runtime.heads: the class limit a device holds
 
 
 def value_problems(prior: Prior) -> list[str]:

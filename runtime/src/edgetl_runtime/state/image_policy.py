@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.errors import InputError, StateError
+from edgetl_runtime.images import MAX_IMAGE_PIXELS
 from edgetl_runtime.preprocess import Interpolation, resample, resample_matrix
 
 # Shorter side, px. Re-extracting a 224-px model's 11520-d features from thumbnails of 60-90 % camera frames
@@ -96,6 +97,9 @@ class ImageKeeping:
         if self.mode is KeepMode.NONE:
             return None
         h, w = image.shape[:2]
+        if self.mode is KeepMode.ORIGINAL and h * w > MAX_IMAGE_PIXELS:  # what load_image would decode at most
+            scale = (MAX_IMAGE_PIXELS / (h * w)) ** 0.5
+            return thumbnail(image, max(1, int(h * scale)), max(1, int(w * scale)))
         if self.mode is KeepMode.ORIGINAL or min(h, w) <= self.size:
             return image
         scale = self.size / min(h, w)
@@ -151,6 +155,11 @@ def decode_pixels(
         raise StateError(
             f"The kept pixels of {where} are damaged (size {height!r}x{width!r}, {type(blob).__name__} data). Fix: "
             "remove the sample and enrol the image again, or restore the state from a backup."
+        )
+    if height * width > MAX_IMAGE_PIXELS:  # no policy keeps more: a row declaring 12000x12000 is damage
+        raise StateError(
+            f"The kept pixels of {where} are damaged: {height}x{width} is more than the {MAX_IMAGE_PIXELS:,} pixels "
+            "a state keeps. Fix: remove the sample and enrol the image again, or restore the state from a backup."
         )
     expected = height * width * 3
     try:
