@@ -210,8 +210,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             forgotten = learner.forget_images()
             return {"images_deleted": forgotten, "samples": len(learner.store), "state": learner.store.storage()}
         if args.command == "export":
-            files = _files_and_folders(args.images) if args.images else None
-            enrolment = learner.export_enrolment(args.output, images=files)
+            attach = _files_and_folders(args.images) if args.images else None
+            enrolment = learner.export_enrolment(args.output, images=attach)
             return {
                 "wrote": str(args.output),
                 "samples": int(enrolment.info["samples"]),
