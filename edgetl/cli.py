@@ -10,6 +10,8 @@ import warnings
 from collections.abc import Sequence
 
 from edgetl_runtime.errors import EdgeTLError
+from edgetl_runtime.terminal import escape, escaped_output
+from edgetl_runtime.terminal import one_line as joined
 from edgetl_runtime.versions import distribution_version
 
 COMMANDS = ("finetune", "export", "merge", "bench", "demo")  # modules of edgetl.commands (export has inspect)
@@ -40,15 +42,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def one_line(message: Warning | str, *_: object, **__: object) -> None:  # not Python's file:line form
-        print(f"edgetl {args.command}: warning: {message}", file=sys.stderr)
+        print(f"edgetl {args.command}: warning: {escape(joined(str(message)))}", file=sys.stderr)
 
     shown = warnings.showwarning
     warnings.showwarning = one_line
     try:
-        return int(args.func(args) or 0)
-    except EdgeTLError as exc:
-        print(f"edgetl {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        with escaped_output():  # labels, file names and manifest strings reach a terminal
+            try:
+                return int(args.func(args) or 0)
+            except EdgeTLError as exc:  # one line: a list of problems follows its summary on the same line
+                print(f"edgetl {args.command}: error: {escape(joined(str(exc)))}", file=sys.stderr)
+                return 2
     finally:
         warnings.showwarning = shown
 

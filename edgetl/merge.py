@@ -32,8 +32,9 @@ from edgetl_runtime.enrolment import Enrolment, read_enrolment
 from edgetl_runtime.errors import ConfigError, EdgeTLError, EnrolmentError, InputError
 from edgetl_runtime.heads import ClassStats, LDAHead, Prior
 from edgetl_runtime.heads.lda import DEFAULT_ALPHA
-from edgetl_runtime.heads.prior import key_prefixes
+from edgetl_runtime.heads.prior import KEY_BYTES, key_prefixes
 from edgetl_runtime.heads.ridge import FALLBACK_TEMPERATURE
+from edgetl_runtime.outputs import check_output
 
 DEFAULT_RANK = 16  # when the bundle ships no head to take its rank from (see edgetl.shipped_head)
 ON_CONFLICT = ("drop", "error")
@@ -87,6 +88,7 @@ def merge_enrolments(
         InputError: a conflict with ``on_conflict="error"``, or nothing to merge.
     """
     config = config or MergeConfig()
+    check_output(output, [bundle, *enrolments], force=True)  # an input is never overwritten (the CLI adds --force)
     original = Bundle.open(bundle)
     prior = read_prior(original)
     files = _read_all(enrolments, original, config)
@@ -145,13 +147,15 @@ def _dedupe(
     by_key: dict[str, list[int]] = {}
     for i, key in enumerate(keys):
         by_key.setdefault(key, []).append(i)
-    in_prior = prior.already_counted(list(by_key)) if prior is not None else np.zeros(len(by_key), dtype=bool)
+    counted_as = _counted_labels(prior)
     keep, conflicts, duplicates, already = [], [], 0, 0
-    for (key, idx), counted in zip(by_key.items(), in_prior, strict=True):
+    for key, idx in by_key.items():
         names = sorted({str(labels[i]) for i in idx})
-        if counted:
+        before = counted_as.get(bytes.fromhex(key[: 2 * KEY_BYTES]))  # the label the head counted it under
+        if before is not None and names == [before]:
             already += len(idx)
-        elif len(names) > 1:
+        elif len(names) > 1 or before is not None:  # two labels, or a label other than the head's: a conflict
+            names = sorted({*names, *([before] if before is not None else [])})
             where = sorted({str(files[int(source[i])][0].path) for i in idx})
             conflicts.append({"key": key[:16], "labels": names, "files": where})
         else:
@@ -177,6 +181,14 @@ def _dedupe(
     return rows, report
 
 
+def _counted_labels(prior: Prior | None) -> dict[bytes, str]:
+    """Key prefix -> the label the shipped head counted that sample under."""
+    if prior is None:
+        return {}
+    names = [str(c) for c in prior.classes]
+    return {row.tobytes(): names[c] for row, c in zip(prior.counted_keys, prior.counted_class, strict=True)}
+
+
 def _merged_prior(prior: Prior | None, rows: dict[str, Any], power: float, rank: int, report: dict[str, Any]) -> Prior:
     """The shipped prior plus the rows' statistics (exact), compressed to ``rank`` rows per class."""
     stats = prior.stats if prior is not None else None
@@ -197,9 +209,12 @@ def _merged_prior(prior: Prior | None, rows: dict[str, Any], power: float, rank:
     kind, weight = str(settings.get("kind", "lda")), settings.get("class_weight", "balanced")
     scores, classes = _calibration(prior, rows, stats)
     counted = key_prefixes(rows["keys"])
-    if prior is not None:
+    counted_class = np.searchsorted(stats.classes, np.asarray(rows["labels"], dtype=str)).astype(np.int64)
+    if prior is not None:  # the shipped head's counted keys keep their labels, re-indexed into the merged classes
         counted = np.concatenate([prior.counted_keys, counted])
-    return Prior(stats, alpha, temperature, kind, weight, scores, classes, counted)
+        old = np.searchsorted(stats.classes, prior.classes[prior.counted_class]).astype(np.int64)
+        counted_class = np.concatenate([old, counted_class])
+    return Prior(stats, alpha, temperature, kind, weight, scores, classes, counted, counted_class)
 
 
 def _calibration(

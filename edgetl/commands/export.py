@@ -13,6 +13,7 @@ from edgetl.sources import load_calibration, load_data, parse_classes
 from edgetl_exporters.quantization import PRESETS, CalibrationMethod, Fp16Config, QuantizeConfig
 from edgetl_runtime.arguments import to_precisions
 from edgetl_runtime.bundle.reader import Bundle
+from edgetl_runtime.terminal import escape
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -187,7 +188,7 @@ def describe(bundle: Bundle) -> str:
         lines.append(f"head        {len(m.head_labels)} classes: {', '.join(m.head_labels)}")
     if m.head:
         lines.append(f"head        {_head_line(m.head)}")
-    return "\n".join(lines)
+    return "\n".join(escape(line) for line in lines)  # a newline inside a field must not print a forged line
 
 
 def _summary(check: object) -> str:
@@ -202,7 +203,7 @@ def _summary(check: object) -> str:
     for name in ("min_cosine", "cosine_min", "cosine_mean", "mean_cosine", "max_abs_diff"):
         if isinstance(check.get(name), float):
             parts.append(f"{name} {check[name]:.5f}")
-    if check.get("accuracy_delta") is not None:
+    if all(check.get(k) is not None for k in ("accuracy_delta", "accuracy_fp32", "accuracy_int8")):
         parts.append(
             f"probe accuracy {check['accuracy_fp32']:.1f} -> {check['accuracy_int8']:.1f} "
             f"({check['accuracy_delta']:+.2f} points, {check.get('eval_count')} held-out images)"

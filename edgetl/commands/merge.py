@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         choices=["drop", "error"],
         help="an image enrolled under two labels: leave every copy out (reported), or refuse the merge",
     )
+    p.add_argument("--force", action="store_true", help="replace OUTPUT if it exists (never an input)")
     p.add_argument("--rank", type=int, default=None, help="scatter rows kept per class (default: the shipped head's)")
     p.add_argument(
         "--precision",
@@ -35,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run_merge(args: argparse.Namespace) -> int:
     from edgetl.merge import MergeConfig, merge_enrolments
+    from edgetl_runtime.outputs import check_output
 
+    check_output(args.output, [args.bundle, *args.enrolments], force=args.force)
     config = MergeConfig(rank=args.rank, on_conflict=args.on_conflict, precision=args.precision)
     result = merge_enrolments(args.bundle, args.enrolments, args.output, config)
     report = result.report

@@ -139,23 +139,28 @@ def test_a_merged_heads_counted_samples_are_recognised_at_every_precision(host: 
 
     state = tmp_path / "device.sqlite"
     with load(host["shipped"], state, precision="int8") as device:
-        device.add(images("blue", 3, 3), "blue")
+        device.add(images("blue", 3, 3), "green")  # counted under the label the device gives them
         enrolment = device.export_enrolment(tmp_path / "d.enrol")
         legacy = [device.store.feature_key(k) for k in enrolment.keys]  # schema-1 keys: image, int8 model
     assert len(enrolment.keys) == 3
+    green = np.zeros(3, dtype=np.int64)  # index of "green" in the prior's classes (green, red)
     merged = ship(
         host["plain"],
         tmp_path / "m.edgetl",
-        dataclasses.replace(host["prior"], counted_keys=key_prefixes(enrolment.keys)),
+        dataclasses.replace(host["prior"], counted_keys=key_prefixes(enrolment.keys), counted_class=green),
     )
     old = ship(
-        host["plain"], tmp_path / "old.edgetl", dataclasses.replace(host["prior"], counted_keys=key_prefixes(legacy))
+        host["plain"],
+        tmp_path / "old.edgetl",
+        dataclasses.replace(host["prior"], counted_keys=key_prefixes(legacy), counted_class=green),
     )
     for precision in ("int8", "fp32"):
         with load(merged, state, precision=precision) as device:
-            assert device.keeper.already_counted(device.store.samples_with_keys()[2]).tolist() == [True] * 3
+            _, labels, keys, _ = device.store.samples_with_keys()
+            assert device.keeper.already_counted(keys, labels).tolist() == [True] * 3
         with load(old, state, precision=precision) as device:  # the int8 model is known to the state
-            assert device.keeper.already_counted(device.store.samples_with_keys()[2]).tolist() == [True] * 3
+            _, labels, keys, _ = device.store.samples_with_keys()
+            assert device.keeper.already_counted(keys, labels).tolist() == [True] * 3
 
 
 def test_export_enrolment_round_trips_and_is_bound_to_the_model(host: dict[str, Any], tmp_path: Path) -> None:

@@ -14,38 +14,65 @@ from enum import Enum
 from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from edgetl_runtime.bundle.manifest import Precision
 from edgetl_runtime.errors import ConfigError, InputError, raise_all
+from edgetl_runtime.limits import MAX_CLASSES
 
 E = TypeVar("E", bound=Enum)
 
 MAX_LABEL_CHARS = 256
+RESERVED_LABELS = ("unknown",)  # heads.base.UNKNOWN: what a rejected prediction is called
+# Bidirectional embeddings, overrides, isolates and marks: 'cat\u202egnp.exe' prints as 'catexe.png'.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 LABEL_RULE = (
     f"a label is a non-empty str of at most {MAX_LABEL_CHARS} characters without control characters "
-    "(U+0000-U+001F, U+007F-U+009F) or lone surrogates; it is stored NFC-normalised"
+    "(U+0000-U+001F, U+007F-U+009F), bidirectional controls (U+202A-U+202E, U+2066-U+2069, U+200E, U+200F, "
+    f"U+061C) or lone surrogates, other than {', '.join(map(repr, RESERVED_LABELS))} (reserved for rejected "
+    "images); it is stored NFC-normalised"
 )
 MAX_SAMPLE_ID = 2**63 - 1  # SQLite INTEGER PRIMARY KEY range; ids start at 1
 MAX_THREADS = 1024
 
 
-def label_problem(value: object) -> str | None:
-    """Why ``value`` is not a label, or None. Non-str values are refused, never converted with ``str()``."""
+def label_problem(value: object, *, lookup: bool = False) -> str | None:
+    """Why ``value`` is not a label, or None. Non-str values are refused, never converted with ``str()``.
+
+    ``lookup``: a label used to find stored samples (``remove``), which may predate the rules on reserved
+    names and bidirectional controls: those are allowed, so such a class can still be removed.
+    """
     if not isinstance(value, str):
         return f"{_short(value)} is of type {type(value).__name__}, not str"
     if not value:
         return "'' is empty"
     if len(value) > MAX_LABEL_CHARS:
         return f"{value[:20]!r}... has {len(value)} characters"
-    bad = sorted({c for c in value if unicodedata.category(c) in ("Cc", "Cs")})
+    bidi = () if lookup else BIDI_CONTROLS
+    bad = sorted({c for c in value if unicodedata.category(c) in ("Cc", "Cs") or c in bidi})
     if bad:
-        return f"{value!r} contains {', '.join(f'U+{ord(c):04X}' for c in bad[:5])}"
+        return f"{value!a} contains {', '.join(f'U+{ord(c):04X}' for c in bad[:5])}"
+    if not lookup and unicodedata.normalize("NFC", value) in RESERVED_LABELS:
+        return f"{value!r} is reserved for rejected images"
     return None
 
 
-def check_label(value: object, what: str = "label") -> str:
-    """``value`` as a stored label (NFC), or an :class:`InputError` stating the rule."""
-    problem = label_problem(value)
+def usable_labels(labels: Sequence[str] | npt.NDArray[np.str_]) -> tuple[npt.NDArray[np.bool_], dict[str, int]]:
+    """Which stored labels a head accepts, and how many samples of each refused one there are.
+
+    A state written before a rule existed (or edited by hand) may hold such a label: its samples are left out
+    with a warning instead of making every load fail.
+    """
+    names, inverse, counts = np.unique(np.asarray(labels, dtype=str), return_inverse=True, return_counts=True)
+    ok = np.array([label_problem(str(n)) is None for n in names], dtype=bool)
+    refused = {str(n): int(c) for n, c, good in zip(names, counts, ok, strict=True) if not good}
+    return (ok[inverse.ravel()] if len(names) else np.zeros(0, dtype=bool)), refused
+
+
+def check_label(value: object, what: str = "label", *, lookup: bool = False) -> str:
+    """``value`` as a stored label (NFC), or an :class:`InputError` stating the rule (``lookup``: see
+    :func:`label_problem`)."""
+    problem = label_problem(value, lookup=lookup)
     if problem:
         raise InputError(f"Invalid {what}: {problem}; {LABEL_RULE}. Fix: pass such a str.")
     return unicodedata.normalize("NFC", str(value))
@@ -69,6 +96,16 @@ def check_labels(labels: object, count: int) -> list[str]:
     problems = [f"label #{i}: {p}" for i, p in enumerate(map(label_problem, items)) if p]
     raise_all(InputError, problems[:20], f"Invalid labels, {len(problems)} in all ({LABEL_RULE})")
     return [unicodedata.normalize("NFC", str(v)) for v in items]
+
+
+def check_class_count(existing: Iterable[str], new: Iterable[str]) -> None:
+    """Refuse an enrolment that would take a head past :data:`MAX_CLASSES` classes (before anything is stored)."""
+    classes = set(existing) | set(new)
+    if len(classes) > MAX_CLASSES:
+        raise InputError(
+            f"This enrolment would make {len(classes)} classes; a head holds at most {MAX_CLASSES} (its memory grows "
+            "with classes x samples). Fix: remove classes you no longer need, or split them across bundles."
+        )
 
 
 def check_ids(ids: object) -> list[int]:

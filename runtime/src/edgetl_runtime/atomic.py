@@ -10,6 +10,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from edgetl_runtime.errors import OutputError
+from edgetl_runtime.outputs import output_error
+
 
 def _umask() -> int:
     """The process umask, read without changing it where Linux allows (``os.umask`` sets while it reads,
@@ -33,11 +36,17 @@ def atomic_write(
 
     ``check`` gets the finished temp file before the rename: if it raises, ``path`` keeps its old
     content. The file keeps the permissions of the file it replaces, and a new one gets what a plain
-    ``open`` would give (mkstemp's are owner-only).
+    ``open`` would give (mkstemp's are owner-only). A file-system refusal (full disk, read-only file
+    system, a folder in the way) is one :class:`~edgetl_runtime.errors.OutputError`, with nothing written.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    if target.is_dir():
+        raise OutputError(f"Cannot write {target}: it is a folder. Fix: name a file, e.g. FOLDER/name.ext.")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise (output_error(exc, target) or exc) from None
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh
@@ -47,9 +56,13 @@ def atomic_write(
         if check is not None:
             check(Path(tmp))
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        ours = isinstance(exc, OSError) and exc.filename in (None, tmp, str(target))  # not a file the body read
+        converted = output_error(exc, target) if isinstance(exc, OSError) and ours else None
+        if converted is not None:
+            raise converted from None
         raise
     _fsync_dir(target.parent)
 

@@ -22,7 +22,14 @@ from edgetl_runtime.errors import EdgeTLError, InputError
 from edgetl_runtime.images import IMAGE_SUFFIXES, as_image_list
 from edgetl_runtime.learner import Learner
 from edgetl_runtime.measure.latency import cpu_info, measure
+from edgetl_runtime.outputs import check_output
+from edgetl_runtime.terminal import escape, escaped_output
+from edgetl_runtime.terminal import one_line as joined
 from edgetl_runtime.versions import distribution_version
+
+# `add DIR` decodes and enrols this many files at a time: a folder of 100k small files decoded at once cost
+# +131 MiB before the first enrolment (issue 24, item 10); each batch is one transaction.
+ADD_BATCH = 256
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also attach these image files (or folders) where they match an enrolled sample; without it no image "
         "leaves the device",
     )
+    export.add_argument("--force", action="store_true", help="replace OUTPUT if it exists (never the bundle or state)")
     return parser
 
 
@@ -147,6 +155,8 @@ def _print_progress(done: int, total: int) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, object]:
     state = args.state or args.bundle.with_suffix(".state.sqlite")
+    if args.command == "export":  # before anything opens: the output must not be an input or a stranger's file
+        check_output(args.output, [args.bundle, state, *(args.images or [])], force=args.force)
     with Learner.load(
         args.bundle,
         state,
@@ -159,14 +169,20 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         progress=_print_progress,
     ) as learner:
         if args.command == "add":
-            images = as_image_list(_image_files(args.dir))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # reported in the output instead
-                enrolled = learner.enrol(images, args.label, skip_duplicates=args.skip_duplicates)
-            out: dict[str, object] = {"added": enrolled.added, "label": args.label, "classes": learner.counts()}
-            if enrolled.restored:
-                out["restored"] = enrolled.restored  # enrolled before, kept as features only under another model
-            already = enrolled.duplicates
+            files, added, restored, already = _image_files(args.dir), 0, 0, 0
+            for start in range(0, len(files), ADD_BATCH):  # decoded a batch at a time, not the whole folder
+                images = as_image_list(files[start : start + ADD_BATCH])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # reported in the output instead
+                    enrolled = learner.enrol(images, args.label, skip_duplicates=args.skip_duplicates)
+                added, restored, already = (
+                    added + enrolled.added,
+                    restored + enrolled.restored,
+                    already + enrolled.duplicates,
+                )
+            out: dict[str, object] = {"added": added, "label": args.label, "classes": learner.counts()}
+            if restored:
+                out["restored"] = restored  # enrolled before, kept as features only under another model
             if already > 0:
                 out["already_enrolled"] = already
                 out["note"] = (
@@ -186,8 +202,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             forgotten = learner.forget_images()
             return {"images_deleted": forgotten, "samples": len(learner), "state": learner.storage()}
         if args.command == "export":
-            files = _files_and_folders(args.images) if args.images else None
-            enrolment = learner.export_enrolment(args.output, images=files)
+            attach = _files_and_folders(args.images) if args.images else None
+            enrolment = learner.export_enrolment(args.output, images=attach)
             return {
                 "wrote": str(args.output),
                 "samples": int(enrolment.info["samples"]),
@@ -249,16 +265,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def one_line(message: Warning | str, *_: object, **__: object) -> None:  # not Python's file:line form
-        print(f"edgetl-device {args.command}: warning: {message}", file=sys.stderr)
+        print(f"edgetl-device {args.command}: warning: {escape(joined(str(message)))}", file=sys.stderr)
 
     shown = warnings.showwarning
     warnings.showwarning = one_line
     try:
-        print(json.dumps(run(args), indent=2))
-    except EdgeTLError as exc:
-        message = " ".join(line.strip() for line in str(exc).splitlines())  # one line, whatever the error lists
-        print(f"edgetl-device {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        with escaped_output():  # labels, file names and manifest strings reach a terminal
+            try:
+                print(json.dumps(run(args), indent=2))
+            except EdgeTLError as exc:
+                print(f"edgetl-device {args.command}: error: {escape(joined(str(exc)))}", file=sys.stderr)
+                return 2
     finally:
         warnings.showwarning = shown
     return 0

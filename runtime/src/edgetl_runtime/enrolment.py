@@ -17,7 +17,6 @@ import io
 import json
 import os
 import re
-import stat
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -29,15 +28,9 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.atomic import atomic_write
-from edgetl_runtime.bundle.manifest import MANIFEST_NAME, Manifest, Precision, _unique_keys, member_name_problem
+from edgetl_runtime.bundle.manifest import MANIFEST_NAME, Manifest, Precision, unique_keys
 from edgetl_runtime.bundle.npz import ArrayHeader, expect_array, read_npz
-from edgetl_runtime.bundle.reader import (
-    ALLOWED_METHODS,
-    MAX_COMPRESSION_RATIO,
-    MAX_MANIFEST_BYTES,
-    MAX_MEMBER_BYTES,
-    _read,
-)
+from edgetl_runtime.bundle.safe_zip import MAX_MANIFEST_BYTES, MAX_MEMBER_BYTES, checked_entries, read_member
 from edgetl_runtime.bundle.shipped_head import label_collisions
 from edgetl_runtime.errors import (
     BundleError,
@@ -48,6 +41,7 @@ from edgetl_runtime.errors import (
     raise_all,
 )
 from edgetl_runtime.images import as_image_list
+from edgetl_runtime.numerics import MAX_FEATURE_MAGNITUDE
 from edgetl_runtime.preprocess import preprocess_key as spec_key
 
 if TYPE_CHECKING:
@@ -77,6 +71,7 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
     "versions": dict,
 }
 _FIX = "Fix: export it again from the device (edgetl-device export) and copy it whole."
+_ERRORS: dict[str, Any] = {"error": EnrolmentError, "integrity_error": EnrolmentIntegrityError, "fix": _FIX}
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,10 +254,10 @@ def read_enrolment(path: str | os.PathLike[str]) -> Enrolment:
         raise EnrolmentError(f"Enrolment file {path} does not exist or is not a file. {_FIX}")
     try:
         with zipfile.ZipFile(path) as archive:
-            infos = _checked_infos(archive, path)
-            info = _parse_manifest(_read(archive, infos[MANIFEST_NAME], MAX_MANIFEST_BYTES), path)
-            _check_members(info, infos, path)
-            data = {name: _verified(archive, infos[name], info, path) for name in info["members"]}
+            infos = checked_entries(archive, path, error=EnrolmentError, fix=_FIX, stored_only=_stored_only)
+        info = _parse_manifest(read_member(path, infos[MANIFEST_NAME], MAX_MANIFEST_BYTES, **_ERRORS), path)
+        _check_members(info, infos, path)
+        data = {name: _verified(path, infos[name], info) for name in info["members"]}
     except (EnrolmentError, InputError):
         raise
     except BundleError as exc:  # the shared bounded reader's refusals
@@ -285,29 +280,15 @@ def read_enrolment(path: str | os.PathLike[str]) -> Enrolment:
     return Enrolment(path, info, labels, keys, features, np.asarray(arrays["ids"], dtype=np.int64), images)
 
 
-def _checked_infos(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.ZipInfo]:
-    infos: dict[str, zipfile.ZipInfo] = {}
-    for entry in archive.infolist():
-        name = entry.filename
-        problem = member_name_problem(name)
-        bomb = entry.file_size > MAX_COMPRESSION_RATIO * max(entry.compress_size, 1024) and name != MANIFEST_NAME
-        if problem or stat.S_ISLNK(entry.external_attr >> 16) or name in infos:
-            why = problem or ("a symbolic link" if name not in infos else "a member given twice")
-            raise EnrolmentError(f"{path} holds {why} ({name!r}); refusing it. {_FIX}")
-        if entry.compress_type not in ALLOWED_METHODS or entry.file_size > MAX_MEMBER_BYTES or bomb:
-            raise EnrolmentError(
-                f"{path} member {name!r} uses compression method {entry.compress_type} and declares {entry.file_size} "
-                f"bytes from {entry.compress_size}: only stored or deflate, at most {MAX_COMPRESSION_RATIO}x. {_FIX}"
-            )
-        infos[name] = entry
-    if MANIFEST_NAME not in infos:
-        raise EnrolmentError(f"{path} has no {MANIFEST_NAME}; it is not an edgetl enrolment file. {_FIX}")
-    return infos
+def _stored_only(name: str) -> str | None:
+    if name.startswith(IMAGES_PREFIX):
+        return "the writer stores image files as they are (they are compressed already)"
+    return None
 
 
 def _parse_manifest(text: bytes, path: Path) -> dict[str, Any]:
     try:
-        info = json.loads(text, object_pairs_hook=_unique_keys)
+        info = json.loads(text, object_pairs_hook=unique_keys)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, BundleError) as exc:
         raise EnrolmentError(f"{path}: {MANIFEST_NAME} is not valid JSON ({exc}). {_FIX}") from None
     if not isinstance(info, dict) or info.get("format") != ENROLMENT_FORMAT:
@@ -356,21 +337,15 @@ def _check_members(info: dict[str, Any], infos: dict[str, zipfile.ZipInfo], path
     raise_all(EnrolmentError, problems, f"{path} does not match its manifest; {_FIX}")
 
 
-def _verified(archive: zipfile.ZipFile, entry: zipfile.ZipInfo, info: dict[str, Any], path: Path) -> bytes:
+def _verified(path: Path, entry: zipfile.ZipInfo, info: dict[str, Any]) -> bytes:
     expected = info["members"][entry.filename]
     if entry.file_size != expected["size"]:
         raise EnrolmentIntegrityError(
             f"{path} member {entry.filename!r} holds {entry.file_size} bytes, the manifest promises "
             f"{expected['size']}: the file was modified or truncated. {_FIX}"
         )
-    data = _read(archive, entry, min(MAX_MEMBER_BYTES, expected["size"]))
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != expected["size"] or digest != expected["sha256"]:
-        raise EnrolmentIntegrityError(
-            f"{path} member {entry.filename!r} fails verification (sha256 {digest[:16]}…, manifest promises "
-            f"{str(expected['sha256'])[:16]}…): the file was modified or damaged; do not merge it. {_FIX}"
-        )
-    return data
+    limit = min(MAX_MEMBER_BYTES, expected["size"])
+    return read_member(path, entry, limit, sha256=str(expected["sha256"]), **_ERRORS)
 
 
 def _array_problems(headers: dict[str, ArrayHeader], info: dict[str, Any]) -> list[str]:
@@ -398,6 +373,11 @@ def _check_values(
         problems.append("sample ids must be distinct and positive")
     if not np.isfinite(features).all():
         problems.append("features hold NaN or infinite values")
+    elif features.size and float(np.abs(features).max()) > MAX_FEATURE_MAGNITUDE:
+        problems.append(
+            f"features reach magnitude {float(np.abs(features).max()):.3g}, beyond the {MAX_FEATURE_MAGNITUDE:g} "
+            "any backbone's pooled features stay within"
+        )
     names, counts = np.unique(labels, return_counts=True)
     if {str(n): int(c) for n, c in zip(names, counts, strict=True)} != info["counts"]:
         problems.append("the per-label counts differ from the manifest's")

@@ -101,6 +101,11 @@ class BackendError(EdgeTLError, RuntimeError):
     """An inference backend is unavailable or failed."""
 
 
+class OutputError(EdgeTLError, OSError):
+    """An output file cannot (or must not) be written: it is an input, exists already, or the file system
+    refused it (full, read-only, a folder in the way). Nothing was written."""
+
+
 def raise_all(error_type: type[EdgeTLError], problems: Iterable[str], header: str) -> None:
     """Raise one ``error_type`` listing every problem, or return if there are none.
 

@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgetl_runtime.arguments import LABEL_RULE, usable_labels
 from edgetl_runtime.blas import single_threaded_blas
 from edgetl_runtime.errors import NotFittedError
 from edgetl_runtime.heads import AutoHead, BaseHead, Prior, create_head, fit_with_prior, head_for_prior
 from edgetl_runtime.state.store import FeatureStore
+from edgetl_runtime.warn import warn
 
 __all__ = ["HeadKeeper"]
 
@@ -61,26 +63,43 @@ class HeadKeeper:
         removed = self.store.removed_shipped_labels()
         return self.prior.drop(removed) if removed else self.prior
 
-    def already_counted(self, keys: Sequence[str]) -> npt.NDArray[np.bool_]:
-        """Which image hashes a merged shipped head already counts; enrolment files written before state
-        schema 2 named samples by their schema-1 keys (pixels + model), which count too."""
+    def already_counted(self, keys: Sequence[str], labels: Any) -> npt.NDArray[np.bool_]:
+        """Which image hashes a merged shipped head already counts under the label this device gives them;
+        enrolment files written before state schema 2 named samples by their schema-1 keys (pixels + model),
+        which count too."""
         if self.prior is None or not len(self.prior.counted_keys):
             return np.zeros(len(keys), dtype=bool)
-        counted = self.prior.already_counted(list(keys))
+        counted = self.prior.already_counted(list(keys), labels)
         legacy = self.store.legacy_keys(keys)  # schema-1 key -> image hash, under every model
         if legacy:
-            hit = {legacy[k] for k, c in zip(legacy, self.prior.already_counted(list(legacy)), strict=True) if c}
+            label_of = dict(zip(keys, (str(v) for v in labels), strict=True))
+            old = list(legacy)
+            found = self.prior.already_counted(old, [label_of[legacy[k]] for k in old])
+            hit = {legacy[k] for k, c in zip(old, found, strict=True) if c}
             counted |= np.array([k in hit for k in keys], dtype=bool)
         return np.asarray(counted, dtype=bool)
+
+    def knows(self, labels: Sequence[str]) -> bool:
+        """Whether the current head already has every one of ``labels`` as a class (no new class to count)."""
+        fitted = self._fitted
+        return fitted is not None and set(labels) <= {str(c) for c in fitted[1].classes_}
 
     def fit(self) -> Head:
         """Refit from every usable enrolled sample and the prior (also re-runs ``auto``'s model selection)."""
         with self.lock:
             unavailable = self._prepare()
             _, labels, keys, features = self.store.samples_with_keys()  # (N,), N, (N, D)
+            usable, refused = usable_labels(labels)  # a label stored before a rule refused it: left out, named
+            if refused:
+                warn(
+                    f"enrolled samples {refused} have labels a head refuses ({LABEL_RULE}): they are left out. "
+                    "Fix: remove those classes (remove(label=...)) and enrol the images under a valid label."
+                )
+                keys = [k for k, u in zip(keys, usable, strict=True) if u]
+                labels, features = labels[usable], features[usable]
             prior = self.prior_now()
             if prior is not None and len(prior.counted_keys):  # this device's samples a merge already folded in
-                fresh = ~self.already_counted(keys)
+                fresh = ~self.already_counted(keys, labels)
                 labels, features = labels[fresh], features[fresh]
             if len(labels) == 0 and prior is None:
                 why = " and every shipped class was removed" if self.prior is not None else ""
@@ -103,7 +122,7 @@ class HeadKeeper:
             ids = commit()
             fitted, self._changes = self._fitted, self._changes + 1
             if fitted is not None and fitted[0] == self._changes - 1:  # current head: update it in place
-                fresh = ~self.already_counted(keys)
+                fresh = ~self.already_counted(keys, names)
                 if fresh.any():
                     # Small products: BLAS threads spinning on a busy 2-core device cost more than they save
                     # (benchmarks/bench_fleet.py times it).

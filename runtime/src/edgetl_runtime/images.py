@@ -22,6 +22,11 @@ Images: TypeAlias = Sequence[ImageLike] | npt.NDArray[Any]
 # File names a folder walk takes as images (the content still decides: see RASTER_FORMATS).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 RASTER_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP")  # Pillow format names, identified by content
+# The largest image decoded at full size: 6000 x 4000, any camera frame (72 MB of RGB). A 481 KB PNG of
+# 13000 x 13000 is under Pillow's own bomb limit and took 3.7 GB to enrol (issue 24, item 10). A larger JPEG
+# is decoded reduced (Pillow's draft: 1/2, 1/4 or 1/8 in the decoder, never at full size); other formats
+# are refused with this limit in the message.
+MAX_IMAGE_PIXELS = 24_000_000
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -40,6 +45,7 @@ def load_image(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
         raise InputError(f"Image file {p} does not exist.")
     try:
         with image_module.open(p, formats=RASTER_FORMATS) as im:
+            _fit_pixel_limit(im, p)
             return _rgb8(image_ops.exif_transpose(im), p)
     except image_module.UnidentifiedImageError:
         raise InputError(
@@ -50,6 +56,23 @@ def load_image(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
         raise
     except Exception as exc:  # PIL raises OSError, DecompressionBombError, SyntaxError, ValueError ...
         raise InputError(f"{p} is not a readable image ({type(exc).__name__}: {exc}).") from None
+
+
+def _fit_pixel_limit(im: Any, path: Path) -> None:
+    """Decode a JPEG over :data:`MAX_IMAGE_PIXELS` reduced in its decoder; refuse any other such image."""
+    width, height = im.size
+    if width * height <= MAX_IMAGE_PIXELS:
+        return
+    if im.format == "JPEG":
+        for scale in (2, 4, 8):
+            if (width // scale) * (height // scale) <= MAX_IMAGE_PIXELS:
+                im.draft("RGB", (-(-width // scale), -(-height // scale)))
+                break
+    if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+        raise InputError(
+            f"{path} is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} edgetl decodes (6000x4000; a "
+            "larger JPEG is decoded reduced). Fix: downscale it (the model sees a few hundred pixels a side anyway)."
+        )
 
 
 def _rgb8(im: Any, path: Path) -> npt.NDArray[np.uint8]:

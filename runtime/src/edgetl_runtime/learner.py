@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from edgetl_runtime.arguments import check_labels, check_threads
+from edgetl_runtime.arguments import check_class_count, check_labels, check_threads
 from edgetl_runtime.backends.base import Backend
 from edgetl_runtime.backends.selection import Selection, select_backend
 from edgetl_runtime.bundle.reader import Bundle
@@ -144,6 +144,8 @@ class Learner:
         """
         batch = as_image_list(images)
         names = check_labels(labels, len(batch))  # refused, never str()-converted: see arguments.LABEL_RULE
+        if not self.keeper.knows(names):  # a new class: count them before anything is stored
+            check_class_count(self.store.counts(), names)
         keys = self.extractor.keys(batch)  # hashed once: a phone photo takes milliseconds
         with self.keeper.lock:
             batch, names, keys, restored = restore_unusable(
@@ -189,7 +191,9 @@ class Learner:
         bound to this precision's model digest (see :func:`edgetl_runtime.enrolment.export_samples`). No image
         leaves the device unless ``images`` names files whose pixels match an enrolled sample."""
         from edgetl_runtime.enrolment import export_samples
+        from edgetl_runtime.outputs import check_output
 
+        check_output(path, [self.bundle.path, self.store.path, *(images or [])], force=True)  # never an input
         with self.keeper.lock:
             self._complete()
         manifest, precision = self.bundle.manifest, self.backend.precision

@@ -7,6 +7,10 @@ import numpy.typing as npt
 
 from edgetl_runtime.errors import InputError
 
+# Pooled CNN/ViT features are O(1)-O(100); 1e6 leaves room for any real backbone and keeps squares and sums
+# of thousands of them far from float32's overflow (an enrolment scaled by 1e37 merged as zero vectors).
+MAX_FEATURE_MAGNITUDE = 1e6
+
 
 def row_cosine(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Cosine similarity of matching rows of two ``(N, D)`` arrays, in float64.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,22 @@ CACHE_FORMAT = 1
 CACHE_FILE = "backend-choices.json"
 MAX_ENTRIES = 256
 MAX_CACHE_BYTES = 1 << 20  # a few hundred entries; anything bigger is not ours
+
+
+def read_regular_file(path: Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of ``path`` if it is a regular file (links followed), else an ``OSError``.
+
+    Opened without blocking and checked on the open descriptor: a FIFO in the cache's place hung every load
+    (issue 24, item 11), and a device file (``/dev/zero``) would never end.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(limit + 1)
+    finally:
+        os.close(fd)
 
 
 def default_cache_dir() -> Path | None:
@@ -59,8 +76,7 @@ class ChoiceCache:
         if self.path is None:
             return {}
         try:
-            with open(self.path, "rb") as fh:
-                raw = fh.read(MAX_CACHE_BYTES + 1)
+            raw = read_regular_file(self.path, MAX_CACHE_BYTES)
         except FileNotFoundError:
             return {}
         except OSError as exc:

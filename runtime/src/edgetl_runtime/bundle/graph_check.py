@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from edgetl_runtime.bundle.manifest import Manifest
 from edgetl_runtime.errors import BackendError, raise_all
+from edgetl_runtime.numerics import MAX_FEATURE_MAGNITUDE
 
 FLOAT = "tensor(float)"  # what the runtime feeds (float32 NCHW) and reads back
 
@@ -93,6 +94,12 @@ def check_features(features: Any, rows: int, dim: int | None, backend: str) -> n
         )
     if array.dtype.kind != "f":
         raise BackendError(f"{backend} returned {array.dtype} features; expected floats. Re-export the bundle.")
+    peak = float(np.abs(array).max()) if array.size else 0.0
+    if peak > MAX_FEATURE_MAGNITUDE:  # NaN compares False: the golden check scores NaN rows as disagreeing
+        raise BackendError(
+            f"{backend} returned features of magnitude {peak:.3g}, beyond the {MAX_FEATURE_MAGNITUDE:g} any real "
+            "backbone's pooled features stay within; the model is broken or hostile. Re-export the bundle."
+        )
     return np.asarray(array, dtype=np.float32)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 from edgetl_runtime.bundle.manifest import Manifest
 from edgetl_runtime.bundle.npz import ArrayHeader, expect_array
 from edgetl_runtime.heads.prior import KEY_BYTES
+from edgetl_runtime.limits import MAX_CLASSES
 
 CLASS_STATS_FORMAT = "class-stats"
 CLASS_STATS_VERSION = 1
@@ -23,6 +24,8 @@ def class_stats_problems(headers: dict[str, ArrayHeader], manifest: Manifest) ->
     count = len(manifest.head_labels) or (classes.shape[0] if classes is not None and classes.shape else None)
     rows = headers.get("factors")
     k = rows.shape[0] if rows is not None and rows.shape else None
+    counted = headers.get("counted_keys")
+    n_counted = counted.shape[0] if counted is not None and counted.shape else None
     scores = headers.get("calib_scores")
     m = scores.shape[0] if scores is not None and scores.shape else None
     problems = [
@@ -44,9 +47,12 @@ def class_stats_problems(headers: dict[str, ArrayHeader], manifest: Manifest) ->
         "settings": ("U", ()),
         "calib_scores": ("f", (m,)),
         "calib_class": ("iu", (m,)),
-        "counted_keys": ("u", (None, KEY_BYTES)),
+        "counted_keys": ("u", (n_counted, KEY_BYTES)),
+        "counted_class": ("iu", (n_counted,)),
     }
+    if count is not None and count > MAX_CLASSES:  # before any array is read: 40k classes ran out of memory
+        problems.append(f"the head has {count} classes, more than the {MAX_CLASSES} a device holds. {_FIX}")
     if not problems:
-        for key, (kinds, shape) in expected.items():
-            problems += expect_array(headers, key, kinds, shape)
+        for key, (kinds, shape) in expected.items():  # a head with no counted keys may predate counted_class
+            problems += expect_array(headers, key, kinds, shape, required=key != "counted_class" or bool(n_counted))
     return problems + [f"array {h.describe()} is not a head array" for key, h in headers.items() if key not in expected]

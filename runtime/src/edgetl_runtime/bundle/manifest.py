@@ -8,6 +8,7 @@ from enum import Enum
 from pathlib import PurePosixPath
 from typing import Any
 
+from edgetl_runtime.bundle.manifest_fields import field_problems
 from edgetl_runtime.errors import BundleError, raise_all
 from edgetl_runtime.preprocess import PreprocessSpec
 
@@ -105,7 +106,7 @@ class Manifest:
     def from_json(cls, text: str | bytes) -> Manifest:
         """Parse and validate; every problem is reported at once, as a :class:`BundleError`."""
         try:
-            data = json.loads(text, object_pairs_hook=_unique_keys)
+            data = json.loads(text, object_pairs_hook=unique_keys)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
             raise BundleError(
                 f"manifest.json is not valid JSON ({exc}); the bundle is corrupt, re-export it."
@@ -128,7 +129,7 @@ class Manifest:
             ) from None
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object, refusing a key given twice: json.loads would keep the last silently, so two readers
     (or a reviewer and the device) could see different manifests in the same bytes."""
     out: dict[str, Any] = {}
@@ -160,6 +161,7 @@ def _parse(data: dict[str, Any]) -> Manifest:
     ]
     if Precision.FP32 not in precisions:  # the reference every device checks its backend against
         problems.append(f"precisions {[p.value for p in precisions]} lack fp32, which every bundle ships")
+    problems += field_problems(data)  # host-written sections: the types their readers rely on
     raise_all(BundleError, problems, "manifest.json is inconsistent")
     return Manifest(
         backbone=backbone,

@@ -7,9 +7,7 @@ used.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import stat
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -26,22 +24,18 @@ from edgetl_runtime.bundle.manifest import (
     MANIFEST_NAME,
     Manifest,
     Precision,
-    member_name_problem,
 )
 from edgetl_runtime.bundle.npz import ArrayHeader, expect_array, read_npz
 from edgetl_runtime.bundle.onnx_scan import check_self_contained
+from edgetl_runtime.bundle.safe_zip import (
+    MAX_MANIFEST_BYTES,
+    MAX_MEMBER_BYTES,
+    checked_entries,
+    read_member,
+)
 from edgetl_runtime.errors import BundleError, BundleIntegrityError
 
-MAX_MANIFEST_BYTES = 1 << 20
-MAX_MEMBER_BYTES = 2 << 30  # 2 GiB: larger than any mobile backbone, smaller than a zip bomb's claim
-# Deflated members (npz, manifest) inflate at most this much. Golden float arrays of real images compress
-# ~1.1-3x (a mostly black Fashion-MNIST-like golden: 2.9x); the cap bounds what a small hostile file can
-# make the reader hold (32x its size), while models, stored uncompressed, are never inflated at all.
-MAX_COMPRESSION_RATIO = 32
-# The methods the writer uses. zipfile inflates bzip2 and LZMA without any output bound (a 951-byte
-# member reached 2 GB before a size check could run); deflate honours the bound _read asks for.
-ALLOWED_METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate"}
-_CHUNK = 1 << 20
+_FIX = "Re-export the bundle (or copy it again)."
 MAX_GOLDEN_ROWS = 64  # the exporter writes 4; every row is a backbone run at every load
 
 
@@ -63,10 +57,10 @@ class Bundle:
             )
         try:
             with zipfile.ZipFile(path) as archive:
-                infos = _checked_infos(archive, path)
-                manifest = Manifest.from_json(_read(archive, infos[MANIFEST_NAME], MAX_MANIFEST_BYTES))
-                _check_member_list(manifest, infos, path)
-                members = {name: _read_verified(archive, infos[name], manifest) for name in manifest.members}
+                infos = checked_entries(archive, path, fix=_FIX, stored_only=_stored_only)
+            manifest = Manifest.from_json(read_member(path, infos[MANIFEST_NAME], MAX_MANIFEST_BYTES, fix=_FIX))
+            _check_member_list(manifest, infos, path)
+            members = {name: _read_verified(path, infos[name], manifest) for name in manifest.members}
             for precision in manifest.precisions:  # verified bytes, but still nothing outside the bundle
                 check_self_contained(members[precision.member], precision.member)
         except BundleError:
@@ -149,40 +143,13 @@ def requested_precision(wanted: str | Precision) -> Precision | None:
         raise BundleError(f"Unknown precision {wanted!r}; choose best, int8, fp16 or fp32.") from None
 
 
-def _checked_infos(archive: zipfile.ZipFile, path: Path) -> dict[str, zipfile.ZipInfo]:
-    infos: dict[str, zipfile.ZipInfo] = {}
-    for info in archive.infolist():
-        name = info.filename
-        problem = member_name_problem(name)
-        if problem:
-            raise BundleError(f"{path} holds an {problem}; refusing it.")
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise BundleError(f"{path} holds a symbolic link {name!r}; bundles contain regular files only.")
-        if name in infos:
-            raise BundleError(f"{path} holds member {name!r} twice; refusing an ambiguous archive.")
-        if info.compress_type not in ALLOWED_METHODS:
-            raise BundleError(
-                f"{path} member {name!r} uses zip compression method {info.compress_type}; bundles use only "
-                f"{' or '.join(ALLOWED_METHODS.values())} (other methods inflate without a bound). Re-export it."
-            )
-        if name.endswith(".onnx") and info.compress_type != zipfile.ZIP_STORED:
-            raise BundleError(
-                f"{path} member {name!r} is compressed; the bundle writer stores models uncompressed (weights barely "
-                "compress, and a compressed model could inflate far beyond its size). Re-export it."
-            )
-        ratio_cap = info.file_size > MAX_COMPRESSION_RATIO * max(info.compress_size, 1024) and name != MANIFEST_NAME
-        if info.file_size > MAX_MEMBER_BYTES or ratio_cap:  # the manifest has its own 1 MiB cap
-            raise BundleError(
-                f"{path} member {name!r} declares {info.file_size} bytes from {info.compress_size} compressed (at most "
-                f"{MAX_COMPRESSION_RATIO}x and {MAX_MEMBER_BYTES} bytes allowed); that is a zip bomb or corruption, "
-                "refusing it."
-            )
-        infos[name] = info
-    if MANIFEST_NAME not in infos:
-        raise BundleError(
-            f"{path} has no {MANIFEST_NAME}; it is not an edgetl bundle. Re-export it with `edgetl export`."
+def _stored_only(name: str) -> str | None:
+    if name.endswith(".onnx"):
+        return (
+            "the bundle writer stores models uncompressed (weights barely compress, and a compressed model could "
+            "inflate far beyond its size)"
         )
-    return infos
+    return None
 
 
 def _check_member_list(manifest: Manifest, infos: dict[str, zipfile.ZipInfo], path: Path) -> None:
@@ -196,40 +163,11 @@ def _check_member_list(manifest: Manifest, infos: dict[str, zipfile.ZipInfo], pa
         raise BundleError(f"{path} does not match its manifest: " + "; ".join(problems) + ". Re-export the bundle.")
 
 
-def _read(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes:
-    """At most ``limit`` bytes: a stored member in one read (one copy in memory), a deflated one inflated in
-    1 MiB steps, so neither ever holds more than the limit plus one step."""
-    if info.file_size > limit:
-        raise BundleError(f"Member {info.filename!r} is {info.file_size} bytes, more than the {limit} allowed.")
-    with archive.open(info) as fh:
-        if info.compress_type == zipfile.ZIP_STORED:
-            data = fh.read(limit + 1)  # never trust the declared size alone
-        else:
-            inflated = bytearray()
-            while len(inflated) <= limit:
-                chunk = fh.read(min(_CHUNK, limit + 1 - len(inflated)))
-                if not chunk:
-                    break
-                inflated += chunk
-            data = bytes(inflated)
-    if len(data) > limit:
-        raise BundleError(f"Member {info.filename!r} inflates past {limit} bytes; refusing it.")
-    return data
-
-
-def _read_verified(archive: zipfile.ZipFile, info: zipfile.ZipInfo, manifest: Manifest) -> bytes:
+def _read_verified(path: Path, info: zipfile.ZipInfo, manifest: Manifest) -> bytes:
     expected = manifest.members[info.filename]
     if info.file_size != expected.size:  # a longer member is tampering too, not just "too large"
         raise BundleIntegrityError(
             f"Member {info.filename!r} fails verification: the archive holds {info.file_size} bytes, the manifest "
             f"promises {expected.size}. The bundle was modified or damaged; do not use it, copy or export it again."
         )
-    data = _read(archive, info, min(MAX_MEMBER_BYTES, expected.size))
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != expected.size or digest != expected.sha256:
-        raise BundleIntegrityError(
-            f"Member {info.filename!r} fails verification: {len(data)} bytes with sha256 {digest[:16]}..., manifest "
-            f"promises {expected.size} bytes with {expected.sha256[:16]}.... The bundle was modified or damaged; "
-            "do not use it, copy or export it again."
-        )
-    return data
+    return read_member(path, info, min(MAX_MEMBER_BYTES, expected.size), sha256=expected.sha256, fix=_FIX)

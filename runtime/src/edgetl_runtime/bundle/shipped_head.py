@@ -22,6 +22,7 @@ from edgetl_runtime.bundle.head_format import _FIX, CLASS_STATS_FORMAT, CLASS_ST
 from edgetl_runtime.bundle.manifest import HEAD_NAME
 from edgetl_runtime.errors import BundleError, InputError
 from edgetl_runtime.heads.prior import Prior
+from edgetl_runtime.limits import MAX_CLASSES
 
 if TYPE_CHECKING:
     from edgetl_runtime.bundle.reader import Bundle
@@ -88,7 +89,7 @@ def read_prior(bundle: Bundle) -> Prior | None:
         prior = Prior.from_npz_dict(arrays)
     except InputError as exc:
         raise BundleError(f"{where} is inconsistent: {exc} {_FIX}") from None
-    problems = label_collisions([str(c) for c in prior.classes])
+    problems = value_problems(prior) + label_collisions([str(c) for c in prior.classes])
     labels = tuple(str(c) for c in prior.classes)
     if labels != bundle.manifest.head_labels or info.get("labels") != list(labels):
         problems.append(f"its classes {list(labels)[:10]} differ from the manifest's head_labels / head.labels")
@@ -97,6 +98,42 @@ def read_prior(bundle: Bundle) -> Prior | None:
     if problems:
         raise BundleError(f"{where} cannot be used: " + "; ".join(problems) + f". {_FIX}")
     return prior
+
+
+# What a real head can hold (issue 24, item 6): alpha 1e-300, counts 1e-300 or power 1e300 were positive and
+# finite, and made every probability NaN. The host's grids lie far inside these bounds.
+ALPHA_RANGE = (1e-6, 1e3)  # LDA shrinkage; the host's grid is 1e-4..1
+TEMPERATURE_RANGE = (1e-3, 1e3)  # softmax temperature; the host's grid is 0.02..1
+POWER_RANGE = (0.05, 4.0)  # the feature transform's exponent: 0.5 or 1 in practice
+MAX_CLASS_COUNT = 2.0**40  # samples per class
+
+
+def value_problems(prior: Prior) -> list[str]:
+    """Values a real shipped head cannot hold. Features are L2-normalised before they are summed, so a class of
+    n samples has a sum of norm <= n and a scatter trace (factor rows and residual) <= n."""
+    stats, problems = prior.stats, []
+    for name, value, (low, high) in (
+        ("alpha", prior.alpha, ALPHA_RANGE),
+        ("temperature", prior.temperature, TEMPERATURE_RANGE),
+        ("power", stats.power, POWER_RANGE),
+    ):
+        if not low <= value <= high:
+            problems.append(f"{name} {value:.3g} is outside [{low:g}, {high:g}]")
+    if len(stats.classes) > MAX_CLASSES:
+        problems.append(f"it has {len(stats.classes)} classes, more than the {MAX_CLASSES} a device holds")
+    counts = stats.counts
+    if not (np.all(counts >= 1) and np.all(counts <= MAX_CLASS_COUNT)):
+        problems.append(f"class counts must be numbers of samples in [1, {MAX_CLASS_COUNT:g}]")
+        return problems
+    slack = 1.01  # float32 sums and float16 factors round
+    if np.any(np.linalg.norm(stats.sums, axis=1) > slack * counts + 1e-3):
+        problems.append("a class sum is longer than its count of unit-length features allows")
+    trace = np.bincount(stats.factor_class, np.einsum("kd,kd->k", stats.factors, stats.factors), len(counts))
+    if np.any(trace + stats.residual > slack * counts + 1e-3):
+        problems.append("a class scatter is larger than its count of unit-length features allows")
+    if len(prior.calib_scores) and np.abs(prior.calib_scores).max() > 1.0 + 1e-3:
+        problems.append("rejection scores are cosines and must lie in [-1, 1]")
+    return problems
 
 
 def label_collisions(labels: list[str]) -> list[str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.errors import ConfigError, InputError, NotFittedError
@@ -78,7 +79,15 @@ def fit_with_prior(name: str, X: Any, y: Any, prior: Prior | None) -> BaseHead:
             raise NotFittedError("No samples are enrolled; call add(images, label) for at least one class first.")
         head: BaseHead = create_head(name).fit(X, y)  # type: ignore[assignment]
         return head
-    return head_for_prior(name, prior).fit(X, y, prior=prior)  # type: ignore[call-arg]
+    fitted: BaseHead = head_for_prior(name, prior).fit(X, y, prior=prior)  # type: ignore[call-arg]
+    with np.errstate(all="ignore"):
+        probe = fitted.predict_proba(prior.stats.means)  # (C, C): any finite input would do
+    if not np.isfinite(probe).all():
+        raise InputError(
+            "The shipped head predicts NaN or infinite probabilities (its statistics or settings are degenerate). "
+            "Fix: re-export the bundle (edgetl export --head-from DATA), or merge it again with edgetl merge."
+        )
+    return fitted
 
 
 __all__ = [

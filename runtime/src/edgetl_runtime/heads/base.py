@@ -33,6 +33,9 @@ def softmax(logits: FloatArray) -> FloatArray:
     return out
 
 
+_RESCALE_ABOVE = 1e15  # float32 squares overflow at 1.8e19; row sums of D of them sooner
+
+
 def power_l2(X: FloatArray, power: float) -> FloatArray:
     """Signed power transform then L2 normalisation of each row.
 
@@ -41,6 +44,8 @@ def power_l2(X: FloatArray, power: float) -> FloatArray:
     stays float32 (see :func:`check_features`).
     """
     X = np.asarray(X, dtype=_working_dtype(X))
+    if X.size and np.abs(X).max() > _RESCALE_ABOVE:  # squares would overflow: the result is scale-free, so rescale
+        X = X / np.maximum(np.abs(X).max(axis=1, keepdims=True), np.finfo(X.dtype).tiny)
     if power == 0.5 and X.min() >= 0:  # sqrt is much faster than **, and |sqrt(x)|^2 is the row sum of x
         Z = np.sqrt(X)  # (N, D)
         norms = np.sqrt(X.sum(axis=1, keepdims=True))

@@ -59,6 +59,9 @@ class Prior:
         calib_class: ``(M,)`` class index (into ``stats.classes``) of each score.
         counted_keys: ``(K, 16)`` key prefixes (:func:`key_prefixes`) of device samples a fleet merge folded
             into ``stats``: the device that enrolled them skips them, so nothing counts twice.
+        counted_class: ``(K,)`` class index of the label each counted key was counted under. A device skips
+            its own sample only when the merge counted it under the label the device gives it: what a merge
+            says about an image never overrides the device's own enrolment of it (issue 24, item 4).
     """
 
     stats: ClassStats
@@ -69,6 +72,7 @@ class Prior:
     calib_scores: npt.NDArray[np.float64] = field(default_factory=_empty_f64)
     calib_class: npt.NDArray[np.int64] = field(default_factory=_empty_i64)
     counted_keys: npt.NDArray[np.uint8] = field(default_factory=_empty_keys)
+    counted_class: npt.NDArray[np.int64] = field(default_factory=_empty_i64)
 
     def __post_init__(self) -> None:
         problems = []
@@ -85,6 +89,13 @@ class Prior:
             problems.append("calib_scores must be finite")
         if self.counted_keys.ndim != 2 or self.counted_keys.shape[1] != KEY_BYTES:
             problems.append(f"counted_keys must have shape (K, {KEY_BYTES}), got {self.counted_keys.shape}")
+        elif self.counted_class.shape != (len(self.counted_keys),):
+            problems.append(
+                f"counted_class must give the label of each of the {len(self.counted_keys)} counted keys, got shape "
+                f"{self.counted_class.shape} (a merge by an older edgetl: merge again)"
+            )
+        elif len(self.counted_class) and not (np.all(self.counted_class >= 0) and np.all(self.counted_class < C)):
+            problems.append(f"counted_class must index the {C} classes")
         if problems:
             raise InputError("The shipped head's settings are inconsistent: " + "; ".join(problems) + ".")
 
@@ -100,11 +111,14 @@ class Prior:
         keep = np.isin(self.stats.classes, stats.classes)
         new_index = np.cumsum(keep) - 1
         rows = keep[self.calib_class]
+        counted = keep[self.counted_class]  # a dropped class no longer counts its samples
         return replace(
             self,
             stats=stats,
             calib_scores=self.calib_scores[rows],
             calib_class=new_index[self.calib_class[rows]].astype(np.int64),
+            counted_keys=self.counted_keys[counted],
+            counted_class=new_index[self.counted_class[counted]].astype(np.int64),
         )
 
     def settings(self) -> dict[str, Any]:
@@ -122,14 +136,18 @@ class Prior:
             "calib_scores": self.calib_scores.astype(np.float32),
             "calib_class": self.calib_class.astype(np.int32),
             "counted_keys": self.counted_keys.astype(np.uint8),
+            "counted_class": self.counted_class.astype(np.int32),
         }
 
-    def already_counted(self, keys: Any) -> npt.NDArray[np.bool_]:
-        """Which hex sample ``keys`` this prior already counts (a merge folded them in)."""
+    def already_counted(self, keys: Any, labels: Any) -> npt.NDArray[np.bool_]:
+        """Which hex sample ``keys`` this prior already counts under the matching ``labels`` (a merge folded them
+        in); a key it counted under another label is not counted for this one."""
         if not len(self.counted_keys) or not len(keys):
             return np.zeros(len(keys), dtype=bool)
-        counted = {row.tobytes() for row in self.counted_keys}
-        return np.array([row.tobytes() in counted for row in key_prefixes(keys)], dtype=bool)
+        names = [str(c) for c in self.classes]
+        counted = {(row.tobytes(), names[c]) for row, c in zip(self.counted_keys, self.counted_class, strict=True)}
+        pairs = zip(key_prefixes(keys), labels, strict=True)
+        return np.array([(row.tobytes(), str(label)) in counted for row, label in pairs], dtype=bool)
 
     @classmethod
     def from_npz_dict(cls, d: dict[str, npt.NDArray[Any]] | Any) -> Prior:
@@ -151,6 +169,7 @@ class Prior:
                 np.asarray(d["calib_scores"], dtype=np.float64),
                 np.asarray(d["calib_class"], dtype=np.int64),
                 np.asarray(d["counted_keys"], dtype=np.uint8) if "counted_keys" in d else _empty_keys(),
+                np.asarray(d["counted_class"], dtype=np.int64) if "counted_class" in d else _empty_i64(),
             )
         except InputError:
             raise

@@ -9,6 +9,7 @@ well as PNG does (figures in docs/state.md, from benchmarks/bench_state_storage.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 from enum import Enum
@@ -17,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.errors import InputError, StateError
+from edgetl_runtime.images import MAX_IMAGE_PIXELS
 from edgetl_runtime.preprocess import Interpolation, resample, resample_matrix
 
 # Shorter side, px. Re-extracting a 224-px model's 11520-d features from thumbnails of 60-90 % camera frames
@@ -94,6 +96,9 @@ class ImageKeeping:
         if self.mode is KeepMode.NONE:
             return None
         h, w = image.shape[:2]
+        if self.mode is KeepMode.ORIGINAL and h * w > MAX_IMAGE_PIXELS:  # what load_image would decode at most
+            scale = (MAX_IMAGE_PIXELS / (h * w)) ** 0.5
+            return thumbnail(image, max(1, int(h * scale)), max(1, int(w * scale)))
         if self.mode is KeepMode.ORIGINAL or min(h, w) <= self.size:
             return image
         scale = self.size / min(h, w)
@@ -116,33 +121,60 @@ def thumbnail(image: npt.NDArray[np.uint8], height: int, width: int) -> npt.NDAr
     return np.ascontiguousarray(np.moveaxis(np.clip(np.rint(small), 0, 255).astype(np.uint8), 0, 2))  # (h, w, 3)
 
 
-def encode_pixels(image: npt.NDArray[np.uint8]) -> bytes:
-    """Lossless ``(H, W, 3)`` uint8 -> bytes: PNG's "Up" filter (row minus the row above, mod 256), then zlib."""
+_TAG = b"edgetl-kept1"  # after the zlib stream: this tag and a digest binding the pixels to their image hash
+_DIGEST_BYTES = 16
+
+
+def pixels_digest(key: str, raw: bytes, height: int, width: int) -> bytes:
+    """What binds kept pixels to their row: the image hash (the key), the size and the encoded bytes."""
+    h = hashlib.sha256(b"edgetl kept pixels\0" + key.encode("ascii", "replace") + f"\0{height}x{width}\0".encode())
+    h.update(raw)
+    return h.digest()[:_DIGEST_BYTES]
+
+
+def encode_pixels(image: npt.NDArray[np.uint8], key: str | None = None) -> bytes:
+    """Lossless ``(H, W, 3)`` uint8 -> bytes: PNG's "Up" filter (row minus the row above, mod 256), then zlib;
+    with ``key`` (the image hash of the row it is written to), a digest binding the pixels to that row."""
     rows = np.ascontiguousarray(image, dtype=np.uint8)
     delta = rows.copy()
     delta[1:] -= rows[:-1]  # uint8 arithmetic wraps mod 256, which decode's cumulative sum undoes exactly
-    return zlib.compress(delta.tobytes(), _ZLIB_LEVEL)
+    raw = delta.tobytes()
+    blob = zlib.compress(raw, _ZLIB_LEVEL)
+    return blob if key is None else blob + _TAG + pixels_digest(key, raw, *rows.shape[:2])
 
 
-def decode_pixels(blob: object, height: object, width: object, where: str) -> npt.NDArray[np.uint8]:
+def decode_pixels(
+    blob: object, height: object, width: object, where: str, key: str | None = None
+) -> npt.NDArray[np.uint8]:
     """Inverse of :func:`encode_pixels`; a damaged blob or size (as read from a state row) is a
-    :class:`StateError`, never a wrong image."""
+    :class:`StateError`, never a wrong image. With ``key``, pixels that carry a digest must match their row
+    (swapped rows, swapped height and width: issue 24, item 7); pixels kept before the digest existed carry
+    none and read as before."""
     if not (type(height) is int and type(width) is int and height > 0 and width > 0 and isinstance(blob, bytes)):
         raise StateError(
             f"The kept pixels of {where} are damaged (size {height!r}x{width!r}, {type(blob).__name__} data). Fix: "
             "remove the sample and enrol the image again, or restore the state from a backup."
         )
+    if height * width > MAX_IMAGE_PIXELS:  # no policy keeps more: a row declaring 12000x12000 is damage
+        raise StateError(
+            f"The kept pixels of {where} are damaged: {height}x{width} is more than the {MAX_IMAGE_PIXELS:,} pixels "
+            "a state keeps. Fix: remove the sample and enrol the image again, or restore the state from a backup."
+        )
     expected = height * width * 3
     try:
         inflater = zlib.decompressobj()
         raw = inflater.decompress(blob, expected + 1)  # bounded: a damaged blob cannot inflate without limit
-        ok = len(raw) == expected and inflater.eof and not inflater.unused_data
+        trailer = inflater.unused_data
+        tagged = len(trailer) == len(_TAG) + _DIGEST_BYTES and trailer.startswith(_TAG)
+        ok = len(raw) == expected and inflater.eof and (not trailer or tagged)
     except zlib.error:
-        ok = False
+        ok = tagged = False
+    if ok and key is not None and tagged:
+        ok = trailer[len(_TAG) :] == pixels_digest(key, raw, height, width)
     if not ok:
         raise StateError(
-            f"The kept pixels of {where} are damaged (expected {height}x{width}x3 bytes). Fix: remove the sample "
-            "and enrol the image again, or restore the state from a backup."
+            f"The kept pixels of {where} are damaged (expected {height}x{width}x3 bytes that match their image "
+            "hash). Fix: remove the sample and enrol the image again, or restore the state from a backup."
         )
     delta = np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3)
     return np.cumsum(delta, axis=0, dtype=np.uint8)  # (H, W, 3): undoes the Up filter, mod 256

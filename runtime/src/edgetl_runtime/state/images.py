@@ -67,8 +67,22 @@ class KeptImages(StateDatabase):
             small = None if images is None else self.image_policy.shrink(images[i])
             if key not in out or small is not None:
                 source = (0, 0) if images is None else images[i].shape[:2]
-                out[key] = None if small is None else (*small.shape[:2], encode_pixels(small), *source)
+                out[key] = None if small is None else (*small.shape[:2], encode_pixels(small, key), *source)
         return out
+
+    def _kept_under_file_policy(
+        self,
+        keys: list[str],
+        images: Sequence[npt.NDArray[np.uint8]] | None,
+        kept: dict[str, tuple[int, int, bytes, int, int] | None],
+    ) -> dict[str, tuple[int, int, bytes, int, int] | None]:
+        """``kept`` again under the policy the file holds now; call inside the write transaction. Another process
+        may have changed it (forget_images) since this one opened: the file's policy is the one that holds."""
+        stored = self._read_policy(self._db)
+        if stored != self.image_policy:
+            self.image_policy = stored
+            kept = self._encode_kept(keys, images)
+        return kept
 
     def _keep_images(self, keys: list[str], kept: Mapping[str, tuple[int, int, bytes, int, int] | None]) -> None:
         """One images row per hash; pixels fill in a features-only row when the same image comes with them."""
@@ -103,7 +117,7 @@ class KeptImages(StateDatabase):
                 query = f"SELECT hash, height, width, pixels FROM images WHERE pixels IS NOT NULL AND hash IN ({marks})"
                 for key, h, w, blob in self._db.execute(query, chunk):
                     try:
-                        out[str(key)] = decode_pixels(blob, h, w, f"image {str(key)[:12]}…")
+                        out[str(key)] = decode_pixels(blob, h, w, f"image {str(key)[:12]}…", str(key))
                     except StateError as exc:
                         if not skip_damaged:
                             raise
@@ -200,7 +214,7 @@ class KeptImages(StateDatabase):
             rows = self._db.execute("SELECT hash, height, width, pixels FROM images WHERE pixels IS NOT NULL")
             for key, h, w, blob in rows:
                 try:
-                    decode_pixels(blob, h, w, "")
+                    decode_pixels(blob, h, w, "", str(key))
                 except (StateError, TypeError, ValueError) as exc:
                     bad.append((str(key), type(exc).__name__))
         return bad
@@ -288,6 +302,7 @@ class KeptImages(StateDatabase):
         raise_all(InputError, self._check_vectors(keys, vectors, "restored"), "Cannot restore samples")
         kept = self._encode_kept(keys, images)
         with self._writing("Restoring samples in"):
+            kept = self._kept_under_file_policy(keys, images, kept)
             if not self.model_registered:
                 self._register_model(self._db)
             self._upsert(keys, vectors)

@@ -220,10 +220,7 @@ class FeatureStore(KeptImages):
         names = [check_label(label) for label in labels]  # NFC: one spelling per class
         kept = self._encode_kept(keys, images)  # before the transaction: encoding a photo takes milliseconds
         with self._writing("Enrolling into"):
-            stored = self._read_policy(self._db)
-            if stored != self.image_policy:  # another process changed it (forget_images) since this one opened
-                self.image_policy = stored
-                kept = self._encode_kept(keys, images)
+            kept = self._kept_under_file_policy(keys, images, kept)  # another process may have changed it
             if not self.model_registered:  # a model first seen while the state was read-only
                 self._register_model(self._db)
             self._upsert(keys, vectors, overwrite=False)  # a cached prediction's row is already this vector
@@ -250,7 +247,7 @@ class FeatureStore(KeptImages):
         """
         if (label is None) == (ids is None):
             raise InputError(f"remove() needs exactly one of label= or ids=, got label={label!r}, ids={ids!r}")
-        name = None if label is None else check_label(label)
+        name = None if label is None else check_label(label, lookup=True)
         wanted = [] if ids is None else check_ids(ids)
         with self._writing("Removing from") as db:
             if name is not None:
@@ -291,7 +288,7 @@ class FeatureStore(KeptImages):
             labels = json.loads(row[0])
         except (TypeError, ValueError):
             labels = None
-        if not isinstance(labels, list) or any(label_problem(v) for v in labels):
+        if not isinstance(labels, list) or any(label_problem(v, lookup=True) for v in labels):
             raise StateError(f"meta {REMOVED_SHIPPED_KEY!r} is damaged ({str(row[0])[:80]!r}). Fix: {_FIX_CORRUPT}.")
         return [str(v) for v in labels]
 
