@@ -242,7 +242,7 @@ def upkeep(photo_set: dict[str, np.ndarray]) -> dict[str, Any]:
                 store.put_features({f"n{i:063x}": rng.normal(size=64)})
                 times.append(time.perf_counter() - start)
             start = time.perf_counter()
-            store._evict_unenrolled()
+            store.cache.evict()
             out["eviction_count_ms"] = round(1e3 * (time.perf_counter() - start), 2)
         out["put_features_ms"] = {
             "p50": round(1e3 * float(np.median(times)), 3),

@@ -23,7 +23,7 @@ from edgetl_runtime.state.store import FeatureStore
 
 
 def _slow_removes(store: FeatureStore) -> None:
-    real = store._writing
+    real = store.connection.writing
 
     @contextmanager
     def writing(action: str, **kwargs: bool) -> Iterator[sqlite3.Connection]:
@@ -32,7 +32,7 @@ def _slow_removes(store: FeatureStore) -> None:
             if action.startswith("Removing"):
                 time.sleep(0.02)  # rows deleted, COMMIT not yet run
 
-    store._writing = writing  # type: ignore[method-assign]
+    store.connection.writing = writing  # type: ignore[method-assign]
 
 
 def main(bundle: str, state: str, seed: int, slow_remove: bool = False) -> None:

@@ -195,8 +195,8 @@ def _state(fx: Fixture) -> tuple[st.SearchStrategy[Any], Callable[[Any], object]
             target, model_digest=meta["model_digest"], feature_dim=16, preprocess_key=meta["preprocess_key"]
         ) as store:
             store.samples()
-            store.samples_without_features()
-            store.kept_pixels([key for _, _, key, _ in store.samples_without_features()] or ["none"])
+            store.images.samples_without_features()
+            store.images.kept_pixels([key for _, _, key, _ in store.images.samples_without_features()] or ["none"])
             store.integrity_check()
             store.counts()
             store.storage()

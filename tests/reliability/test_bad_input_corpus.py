@@ -497,7 +497,7 @@ def _disk_full(c: Ctx) -> Callable[[], object]:
     def act() -> object:
         with c.load() as learner, warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            db = learner.store._db
+            db = learner.store.connection.db
             db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0]}")
             rng = np.random.default_rng(3)
             return learner.add([rng.integers(0, 256, (12, 14, 3), dtype=np.uint8) for _ in range(200)], "full")

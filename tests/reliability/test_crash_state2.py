@@ -51,9 +51,9 @@ _REEXTRACT_CHILD = textwrap.dedent(
 
     store = FeatureStore(sys.argv[1], model_digest="b" * 64, feature_dim=16, preprocess_key="p")
     print("OPEN", flush=True)
-    for _, _, key, kept in store.samples_without_features():
-        pixels = store.kept_pixels([key])[key]
-        store.add_model_features({key: np.full(16, float(pixels.mean()), np.float32)})
+    for _, _, key, kept in store.images.samples_without_features():
+        pixels = store.images.kept_pixels([key])[key]
+        store.images.add_model_features({key: np.full(16, float(pixels.mean()), np.float32)})
         print("F", key, flush=True)  # durable once add_model_features returned
         time.sleep(0.005)  # a device's backbone run: the parent's kill lands while the next one is under way
     print("DONE", flush=True)
@@ -86,7 +86,9 @@ def test_sigkill_while_re_extracting_for_another_model_keeps_every_sample(tmp_pa
         assert len(store) == 120 and sorted(r[0] for r in _rows(path)) == ids
         have = set(store.samples_with_keys()[2])
         assert done <= have, f"{len(done - have)} features returned by add_model_features were lost"
-        assert {key for _, _, key, _ in store.samples_without_features()} == {f"{i:064x}" for i in range(120)} - have
+        assert {key for _, _, key, _ in store.images.samples_without_features()} == {
+            f"{i:064x}" for i in range(120)
+        } - have
     with _store(path, MODEL_A) as store:  # the first model's features are untouched
         np.testing.assert_array_equal(store.samples()[2], before_a)
     assert lines[0] == "OPEN" and len(have) >= len(done) >= wanted, (lines[:3], len(done), len(have))

@@ -50,10 +50,10 @@ def test_kept_pixels_that_do_not_match_their_row_are_damage(reliability_bundle: 
         assert any("do not decode" in p for p in store.integrity_check())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            kept = store.kept_pixels(list(keys.values()), skip_damaged=True)
+            kept = store.images.kept_pixels(list(keys.values()), skip_damaged=True)
         assert keys["red"] not in kept and any("damaged" in str(w.message) for w in caught)
         with pytest.raises(StateError, match="match their image hash"):
-            store.kept_pixels([keys["red"]])
+            store.images.kept_pixels([keys["red"]])
 
 
 def test_pixels_kept_before_the_digest_still_decode() -> None:

@@ -375,7 +375,7 @@ def test_a_full_disk_is_a_typed_error_that_loses_nothing(reliability_bundle: Pat
     state = tmp_path / "s.sqlite"
     with _load(reliability_bundle, state) as learner:
         learner.add(RED, "red")
-        db = learner.store._db
+        db = learner.store.connection.db
         db.execute(f"PRAGMA max_page_count={db.execute('PRAGMA page_count').fetchone()[0]}")
         many = [np.random.default_rng(i).integers(0, 256, (12, 14, 3), dtype=np.uint8) for i in range(200)]
         with warnings.catch_warnings(), pytest.raises(StateFullError, match="free space"):

@@ -35,7 +35,7 @@ def feats(n: int, seed: int = 0) -> np.ndarray:
 
 def snapshot(store: FeatureStore) -> tuple[list[int], list[str], bytes, int]:
     ids, labels, f = store.samples()
-    n_features = store._db.execute("SELECT COUNT(*) FROM features").fetchone()[0]
+    n_features = store.connection.db.execute("SELECT COUNT(*) FROM features").fetchone()[0]
     return ids.tolist(), labels.tolist(), f.tobytes(), n_features
 
 
@@ -69,11 +69,11 @@ def test_empty_store_shapes() -> None:
 
 def test_feature_key_depends_on_bundle_and_preprocessing() -> None:
     a = make()
-    assert a.feature_key("img") == a.feature_key("img")
-    assert len(a.feature_key("img")) == 64
-    assert a.feature_key("img") != a.feature_key("img2")
-    assert a.feature_key("img") != make(model_digest="b" * 64).feature_key("img")
-    assert a.feature_key("img") != make(preprocess_key="pre-v2").feature_key("img")
+    assert a.images.feature_key("img") == a.images.feature_key("img")
+    assert len(a.images.feature_key("img")) == 64
+    assert a.images.feature_key("img") != a.images.feature_key("img2")
+    assert a.images.feature_key("img") != make(model_digest="b" * 64).images.feature_key("img")
+    assert a.images.feature_key("img") != make(preprocess_key="pre-v2").images.feature_key("img")
 
 
 def test_feature_cache_hits_only_and_chunking() -> None:
@@ -103,8 +103,8 @@ def test_persists_across_reopen_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     with make(path) as store:
         ids = store.add_samples(["k1", "k2"], ["a", "b"], feats(2))
-        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert store._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert store.connection.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store.connection.db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     with make(str(path)) as store:
         assert store.samples()[0].tolist() == ids
         assert store.counts() == {"a": 1, "b": 1}
@@ -123,8 +123,8 @@ def test_another_model_opens_the_state_and_sees_its_samples_without_features(
         store.add_samples(["k0", "k1"], ["x", "y"], feats(2), images=[np.zeros((4, 5, 3), np.uint8)] * 2)
     with make(path, **override) as other:
         assert len(other) == 2 and other.samples()[0].tolist() == []  # enrolled, but no features for this model
-        assert other.samples_without_features() == [(1, "x", "k0", True), (2, "y", "k1", True)]
-        other.add_model_features({"k0": feats(1, seed=5)[0], "k1": feats(1, seed=6)[0]})
+        assert other.images.samples_without_features() == [(1, "x", "k0", True), (2, "y", "k1", True)]
+        other.images.add_model_features({"k0": feats(1, seed=5)[0], "k1": feats(1, seed=6)[0]})
         assert other.samples()[0].tolist() == [1, 2]
     with make(path) as store:  # the first model's features are untouched
         np.testing.assert_array_equal(store.samples()[2], feats(2))
@@ -165,7 +165,7 @@ def test_a_width_mismatch_offers_to_drop_features_only_when_images_can_rebuild_t
     con.executescript(fix)
     con.close()
     with make(path, feature_dim=D + 1) as store:  # the enrolment survived; its features are to be recomputed
-        assert len(store) == 1 and store.samples_without_features() == [(1, "x", "k0", True)]
+        assert len(store) == 1 and store.images.samples_without_features() == [(1, "x", "k0", True)]
         assert store.integrity_check() == []
 
 
@@ -180,7 +180,7 @@ def test_corrupt_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     with make(path) as store:
         store.add_samples([f"k{i}" for i in range(300)], ["a"] * 300, feats(300))
-        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        store.connection.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = bytearray(path.read_bytes())
     page = 4096
     assert len(data) > 4 * page
@@ -203,7 +203,7 @@ def test_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
 def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     with make(path) as store:
-        store._db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        store.connection.db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(StateError, match="schema_version '99'"):
         make(path)
 
@@ -287,7 +287,7 @@ def test_failure_midway_through_add_rolls_everything_back(monkeypatch: pytest.Mo
 def test_sqlite_error_midway_through_add_rolls_everything_back() -> None:
     with make() as store:
         store.add_samples(["keep"], ["old"], feats(1))
-        store._db.execute(
+        store.connection.db.execute(
             "CREATE TRIGGER boom BEFORE INSERT ON samples WHEN NEW.label = 'boom' "
             "BEGIN SELECT RAISE(ABORT, 'boom'); END"
         )
@@ -296,7 +296,7 @@ def test_sqlite_error_midway_through_add_rolls_everything_back() -> None:
             store.add_samples(["n0", "n1", "n2"], ["ok", "ok", "boom"], feats(3, 4))
         assert isinstance(info.value.__cause__, sqlite3.IntegrityError)
         assert snapshot(store) == before
-        assert not store._db.in_transaction
+        assert not store.connection.db.in_transaction
 
 
 # --- removal -------------------------------------------------------------------------------------------
@@ -339,7 +339,7 @@ def test_remove_errors_change_nothing() -> None:
 def test_integrity_check_finds_our_invariants_broken() -> None:
     with make() as store:
         store.add_samples(["a"], ["x"], feats(1), images=[np.zeros((4, 4, 3), np.uint8)])
-        db = store._db
+        db = store.connection.db
         db.execute("PRAGMA foreign_keys=OFF")
         db.execute("INSERT INTO samples (label, image) VALUES ('x', 'ghost')")
         db.execute("INSERT INTO features VALUES ('short', ?, x'00000000')", (store.model,))
@@ -354,7 +354,7 @@ def test_integrity_check_finds_our_invariants_broken() -> None:
         with pytest.raises(StateError, match="'short' has 4 bytes"):
             store.get_features(["short"])
         with pytest.raises(StateError, match=r"kept pixels of image a.* are damaged"):
-            store.kept_pixels(["a"])
+            store.images.kept_pixels(["a"])
 
 
 def test_closed_store_raises_state_error(tmp_path: Path) -> None:
@@ -486,7 +486,7 @@ def test_eviction_is_checked_every_hundredth_of_the_bound_and_overshoots_by_no_m
     store = FeatureStore(None, model_digest="d", feature_dim=4, preprocess_key="p", max_unenrolled=500)
     for i in range(700):
         store.put_features({f"seen{i}": np.full(4, i, np.float32)})
-        (count,) = store._db.execute("SELECT count(*) FROM features").fetchone()
+        (count,) = store.connection.db.execute("SELECT count(*) FROM features").fetchone()
         assert count <= 500 + 5  # checked every 5 new rows
     kept = store.get_features([f"seen{i}" for i in range(700)])
     assert min(int(k[4:]) for k in kept) >= 195 and "seen699" in kept  # the oldest went
@@ -498,4 +498,4 @@ def test_one_shot_processes_each_caching_one_prediction_keep_the_cache_bounded(t
         with FeatureStore(path, model_digest="d", feature_dim=4, preprocess_key="p", max_unenrolled=20) as store:
             store.put_features({f"seen{i}": np.full(4, i, np.float32)})
     with make(path, model_digest="d", feature_dim=4, preprocess_key="p") as store:
-        assert store._db.execute("SELECT count(*) FROM features").fetchone() == (20,)
+        assert store.connection.db.execute("SELECT count(*) FROM features").fetchone() == (20,)

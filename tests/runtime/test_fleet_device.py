@@ -141,7 +141,7 @@ def test_a_merged_heads_counted_samples_are_recognised_at_every_precision(host: 
     with load(host["shipped"], state, precision="int8") as device:
         device.add(images("blue", 3, 3), "green")  # counted under the label the device gives them
         enrolment = device.export_enrolment(tmp_path / "d.enrol")
-        legacy = [device.store.feature_key(k) for k in enrolment.keys]  # schema-1 keys: image, int8 model
+        legacy = [device.store.images.feature_key(k) for k in enrolment.keys]  # schema-1 keys: image, int8 model
     assert len(enrolment.keys) == 3
     green = np.zeros(3, dtype=np.int64)  # index of "green" in the prior's classes (green, red)
     merged = ship(

@@ -120,12 +120,12 @@ def test_the_image_policy_is_the_states_own_until_changed(tiny_bundle: Path, tmp
         learner.add(_images(COLOURS["red"], 2, seed=0, size=(40, 48)), "red")
     with Learner.load(tiny_bundle, state, backend="onnxruntime") as learner:  # no policy given: the state's
         assert learner.store.image_policy.to_text() == "thumbnail:16"
-        kept = learner.store.kept_pixels(learner.store.samples_with_keys()[2])
+        kept = learner.store.images.kept_pixels(learner.store.samples_with_keys()[2])
         assert sorted(p.shape for p in kept.values()) == [(16, 19, 3)] * 2  # shorter side 16, aspect kept
         learner.add(_images(COLOURS["green"], 1, seed=1, size=(40, 48)), "green")
     with Learner.load(tiny_bundle, state, backend="onnxruntime", keep_images="original") as learner:
         learner.add(_images(COLOURS["blue"], 1, seed=2, size=(40, 48)), "blue")
-        kept = learner.store.kept_pixels(learner.store.samples_with_keys()[2])
+        kept = learner.store.images.kept_pixels(learner.store.samples_with_keys()[2])
         assert sorted(p.shape for p in kept.values()) == [(16, 19, 3)] * 3 + [(40, 48, 3)]
     with sqlite3.connect(state) as con:
         assert con.execute("SELECT value FROM meta WHERE key = 'image_policy'").fetchone() == ("original",)
@@ -212,7 +212,7 @@ def test_removing_a_class_deletes_its_kept_images(tiny_bundle: Path, tmp_path: P
         learner.remove(label="red")
         storage = learner.storage()
         assert (storage["images"], storage["images_kept"]) == (2, 2)
-        assert set(learner.store.kept_pixels(learner.store.samples_with_keys()[2])) == set(
+        assert set(learner.store.images.kept_pixels(learner.store.samples_with_keys()[2])) == set(
             learner.store.samples_with_keys()[2]
         )
 

@@ -122,7 +122,7 @@ def test_a_schema_1_state_is_upgraded_in_place_keeping_every_sample(tmp_path: Pa
         assert (model["precision"], model["backbone"], model["samples_with_features"]) == ("int8", "b", 3)
         new = store.add_samples(["new"], ["c"], np.ones((1, D), np.float32))
         assert new == [6]  # ids removed under schema 1 are not handed out again
-        assert schema_objects(store._db) == expected_objects(SCHEMA)
+        assert schema_objects(store.connection.db) == expected_objects(SCHEMA)
     with _store(path) as store:  # opening again changes nothing
         assert store.samples()[0].tolist() == [*ids, 6]
 
@@ -134,7 +134,7 @@ def test_an_upgraded_sample_is_found_as_a_duplicate_of_its_image_under_any_model
     _v1_state(path)
     image_hash = "e" * 64
     with _store(path) as store:
-        legacy = store.feature_key(image_hash)
+        legacy = store.images.feature_key(image_hash)
     con = sqlite3.connect(path)  # the upgraded sample 1 named, as schema 1 did, by its real feature key
     con.execute("PRAGMA foreign_keys=OFF")
     for table, column in (("images", "hash"), ("samples", "image"), ("features", "image")):
@@ -151,7 +151,7 @@ def test_an_upgraded_state_under_another_model_lists_its_samples_as_not_re_extra
     _v1_state(path)
     with _store(path, digest="9" * 64) as store:
         assert store.samples()[0].tolist() == []
-        assert [(i, label, kept) for i, label, _, kept in store.samples_without_features()] == [
+        assert [(i, label, kept) for i, label, _, kept in store.images.samples_without_features()] == [
             (1, "a", False),
             (2, "b", False),
             (4, "b", False),
@@ -228,7 +228,7 @@ def test_two_new_runtimes_upgrading_at_once_the_second_finds_schema_2_and_carrie
     _v1_state(path)
     with _store(path) as first:  # upgraded it, and keeps it open (WAL): leaving WAL is refused to anyone else
         second = sqlite3.connect(path, isolation_level=None)
-        assert first._leave_wal(second, str(path)) is False  # saw v1 before; v2 now: nothing to do
+        assert first.database._leave_wal(second, str(path)) is False  # saw v1 before; v2 now: nothing to do
         second.close()
         assert first.samples()[0].tolist() == [1, 2, 4]
 

@@ -70,7 +70,7 @@ class HeadKeeper:
         if self.prior is None or not len(self.prior.counted_keys):
             return np.zeros(len(keys), dtype=bool)
         counted = self.prior.already_counted(list(keys), labels)
-        legacy = self.store.legacy_keys(keys)  # schema-1 key -> image hash, under every model
+        legacy = self.store.images.legacy_keys(keys)  # schema-1 key -> image hash, under every model
         if legacy:
             label_of = dict(zip(keys, (str(v) for v in labels), strict=True))
             old = list(legacy)

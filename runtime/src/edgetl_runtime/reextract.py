@@ -25,17 +25,17 @@ def reextract_missing(
     number of samples that cannot be re-extracted: kept as features only (under another model), and kept
     as pixels that no longer decode (each named in a warning).
     """
-    missing = store.samples_without_features()
+    missing = store.images.samples_without_features()
     if not missing:
         return {}, {}
     todo = list(dict.fromkeys(key for _, _, key, kept in missing if kept))  # an image enrolled twice runs once
-    _warn_upscaled(store.shrunk_sides(todo), extractor.spec.resize_size)
+    _warn_upscaled(store.images.shrunk_sides(todo), extractor.spec.resize_size)
     done: set[str] = set()
     for start in range(0, len(todo), extractor.batch_size):  # batch by batch: thousands of thumbnails need not fit
-        pixels = store.kept_pixels(todo[start : start + extractor.batch_size], skip_damaged=True)
+        pixels = store.images.kept_pixels(todo[start : start + extractor.batch_size], skip_damaged=True)
         if pixels:
             features = extractor.run_backbone(list(pixels.values()))  # (B, D)
-            store.add_model_features(dict(zip(pixels, features, strict=True)))
+            store.images.add_model_features(dict(zip(pixels, features, strict=True)))
             done.update(pixels)
         if progress is not None:
             progress(min(start + extractor.batch_size, len(todo)), len(todo))
@@ -83,7 +83,7 @@ def restore_unusable(
     only under another model) restores that sample instead of adding a second one: it gains this model's
     features and its image. Returns the images, labels and image hashes still to enrol, and the restored
     sample ids."""
-    found = store.unusable_samples(keys)
+    found = store.images.unusable_samples(keys)
     restore = [i for i, key in enumerate(keys) if key in found and labels[i] in found[key][2]]
     if not restore:
         return images, labels, keys, []
@@ -91,10 +91,10 @@ def restore_unusable(
     if flip:  # each restored image's mirror was enrolled with it: restore it too when it is there
         mirrors = [hflip(images[i]) for i in restore]
         mirror_keys = extractor.keys(mirrors)
-        found.update(store.unusable_samples(mirror_keys))
+        found.update(store.images.unusable_samples(mirror_keys))
         pairs += [(m, k) for m, k in zip(mirrors, mirror_keys, strict=True) if k in found]
     pixels = [img for img, _ in pairs]
-    store.restore_samples([found[k][0] for _, k in pairs], extractor.run_backbone(pixels), pixels)
+    store.images.restore_samples([found[k][0] for _, k in pairs], extractor.run_backbone(pixels), pixels)
     ids = sorted({i for _, k in pairs for i in found[k][1]})
     left = [i for i in range(len(images)) if i not in set(restore)]
     return [images[i] for i in left], [labels[i] for i in left], [keys[i] for i in left], ids

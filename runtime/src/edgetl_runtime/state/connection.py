@@ -7,29 +7,36 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import TracebackType
-from typing import TypeVar
 
 from edgetl_runtime.errors import StateError
 from edgetl_runtime.state.errors import _FIX_CORRUPT, state_error
 from edgetl_runtime.warn import warn
 
-S = TypeVar("S", bound="StateConnection")
+__all__ = ["StateConnection"]
 
 
 class StateConnection:
-    """The connection a subclass opens (``_con``), and how everything else uses it."""
+    """One SQLite connection to a state file (or memory) and how every part of the state uses it.
 
-    path: str | None
-    busy_timeout: float
-    read_only: bool = False
-    _con: sqlite3.Connection | None = None
+    :class:`~edgetl_runtime.state.database.StateDatabase` opens the file and ``attach``-es the checked
+    connection; the store and the kept images then read under :meth:`reading` and write one transaction
+    at a time under :meth:`writing`. ``read_only`` says whether the file may be written.
+    """
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | None, busy_timeout: float) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self.read_only = False
+        self._con: sqlite3.Connection | None = None
         self._lock = threading.RLock()
 
+    def attach(self, con: sqlite3.Connection) -> None:
+        """Use ``con`` (opened and checked by the database) from now on."""
+        with self._lock:
+            self._con = con
+
     @contextmanager
-    def _reading(self) -> Iterator[None]:
+    def reading(self) -> Iterator[None]:
         """Hold the lock for a read; damage SQLite only notices now (a malformed page) becomes a StateError."""
         with self._lock:
             try:
@@ -43,10 +50,10 @@ class StateConnection:
                 ) from exc
 
     @contextmanager
-    def _writing(self, action: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def writing(self, action: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """Lock, one transaction, and each SQLite failure as its typed error (nothing is kept on any error)."""
         with self._lock:
-            db = self._db
+            db = self.db
             if self.read_only:
                 raise state_error(
                     sqlite3.OperationalError("attempt to write a readonly database"),
@@ -55,14 +62,14 @@ class StateConnection:
                     self.busy_timeout,
                 )
             try:
-                with self._transaction(db, durable=durable):
+                with self.transaction(db, durable=durable):
                     yield db
             except sqlite3.DatabaseError as exc:
                 raise state_error(exc, self.path or ":memory:", action, self.busy_timeout) from exc
 
     @staticmethod
     @contextmanager
-    def _read_transaction(con: sqlite3.Connection) -> Iterator[None]:
+    def read_transaction(con: sqlite3.Connection) -> Iterator[None]:
         """A deferred transaction: one consistent snapshot to read, no write lock taken."""
         con.execute("BEGIN")
         try:
@@ -72,14 +79,14 @@ class StateConnection:
                 con.execute("ROLLBACK")
 
     @property
-    def _db(self) -> sqlite3.Connection:
+    def db(self) -> sqlite3.Connection:
         if self._con is None:
             raise StateError("This FeatureStore is closed. Fix: open a new FeatureStore on the same path.")
         return self._con
 
     @staticmethod
     @contextmanager
-    def _transaction(con: sqlite3.Connection, *, durable: bool = True) -> Iterator[None]:
+    def transaction(con: sqlite3.Connection, *, durable: bool = True) -> Iterator[None]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception so nothing half-done is kept.
 
         IMMEDIATE takes the write lock up front, so a second process waits (busy timeout) instead of
@@ -107,7 +114,7 @@ class StateConnection:
             if self.path is None or self.read_only:
                 return True
             try:
-                busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                busy, _, _ = self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
             except sqlite3.DatabaseError as exc:
                 raise state_error(exc, self.path, "Checkpointing", self.busy_timeout) from exc
             return bool(busy == 0)
@@ -119,12 +126,12 @@ class StateConnection:
         with self._lock:  # a short wait: this process's own reads queue behind it
             if self.path is None or self.read_only:
                 return True
-            self._db.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
+            self.db.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
             try:
                 if self.checkpoint():
                     return True
             finally:
-                self._db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+                self.db.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         warn(
             f"{what} are deleted from the state, but their old pages stay in its write-ahead log {self.path}-wal "
             "while another connection is reading it. Fix: once that read is over, call learner.save() (it returns "
@@ -139,11 +146,3 @@ class StateConnection:
             if self._con is not None:
                 self._con.close()
                 self._con = None
-
-    def __enter__(self: S) -> S:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

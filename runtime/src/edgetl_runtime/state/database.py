@@ -1,9 +1,9 @@
-"""The SQLite side of device state: one connection, its transactions, the exact schema and its upgrade;
+"""Opening the device state: the exact schema, its upgrade, the model registered and the image policy settled;
 every SQLite failure becomes a typed error with a truthful fix (:mod:`edgetl_runtime.state.errors`).
 
-:class:`StateDatabase` opens the file (checking it before anything in it runs), and gives its subclass
-short locked reads (``_reading``) and one-transaction writes (``_writing``);
-:class:`~edgetl_runtime.state.store.FeatureStore` holds the samples and features on top of it.
+:class:`StateDatabase` opens the file on a :class:`~edgetl_runtime.state.connection.StateConnection`
+(checking it before anything in it runs); :class:`~edgetl_runtime.state.store.FeatureStore` is built from
+the two and :class:`~edgetl_runtime.state.images.KeptImages`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from edgetl_runtime.errors import StateError, StateLockedError
 from edgetl_runtime.state.connection import StateConnection
@@ -38,6 +39,7 @@ from edgetl_runtime.state.schema import (
     TABLES_V1,
     SchemaObjects,
     migrate_v1,
+    model_key,
     now,
     schema_objects,
     schema_problems,
@@ -45,36 +47,56 @@ from edgetl_runtime.state.schema import (
 )
 from edgetl_runtime.warn import warn
 
-__all__ = ["_FIX_CORRUPT", "StateDatabase", "state_error"]
-S = TypeVar("S", bound="StateDatabase")
+__all__ = ["ModelSpace", "StateDatabase"]
 
 
-class StateDatabase(StateConnection):
-    """One SQLite connection guarded by a re-entrant lock, with the schema checked (or upgraded) on open.
+@dataclass(frozen=True)
+class ModelSpace:
+    """The feature space a store reads and writes: one backbone member with one preprocessing."""
 
-    A subclass sets ``path``, ``busy_timeout``, the model it computes features with (``model_digest``,
-    ``preprocess_key``, ``feature_dim``, ``precision``, ``backbone``) and the image policy it was asked for
-    (``requested_policy``; None keeps the state's) and ``known_models`` (the bundle's models, to name a
-    schema-1 file's model when it is upgraded), then calls :meth:`_connect`.
+    digest: str  # SHA-256 of the backbone member (one precision of one export)
+    preprocess_key: str
+    feature_dim: int
+    precision: str = "unknown"  # recorded for people and tools reading the state
+    backbone: str = "unknown"
+
+    @property
+    def key(self) -> str:
+        """``model_key(digest, preprocess_key)``: how the state's tables name this model."""
+        return model_key(self.digest, self.preprocess_key)
+
+
+class StateDatabase:
+    """Opens the state file on a :class:`StateConnection`: checks it before anything in it runs, creates,
+    verifies or upgrades the schema, registers ``space`` and settles the image policy.
+
+    ``requested_policy`` is the image policy asked for (None keeps the state's); ``known_models`` names the
+    bundle's models (digest -> (precision, backbone)), to name a schema-1 file's model when it is upgraded.
     """
 
-    model_digest: str
-    feature_dim: int
-    preprocess_key: str
-    precision: str
-    model: str  # model_key(model_digest, preprocess_key): the feature space this store reads and writes
-    backbone: str
-    requested_policy: ImageKeeping | None
-    known_models: dict[str, tuple[str, str]]  # model digest -> (precision, backbone) of the bundle being loaded
-    image_policy: ImageKeeping = ImageKeeping()
-    model_registered: bool = False  # whether this model's features can be stored (False: read-only, new model)
+    def __init__(
+        self,
+        connection: StateConnection,
+        space: ModelSpace,
+        requested_policy: ImageKeeping | None,
+        known_models: Mapping[str, tuple[str, str]],
+    ) -> None:
+        self.connection = connection
+        self.space = space
+        self.requested_policy = requested_policy
+        self.known_models = dict(known_models)
+        self.image_policy = ImageKeeping()  # the state's, once open (see _adopt)
+        self.model_registered = False  # whether this model's features can be stored (False: read-only, new model)
+        self._connect()
 
     def _connect(self) -> None:
         """Open the connection and check or create the schema; every failure a typed StateError."""
-        where = self.path or ":memory:"
+        where = self.connection.path or ":memory:"
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction is exactly one call.
-            con = sqlite3.connect(where, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
+            con = sqlite3.connect(
+                where, isolation_level=None, check_same_thread=False, timeout=self.connection.busy_timeout
+            )
         except sqlite3.Error as exc:
             raise StateError(f"Cannot open state database {where!r}: {exc}. Fix: check the directory exists.") from exc
         try:
@@ -89,32 +111,38 @@ class StateDatabase(StateConnection):
                 raise StateError(
                     f"State database {where!r} is not a readable SQLite database ({exc}). Fix: {_FIX_CORRUPT}."
                 ) from exc
-            raise state_error(exc, where, "Opening", self.busy_timeout) from exc
+            raise state_error(exc, where, "Opening", self.connection.busy_timeout) from exc
         except UnicodeDecodeError as exc:  # damaged TEXT fails to decode as UTF-8
             con.close()
             raise StateError(f"State database {where!r} holds undecodable text ({exc}). Fix: {_FIX_CORRUPT}.") from exc
         except BaseException:
             con.close()
             raise
-        self._con = con
+        self.connection.attach(con)
 
     def _immutable_uri(self) -> str | None:
         """``mode=ro&immutable=1`` for a state file with no -wal file: a WAL state in a read-only folder
         cannot be opened otherwise (no -shm can be made), and with no -wal nothing is lost by ignoring it."""
-        if self.path is None or not os.path.isfile(self.path) or os.path.exists(f"{self.path}-wal"):
+        if (
+            self.connection.path is None
+            or not os.path.isfile(self.connection.path)
+            or os.path.exists(f"{self.connection.path}-wal")
+        ):
             return None
-        return f"{Path(self.path).resolve().as_uri()}?mode=ro&immutable=1"
+        return f"{Path(self.connection.path).resolve().as_uri()}?mode=ro&immutable=1"
 
     def _connect_immutable(self, where: str) -> None:
         uri = self._immutable_uri()
         assert uri is not None
-        con = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
+        con = sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=self.connection.busy_timeout
+        )
         try:
-            self.read_only = True
-            self._con = self._open(con, where)
+            self.connection.read_only = True
+            self.connection.attach(self._open(con, where))
         except sqlite3.DatabaseError as exc:
             con.close()
-            raise state_error(exc, where, "Opening", self.busy_timeout) from exc
+            raise state_error(exc, where, "Opening", self.connection.busy_timeout) from exc
         except BaseException:
             con.close()
             raise
@@ -137,13 +165,13 @@ class StateDatabase(StateConnection):
         con.execute("PRAGMA foreign_keys=ON")
         # A removed class's kept photos are overwritten with zeros, not left readable in free pages.
         con.execute("PRAGMA secure_delete=ON")
-        with self._read_transaction(con):
+        with self.connection.read_transaction(con):
             objects = schema_objects(con)
             version = self._check_schema(con, where, objects) if objects else None
         if version == 1:
             con = self._upgrade_v1(con, where)
         elif version is None:
-            with self._transaction(con):  # re-read under the write lock: another process may have done it
+            with self.connection.transaction(con):  # re-read under the write lock: another process may have done it
                 objects = schema_objects(con)
                 version = self._check_schema(con, where, objects) if objects else None
                 if version is None:
@@ -156,9 +184,9 @@ class StateDatabase(StateConnection):
                     )
             if version == 1:
                 con = self._upgrade_v1(con, where)
-        self.read_only = self.read_only or not self._writable(con)
+        self.connection.read_only = self.connection.read_only or not self._writable(con)
         # WAL only once the file is known to be ours: switching rewrites the header of a foreign database.
-        if not self.read_only and self.path is not None:
+        if not self.connection.read_only and self.connection.path is not None:
             con.execute("PRAGMA journal_mode=WAL")
         self._adopt(con, where)
         return con
@@ -180,7 +208,7 @@ class StateDatabase(StateConnection):
 
     def _v1_in_memory(self, con: sqlite3.Connection) -> sqlite3.Connection:
         """A schema-1 file's samples and their features (not its cached predictions) copied into memory."""
-        source = self._immutable_uri() or f"{Path(str(self.path)).resolve().as_uri()}?mode=ro"
+        source = self._immutable_uri() or f"{Path(str(self.connection.path)).resolve().as_uri()}?mode=ro"
         con.close()
         memory = sqlite3.connect("file::memory:", uri=True, isolation_level=None, check_same_thread=False)
         memory.execute("ATTACH DATABASE ? AS old", (source,))
@@ -200,7 +228,7 @@ class StateDatabase(StateConnection):
         """Switch a schema-1 file out of WAL mode, which SQLite refuses (at once, without its busy handler)
         while another connection has the file open: retry up to the busy timeout. False when the file
         became schema 2 meanwhile (another new runtime upgraded it): nothing to do."""
-        deadline = time.monotonic() + self.busy_timeout
+        deadline = time.monotonic() + self.connection.busy_timeout
         while True:
             try:
                 con.execute("PRAGMA journal_mode=DELETE")
@@ -208,13 +236,13 @@ class StateDatabase(StateConnection):
             except sqlite3.OperationalError as exc:
                 if _primary_code(exc) not in (_BUSY, _LOCKED):
                     raise
-            with self._read_transaction(con):
+            with self.connection.read_transaction(con):
                 if self._check_schema(con, where, schema_objects(con)) == SCHEMA_VERSION:
                     return False
             if time.monotonic() >= deadline:
                 raise StateLockedError(
                     f"State database {where!r} has schema 1, which this edgetl_runtime upgrades once in place, "
-                    f"but another process kept it open for {self.busy_timeout:g} s (an older edgetl_runtime "
+                    f"but another process kept it open for {self.connection.busy_timeout:g} s (an older edgetl_runtime "
                     "would then read it as damaged). Nothing was changed. Fix: stop the other processes that use "
                     "this state (update them to this edgetl-runtime), then load again."
                 )
@@ -226,7 +254,7 @@ class StateDatabase(StateConnection):
         policy = (self.requested_policy or ImageKeeping()).to_text()
         if not self._writable(con):
             memory = self._v1_in_memory(con)
-            with self._transaction(memory):
+            with self.connection.transaction(memory):
                 migrate_v1(memory, self.known_models, policy)
             warn(
                 f"State database {where!r} has schema 1 and is read-only: it was upgraded in memory for this "
@@ -234,7 +262,7 @@ class StateDatabase(StateConnection):
                 "for one load, which upgrades it in place.",
                 RuntimeWarning,
             )
-            self.read_only = True
+            self.connection.read_only = True
             return memory
         if not self._leave_wal(con, where):
             return con  # another process upgraded it meanwhile
@@ -252,25 +280,32 @@ class StateDatabase(StateConnection):
 
     def _adopt(self, con: sqlite3.Connection, where: str) -> None:
         """Register this model's feature space and settle the image policy (writes only what changed)."""
-        key = self.model
-        with self._read_transaction(con):
+        key = self.space.key
+        with self.connection.read_transaction(con):
             row = con.execute("SELECT feature_dim FROM models WHERE key = ?", (key,)).fetchone()
-            stored = self._read_policy(con)
-        if row is not None and row[0] != self.feature_dim:
-            raise StateError(width_problem(con, where, key, self.model_digest, int(row[0]), self.feature_dim))
+            stored = self.read_policy(con)
+        if row is not None and row[0] != self.space.feature_dim:
+            raise StateError(width_problem(con, where, key, self.space.digest, int(row[0]), self.space.feature_dim))
         self.image_policy = self.requested_policy or stored
-        if self.read_only:
+        if self.connection.read_only:
             self.model_registered = row is not None
             return
         if row is None or self.image_policy != stored:
-            with self._transaction(con, durable=False):
-                self._register_model(con)
-                self._write_policy(con, self.image_policy)
+            with self.connection.transaction(con, durable=False):
+                self.register_model(con)
+                self.write_policy(con, self.image_policy)
         self.model_registered = True
 
-    def _register_model(self, con: sqlite3.Connection) -> None:
+    def register_model(self, con: sqlite3.Connection) -> None:
         """Record this model's feature space (inside the caller's write transaction); a no-op when known."""
-        row = (self.model, self.model_digest, self.preprocess_key, self.precision, self.backbone, self.feature_dim)
+        row = (
+            self.space.key,
+            self.space.digest,
+            self.space.preprocess_key,
+            self.space.precision,
+            self.space.backbone,
+            self.space.feature_dim,
+        )
         con.execute("INSERT OR IGNORE INTO models VALUES (?, ?, ?, ?, ?, ?, ?)", (*row, now()))
         self.model_registered = True
 
@@ -338,13 +373,13 @@ class StateDatabase(StateConnection):
         return version
 
     @staticmethod
-    def _read_policy(con: sqlite3.Connection) -> ImageKeeping:
+    def read_policy(con: sqlite3.Connection) -> ImageKeeping:
         """The image policy the file says now (another process may have changed it since this one opened)."""
         row = con.execute("SELECT value FROM meta WHERE key = 'image_policy'").fetchone()
         return ImageKeeping.from_text(str(row[0]) if row else "")
 
     @staticmethod
-    def _write_policy(con: sqlite3.Connection, policy: ImageKeeping) -> None:
+    def write_policy(con: sqlite3.Connection, policy: ImageKeeping) -> None:
         con.execute("UPDATE meta SET value = ? WHERE key = 'image_policy'", (policy.to_text(),))
 
     @staticmethod

@@ -28,7 +28,7 @@ def in_chunks(items: Sequence[T]) -> Iterator[tuple[list[T], str]]:
         yield chunk, ",".join("?" * len(chunk))
 
 
-def _as_float32(array: object, what: str) -> npt.NDArray[np.float32]:
+def as_float32(array: object, what: str) -> npt.NDArray[np.float32]:
     try:
         return np.asarray(array, dtype=np.float32)
     except (TypeError, ValueError) as exc:
@@ -37,40 +37,45 @@ def _as_float32(array: object, what: str) -> npt.NDArray[np.float32]:
         ) from exc
 
 
-class KeptImages(StateDatabase):
-    """Operations on the ``images`` table (one row per enrolled image hash, pixels or NULL)."""
+class KeptImages:
+    """Operations on the ``images`` table (one row per enrolled image hash, pixels or NULL), and the samples
+    the current model still needs features for, on an open :class:`StateDatabase`."""
 
-    # Features computed for enrolled samples of a model a read-only state has never seen: kept for this
-    # process, since they cannot be written.
-    _unwritten: dict[str, npt.NDArray[np.float32]]
+    def __init__(self, database: StateDatabase) -> None:
+        self.database = database
+        self.connection = database.connection
+        self.space = database.space
+        # Features computed for enrolled samples of a model a read-only state has never seen: kept for this
+        # process, since they cannot be written.
+        self.unwritten: dict[str, npt.NDArray[np.float32]] = {}
 
     def feature_key(self, image_hash: str, model_digest: str | None = None, preprocess_key: str | None = None) -> str:
         """Schema 1's key of an image's features under a model (this one by default): what a schema-1 state
         and enrolment files written before schema 2 name a sample by."""
         # NUL separators keep the three parts from sliding into each other ("ab"+"c" vs "a"+"bc").
-        parts = (image_hash, model_digest or self.model_digest, preprocess_key or self.preprocess_key)
+        parts = (image_hash, model_digest or self.space.digest, preprocess_key or self.space.preprocess_key)
         return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
 
     def legacy_keys(self, image_hashes: Sequence[str]) -> dict[str, str]:
         """Schema-1 key -> image hash, under every model the state has known: an upgraded sample is named by one."""
-        with self._reading():
-            models = self._db.execute("SELECT model_digest, preprocess_key FROM models").fetchall()
+        with self.connection.reading():
+            models = self.connection.db.execute("SELECT model_digest, preprocess_key FROM models").fetchall()
         return {self.feature_key(h, str(d), str(p)): h for h in image_hashes for d, p in models}
 
-    def _encode_kept(
+    def encode_kept(
         self, keys: list[str], images: Sequence[npt.NDArray[np.uint8]] | None
     ) -> dict[str, tuple[int, int, bytes, int, int] | None]:
         """Image hash -> (height, width, encoded pixels, source height, source width) the policy keeps, or
         None (features only)."""
         out: dict[str, tuple[int, int, bytes, int, int] | None] = {}
         for i, key in enumerate(keys):
-            small = None if images is None else self.image_policy.shrink(images[i])
+            small = None if images is None else self.database.image_policy.shrink(images[i])
             if key not in out or small is not None:
                 source = (0, 0) if images is None else images[i].shape[:2]
                 out[key] = None if small is None else (*small.shape[:2], encode_pixels(small, key), *source)
         return out
 
-    def _kept_under_file_policy(
+    def kept_under_file_policy(
         self,
         keys: list[str],
         images: Sequence[npt.NDArray[np.uint8]] | None,
@@ -78,15 +83,15 @@ class KeptImages(StateDatabase):
     ) -> dict[str, tuple[int, int, bytes, int, int] | None]:
         """``kept`` again under the policy the file holds now; call inside the write transaction. Another process
         may have changed it (forget_images) since this one opened: the file's policy is the one that holds."""
-        stored = self._read_policy(self._db)
-        if stored != self.image_policy:
-            self.image_policy = stored
-            kept = self._encode_kept(keys, images)
+        stored = self.database.read_policy(self.connection.db)
+        if stored != self.database.image_policy:
+            self.database.image_policy = stored
+            kept = self.encode_kept(keys, images)
         return kept
 
-    def _keep_images(self, keys: list[str], kept: Mapping[str, tuple[int, int, bytes, int, int] | None]) -> None:
+    def keep_images(self, keys: list[str], kept: Mapping[str, tuple[int, int, bytes, int, int] | None]) -> None:
         """One images row per hash; pixels fill in a features-only row when the same image comes with them."""
-        db = self._db
+        db = self.connection.db
         for key in dict.fromkeys(keys):
             data = kept.get(key)
             db.execute("INSERT OR IGNORE INTO images (hash) VALUES (?)", (key,))
@@ -97,11 +102,13 @@ class KeptImages(StateDatabase):
                     (*data, key),
                 )
 
-    def _drop_unused_images(self) -> int:
+    def drop_unused_images(self) -> int:
         """Delete the images rows (and kept pixels) no sample uses; returns how many held pixels."""
         unused = "NOT EXISTS (SELECT 1 FROM samples s WHERE s.image = images.hash)"
-        (kept,) = self._db.execute(f"SELECT count(*) FROM images WHERE pixels IS NOT NULL AND {unused}").fetchone()
-        self._db.execute(f"DELETE FROM images WHERE {unused}")
+        (kept,) = self.connection.db.execute(
+            f"SELECT count(*) FROM images WHERE pixels IS NOT NULL AND {unused}"
+        ).fetchone()
+        self.connection.db.execute(f"DELETE FROM images WHERE {unused}")
         return int(kept)
 
     def kept_pixels(self, keys: Sequence[str], *, skip_damaged: bool = False) -> dict[str, npt.NDArray[np.uint8]]:
@@ -112,10 +119,10 @@ class KeptImages(StateDatabase):
         """
         out: dict[str, npt.NDArray[np.uint8]] = {}
         unique = list(dict.fromkeys(keys))
-        with self._reading():
+        with self.connection.reading():
             for chunk, marks in in_chunks(unique):
                 query = f"SELECT hash, height, width, pixels FROM images WHERE pixels IS NOT NULL AND hash IN ({marks})"
-                for key, h, w, blob in self._db.execute(query, chunk):
+                for key, h, w, blob in self.connection.db.execute(query, chunk):
                     try:
                         out[str(key)] = decode_pixels(blob, h, w, f"image {str(key)[:12]}…", str(key))
                     except StateError as exc:
@@ -131,13 +138,13 @@ class KeptImages(StateDatabase):
         alias = {**{k: k for k in keys}, **self.legacy_keys(keys)}  # identity -> image hash
         out: dict[str, tuple[str, list[int], list[str]]] = {}
         identities = list(alias)
-        with self._reading():
+        with self.connection.reading():
             for chunk, marks in in_chunks(identities):
                 query = (
                     f"SELECT s.id, s.label, s.image FROM samples s WHERE s.image IN ({marks}) AND NOT EXISTS "
                     "(SELECT 1 FROM features f WHERE f.image = s.image AND f.model = ?) ORDER BY s.id"
                 )
-                for sample_id, label, identity in self._db.execute(query, [*chunk, self.model]):
+                for sample_id, label, identity in self.connection.db.execute(query, [*chunk, self.space.key]):
                     entry = out.setdefault(alias[str(identity)], (str(identity), [], []))
                     entry[1].append(int(sample_id))
                     entry[2].append(str(label))
@@ -147,13 +154,13 @@ class KeptImages(StateDatabase):
         """Image hash -> kept shorter side, for those of ``keys`` kept as a thumbnail smaller than enrolled."""
         out: dict[str, int] = {}
         unique = list(dict.fromkeys(keys))
-        with self._reading():
+        with self.connection.reading():
             for chunk, marks in in_chunks(unique):
                 query = (
                     "SELECT hash, min(height, width) FROM images WHERE pixels IS NOT NULL AND "
                     f"min(source_height, source_width) > min(height, width) AND hash IN ({marks})"
                 )
-                out.update((str(k), int(side)) for k, side in self._db.execute(query, chunk))
+                out.update((str(k), int(side)) for k, side in self.connection.db.execute(query, chunk))
         return out
 
     def forget_images(self) -> int:
@@ -162,17 +169,17 @@ class KeptImages(StateDatabase):
         Samples stay enrolled, for the models that already have their features; another precision or a
         new bundle can no longer re-extract them.
         """
-        with self._writing("Forgetting images in") as db:
+        with self.connection.writing("Forgetting images in") as db:
             gone = db.execute("UPDATE images SET height = NULL, width = NULL, pixels = NULL WHERE pixels IS NOT NULL")
-            self._write_policy(db, ImageKeeping(KeepMode.NONE))
-        self.image_policy = ImageKeeping(KeepMode.NONE)
-        self.truncate_wal("The forgotten images")
+            self.database.write_policy(db, ImageKeeping(KeepMode.NONE))
+        self.database.image_policy = ImageKeeping(KeepMode.NONE)
+        self.connection.truncate_wal("The forgotten images")
         return int(gone.rowcount)
 
     def storage(self) -> dict[str, Any]:
         """What the state holds and what it costs on disk: kept images, features per model, file size."""
-        with self._reading():
-            db = self._db
+        with self.connection.reading():
+            db = self.connection.db
             images, kept, pixel_bytes = db.execute(
                 "SELECT count(*), count(pixels), coalesce(sum(length(pixels)), 0) FROM images"
             ).fetchone()
@@ -183,7 +190,7 @@ class KeptImages(StateDatabase):
                 "GROUP BY m.key ORDER BY m.first_used, m.key"
             ).fetchall()
         return {
-            "image_policy": self.image_policy.to_text(),
+            "image_policy": self.database.image_policy.to_text(),
             "images": int(images),
             "images_kept": int(kept),
             "kept_pixel_bytes": int(pixel_bytes),
@@ -196,22 +203,22 @@ class KeptImages(StateDatabase):
                     "samples_with_features": int(covered),  # enrolled samples this model can use now
                     "features": int(n),  # also those of predicted images (a cache, evicted beyond max_unenrolled)
                     "feature_bytes": int(size),
-                    "current": key == self.model,
+                    "current": key == self.space.key,
                 }
                 for key, p, b, d, dim, n, size, covered in models
             ],
             "file_bytes": sum(
-                os.path.getsize(f"{self.path}{suffix}")
+                os.path.getsize(f"{self.connection.path}{suffix}")
                 for suffix in ("", "-wal")
-                if self.path is not None and os.path.exists(f"{self.path}{suffix}")
+                if self.connection.path is not None and os.path.exists(f"{self.connection.path}{suffix}")
             ),
         }
 
     def undecodable_images(self) -> list[tuple[str, str]]:
         """Every kept image whose pixels fail to decode (damage SQLite's own checks cannot see)."""
         bad = []
-        with self._reading():
-            rows = self._db.execute("SELECT hash, height, width, pixels FROM images WHERE pixels IS NOT NULL")
+        with self.connection.reading():
+            rows = self.connection.db.execute("SELECT hash, height, width, pixels FROM images WHERE pixels IS NOT NULL")
             for key, h, w, blob in rows:
                 try:
                     decode_pixels(blob, h, w, "", str(key))
@@ -222,20 +229,18 @@ class KeptImages(StateDatabase):
     def samples_without_features(self) -> list[tuple[int, str, str, bool]]:
         """(id, label, image hash, pixels kept) of every sample this model has no features for yet: enrolled
         under another precision or bundle. Those with pixels can be re-extracted; the others cannot."""
-        with self._reading():
-            rows = self._db.execute(
+        with self.connection.reading():
+            rows = self.connection.db.execute(
                 "SELECT s.id, s.label, s.image, i.pixels IS NOT NULL FROM samples s JOIN images i ON i.hash = s.image "
                 "WHERE NOT EXISTS (SELECT 1 FROM features f WHERE f.image = s.image AND f.model = ?) ORDER BY s.id",
-                (self.model,),
+                (self.space.key,),
             ).fetchall()
-        return [
-            (int(i), str(label), str(key), bool(kept)) for i, label, key, kept in rows if key not in self._unwritten
-        ]
+        return [(int(i), str(label), str(key), bool(kept)) for i, label, key, kept in rows if key not in self.unwritten]
 
     def integrity_check(self) -> list[str]:
         """SQLite's integrity_check plus our invariants; returns the problems found (empty means healthy)."""
-        with self._reading():
-            db = self._db
+        with self.connection.reading():
+            db = self.connection.db
             problems = [f"sqlite: {r[0]}" for r in db.execute("PRAGMA integrity_check") if r[0] != "ok"]
             problems += [f"foreign key: {row}" for row in db.execute("PRAGMA foreign_key_check").fetchall()[:20]]
             bad = db.execute(
@@ -254,27 +259,29 @@ class KeptImages(StateDatabase):
             problems.append(f"kept pixels of {key[:12]}… do not decode: {blob}")
         return problems
 
-    def _check_vectors(self, keys: Sequence[object], vectors: npt.NDArray[np.float32], what: str) -> list[str]:
+    def check_vectors(self, keys: Sequence[object], vectors: npt.NDArray[np.float32], what: str) -> list[str]:
         """Collect every problem with keys and a (N, D) array, so the caller raises once."""
         problems = [
             f"{what} key #{i} must be a non-empty str, got {k!r}"
             for i, k in enumerate(keys)
             if not k or not isinstance(k, str)
         ]
-        if vectors.ndim != 2 or vectors.shape[1] != self.feature_dim:
-            problems.append(f"{what} features have shape {vectors.shape}, expected (N, {self.feature_dim})")
+        if vectors.ndim != 2 or vectors.shape[1] != self.space.feature_dim:
+            problems.append(f"{what} features have shape {vectors.shape}, expected (N, {self.space.feature_dim})")
         elif not np.isfinite(vectors).all():
             bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
             problems.append(f"{what} features rows {bad[:10].tolist()} contain NaN or inf; expected finite values")
         return problems
 
-    def _upsert(self, keys: Sequence[str], vectors: npt.NDArray[np.float32], *, overwrite: bool = True) -> None:
+    def upsert(self, keys: Sequence[str], vectors: npt.NDArray[np.float32], *, overwrite: bool = True) -> None:
         """Store this model's features; without ``overwrite`` a row already there (the same image under the
         same model, hence the same vector) is left as it is instead of being written again."""
-        rows = [(k, self.model, v.tobytes()) for k, v in zip(keys, np.asarray(vectors, dtype="<f4"), strict=True)]
+        rows = [(k, self.space.key, v.tobytes()) for k, v in zip(keys, np.asarray(vectors, dtype="<f4"), strict=True)]
         # Upsert, not INSERT OR REPLACE: REPLACE deletes the row first, then inserts it again as the newest.
         conflict = "DO UPDATE SET vec=excluded.vec" if overwrite else "DO NOTHING"
-        self._db.executemany(f"INSERT INTO features VALUES (?, ?, ?) ON CONFLICT(image, model) {conflict}", rows)
+        self.connection.db.executemany(
+            f"INSERT INTO features VALUES (?, ?, ?) ON CONFLICT(image, model) {conflict}", rows
+        )
 
     def add_model_features(self, items: Mapping[str, npt.NDArray[np.floating]]) -> None:
         """Store this model's features of enrolled images computed after the fact (from kept pixels).
@@ -282,15 +289,15 @@ class KeptImages(StateDatabase):
         Durable like an enrolment; a read-only state keeps them in memory for this process instead.
         """
         keys = list(items)
-        vectors = np.stack([_as_float32(items[k], f"feature for {k[:12]}") for k in keys])  # (N, D)
-        raise_all(InputError, self._check_vectors(keys, vectors, "re-extracted"), "Cannot store features")
-        if self.read_only:
-            self._unwritten.update(zip(keys, vectors, strict=True))
+        vectors = np.stack([as_float32(items[k], f"feature for {k[:12]}") for k in keys])  # (N, D)
+        raise_all(InputError, self.check_vectors(keys, vectors, "re-extracted"), "Cannot store features")
+        if self.connection.read_only:
+            self.unwritten.update(zip(keys, vectors, strict=True))
             return
-        with self._writing("Storing re-extracted features in"):
-            if not self.model_registered:
-                self._register_model(self._db)
-            self._upsert(keys, vectors)
+        with self.connection.writing("Storing re-extracted features in"):
+            if not self.database.model_registered:
+                self.database.register_model(self.connection.db)
+            self.upsert(keys, vectors)
 
     def restore_samples(
         self, identities: Sequence[str], features: npt.NDArray[np.floating], images: Sequence[npt.NDArray[np.uint8]]
@@ -298,12 +305,12 @@ class KeptImages(StateDatabase):
         """Give enrolled samples this model's features and their image again (the same image enrolled anew,
         see ``unusable_samples``), in one transaction: the samples become usable, none is added."""
         keys = list(identities)
-        vectors = _as_float32(features, "restored features")  # (N, D)
-        raise_all(InputError, self._check_vectors(keys, vectors, "restored"), "Cannot restore samples")
-        kept = self._encode_kept(keys, images)
-        with self._writing("Restoring samples in"):
-            kept = self._kept_under_file_policy(keys, images, kept)
-            if not self.model_registered:
-                self._register_model(self._db)
-            self._upsert(keys, vectors)
-            self._keep_images(keys, kept)
+        vectors = as_float32(features, "restored features")  # (N, D)
+        raise_all(InputError, self.check_vectors(keys, vectors, "restored"), "Cannot restore samples")
+        kept = self.encode_kept(keys, images)
+        with self.connection.writing("Restoring samples in"):
+            kept = self.kept_under_file_policy(keys, images, kept)
+            if not self.database.model_registered:
+                self.database.register_model(self.connection.db)
+            self.upsert(keys, vectors)
+            self.keep_images(keys, kept)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -22,18 +21,20 @@ import numpy.typing as npt
 
 from edgetl_runtime.arguments import LABEL_RULE, check_ids, check_label, label_problem
 from edgetl_runtime.bundle.manifest import Manifest, Precision
-from edgetl_runtime.errors import InputError, StateError, StateWriteError, raise_all
+from edgetl_runtime.errors import InputError, StateError, raise_all
 from edgetl_runtime.preprocess import preprocess_key
-from edgetl_runtime.state.database import _FIX_CORRUPT
+from edgetl_runtime.state.connection import StateConnection
+from edgetl_runtime.state.database import ModelSpace, StateDatabase
+from edgetl_runtime.state.errors import _FIX_CORRUPT
+from edgetl_runtime.state.feature_cache import FeatureCache
 from edgetl_runtime.state.image_policy import ImageKeeping
-from edgetl_runtime.state.images import KeptImages, _as_float32, in_chunks
-from edgetl_runtime.state.schema import model_key
+from edgetl_runtime.state.images import KeptImages, as_float32, in_chunks
 
 REMOVED_SHIPPED_KEY = "removed_shipped_labels"  # meta row: JSON list of shipped-head classes removed here
 BUSY_TIMEOUT_S = 10.0  # how long a write waits for another connection's write lock (tests shorten it)
 
 
-class FeatureStore(KeptImages):
+class FeatureStore:
     """SQLite state beside a bundle: samples (id, label, image), kept images, and features per model.
 
     One connection guarded by a re-entrant lock serves every thread: the Learner predicts from
@@ -84,20 +85,14 @@ class FeatureStore(KeptImages):
         if not isinstance(max_unenrolled, int) or max_unenrolled < 0:
             raise InputError(f"max_unenrolled must be an int >= 0, got {max_unenrolled!r}")
         self.max_unenrolled = max_unenrolled
-        self.path = None if path is None else os.fspath(path)
-        self.model_digest = model_digest
-        self.feature_dim = feature_dim
-        self.preprocess_key = preprocess_key
-        self.precision, self.backbone = precision, backbone
-        self.requested_policy = None if keep_images is None else ImageKeeping.parse(keep_images)
-        self.known_models = {model_digest: (precision, backbone), **(known_models or {})}
-        self.model = model_key(model_digest, preprocess_key)
-        self.busy_timeout = float(BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout)
-        self._warned_uncached = False
-        self._cached_since_eviction = max_unenrolled  # the first cache write evicts: a one-shot process too
-        self._unwritten = {}
-        super().__init__()
-        self._connect()
+        self.space = ModelSpace(model_digest, preprocess_key, feature_dim, precision, backbone)
+        timeout = float(BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout)
+        self.connection = StateConnection(None if path is None else os.fspath(path), timeout)
+        requested = None if keep_images is None else ImageKeeping.parse(keep_images)
+        known = {model_digest: (precision, backbone), **(known_models or {})}
+        self.database = StateDatabase(self.connection, self.space, requested, known)  # opens and checks the file
+        self.images = KeptImages(self.database)
+        self.cache = FeatureCache(self.images, max_unenrolled)
 
     @classmethod
     def for_bundle(
@@ -120,76 +115,13 @@ class FeatureStore(KeptImages):
             known_models={manifest.model_digest(p): (p.value, name) for p in manifest.precisions},
         )
 
-    def _decode(self, blob: bytes, key: str) -> npt.NDArray[np.float32]:
-        if not isinstance(blob, bytes) or len(blob) != 4 * self.feature_dim:
-            size = len(blob) if isinstance(blob, (bytes, str)) else type(blob).__name__
-            raise StateError(
-                f"Cached feature {key!r} has {size} bytes, expected {4 * self.feature_dim} "
-                f"(feature_dim {self.feature_dim} x float32). Fix: {_FIX_CORRUPT}."
-            )
-        return np.frombuffer(blob, dtype="<f4").astype(np.float32)  # (D,) float32, writable copy
-
     def get_features(self, keys: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
-        """Look image hashes up in this model's features; returns hits only, each a (D,) float32 array."""
-        unique = list(dict.fromkeys(keys))
-        out = {k: self._unwritten[k] for k in unique if k in self._unwritten}
-        with self._reading():
-            db = self._db
-            for chunk, marks in in_chunks(unique):
-                query = f"SELECT image, vec FROM features WHERE model = ? AND image IN ({marks})"
-                for key, blob in db.execute(query, [self.model, *chunk]):
-                    out[key] = self._decode(blob, key)
-        return out
+        """Look image hashes up in this model's features; returns hits only (see :class:`FeatureCache`)."""
+        return self.cache.get(keys)
 
     def put_features(self, items: Mapping[str, npt.NDArray[np.floating]]) -> bool:
-        """Cache features without enrolling them, in one transaction; returns whether they were cached.
-
-        The cache is derived data, so caching is best effort: a read-only state skips it, and a failed
-        write (locked, disk full) warns once and is skipped, so a prediction never fails for its cache.
-        """
-        if not items:
-            return True
-        keys = list(items)
-        dim = self.feature_dim
-        problems = [
-            f"feature for {k!r} has shape {np.shape(v)}, expected ({dim},)"
-            for k, v in items.items()
-            if np.shape(v) != (dim,)
-        ]
-        raise_all(InputError, problems, "Cannot cache features")
-        vectors = np.stack([_as_float32(items[k], f"feature for {k!r}") for k in keys])  # (N, D) float32
-        raise_all(InputError, self._check_vectors(keys, vectors, "cached"), "Cannot cache features")
-        if self.read_only or not self.model_registered:
-            return False
-        try:
-            with self._writing("Caching features in", durable=False):  # derived data: losing it costs a rerun
-                self._upsert(keys, vectors)
-                self._cached_since_eviction += len(keys)
-                if self._cached_since_eviction >= max(1, self.max_unenrolled // 100):
-                    self._evict_unenrolled()
-        except StateWriteError as exc:
-            if not self._warned_uncached:
-                self._warned_uncached = True
-                warnings.warn(f"Features are not cached: {exc}", RuntimeWarning, stacklevel=2)
-            return False
-        return True
-
-    def _evict_unenrolled(self) -> None:
-        """Drop the oldest cached features (any model) of images no sample uses, beyond ``max_unenrolled``.
-
-        Counting them scans the features (4.1 ms at 5k samples and 10k cached), so it runs at a store's first
-        cache write (a one-shot ``edgetl-device predict`` process too) and then once per 1 % of
-        ``max_unenrolled`` new rows: the cache overshoots its bound by at most that much per open store.
-        """
-        self._cached_since_eviction = 0
-        db = self._db
-        unenrolled = "FROM features f WHERE NOT EXISTS (SELECT 1 FROM samples s WHERE s.image = f.image)"
-        (count,) = db.execute(f"SELECT count(*) {unenrolled}").fetchone()
-        excess = count - self.max_unenrolled
-        if excess > 0:
-            db.execute(
-                f"DELETE FROM features WHERE rowid IN (SELECT f.rowid {unenrolled} ORDER BY f.rowid LIMIT ?)", (excess,)
-            )
+        """Cache features of predicted images without enrolling them (see :class:`FeatureCache`)."""
+        return self.cache.put(items)
 
     def add_samples(
         self,
@@ -205,8 +137,8 @@ class FeatureStore(KeptImages):
             The new sample ids, in the order of ``keys``. On any error nothing is written.
         """
         keys, labels = list(keys), list(labels)
-        vectors = _as_float32(features, "enrolment features")  # (N, D) float32
-        problems = self._check_vectors(keys, vectors, "enrolment")
+        vectors = as_float32(features, "enrolment features")  # (N, D) float32
+        problems = self.images.check_vectors(keys, vectors, "enrolment")
         if len(labels) != len(keys) or (vectors.ndim >= 1 and vectors.shape[0] != len(keys)):
             problems.append(
                 f"got {len(keys)} keys, {len(labels)} labels and {vectors.shape[:1]} feature rows; all must match"
@@ -218,17 +150,19 @@ class FeatureStore(KeptImages):
         if not keys:
             return []
         names = [check_label(label) for label in labels]  # NFC: one spelling per class
-        kept = self._encode_kept(keys, images)  # before the transaction: encoding a photo takes milliseconds
-        with self._writing("Enrolling into"):
-            kept = self._kept_under_file_policy(keys, images, kept)  # another process may have changed it
-            if not self.model_registered:  # a model first seen while the state was read-only
-                self._register_model(self._db)
-            self._upsert(keys, vectors, overwrite=False)  # a cached prediction's row is already this vector
-            self._keep_images(keys, kept)
+        kept = self.images.encode_kept(keys, images)  # before the transaction: encoding a photo takes milliseconds
+        with self.connection.writing("Enrolling into"):
+            kept = self.images.kept_under_file_policy(keys, images, kept)  # another process may have changed it
+            if not self.database.model_registered:  # a model first seen while the state was read-only
+                self.database.register_model(self.connection.db)
+            self.images.upsert(keys, vectors, overwrite=False)  # a cached prediction's row is already this vector
+            self.images.keep_images(keys, kept)
             return [self._insert_sample(key, name) for key, name in zip(keys, names, strict=True)]
 
     def _insert_sample(self, key: str, label: str) -> int:
-        row = self._db.execute("INSERT INTO samples (label, image) VALUES (?, ?) RETURNING id", (label, key)).fetchone()
+        row = self.connection.db.execute(
+            "INSERT INTO samples (label, image) VALUES (?, ?) RETURNING id", (label, key)
+        ).fetchone()
         return int(row[0])
 
     def remove(
@@ -249,7 +183,7 @@ class FeatureStore(KeptImages):
             raise InputError(f"remove() needs exactly one of label= or ids=, got label={label!r}, ids={ids!r}")
         name = None if label is None else check_label(label, lookup=True)
         wanted = [] if ids is None else check_ids(ids)
-        with self._writing("Removing from") as db:
+        with self.connection.writing("Removing from") as db:
             if name is not None:
                 removed = db.execute("DELETE FROM samples WHERE label = ?", (name,)).rowcount
                 if name in shipped:
@@ -267,21 +201,23 @@ class FeatureStore(KeptImages):
                     )
                 db.executemany("DELETE FROM samples WHERE id = ?", [(i,) for i in wanted])
                 removed = len(wanted)
-            dropped = self._drop_unused_images()
+            dropped = self.images.drop_unused_images()
         if dropped:
-            self.truncate_wal("The removed samples' images")
+            self.connection.truncate_wal("The removed samples' images")
         return int(removed)
 
     def _existing_ids(self, ids: list[int]) -> set[int]:
         found: set[int] = set()
         for chunk, marks in in_chunks(ids):
-            found.update(r[0] for r in self._db.execute(f"SELECT id FROM samples WHERE id IN ({marks})", chunk))
+            found.update(
+                r[0] for r in self.connection.db.execute(f"SELECT id FROM samples WHERE id IN ({marks})", chunk)
+            )
         return found
 
     def removed_shipped_labels(self) -> list[str]:
         """Classes of the bundle's shipped head that this device removed (``remove(label=..., shipped=...)``)."""
-        with self._reading():
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (REMOVED_SHIPPED_KEY,)).fetchone()
+        with self.connection.reading():
+            row = self.connection.db.execute("SELECT value FROM meta WHERE key = ?", (REMOVED_SHIPPED_KEY,)).fetchone()
         if row is None:
             return []
         try:
@@ -304,13 +240,16 @@ class FeatureStore(KeptImages):
 
         Only samples this model has features for; :meth:`samples_without_features` lists the others.
         """
-        with self._reading():
-            rows = self._db.execute(
+        with self.connection.reading():
+            rows = self.connection.db.execute(
                 "SELECT s.id, s.label, f.vec, s.image FROM samples s LEFT JOIN features f "
                 "ON f.image = s.image AND f.model = ? ORDER BY s.id",
                 (self.model,),
             ).fetchall()
-        rows = [(i, label, blob if blob is not None else self._unwritten.get(key), key) for i, label, blob, key in rows]
+        rows = [
+            (i, label, blob if blob is not None else self.images.unwritten.get(key), key)
+            for i, label, blob, key in rows
+        ]
         rows = [r for r in rows if r[2] is not None]
         for sample_id, label, blob, key in rows:
             if isinstance(blob, np.ndarray):
@@ -321,7 +260,7 @@ class FeatureStore(KeptImages):
                     f"{type(blob).__name__}). Fix: {_FIX_CORRUPT}."
                 )
             if len(blob) != 4 * self.feature_dim:
-                self._decode(blob, key)  # raises the StateError that names the bad row
+                self.cache.decode(blob, key)  # raises the StateError that names the bad row
         ids = np.array([r[0] for r in rows], dtype=np.int64)  # (N,)
         labels = np.array([r[1] for r in rows], dtype=np.str_)  # (N,)
         flat = b"".join(r[2].astype("<f4").tobytes() if isinstance(r[2], np.ndarray) else r[2] for r in rows)
@@ -330,8 +269,8 @@ class FeatureStore(KeptImages):
 
     def labels(self) -> list[str]:
         """Sorted distinct labels of the enrolled samples."""
-        with self._reading():
-            return [r[0] for r in self._db.execute("SELECT DISTINCT label FROM samples ORDER BY label")]
+        with self.connection.reading():
+            return [r[0] for r in self.connection.db.execute("SELECT DISTINCT label FROM samples ORDER BY label")]
 
     def enrolled_labels(self, keys: Sequence[str]) -> dict[str, list[str]]:
         """Labels under which each image hash in ``keys`` is already enrolled (keys not enrolled are absent).
@@ -340,13 +279,13 @@ class FeatureStore(KeptImages):
         looked up too, whatever model runs now.
         """
         keys = list(dict.fromkeys(keys))
-        alias = self.legacy_keys(keys)
+        alias = self.images.legacy_keys(keys)
         lookup = [*keys, *alias]
         found: dict[str, list[str]] = {}
-        with self._reading():
+        with self.connection.reading():
             for chunk, marks in in_chunks(lookup):
                 query = f"SELECT image, label FROM samples WHERE image IN ({marks}) ORDER BY id"
-                for key, label in self._db.execute(query, chunk):
+                for key, label in self.connection.db.execute(query, chunk):
                     found.setdefault(alias.get(str(key), str(key)), []).append(str(label))
         return found
 
@@ -363,25 +302,93 @@ class FeatureStore(KeptImages):
 
     def counts(self) -> dict[str, int]:
         """Number of enrolled samples per label."""
-        with self._reading():
+        with self.connection.reading():
             return dict(
-                self._db.execute("SELECT label, COUNT(*) FROM samples GROUP BY label ORDER BY label").fetchall()
+                self.connection.db.execute(
+                    "SELECT label, COUNT(*) FROM samples GROUP BY label ORDER BY label"
+                ).fetchall()
             )
 
     def __len__(self) -> int:
-        with self._reading():
-            return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+        with self.connection.reading():
+            return int(self.connection.db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
 
     def data_version(self) -> int:
         """SQLite's ``PRAGMA data_version``: changes whenever ANOTHER connection commits to this file."""
-        with self._reading():
-            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        with self.connection.reading():
+            return int(self.connection.db.execute("PRAGMA data_version").fetchone()[0])
 
     def samples_token(self) -> tuple[int, int]:
         """(count, sum of ids) of the enrolled samples: ids only grow, so any add or remove changes it."""
-        with self._reading():
-            count, total = self._db.execute("SELECT count(*), coalesce(sum(id), 0) FROM samples").fetchone()
+        with self.connection.reading():
+            count, total = self.connection.db.execute("SELECT count(*), coalesce(sum(id), 0) FROM samples").fetchone()
         return int(count), int(total)
+
+    # ---- the face: what the state's parts answer, named where callers look for them
+
+    @property
+    def path(self) -> str | None:
+        return self.connection.path
+
+    @property
+    def read_only(self) -> bool:
+        """True when the file cannot be written: it predicts, enrolling raises ``StateReadOnlyError``."""
+        return self.connection.read_only
+
+    @property
+    def model(self) -> str:
+        """The key of the current model's feature space in the state's tables."""
+        return self.space.key
+
+    @property
+    def model_digest(self) -> str:
+        return self.space.digest
+
+    @property
+    def feature_dim(self) -> int:
+        return self.space.feature_dim
+
+    @property
+    def preprocess_key(self) -> str:
+        return self.space.preprocess_key
+
+    @property
+    def precision(self) -> str:
+        return self.space.precision
+
+    @property
+    def image_policy(self) -> ImageKeeping:
+        """The image policy the state holds now (see :class:`ImageKeeping`)."""
+        return self.database.image_policy
+
+    @property
+    def requested_policy(self) -> ImageKeeping | None:
+        return self.database.requested_policy
+
+    def storage(self) -> dict[str, Any]:
+        """What the state holds and what it costs on disk (see :meth:`KeptImages.storage`)."""
+        return self.images.storage()
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's integrity_check plus the state's invariants; empty means healthy."""
+        return self.images.integrity_check()
+
+    def forget_images(self) -> int:
+        """Delete every kept image and keep features only from now on; returns how many."""
+        return self.images.forget_images()
+
+    def checkpoint(self) -> bool:
+        """Fold the write-ahead log into the file (see :meth:`StateConnection.checkpoint`)."""
+        return self.connection.checkpoint()
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return (
