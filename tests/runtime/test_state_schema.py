@@ -251,13 +251,14 @@ def test_a_state_in_a_read_only_folder_opens_immutable_when_sqlite_cannot_make_i
     """As root, folder modes do not apply: the refusal an unprivileged process gets on a read-only mount
     (SQLite cannot create -shm beside a WAL file: the first statement fails read-only) is raised here by the
     first statement of the plain open; the store then opens the file immutable, read-only."""
-    from edgetl_runtime.state.database import StateDatabase
+    from edgetl_runtime.state import database
+    from edgetl_runtime.state.checks import quick_check
 
     path = tmp_path / "s.sqlite"
     with _store(path) as store:
         store.add_samples(["k"], ["x"], np.ones((1, D), np.float32))
     assert not Path(f"{path}-wal").exists()
-    real_check = StateDatabase._quick_check
+    real_check = quick_check
     opened: list[str] = []
 
     def first_statement_fails(con: sqlite3.Connection, where: str) -> None:
@@ -267,7 +268,7 @@ def test_a_state_in_a_read_only_folder_opens_immutable_when_sqlite_cannot_make_i
             raise sqlite3.OperationalError("attempt to write a readonly database")
         real_check(con, where)
 
-    monkeypatch.setattr(StateDatabase, "_quick_check", staticmethod(first_statement_fails))
+    monkeypatch.setattr(database, "quick_check", first_statement_fails)
     before = path.read_bytes()
     with _store(path) as store:
         assert store.read_only and store.samples()[0].tolist() == [1]

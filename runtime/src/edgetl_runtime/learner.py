@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from edgetl_runtime.arguments import check_class_count, check_labels, check_threads
 from edgetl_runtime.backends.base import Backend
-from edgetl_runtime.backends.selection import Selection, select_backend
+from edgetl_runtime.backends.selection import Selection
 from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.bundle.shipped_head import read_prior
 from edgetl_runtime.errors import NotFittedError
@@ -21,9 +21,9 @@ from edgetl_runtime.features import FeatureExtractor
 from edgetl_runtime.head_keeper import Head, HeadKeeper
 from edgetl_runtime.heads import Prior
 from edgetl_runtime.images import Images, as_image_list, hflip
+from edgetl_runtime.loading import open_backend_and_state
 from edgetl_runtime.reextract import FeatureCompletion, Progress, restore_unusable, warn_images_still_kept
 from edgetl_runtime.state.image_policy import ImageKeeping
-from edgetl_runtime.state.peek import state_precisions
 from edgetl_runtime.state.store import FeatureStore
 from edgetl_runtime.versions import runtime_versions
 
@@ -111,9 +111,9 @@ class Learner:
         threads = check_threads(threads)
         opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
         prior = read_prior(opened) if shipped_head else None  # before the backend: a bad head fails fast
-        keep = state_precisions(state, opened.manifest) if state is not None else ()
-        built, selection = select_backend(opened, backend, precision, threads, measure=measure, keep=keep)
-        store = FeatureStore.for_bundle(state, opened.manifest, built.precision, keep_images)
+        built, selection, store = open_backend_and_state(
+            opened, state, backend, precision, threads, measure, keep_images
+        )
         try:
             learner = cls(opened, built, store, head, flip_enrolment, selection, prior)
             learner._complete.progress = progress

@@ -62,7 +62,8 @@ def _warn_upscaled(shrunk: dict[str, int], resize: int) -> None:
 
 def warn_images_still_kept(store: FeatureStore) -> None:
     """Asking for features only stops keeping new images; the ones already kept stay until forgotten."""
-    if store.requested_policy is not None and store.requested_policy.mode is KeepMode.NONE:
+    requested = store.database.requested_policy
+    if requested is not None and requested.mode is KeepMode.NONE:
         kept = store.storage()["images_kept"]
         if kept:
             warn(

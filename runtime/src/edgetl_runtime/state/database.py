@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgetl_runtime.errors import StateError, StateLockedError
+from edgetl_runtime.state.checks import check_schema, quick_check
 from edgetl_runtime.state.connection import StateConnection
 from edgetl_runtime.state.errors import (
     _BUSY,
     _CANTOPEN,
     _CORRUPT,
     _FIX_CORRUPT,
-    _FIX_SCHEMA,
     _LOCKED,
     _NOTADB,
     _READONLY,
@@ -31,18 +31,15 @@ from edgetl_runtime.state.errors import (
     width_problem,
 )
 from edgetl_runtime.state.image_policy import ImageKeeping
+from edgetl_runtime.state.peek import feature_counts
 from edgetl_runtime.state.schema import (
     SCHEMA,
     SCHEMA_V1,
     SCHEMA_VERSION,
-    TABLES,
-    TABLES_V1,
-    SchemaObjects,
     migrate_v1,
     model_key,
     now,
     schema_objects,
-    schema_problems,
     statements,
 )
 from edgetl_runtime.warn import warn
@@ -68,7 +65,9 @@ class ModelSpace:
 
 class StateDatabase:
     """Opens the state file on a :class:`StateConnection`: checks it before anything in it runs, creates,
-    verifies or upgrades the schema, registers ``space`` and settles the image policy.
+    verifies or upgrades the schema; then :meth:`adopt` registers the model a store computes features with
+    and settles the image policy (``space`` adopts at once). Between the two, :meth:`feature_counts` tells
+    which models the state has features for: a load chooses its precision by it on the same connection.
 
     ``requested_policy`` is the image policy asked for (None keeps the state's); ``known_models`` names the
     bundle's models (digest -> (precision, backbone)), to name a schema-1 file's model when it is upgraded.
@@ -77,17 +76,35 @@ class StateDatabase:
     def __init__(
         self,
         connection: StateConnection,
-        space: ModelSpace,
         requested_policy: ImageKeeping | None,
         known_models: Mapping[str, tuple[str, str]],
+        space: ModelSpace | None = None,
     ) -> None:
         self.connection = connection
-        self.space = space
         self.requested_policy = requested_policy
         self.known_models = dict(known_models)
-        self.image_policy = ImageKeeping()  # the state's, once open (see _adopt)
+        self.image_policy = ImageKeeping()  # the state's, once adopted
         self.model_registered = False  # whether this model's features can be stored (False: read-only, new model)
+        self._space: ModelSpace | None = None
         self._connect()
+        if space is not None:
+            try:
+                self.adopt(space)
+            except BaseException:
+                connection.close()
+                raise
+
+    @property
+    def space(self) -> ModelSpace:
+        """The model this state's store reads and writes features of (set by :meth:`adopt`)."""
+        if self._space is None:
+            raise StateError("No model adopted yet: call adopt(space) before reading or writing features.")
+        return self._space
+
+    def feature_counts(self) -> list[tuple[str, int]]:
+        """(model digest, enrolled samples it has features for), in the order models were first used."""
+        with self.connection.reading():
+            return feature_counts(self.connection.db)
 
     def _connect(self) -> None:
         """Open the connection and check or create the schema; every failure a typed StateError."""
@@ -157,7 +174,7 @@ class StateDatabase:
         # Functions with side effects never run from schema objects (defence in depth: the schema check
         # below refuses any trigger or view anyway).
         con.execute("PRAGMA trusted_schema=OFF")
-        self._quick_check(con, where)
+        quick_check(con, where)
         # FULL: in WAL mode NORMAL survives a process crash but may drop the last commits on power loss.
         # A device can lose power any time, and add_samples promises the enrolment is durable once it
         # returns, so commits sync by default; cache-only writes relax this (see put_features).
@@ -167,13 +184,13 @@ class StateDatabase:
         con.execute("PRAGMA secure_delete=ON")
         with self.connection.read_transaction(con):
             objects = schema_objects(con)
-            version = self._check_schema(con, where, objects) if objects else None
+            version = check_schema(con, where, objects) if objects else None
         if version == 1:
             con = self._upgrade_v1(con, where)
         elif version is None:
             with self.connection.transaction(con):  # re-read under the write lock: another process may have done it
                 objects = schema_objects(con)
-                version = self._check_schema(con, where, objects) if objects else None
+                version = check_schema(con, where, objects) if objects else None
                 if version is None:
                     for statement in statements(SCHEMA):
                         con.execute(statement)
@@ -188,23 +205,7 @@ class StateDatabase:
         # WAL only once the file is known to be ours: switching rewrites the header of a foreign database.
         if not self.connection.read_only and self.connection.path is not None:
             con.execute("PRAGMA journal_mode=WAL")
-        self._adopt(con, where)
         return con
-
-    @staticmethod
-    def _quick_check(con: sqlite3.Connection, where: str) -> None:
-        """SQLite's quick_check of every page, except the kept images' (the bulk of the file: hundreds of
-        milliseconds per load on a device's flash); their blobs are checked as they are decoded, and by
-        ``integrity_check``. SQLite before 3.33 cannot check one table: it checks the whole file."""
-        tables = [str(r[0]) for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        if "images" in tables and sqlite3.sqlite_version_info >= (3, 33, 0):
-            quoted = ['"' + name.replace('"', '""') + '"' for name in tables if name != "images"]
-            checks = [f"PRAGMA quick_check({name})" for name in quoted]
-        else:
-            checks = ["PRAGMA quick_check"]
-        problems = [row[0] for check in checks for row in con.execute(check) if row[0] != "ok"]
-        if problems:
-            raise StateError(f"State database {where!r} failed quick_check: {problems[:5]}. Fix: {_FIX_CORRUPT}.")
 
     def _v1_in_memory(self, con: sqlite3.Connection) -> sqlite3.Connection:
         """A schema-1 file's samples and their features (not its cached predictions) copied into memory."""
@@ -237,7 +238,7 @@ class StateDatabase:
                 if _primary_code(exc) not in (_BUSY, _LOCKED):
                     raise
             with self.connection.read_transaction(con):
-                if self._check_schema(con, where, schema_objects(con)) == SCHEMA_VERSION:
+                if check_schema(con, where, schema_objects(con)) == SCHEMA_VERSION:
                     return False
             if time.monotonic() >= deadline:
                 raise StateLockedError(
@@ -269,7 +270,7 @@ class StateDatabase:
         con.execute("BEGIN EXCLUSIVE")  # no reader sees the upgrade half done
         try:
             objects = schema_objects(con)  # another process may have upgraded it since our first look
-            if self._check_schema(con, where, objects) == 1:
+            if check_schema(con, where, objects) == 1:
                 migrate_v1(con, self.known_models, policy)
             con.execute("COMMIT")
         except BaseException:
@@ -278,8 +279,11 @@ class StateDatabase:
             raise
         return con
 
-    def _adopt(self, con: sqlite3.Connection, where: str) -> None:
-        """Register this model's feature space and settle the image policy (writes only what changed)."""
+    def adopt(self, space: ModelSpace) -> None:
+        """Register ``space`` as the model this state reads and writes, and settle the image policy (writes
+        only what changed)."""
+        self._space = space
+        con, where = self.connection.db, self.connection.path or ":memory:"
         key = self.space.key
         with self.connection.read_transaction(con):
             row = con.execute("SELECT feature_dim FROM models WHERE key = ?", (key,)).fetchone()
@@ -333,45 +337,6 @@ class StateDatabase:
                 con.execute("ROLLBACK")
             con.execute(f"PRAGMA busy_timeout={int(timeout)}")
 
-    def _check_schema(self, con: sqlite3.Connection, where: str, objects: SchemaObjects) -> int:
-        """Refuse anything but the exact edgetl schema (SQL text of every table, index, trigger, view), then
-        check meta; returns the schema version (1: to upgrade)."""
-        tables = {name for kind, name in objects if kind == "table"}
-        if not (TABLES <= tables or TABLES_V1 <= tables):
-            raise StateError(
-                f"{where!r} is a SQLite database but not edgetl state (tables: {sorted(tables)}). "
-                "Fix: pass a new state path; do not point the store at another application's database."
-            )
-        meta = self._meta(con)
-        version = 1 if meta.get("schema_version") == "1" else SCHEMA_VERSION
-        if meta.get("schema_version") not in ("1", str(SCHEMA_VERSION)):
-            raise StateError(
-                f"State database {where!r} has schema_version {meta.get('schema_version')!r}, but this "
-                f"edgetl_runtime reads versions 1 and {SCHEMA_VERSION}. Fix: upgrade edgetl-runtime, or use a new "
-                "state path."
-            )
-        # quick_check does not read the schema text, and a trigger or a missing constraint only acts at the
-        # first write: compare every object's SQL with the schema this version creates before anything runs.
-        problems = schema_problems(objects, SCHEMA_V1 if version == 1 else SCHEMA)
-        if problems:
-            raise StateError(
-                f"State database {where!r} does not hold the edgetl schema (schema_version {version}); "
-                f"nothing in it was run: {'; '.join(problems[:5])}. Fix: {_FIX_SCHEMA}."
-            )
-        needed = ("bundle_digest", "feature_dim", "preprocess_key") if version == 1 else ("image_policy",)
-        missing = [k for k in needed if k not in meta]
-        if missing or (version == 1 and not str(meta["feature_dim"]).isdigit()):
-            raise StateError(f"State database {where!r} has damaged meta (missing {missing}). Fix: {_FIX_CORRUPT}.")
-        if version == SCHEMA_VERSION:
-            try:
-                ImageKeeping.from_text(str(meta["image_policy"]))
-            except StateError as exc:
-                raise StateError(
-                    f"State database {where!r}: {exc} The enrolments are intact. Fix: set it with the sqlite3 tool "
-                    "(UPDATE meta SET value = 'thumbnail:384' WHERE key = 'image_policy'), or restore a backup."
-                ) from None
-        return version
-
     @staticmethod
     def read_policy(con: sqlite3.Connection) -> ImageKeeping:
         """The image policy the file says now (another process may have changed it since this one opened)."""
@@ -381,7 +346,3 @@ class StateDatabase:
     @staticmethod
     def write_policy(con: sqlite3.Connection, policy: ImageKeeping) -> None:
         con.execute("UPDATE meta SET value = ? WHERE key = 'image_policy'", (policy.to_text(),))
-
-    @staticmethod
-    def _meta(con: sqlite3.Connection) -> dict[str, object]:
-        return dict(con.execute("SELECT key, value FROM meta").fetchall())

@@ -32,9 +32,24 @@ def state_precisions(state: str | os.PathLike[str], manifest: Manifest) -> tuple
     counts = _read_counts(path, "mode=ro&immutable=1")  # creates no -wal/-shm files...
     if not counts and Path(f"{path}-wal").exists():  # ...but cannot see a WAL another process still holds
         counts = _read_counts(path, "mode=ro")
+    return ranked_precisions(counts, manifest)
+
+
+def ranked_precisions(counts: list[tuple[str, int]], manifest: Manifest) -> tuple[Precision, ...]:
+    """Of ``counts`` (model digest, samples with features), the bundle's precisions with the most (ties: all)."""
     by_digest = {manifest.members[p.member].sha256: p for p in manifest.precisions if p.member in manifest.members}
     ranked = sorted(((n, i, by_digest[d]) for i, (d, n) in enumerate(counts) if d in by_digest), reverse=True)
     return tuple(p for n, _, p in ranked if n == ranked[0][0])
+
+
+def feature_counts(con: sqlite3.Connection) -> list[tuple[str, int]]:
+    """(model digest, enrolled samples it has features for), first-used order; schema 1 names its one model in
+    meta."""
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "models" in tables:
+        return [(str(d), int(n)) for d, n in con.execute(_COUNTS)]
+    row = con.execute("SELECT value FROM meta WHERE key = 'bundle_digest'").fetchone()
+    return [(str(row[0]), 1)] if row else []
 
 
 _COUNTS = (
@@ -49,11 +64,7 @@ def _read_counts(path: Path, mode: str) -> list[tuple[str, int]]:
         con = sqlite3.connect(f"{path.resolve().as_uri()}?{mode}", uri=True, timeout=1.0)
         try:
             con.execute("PRAGMA trusted_schema=OFF")
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if "models" in tables:
-                return [(str(d), int(n)) for d, n in con.execute(_COUNTS)]
-            row = con.execute("SELECT value FROM meta WHERE key = 'bundle_digest'").fetchone()
-            return [(str(row[0]), 1)] if row else []
+            return feature_counts(con)
         finally:
             con.close()
     except (sqlite3.Error, ValueError, TypeError):

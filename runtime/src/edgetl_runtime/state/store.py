@@ -37,33 +37,15 @@ BUSY_TIMEOUT_S = 10.0  # how long a write waits for another connection's write l
 class FeatureStore:
     """SQLite state beside a bundle: samples (id, label, image), kept images, and features per model.
 
-    One connection guarded by a re-entrant lock serves every thread: the Learner predicts from
-    several threads while another enrols, and SQLite's in-memory databases cannot be shared across
-    connections anyway. Calls are short, so serialising them costs little. Every feature read or
-    written is the *current* model's (the one this store was opened with); other models' features stay
-    in the file for when that model is loaded again.
-
-    Args:
-        path: database file, created if missing; ``None`` keeps the state in memory.
-        model_digest: SHA-256 of the backbone member (one precision of one export) computing features.
-        feature_dim: length D of that model's feature vectors.
-        preprocess_key: identity of the preprocessing that produced the features.
-        precision, backbone: recorded with the model, for people and tools reading the state.
-        known_models: model digest -> (precision, backbone) of the bundle's other models, to name the model
-            of a schema-1 state when it is upgraded.
-        keep_images: what to keep of enrolled images (:class:`ImageKeeping`, ``"thumbnail"``, ``"original"``,
-            ``"none"`` or a thumbnail size); None keeps the state's own policy (a new state: 384-px thumbnails).
-        max_unenrolled: how many features of images that are *not* enrolled (predicted ones) to keep;
-            beyond it (checked every 1 % of it) the oldest are evicted, so months of predictions cannot grow
-            the file without bound.
-            Enrolled samples' features are never evicted.
-        busy_timeout: seconds a write waits for another connection's write lock before
-            :class:`StateLockedError` (default :data:`BUSY_TIMEOUT_S`).
-
-    A state file that cannot be written (read-only file, folder or file system) still opens: it can be
-    read and predicted from (``read_only`` is True, features are not cached), and enrolling raises
-    :class:`StateReadOnlyError`. Each write failure has its own typed error; none advises deleting a
-    healthy file.
+    Built from its parts: a :class:`StateConnection` (one connection and lock serving every thread), the
+    :class:`StateDatabase` that opened it, :class:`KeptImages` and the :class:`FeatureCache`. Every feature
+    read or written is the *current* model's (``model_digest`` + ``preprocess_key``, width ``feature_dim``);
+    other models' features stay in the file for when that model is loaded again. ``keep_images`` is the
+    image policy to use (None: the state's own; a new state keeps 384-px thumbnails); ``known_models`` names
+    the bundle's other models (to name a schema-1 file's model when it is upgraded); ``max_unenrolled``
+    bounds the features of predicted images kept; ``busy_timeout`` (default :data:`BUSY_TIMEOUT_S`) is how
+    long a write waits for another connection. ``path=None`` keeps the state in memory. A file that cannot be
+    written still opens read-only (it predicts; enrolling raises :class:`StateReadOnlyError`).
     """
 
     def __init__(
@@ -79,6 +61,7 @@ class FeatureStore:
         known_models: Mapping[str, tuple[str, str]] | None = None,
         max_unenrolled: int = 10_000,
         busy_timeout: float | None = None,
+        opened: StateDatabase | None = None,
     ) -> None:
         if not isinstance(feature_dim, int) or feature_dim <= 0:
             raise InputError(f"feature_dim must be a positive int, got {feature_dim!r}")
@@ -86,13 +69,33 @@ class FeatureStore:
             raise InputError(f"max_unenrolled must be an int >= 0, got {max_unenrolled!r}")
         self.max_unenrolled = max_unenrolled
         self.space = ModelSpace(model_digest, preprocess_key, feature_dim, precision, backbone)
-        timeout = float(BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout)
-        self.connection = StateConnection(None if path is None else os.fspath(path), timeout)
-        requested = None if keep_images is None else ImageKeeping.parse(keep_images)
-        known = {model_digest: (precision, backbone), **(known_models or {})}
-        self.database = StateDatabase(self.connection, self.space, requested, known)  # opens and checks the file
+        if opened is not None:  # opened already (a load read which models it has features for)
+            self.database, self.connection = opened, opened.connection
+            try:
+                opened.adopt(self.space)
+            except BaseException:
+                opened.connection.close()
+                raise
+        else:
+            requested = None if keep_images is None else ImageKeeping.parse(keep_images)
+            known = {model_digest: (precision, backbone), **(known_models or {})}
+            self.database = self.open_state(path, requested, known, busy_timeout, self.space)
+            self.connection = self.database.connection
         self.images = KeptImages(self.database)
         self.cache = FeatureCache(self.images, max_unenrolled)
+
+    @staticmethod
+    def open_state(
+        path: str | os.PathLike[str] | None,
+        requested_policy: ImageKeeping | None,
+        known_models: Mapping[str, tuple[str, str]],
+        busy_timeout: float | None = None,
+        space: ModelSpace | None = None,
+    ) -> StateDatabase:
+        """Open (create, check, upgrade) the state file; ``space`` adopts a model at once."""
+        timeout = float(BUSY_TIMEOUT_S if busy_timeout is None else busy_timeout)
+        connection = StateConnection(None if path is None else os.fspath(path), timeout)
+        return StateDatabase(connection, requested_policy, known_models, space)
 
     @classmethod
     def for_bundle(
@@ -101,11 +104,14 @@ class FeatureStore:
         manifest: Manifest,
         precision: Precision,
         keep_images: ImageKeeping | str | int | None = None,
+        opened: StateDatabase | None = None,
     ) -> FeatureStore:
-        """The state of ``manifest``'s ``precision`` model; every precision of the bundle is a known model."""
+        """The state of ``manifest``'s ``precision`` model; every precision of the bundle is a known model.
+        ``opened``: the state opened already (see :mod:`edgetl_runtime.loading`), which this store adopts."""
         name = manifest.backbone.name
         return cls(
             path,
+            opened=opened,
             model_digest=manifest.model_digest(precision),
             feature_dim=manifest.backbone.feature_dim,
             preprocess_key=preprocess_key(manifest.preprocess),
@@ -341,29 +347,13 @@ class FeatureStore:
         return self.space.key
 
     @property
-    def model_digest(self) -> str:
-        return self.space.digest
-
-    @property
     def feature_dim(self) -> int:
         return self.space.feature_dim
-
-    @property
-    def preprocess_key(self) -> str:
-        return self.space.preprocess_key
-
-    @property
-    def precision(self) -> str:
-        return self.space.precision
 
     @property
     def image_policy(self) -> ImageKeeping:
         """The image policy the state holds now (see :class:`ImageKeeping`)."""
         return self.database.image_policy
-
-    @property
-    def requested_policy(self) -> ImageKeeping | None:
-        return self.database.requested_policy
 
     def storage(self) -> dict[str, Any]:
         """What the state holds and what it costs on disk (see :meth:`KeptImages.storage`)."""
@@ -392,6 +382,6 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return (
-            f"FeatureStore({self.path or ':memory:'!r}, model={self.precision} {self.model_digest[:12]}…, "
+            f"FeatureStore({self.path or ':memory:'!r}, model={self.space.precision} {self.space.digest[:12]}…, "
             f"dim={self.feature_dim}, images={self.image_policy.to_text()})"
         )
