@@ -15,9 +15,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edgetl_runtime.learner import Learner
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -47,6 +50,14 @@ def class_images(color: tuple[int, int, int], n: int, seed: int) -> list[np.ndar
 
 
 COLORS = {"red": (220, 30, 30), "green": (30, 220, 30), "blue": (30, 30, 220), "gray": (128, 128, 128)}
+RED, GREEN, BLUE = (class_images(COLORS[c], 3, i) for i, c in enumerate(("red", "green", "blue")))
+
+
+def load_learner(bundle: Path, state: Path | None = None, **kw: Any) -> Learner:
+    """The learner most reliability tests drive: onnxruntime backend, nearest-class-mean head."""
+    from edgetl_runtime.learner import Learner
+
+    return Learner.load(bundle, state, backend="onnxruntime", head="ncm", **kw)
 
 
 # ---------------------------------------------------------------------------------------------- disk snapshots

@@ -1,10 +1,14 @@
-"""Eight threads predict while one enrols: no exception, no torn read, a consistent final state.
+"""Concurrent use of one state: eight threads predict while one enrols (no exception, no torn read, a
+consistent final state), an add during a refit is not lost, waiting threads share one refit, and a running
+learner sees what other connections and processes enrolled or removed.
 
 ``EDGETL_STRESS_SECONDS`` sets how long each run lasts (CI default 2 s; benchmarks/stress.py runs >= 10 s).
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +18,7 @@ import pytest
 
 from edgetl_runtime.learner import Learner
 
-from ._support import COLORS, class_images, env_float, run_concurrency
+from ._support import BLUE, COLORS, GREEN, RED, class_images, env_float, load_learner, run_concurrency
 
 pytestmark = pytest.mark.runtime
 
@@ -77,3 +81,50 @@ def test_threads_waiting_on_a_refit_share_it(reliability_bundle: Path, monkeypat
         t.join()
     assert len(reads) == 1
     learner.close()
+
+
+# ---------------------------------------------------------------------------------------------- other processes
+
+
+def test_a_running_learner_sees_another_connections_enrolments(reliability_bundle: Path, tmp_path: Path) -> None:
+    """Semantics: predict, predict_proba, classes_ and head see every add/remove committed by any process before
+    the call (PRAGMA data_version, then a count/sum-of-ids token); a neighbour's cache writes do not refit."""
+    state = tmp_path / "s.sqlite"
+    with load_learner(reliability_bundle, state) as mine, load_learner(reliability_bundle, state) as other:
+        mine.add(RED, "red")
+        other.add(GREEN, "green")
+        assert sorted(mine.classes_) == ["green", "red"]
+        assert mine.predict(GREEN[:1]).tolist() == ["green"]
+        fits = []
+        real_fit = mine.keeper.fit  # the head keeper refits when it finds the head stale
+        mine.keeper.fit = lambda: fits.append(1) or real_fit()  # type: ignore[method-assign]
+        other.predict(class_images(COLORS["gray"], 2, 9))  # caches features: data_version moves, samples do not
+        mine.predict(RED[:1])
+        assert fits == []
+        other.remove(label="red")
+        assert mine.classes_.tolist() == ["green"] and fits == [1]
+        other.add(BLUE, "blue")
+        mine.add(RED[:1], "red")  # a stale head is refit, not updated in place: blue must not be lost
+        assert sorted(mine.classes_) == ["blue", "green", "red"]
+
+
+_ENROL_CHILD = """
+import sys, numpy as np
+from edgetl_runtime.learner import Learner
+with Learner.load(sys.argv[1], sys.argv[2], backend="onnxruntime", head="ncm") as learner:
+    print(learner.add([np.full((12, 14, 3), (30, 30, 220), np.uint8)], "blue"))
+"""
+
+
+def test_a_running_learner_sees_another_process_enrol(reliability_bundle: Path, tmp_path: Path) -> None:
+    state = tmp_path / "s.sqlite"
+    with load_learner(reliability_bundle, state) as learner:
+        learner.add(RED, "red")
+        assert learner.classes_.tolist() == ["red"]
+        done = subprocess.run(
+            [sys.executable, "-c", _ENROL_CHILD, str(reliability_bundle), str(state)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert learner.classes_.tolist() == ["blue", "red"]
+        assert learner.predict(BLUE[:1]).tolist() == ["blue"]

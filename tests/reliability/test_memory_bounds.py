@@ -1,7 +1,11 @@
-"""Issue 24, item 9 (and the memory half of the round): what a zip member may cost is bounded by the bytes the
-file really holds. The shared reader (bundle/safe_zip.py) refuses declared compressed sizes that do not fit in
-the file, inflates each member streaming with at most 32x the compressed bytes it consumed, and checks each
-member (CRC, SHA-256) as it is read; peak memory is measured in a child process, as for refused bundles."""
+"""Memory bounds: what a refused bundle, a zip member, an image or a class list may cost.
+
+A hostile bundle is refused within 64 MiB of its own baseline (peak memory measured in a child process, with a
+control showing the meter sees a bomb). What a zip member may cost is bounded by the bytes the file really
+holds: the shared reader (bundle/safe_zip.py) refuses declared compressed sizes that do not fit in the file,
+inflates each member streaming with at most 32x the compressed bytes it consumed, and checks each member (CRC,
+SHA-256) as it is read. Images over the pixel limit, kept rows declaring huge images and class counts over
+the limit are refused before anything is allocated or stored."""
 
 from __future__ import annotations
 
@@ -19,10 +23,30 @@ from edgetl_runtime.bundle.safe_zip import checked_entries, read_member
 from edgetl_runtime.enrolment import read_enrolment
 from edgetl_runtime.errors import BundleError, EnrolmentError
 
-from ._support import HERE, MAX_REFUSED_GROWTH_MIB
+from ._support import HERE, MAX_REFUSED_GROWTH_MIB, control_bomb_memory, refused_bundle_memory
 
 pytestmark = pytest.mark.runtime
 MiB = 1 << 20
+
+
+# ---------------------------------------------------------------------------------------------- refused bundles
+
+
+def test_refused_bundles_stay_within_64_mib_of_the_baseline(reliability_bundle: Path, tmp_path: Path) -> None:
+    """Every bundle of _hostile.memory_corpus is refused with a typed error, each within 64 MiB of its own peak."""
+    result = refused_bundle_memory(reliability_bundle, tmp_path)
+    rows = {r["bundle"]: r for r in result["rows"]}
+    assert result["not_refused"] == 0, rows
+    assert result["worst_mib"] <= MAX_REFUSED_GROWTH_MIB, rows
+    assert rows["graph-reduces-batch-hidden"]["outcome"] == "BackendError"  # the golden run, typed
+
+
+def test_the_memory_meter_sees_a_bomb(reliability_bundle: Path, tmp_path: Path) -> None:
+    """Counts, not claims: np.load on the same npz bomb (the reader before round 2) shows its 256 MiB."""
+    assert control_bomb_memory(reliability_bundle, tmp_path) > 4 * MAX_REFUSED_GROWTH_MIB
+
+
+# ---------------------------------------------------------------------------------------------- zip members
 
 
 def _deflated_zeros(size: int) -> bytes:
@@ -158,7 +182,7 @@ def test_hostile_enrolment_files_are_refused_within_64_mib(tmp_path: Path) -> No
     assert max(r["peak_mib"] for r in rows) <= MAX_REFUSED_GROWTH_MIB, rows
 
 
-# ---------------------------------------------------------------------------------------------- item 10
+# ---------------------------------------------------------------------------------------------- images, classes
 
 
 def test_an_image_over_the_pixel_limit_is_refused_or_decoded_reduced(
