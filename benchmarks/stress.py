@@ -117,7 +117,19 @@ def main() -> int:
         corpus = {"failures": 0, "errors": 0}
         if "corpus" in parts:
             print("bad-input corpus, security and round-2 checks", flush=True)
-            names = ("test_bad_input_corpus.py", "test_security.py", "test_round2.py")
+            names = (
+                "test_bad_input_corpus.py",
+                "test_security.py",
+                # the round-2 controls and fixes, filed by subject
+                "test_bundle_reading.py",
+                "test_graph_checks.py",
+                "test_image_decoding.py",
+                "test_state_failures.py",
+                "test_arguments.py",
+                "test_memory_bounds.py",
+                "test_concurrency.py",
+                "test_threat_model.py",
+            )
             corpus = pytest_counts([str(reliability / name) for name in names], work)
     totals = {
         "lost": crash["lost"] + crash["resurrected"],
