@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         if args.command == "add":
             images = as_image_list(_image_files(args.dir))
             dupes = learner.already_enrolled(images)
+            by_head = int(learner.counted_by_shipped_head(images).sum())  # the host fitted the head on them
             before = len(learner.store)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # reported in the output instead
@@ -189,6 +190,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     else f"{already} image(s) were enrolled already and now count twice; "
                     "rerun with --skip-duplicates to leave them out (remove --label to start the class again)"
                 )
+            if by_head and not args.skip_duplicates:
+                out["counted_by_shipped_head"] = by_head
+                note = f"{by_head} image(s) are counted by the bundle's shipped head (fitted on them): kept, not again"
+                if already > by_head:
+                    note += f"; {already - by_head} other(s) were enrolled already and count twice (--skip-duplicates)"
+                out["note"] = note
             return out
         if args.command == "remove":
             removed = learner.remove(label=args.label)

@@ -153,15 +153,21 @@ class Learner:
     # ---------------------------------------------------------------- enrolment
 
     def already_enrolled(self, images: Images) -> dict[int, list[str]]:
-        """Index -> labels of each image (pixels, not file name) that is enrolled already or earlier in ``images``."""
+        """Index -> labels of each image (pixels, not file name) that is enrolled already, earlier in ``images``,
+        or counted by the shipped head (fitted on it on the host, or merged from a device)."""
         return self._duplicates(self.extractor.keys(as_image_list(images)))
+
+    def counted_by_shipped_head(self, images: Images) -> npt.NDArray[np.bool_]:
+        """Which images the shipped head already counts: enrolling them again adds nothing to the head."""
+        return self._already_counted(self.extractor.keys(as_image_list(images)))
 
     def _duplicates(self, keys: list[str]) -> dict[int, list[str]]:
         found = self.store.enrolled_labels(keys)
+        shipped = self._already_counted(keys)
         seen: set[str] = set()
         out: dict[int, list[str]] = {}
         for i, key in enumerate(keys):
-            if key in found or key in seen:
+            if key in found or key in seen or shipped[i]:
                 out[i] = found.get(key, [])
             seen.add(key)
         return out
@@ -191,7 +197,7 @@ class Learner:
             batch, names, keys = [batch[i] for i in keep], [names[i] for i in keep], [keys[i] for i in keep]
             if not batch:
                 return restored
-        elif dupes:
+        elif set(dupes) - set(np.flatnonzero(self._already_counted(keys)).tolist()):  # those stay out of the head
             warnings.warn(
                 f"{len(dupes)} of {len(batch)} image(s) are enrolled already; they were enrolled again and count "
                 "twice. Fix: pass skip_duplicates=True (edgetl-device add --skip-duplicates), or remove them.",
