@@ -160,3 +160,58 @@ def test_item2_the_device_sees_the_photos_the_shipped_head_counts(
     out = json.loads(capsys.readouterr().out)
     assert out["already_enrolled"] == out["counted_by_shipped_head"] == 4  # the 5th was held out to measure
     assert "shipped head" in out["note"]
+
+
+# ------------------------------------------------------------------------------ item 4: the host CLI
+
+
+def test_item4_bench_fewshot_on_a_small_folder_skips_the_k_it_cannot_draw_without_sklearn(
+    tricky: dict[str, Any], shipped: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # scikit-learn is a dev extra: `import sklearn` fails here
+    monkeypatch.setitem(sys.modules, "sklearn.linear_model", None)
+    out_dir = tmp_path / "bench"
+    code = main(["bench", "fewshot", str(shipped), "--data", str(tricky["photos"]), "--shots", "1,5", "--seeds", "2",
+                 "--precisions", "fp32", "--threads", "1", "--output-dir", str(out_dir)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "note: K=5 skipped" in out and "K=1" in out
+    saved = json.loads((out_dir / "fewshot_photos.json").read_text())
+    assert {r["shots"] for r in saved["accuracy"]} == {1} and saved["notes"]
+    assert not any(r["head"] == "sklearn_lr" for r in saved["accuracy"])
+
+
+def test_item4_inspect_describes_an_enrolment_file(
+    tricky: dict[str, Any], shipped: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edgetl_runtime.learner import Learner
+
+    with Learner.load(shipped, tmp_path / "s.sqlite", backend="onnxruntime", precision="fp32", measure=False) as dev:
+        dev.add(tricky["flat_files"], "mug")
+        dev.export_enrolment(tmp_path / "a.enrol")
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "a.enrol")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("enrolment") and "5 in 1 classes: mug 5" in out and "edgetl merge" in out
+
+
+def test_item4_bench_latency_of_a_precision_the_bundle_lacks_is_a_one_line_error(
+    shipped: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["bench", "latency", str(shipped), "--precisions", "fp16", "--backends", "onnxruntime", "--no-probe",
+                 "--output-dir", str(tmp_path)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "ships fp32, none of the requested precisions fp16" in err
+    assert not list(tmp_path.iterdir())  # no empty table or plot
+
+
+def test_item4_bundles_name_their_sources_not_the_hosts_paths(tricky: dict[str, Any], shipped: Path) -> None:
+    from edgetl.sources import source_name
+    from edgetl_runtime.bundle import Bundle
+
+    assert source_name(str(tricky["photos"])) == "photos/" and source_name("Fashion-MNIST") == "fashion-mnist"
+    manifest = Bundle.open(shipped).manifest.to_json()
+    assert str(tricky["root"]) not in manifest and "photos/ classes all" in manifest
