@@ -76,9 +76,7 @@ def main() -> None:
             )
             results[mode] = json.loads(run.stdout.strip().splitlines()[-1])
             r = results[mode]
-            print(
-                f"{mode:>6}: peak RSS {r['peak_rss_mb']:.0f} MB, held {r['held_mb']:.0f} MB, {r['seconds']:.1f} s"
-            )
+            print(f"{mode:>6}: peak RSS {r['peak_rss_mb']:.0f} MB, held {r['held_mb']:.0f} MB, {r['seconds']:.1f} s")
     report = {"cpu": this_cpu().describe(), "count": args.count, "size": [3000, 4000], "min_side": HOST_MIN_SIDE,
               "results": results}  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
