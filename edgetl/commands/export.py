@@ -202,11 +202,11 @@ def describe(bundle: Bundle) -> str:
         f"bundle      {bundle.path}  (format {m.format_version}, every member verified)",
         f"backbone    {m.backbone.name} [{m.backbone.timm_name}]  weights={m.backbone.weights}",
         f"features    D={m.backbone.feature_dim}  precisions={[p.value for p in m.precisions]}",
-        f"preprocess  {json.dumps(m.preprocess.to_dict())}",
+        f"preprocess  {_preprocess_line(m.preprocess.to_dict())}",
         f"created     {m.created}   versions: " + ", ".join(f"{k} {v}" for k, v in m.versions.items()),
         "members:",
         *[f"  {name:<22} {info.size / 1e6:8.2f} MB  sha256 {info.sha256[:16]}…" for name, info in m.members.items()],
-        f"calibration {json.dumps(m.calibration)}",
+        f"calibration {_calibration_line(m.calibration)}",
     ]
     if m.quantization:
         q = m.quantization
@@ -229,6 +229,20 @@ def describe(bundle: Bundle) -> str:
     if m.head:
         lines.append(f"head        {_head_line(m.head)}")
     return "\n".join(lines)
+
+
+def _preprocess_line(spec: dict[str, Any]) -> str:
+    size = "x".join(str(v) for v in spec["input_size"])
+    return (
+        f"{size} px, crop_pct {spec['crop_pct']}, {spec['interpolation']}, mean {spec['mean']}, std {spec['std']}, "
+        f"{spec['channel_order']} {spec['layout']}"
+    )
+
+
+def _calibration_line(calibration: dict[str, Any]) -> str:
+    if not calibration:
+        return "none (no int8 member)"
+    return f"{calibration.get('count')} images from {calibration.get('source')} ({calibration.get('sampling')})"
 
 
 def _summary(check: object) -> str:
