@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edgetl.datasets import ImageDataset, balanced_subset
+from edgetl_runtime.bundle import Bundle
 from edgetl_runtime.errors import ConfigError, DatasetError, raise_all
 from edgetl_runtime.fewshot import (
     FewShotRow,
@@ -195,15 +196,20 @@ def run_fewshot_bench(
             f"Nothing to measure: {'; '.join(notes) or 'the test split is empty'}. Fix: add images per class, "
             f"or lower --shots (the pool holds {int(pool.class_counts().min())} per class at least)."
         )
+    shipped = [p.value for p in Bundle.open(bundle).manifest.precisions]
+    precisions = [p for p in config.precisions if p in shipped]
+    notes += [f"{p} skipped: the bundle ships {', '.join(shipped)}" for p in config.precisions if p not in shipped]
+    if not precisions:
+        raise DatasetError(f"{bundle} ships {', '.join(shipped)}; pass --precisions among those.")
     result = FewShotBenchResult(config, str(bundle), notes=notes)
     stem = config.output_dir / f"fewshot_{Path(bundle).stem}"
-    for precision in config.precisions:
+    for precision in precisions:
         start = time.perf_counter()
         feats = bundle_features(bundle, precision, list(pool.images) + list(test.images), config.threads)
         result.feature_seconds[precision] = round(time.perf_counter() - start, 1)
         p, t = feats[: len(pool)], feats[len(pool) :]
         result.accuracy += accuracy_table(p, pool.labels, t, test.labels, config, None, precision, baselines, shots)
-        if precision == config.precisions[0]:
+        if precision == precisions[0]:
             result.fit_times = fit_times(p, pool.labels, config, baseline_fits)
         result.summary = summarise(result.accuracy)
         write_outputs(result, stem)  # after each precision: what was measured survives a later failure

@@ -174,11 +174,11 @@ def test_item4_bench_fewshot_on_a_small_folder_skips_the_k_it_cannot_draw_withou
     monkeypatch.setitem(sys.modules, "sklearn", None)  # scikit-learn is a dev extra: `import sklearn` fails here
     monkeypatch.setitem(sys.modules, "sklearn.linear_model", None)
     out_dir = tmp_path / "bench"
-    code = main(["bench", "fewshot", str(shipped), "--data", str(tricky["photos"]), "--shots", "1,5", "--seeds", "2",
-                 "--precisions", "fp32", "--threads", "1", "--output-dir", str(out_dir)])  # fmt: skip
+    argv = ["bench", "fewshot", str(shipped), "--data", str(tricky["photos"]), "--shots", "1,5", "--seeds", "2"]
+    code = main([*argv, "--threads", "1", "--output-dir", str(out_dir)])  # default --precisions fp32,int8
     out = capsys.readouterr().out
     assert code == 0
-    assert "note: K=5 skipped" in out and "K=1" in out
+    assert "note: K=5 skipped" in out and "note: int8 skipped: the bundle ships fp32" in out and "K=1" in out
     saved = json.loads((out_dir / "fewshot_photos.json").read_text())
     assert {r["shots"] for r in saved["accuracy"]} == {1} and saved["notes"]
     assert not any(r["head"] == "sklearn_lr" for r in saved["accuracy"])
