@@ -28,8 +28,8 @@ test: data lint
 
 # The device runtime on ARM64 under qemu user-mode emulation (tests/arm64; scripts/test-arm64.sh).
 # Builds its ARM64 Python from Debian arm64 packages + aarch64 wheels (needs root for apt the first
-# time), cached in ~/.cache/edgetl/arm64: ~4 min cold (half of it the host's export of 5 small
-# bundles, redone whenever a Python source changes), ~1 min warm on 2 cores.
+# time), cached in ~/.cache/edgetl/arm64; 4 min 42 s warm on 2 cores (measured, issue 21), cold adds that
+# build and the host's export of 5 small bundles (redone whenever a Python source changes).
 test-arm64: data
 	PY=$(PY) bash scripts/test-arm64.sh
 

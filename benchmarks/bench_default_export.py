@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn_baseline import BASELINES
 from threadpoolctl import threadpool_limits
 
 from edgetl.bench.fewshot import FewShotBenchConfig, accuracy_table, bundle_features, episode, summarise
@@ -51,7 +52,7 @@ def fewshot(bundle: Path, args: argparse.Namespace) -> dict[str, Any]:
     for precision in ("fp32", "int8"):
         f = bundle_features(bundle, precision, list(pool.images) + list(test.images), args.threads)
         feats[precision] = f[: len(pool)]
-        table = accuracy_table(f[: len(pool)], pool.labels, f[len(pool) :], test.labels, protocol)
+        table = accuracy_table(f[: len(pool)], pool.labels, f[len(pool) :], test.labels, protocol, baselines=BASELINES)
         rows += [{"precision": precision, **r} for r in table if r["head"] in {"auto", "sklearn_lr"}]
     drops = [
         100 * (a["accuracy"] - b["accuracy"])

@@ -45,9 +45,9 @@ from head_features import (  # noqa: E402
     pooled_features,
     with_concat,
 )
+from sklearn_baseline import sklearn_lr_predict  # noqa: E402
 
-from edgetl.bench.fewshot import simpleshot_predict, sklearn_lr_predict  # noqa: E402
-from edgetl_runtime.fewshot import episode  # noqa: E402
+from edgetl_runtime.fewshot import episode, simpleshot_predict  # noqa: E402
 from edgetl_runtime.measure.latency import measure, measure_interleaved  # noqa: E402
 
 

@@ -17,9 +17,23 @@ from edgetl_runtime.versions import distribution_version
 COMMANDS = ("finetune", "export", "merge", "bench", "demo")  # modules of edgetl.commands (export has inspect)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default, once: not on required options, flags, options without one (None), or help that
+    already says it; docstring markup (````name````) shown as plain backquotes."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = (action.help or "").replace("``", "`")
+        if action.required or action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return text if "%(default)" in text else f"{text} (default: %(default)s)"
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(text.replace("``", "`"))
+
+
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
-    """Every (sub)command's --help prints each flag's default."""
-    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    """Every (sub)command's --help prints each flag's default (see :class:`HelpFormatter`)."""
+    parser.formatter_class = HelpFormatter
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():

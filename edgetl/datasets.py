@@ -14,6 +14,7 @@ import numpy as np
 
 from edgetl_runtime.errors import DatasetError, InputError
 from edgetl_runtime.fewshot import support_indices
+from edgetl_runtime.images import image_digest, load_image, shrink
 from edgetl_runtime.preprocess import as_rgb_uint8
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -29,6 +30,10 @@ FASHION_MNIST_CLASSES = [
     "Bag",
     "Ankle boot",
 ]
+# Shorter side the host keeps of each decoded photo: twice the largest resize side of the presets (256 for
+# 224-pixel models), so the antialiased resize to the model sees the same picture within resampling noise,
+# while a 12-megapixel JPEG is held as 1.4 MB instead of 36 MB. Pass a larger ``min_side`` for larger models.
+HOST_MIN_SIDE = 512
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # SHA-256 of the *decompressed* IDX payloads: independent of how a mirror or Debian gzipped them.
 FASHION_MNIST_SHA256 = {
@@ -48,10 +53,13 @@ class ImageDataset:
     labels: np.ndarray  # (N,) int64
     classes: list[str]
     labelled: bool = True  # False: a folder of images without classes (calibration only; labels all 0)
+    # The device's enrolment key of each image (``image_digest`` of its full decode), recorded when files were
+    # shrunk on loading; None: the images are the full pixels and their keys are computed from them.
+    keys: list[str] | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
-        if len(self.images) != len(self.labels):
+        if len(self.images) != len(self.labels) or (self.keys is not None and len(self.keys) != len(self.labels)):
             raise InputError(
                 f"Got {len(self.images)} images but {len(self.labels)} labels; they must match one to one."
             )
@@ -66,7 +74,14 @@ class ImageDataset:
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageDataset:
         idx = np.asarray(indices, dtype=np.int64)
         images = self.images[idx] if isinstance(self.images, np.ndarray) else [self.images[i] for i in idx]
-        return ImageDataset(images, self.labels[idx], list(self.classes), self.labelled)
+        keys = None if self.keys is None else [self.keys[i] for i in idx]
+        return ImageDataset(images, self.labels[idx], list(self.classes), self.labelled, keys)
+
+    def image_keys(self) -> list[str]:
+        """The key a device enrols each image under (the runtime's ``image_digest`` of the pixels it decodes)."""
+        if self.keys is not None:
+            return list(self.keys)
+        return [image_digest(as_rgb_uint8(img, i)) for i, img in enumerate(self.images)]
 
     def select_classes(self, class_ids: Sequence[int]) -> ImageDataset:
         """Keep only ``class_ids`` and renumber them 0..k-1 (e.g. source vs unseen target classes)."""
@@ -165,7 +180,7 @@ def folder_layout(root: str | Path) -> str:
     return "classes"
 
 
-def load_image_splits(root: str | Path) -> dict[str, ImageDataset]:
+def load_image_splits(root: str | Path, *, min_side: int | None = HOST_MIN_SIDE) -> dict[str, ImageDataset]:
     """A ``root`` laid out as :func:`folder_layout` ``"splits"``: ``{"train": ..., "val": ..., "test": ...}``.
 
     Every split is labelled with train's classes (a val/test class train lacks is refused); ``valid`` and
@@ -173,30 +188,47 @@ def load_image_splits(root: str | Path) -> dict[str, ImageDataset]:
     """
     root = Path(root)
     if folder_layout(root) != "splits":
-        return {"train": load_image_folder(root)}
+        return {"train": load_image_folder(root, min_side=min_side)}
     folders = {("val" if d.name.lower() in _VAL_NAMES else d.name.lower()): d for d in _subdirs(root)}
-    train = load_image_folder(folders.pop("train"))
+    train = load_image_folder(folders.pop("train"), min_side=min_side)
     out = {"train": train}
     for name, folder in folders.items():
-        part = load_image_folder(folder, require_trainable=False)
+        part = load_image_folder(folder, require_trainable=False, min_side=min_side)
         unknown = sorted(set(part.classes) - set(train.classes))
         if unknown:
             raise DatasetError(
                 f"{folder} has class folders {unknown} that {root}/train lacks; every class needs training images."
             )
         index = [train.classes.index(c) for c in part.classes]
-        out[name] = ImageDataset(part.images, np.asarray(index, dtype=np.int64)[part.labels], list(train.classes))
+        labels = np.asarray(index, dtype=np.int64)[part.labels]
+        out[name] = ImageDataset(part.images, labels, list(train.classes), keys=part.keys)
     return out
 
 
-def load_image_folder(root: str | Path, require_trainable: bool = True) -> ImageDataset:
+def read_image_files(paths: Sequence[Path], min_side: int | None) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """Decode files one at a time with the runtime's decoder (EXIF orientation, 16-bit), keeping each shrunk to
+    ``min_side``: (images, their device keys, one "path: reason" per unreadable file)."""
+    images, keys, bad = [], [], []
+    for path in paths:
+        try:
+            full = load_image(path)  # (H, W, 3) uint8, upright: exactly what a device decodes
+        except InputError as exc:
+            bad.append(f"{path}: {exc}")
+            continue
+        keys.append(image_digest(full))
+        images.append(full if min_side is None else shrink(full, min_side))
+    return images, keys, bad
+
+
+def load_image_folder(
+    root: str | Path, require_trainable: bool = True, *, min_side: int | None = HOST_MIN_SIDE
+) -> ImageDataset:
     """One subfolder per class. Reports every unreadable file at once instead of skipping it.
 
-    A train/val(/test) split layout is refused here (its split folders are not classes): use
-    :func:`load_image_splits`.
+    Files are decoded by the runtime's one decoder (``edgetl_runtime.images.load_image``), so the host sees the
+    picture a device sees, and kept shrunk to ``min_side`` (None: full size). A train/val(/test) split layout is
+    refused here (its split folders are not classes): use :func:`load_image_splits`.
     """
-    from PIL import Image, UnidentifiedImageError
-
     root = Path(root)
     if folder_layout(root) == "splits":
         raise DatasetError(
@@ -204,15 +236,17 @@ def load_image_folder(root: str | Path, require_trainable: bool = True) -> Image
             f"load_image_splits() (the CLI does), or pass one split, e.g. {root / 'train'}."
         )
     class_dirs = _subdirs(root)
-    images, labels, bad = [], [], []
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    keys: list[str] = []
+    bad: list[str] = []
     for label, cdir in enumerate(class_dirs):
-        for path in sorted(p for p in cdir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-            try:
-                with Image.open(path) as im:
-                    images.append(np.asarray(im.convert("RGB")))
-                labels.append(label)
-            except (UnidentifiedImageError, OSError) as exc:
-                bad.append(f"{path}: {exc}")
+        files = sorted(p for p in cdir.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        got, got_keys, failed = read_image_files(files, min_side)
+        images += got
+        keys += got_keys
+        labels += [label] * len(got)
+        bad += failed
     if bad:
         raise DatasetError(
             f"{len(bad)} unreadable image file(s) in {root}; fix or remove them:\n  " + "\n  ".join(bad[:10])
@@ -225,7 +259,7 @@ def load_image_folder(root: str | Path, require_trainable: bool = True) -> Image
         )
     if empty:
         raise DatasetError(f"Class folder(s) {empty} in {root} hold no images; add images or remove the folders.")
-    dataset = ImageDataset(images, np.asarray(labels), [d.name for d in class_dirs])
+    dataset = ImageDataset(images, np.asarray(labels), [d.name for d in class_dirs], keys=keys)
     if require_trainable:
         dataset.require_trainable(f"folder {root}")
     return dataset
@@ -319,24 +353,16 @@ def load_fashion_mnist(split: str = "train", root: str | Path | None = None) -> 
     return ImageDataset(images, labels, list(FASHION_MNIST_CLASSES))
 
 
-def load_unlabelled_folder(root: str | Path) -> ImageDataset:
+def load_unlabelled_folder(root: str | Path, *, min_side: int | None = HOST_MIN_SIDE) -> ImageDataset:
     """Every image directly inside ``root``, without classes: enough to calibrate int8 (judged by feature
-    agreement with fp32, since accuracy cannot be measured without labels)."""
-    from PIL import Image, UnidentifiedImageError
-
+    agreement with fp32, since accuracy cannot be measured without labels). Decoded as in :func:`load_image_folder`."""
     root = Path(root)
     files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    images, bad = [], []
-    for path in files:
-        try:
-            with Image.open(path) as im:
-                images.append(np.asarray(im.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as exc:
-            bad.append(f"{path}: {exc}")
+    images, keys, bad = read_image_files(files, min_side)
     if bad:
         raise DatasetError(
             f"{len(bad)} unreadable image file(s) in {root}; fix or remove them:\n  " + "\n  ".join(bad[:10])
         )
     if not images:
         raise DatasetError(f"No images found in {root}; expected image files with suffixes {sorted(IMAGE_SUFFIXES)}.")
-    return ImageDataset(images, np.zeros(len(images), dtype=np.int64), ["unlabelled"], labelled=False)
+    return ImageDataset(images, np.zeros(len(images), dtype=np.int64), ["unlabelled"], labelled=False, keys=keys)

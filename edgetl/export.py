@@ -17,7 +17,7 @@ from edgetl.backbones import Backbone, check_image_size, create_backbone
 from edgetl.datasets import ImageDataset, load_fashion_mnist
 from edgetl.pooling import PooledFeatures, parse_pooling
 from edgetl.shipped_head import HeadConfig, ShippedHead, check_head_classes, head_for_bundle
-from edgetl.sources import export_data, synthetic_images, training_data
+from edgetl.sources import export_data, source_name, synthetic_images, training_data
 from edgetl_exporters.bundle_writer import npz_bytes, write_bundle
 from edgetl_exporters.onnx_export import ExportConfig, export_features_onnx
 from edgetl_runtime.arguments import to_precisions
@@ -296,7 +296,8 @@ def _shipped_head(
     if head_data is None and backbone.head is not None:
         record = backbone.training_data
         if record and record.get("source"):
-            head_data, head_source = training_data(record), f"{record['source']} (the fine-tune run's training data)"
+            head_source = f"{source_name(str(record['source']))} (the fine-tune run's training data)"
+            head_data = training_data(record)
         else:
             warnings.warn(
                 "the fine-tuned classifier is not shipped: the run records no training data to fit the device's head "

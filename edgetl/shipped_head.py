@@ -25,6 +25,7 @@ from edgetl_runtime.bundle.manifest import Precision
 from edgetl_runtime.bundle.shipped_head import head_npz_dict, head_section, label_collisions
 from edgetl_runtime.errors import ConfigError, DatasetError
 from edgetl_runtime.heads import ClassStats, LDAHead, NearestClassMean, Prior
+from edgetl_runtime.heads.prior import key_prefixes
 from edgetl_runtime.heads.ridge import TEMPERATURES, loo_temperature
 from edgetl_runtime.preprocess import PreprocessSpec, preprocess_batch
 
@@ -96,6 +97,7 @@ def fit_shipped_head(
     source: str = "caller's images",
     linear: tuple[npt.NDArray[Any], npt.NDArray[Any], list[str]] | None = None,
     precisions: dict[str, Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float32]]] | None = None,
+    keys: list[str] | None = None,
 ) -> ShippedHead:
     """Fit, choose and measure the shipped head on labelled ``features`` (N, D) (see the module docstring).
 
@@ -109,6 +111,9 @@ def fit_shipped_head(
         precisions: for each other precision the bundle ships, a function giving the features of the images
             at the given indices through that member: the head's held-out accuracy is recorded per precision,
             so a device compares its own figure with the host's for the very model it runs.
+        keys: the device's enrolment key of each row's image (``ImageDataset.image_keys``): the head records
+            those of the images it is fitted on (``counted_keys``, as a merged head does), so a device that
+            enrols one of them again sees it as enrolled and does not count it twice.
     """
     config = config or HeadConfig()
     y = np.asarray(labels, dtype=str)
@@ -133,7 +138,20 @@ def fit_shipped_head(
     # logits are cosines over its own fixed temperature parameter, which the prior leaves alone.
     lda_t = loo_temperature(chosen._decision(Z_val), own) if kind == "lda" else float(ncm.temperature)
     calib_scores, calib_class = _calibration(chosen, Z_val, own)
-    prior = Prior(shipped, alpha, float(lda_t), kind, "balanced", calib_scores, calib_class)
+    counted = key_prefixes([keys[int(i)] for i in fit_idx]) if keys is not None else key_prefixes([])
+    # each counted image under the class it was counted for: a device skips it only under that label
+    counted_class = np.searchsorted(shipped.classes, y[fit_idx]) if keys is not None else np.zeros(0, np.int64)
+    prior = Prior(
+        shipped,
+        alpha,
+        float(lda_t),
+        kind,
+        "balanced",
+        calib_scores,
+        calib_class,
+        counted,
+        counted_class.astype(np.int64),
+    )
     predicted = chosen.predict(X_val)
     accuracy: dict[str, Any] = {
         "top1": _accuracy(predicted, y_val),
@@ -152,7 +170,8 @@ def fit_shipped_head(
         W, b, classes = linear
         scores = np.asarray(X_val, dtype=np.float64) @ np.asarray(W, dtype=np.float64).T + np.asarray(b)
         accuracy["linear_head"] = _accuracy(np.asarray(classes)[np.argmax(scores, axis=1)], y_val)
-    fitted = {"images": len(fit_idx), "rank": config.rank, "alphas": list(config.alphas), "temperatures": TEMPERATURES}
+    fitted: dict[str, Any] = {"images": len(fit_idx), "image_keys_recorded": len(counted), "rank": config.rank}
+    fitted.update({"alphas": list(config.alphas), "temperatures": TEMPERATURES})
     section = head_section(prior, accuracy=accuracy, source=source, fitted=fitted)
     return ShippedHead(prior, section, head_npz_dict(prior))
 
@@ -232,6 +251,7 @@ def head_for_bundle(
     idx = np.sort(np.concatenate(picks))
     subset = data.subset(idx)  # folders load as lists of differently sized images
     images, labels = list(subset.images), [data.classes[int(i)] for i in subset.labels]
+    keys = subset.image_keys()
     features = bundle_features(members[Precision.FP32.member], spec, images)
     others = {
         p.value: _member_features(members[p.member], spec, images)
@@ -242,7 +262,7 @@ def head_for_bundle(
     if backbone.head is not None and features.shape[1] == backbone.head.weight.shape[1]:
         weight, bias = backbone.head.weight.detach().numpy(), backbone.head.bias.detach().numpy()
         linear = (weight, bias, list(backbone.classes))
-    return fit_shipped_head(features, labels, config, source=source, linear=linear, precisions=others)
+    return fit_shipped_head(features, labels, config, source=source, linear=linear, precisions=others, keys=keys)
 
 
 def _member_features(

@@ -38,6 +38,15 @@ def is_fashion_mnist(source: str) -> bool:
     return source.lower() in FASHION_MNIST_ALIASES
 
 
+def source_name(source: str) -> str:
+    """How a bundle names a source: ``fashion-mnist`` or the folder's own name (``photos/``), never the host's
+    absolute path (it tells a device nothing and leaks the host's layout)."""
+    if is_fashion_mnist(source):
+        return source.lower()
+    name = Path(source).name or Path(source).resolve().name
+    return f"{name}/" if Path(source).is_dir() else name
+
+
 def load_data(source: str, split: str = "train") -> ImageDataset:
     """``fashion-mnist`` (a split of it), an image folder with one subfolder per class, or a folder of
     train/ + val/ (+ test/) split folders (``split`` picks one; ``test`` falls back to val)."""
@@ -135,7 +144,7 @@ def export_data(
         return data, data_source or "caller's images"
     record = backbone.training_data
     if record and record.get("source"):
-        return training_data(record), f"{record['source']} (the fine-tune run's training data)"
+        return training_data(record), f"{source_name(str(record['source']))} (the fine-tune run's training data)"
     if Precision.INT8 in precisions:
         raise ConfigError(
             "int8 needs calibration images from the model's domain, and none were given. Fix: pass --calib DIR "

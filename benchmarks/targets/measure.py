@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sklearn_baseline import BASELINES
 
 from edgetl.bench.fewshot import FewShotBenchConfig, accuracy_table
 from edgetl.datasets import ImageDataset, balanced_subset, load_fashion_mnist
@@ -193,7 +194,7 @@ def measure_fewshot(
     for precision in ("fp32", "int8"):
         pool, test = feats[precision]
         desc = f"few-shot {precision}" if config.progress else None
-        rows += accuracy_table(pool, pool_y, test, test_y, protocol, desc, precision)
+        rows += accuracy_table(pool, pool_y, test, test_y, protocol, desc, precision, BASELINES)
     dim = int(feats["fp32"][0].shape[1])
     return {"rows": [asdict(r) for r in rows], "summary": summarise(rows), "feature_dim": dim}
 
@@ -273,7 +274,7 @@ def measure_fit(
     protocol = FewShotBenchConfig(shots=(config.fit_shots,), seeds=config.seeds, heads=FIT_HEADS)
     desc = "fit accuracy" if config.progress else None
     pool, test = feats  # (P, D), (T, D) float32
-    rows = accuracy_table(pool, pool_y, test, test_y, protocol, desc)
+    rows = accuracy_table(pool, pool_y, test, test_y, protocol, desc, baselines=BASELINES)
     accuracy = {h: 100 * float(np.mean([r.accuracy for r in rows if r.head == h])) for h in ("sklearn_lr", *FIT_HEADS)}
     idx = episode(pool_y, config.fit_shots, seed=0)
     x, y = pool[idx], pool_y[idx]  # (10 * shots, D), (10 * shots,)

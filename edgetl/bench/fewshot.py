@@ -1,9 +1,12 @@
-"""``edgetl bench fewshot``: accuracy vs K for every head beside scikit-learn and SimpleShot, on bundle features.
+"""``edgetl bench fewshot``: accuracy vs K for every head beside SimpleShot, on bundle features.
 
 Features come from the bundle through the device runtime (onnxruntime), once per precision, so the
 fp32 vs int8 comparison is exactly what a device would see. The protocol: a fixed class-balanced
 pool of train images, K shots per class drawn per seed, a fixed test set; the same episodes for
-every head. scikit-learn is a benchmark dependency only.
+every head. scikit-learn is a dev extra, not a dependency: its baseline is passed in by
+``benchmarks/`` scripts (``benchmarks/sklearn_baseline.py``), never imported here. A K that the pool
+cannot supply for every class is skipped with a note, and the figures are written after each
+precision, so a later failure loses nothing already measured.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from edgetl.datasets import ImageDataset, balanced_subset
-from edgetl_runtime.errors import ConfigError, raise_all
+from edgetl_runtime.bundle import Bundle
+from edgetl_runtime.errors import ConfigError, DatasetError, raise_all
 from edgetl_runtime.fewshot import (
     FewShotRow,
     Predict,
@@ -76,6 +80,7 @@ class FewShotBenchResult:
     fit_times: list[FitTime] = field(default_factory=list)
     feature_seconds: dict[str, float] = field(default_factory=dict)
     summary: dict[str, dict[str, float]] = field(default_factory=dict)  # "precision/head" -> "K=k" -> %
+    notes: list[str] = field(default_factory=list)  # what was skipped and why
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,13 +90,8 @@ class FewShotBenchResult:
             "fit_times": [asdict(r) for r in self.fit_times],
             "feature_seconds": self.feature_seconds,
             "summary": self.summary,
+            "notes": self.notes,
         }
-
-
-def sklearn_lr_predict(x: np.ndarray, y: np.ndarray, xt: np.ndarray) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
-
-    return np.asarray(LogisticRegression(max_iter=1000).fit(x, y).predict(xt))
 
 
 def accuracy_table(
@@ -102,32 +102,43 @@ def accuracy_table(
     config: FewShotBenchConfig,
     progress: str | None = None,
     precision: str = "fp32",
+    baselines: dict[str, Predict] | None = None,
+    shots: tuple[int, ...] | None = None,
 ) -> list[FewShotRow]:
-    """One row per (head or baseline, K, seed) with the test accuracy; ``progress`` names a progress bar."""
+    """One row per (head or baseline, K, seed) with the test accuracy; ``progress`` names a progress bar.
+
+    ``baselines``: other predictors to score on the same episodes (benchmarks pass scikit-learn's);
+    ``shots``: the K values to run (default: the config's).
+    """
     from tqdm import tqdm
 
-    predictors: dict[str, Predict] = {"sklearn_lr": sklearn_lr_predict, "simpleshot": simpleshot_predict}
+    predictors: dict[str, Predict] = {**(baselines or {}), "simpleshot": simpleshot_predict}
     predictors |= {name: head_predict(name) for name in config.heads}
     bar = partial(tqdm, desc=progress, disable=progress is None, leave=False, dynamic_ncols=True)
-    return accuracy_rows(pool, pool_y, test, test_y, predictors, config.shots, config.seeds, precision, bar)
+    ks = config.shots if shots is None else shots
+    return accuracy_rows(pool, pool_y, test, test_y, predictors, ks, config.seeds, precision, bar)
 
 
-def fit_times(pool: np.ndarray, pool_y: np.ndarray, config: FewShotBenchConfig) -> list[FitTime]:
-    """Head fit time vs N enrolled samples (same features), against scikit-learn's LogisticRegression."""
-    from sklearn.linear_model import LogisticRegression
-
+def fit_times(
+    pool: np.ndarray,
+    pool_y: np.ndarray,
+    config: FewShotBenchConfig,
+    baselines: dict[str, Callable[[np.ndarray, np.ndarray], object]] | None = None,
+) -> list[FitTime]:
+    """Head fit time vs N enrolled samples (same features); ``baselines`` are other fits timed alike."""
     rows = []
     n_classes = len(np.unique(pool_y))
+    smallest = int(np.bincount(np.unique(pool_y, return_inverse=True)[1]).min())
     for n in config.fit_sizes:
         per_class = max(1, n // n_classes)
-        if per_class > config.pool_per_class:
+        if per_class > min(config.pool_per_class, smallest):
             continue
         idx = episode(pool_y, per_class, seed=0)
         x, y = pool[idx], pool_y[idx]
         fits: dict[str, Callable[[], object]] = {name: partial(_fit, name, x, y) for name in config.heads}
-        fits["sklearn_lr"] = partial(LogisticRegression(max_iter=1000).fit, x, y)
+        fits |= {name: partial(fit, x, y) for name, fit in (baselines or {}).items()}
         for name, fit in fits.items():
-            runs = 10 if name in {"sklearn_lr", "logistic"} else 50
+            runs = 10 if name == "logistic" or name in (baselines or {}) else 50
             stats = measure(fit, runs=runs, warmup=2, max_seconds=5.0)
             rows.append(FitTime(name, len(idx), stats.p50_ms, stats.mean_ms, stats.runs))
     return rows
@@ -147,24 +158,61 @@ def bundle_features(bundle: Path, precision: str, images: list[np.ndarray], thre
         return learner.features(images)
 
 
+def drawable_shots(pool: ImageDataset, shots: tuple[int, ...]) -> tuple[tuple[int, ...], list[str]]:
+    """The K values every class of ``pool`` can supply, and a note for each one it cannot."""
+    counts = pool.class_counts()
+    present = counts[counts > 0]
+    smallest = int(present.min()) if len(present) else 0
+    short = [pool.classes[c] for c, n in enumerate(counts) if 0 < n == smallest]
+    keep = tuple(k for k in shots if k <= smallest)
+    notes = [
+        f"K={k} skipped: class(es) {short[:3]} have only {smallest} training image(s) in the pool"
+        for k in shots
+        if k > smallest
+    ]
+    return keep, notes
+
+
 def run_fewshot_bench(
-    bundle: Path, train: ImageDataset, test: ImageDataset, config: FewShotBenchConfig | None = None
+    bundle: Path,
+    train: ImageDataset,
+    test: ImageDataset,
+    config: FewShotBenchConfig | None = None,
+    *,
+    baselines: dict[str, Predict] | None = None,
+    baseline_fits: dict[str, Callable[[np.ndarray, np.ndarray], object]] | None = None,
 ) -> FewShotBenchResult:
-    """Accuracy vs K per precision and head, fit time vs N; writes JSON, CSV and a PNG."""
+    """Accuracy vs K per precision and head, fit time vs N; writes JSON, CSV and a PNG after each precision.
+
+    Raises:
+        DatasetError: no K of ``config.shots`` can be drawn from ``train`` for every class, or ``test`` is empty.
+    """
     config = config or FewShotBenchConfig()
     pool = balanced_subset(train, config.pool_per_class, seed=1234)
     test = test.subset(np.arange(min(config.test_count, len(test))))
-    result = FewShotBenchResult(config, str(bundle))
-    for precision in config.precisions:
+    shots, notes = drawable_shots(pool, config.shots)
+    if not shots or not len(test):
+        raise DatasetError(
+            f"Nothing to measure: {'; '.join(notes) or 'the test split is empty'}. Fix: add images per class, "
+            f"or lower --shots (the pool holds {int(pool.class_counts().min())} per class at least)."
+        )
+    shipped = [p.value for p in Bundle.open(bundle).manifest.precisions]
+    precisions = [p for p in config.precisions if p in shipped]
+    notes += [f"{p} skipped: the bundle ships {', '.join(shipped)}" for p in config.precisions if p not in shipped]
+    if not precisions:
+        raise DatasetError(f"{bundle} ships {', '.join(shipped)}; pass --precisions among those.")
+    result = FewShotBenchResult(config, str(bundle), notes=notes)
+    stem = config.output_dir / f"fewshot_{Path(bundle).stem}"
+    for precision in precisions:
         start = time.perf_counter()
         feats = bundle_features(bundle, precision, list(pool.images) + list(test.images), config.threads)
         result.feature_seconds[precision] = round(time.perf_counter() - start, 1)
         p, t = feats[: len(pool)], feats[len(pool) :]
-        result.accuracy += accuracy_table(p, pool.labels, t, test.labels, config, precision=precision)
-        if precision == config.precisions[0]:
-            result.fit_times = fit_times(p, pool.labels, config)
-    result.summary = summarise(result.accuracy)
-    write_outputs(result, config.output_dir / f"fewshot_{Path(bundle).stem}")
+        result.accuracy += accuracy_table(p, pool.labels, t, test.labels, config, None, precision, baselines, shots)
+        if precision == precisions[0]:
+            result.fit_times = fit_times(p, pool.labels, config, baseline_fits)
+        result.summary = summarise(result.accuracy)
+        write_outputs(result, stem)  # after each precision: what was measured survives a later failure
     return result
 
 

@@ -38,6 +38,13 @@ def run_latency_bench(
     torch_threads = torch.get_num_threads()
     config, start, load_start = config or LatencyBenchConfig(), time.perf_counter(), os.getloadavg()
     opened = Bundle.open(bundle)
+    shipped = opened.manifest.precisions
+    if not any(p in shipped for p in config.precisions):  # nothing to time: an empty table would look like a result
+        raise ConfigError(
+            f"{bundle} ships {', '.join(p.value for p in shipped)}, none of the requested precisions "
+            f"{', '.join(p.value for p in config.precisions)}. Fix: pass --precisions "
+            f"{','.join(p.value for p in shipped)}, or export the bundle with them (edgetl export --precision ...)."
+        )
     size = _image_size(opened, config)
     torch_model = torch_model or backbone_for(opened, size)
     built, skipped = build_runners(opened, config, torch_model)

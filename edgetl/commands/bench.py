@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def register_fewshot(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    q = bench_sub.add_parser("fewshot", help="accuracy vs K per head (vs sklearn, SimpleShot), fp32 vs int8; fit time")
+    q = bench_sub.add_parser("fewshot", help="accuracy vs K per head (vs SimpleShot), fp32 vs int8; fit time")
     q.add_argument("bundle", type=Path, help="an .edgetl bundle (fp32, plus int8 to compare)")
     q.add_argument("--data", default="fashion-mnist", help="fashion-mnist or an image folder (train/test split)")
     q.add_argument("--shots", type=comma_list(positive_int), default="1,5,10,20", help="K: images per class enrolled")
@@ -50,6 +50,9 @@ def run_fewshot(args: argparse.Namespace) -> int:
     result = run_fewshot_bench(args.bundle, train, test, config)
     for key, by_k in result.summary.items():
         print(f"{key:<24} " + "  ".join(f"{k} {v:5.1f}" for k, v in by_k.items()))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"wrote {config.output_dir / ('fewshot_' + args.bundle.stem)}.json, .csv, .png")
     return 0
 
 

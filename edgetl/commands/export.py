@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.shipped_head import HeadConfig
-from edgetl.sources import load_calibration, load_data, parse_classes
+from edgetl.sources import load_calibration, load_data, parse_classes, source_name
+from edgetl.wording import cosine_text, drop_points, drop_text
 from edgetl_exporters.quantization import PRESETS, CalibrationMethod, Fp16Config, QuantizeConfig
 from edgetl_runtime.arguments import to_precisions
 from edgetl_runtime.bundle.reader import Bundle
@@ -95,8 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("-o", "--output", required=True, type=Path, help="bundle path, e.g. model.edgetl")
     p.set_defaults(func=run_export)
 
-    q = subparsers.add_parser("inspect", help="print a bundle's manifest for a person")
-    q.add_argument("bundle", type=Path, help="an .edgetl bundle")
+    q = subparsers.add_parser("inspect", help="describe a bundle, or an enrolment file from edgetl-device export")
+    q.add_argument("bundle", type=Path, help="an .edgetl bundle or an .enrol enrolment file")
     q.add_argument("--json", action="store_true", help="print the raw manifest JSON")
     q.set_defaults(func=run_inspect)
 
@@ -137,12 +138,14 @@ def run_export(args: argparse.Namespace) -> int:
         args.output,
         weights=args.weights,
         data=None if args.calib is None else load_calibration(args.calib),
-        data_source=args.calib,
+        data_source=None if args.calib is None else source_name(args.calib),
         config=config,
         image_size=args.image_size,
         quantize_config=quantize_config,
         head_data=head_data,
-        head_source=None if head_data is None else f"{args.head_from} classes {args.head_classes or 'all'}",
+        head_source=None
+        if head_data is None
+        else f"{source_name(args.head_from)} classes {args.head_classes or 'all'}",
     )
     print(f"wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB)")
     print(describe(result.bundle))
@@ -150,9 +153,47 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
+    enrolment = _enrolment_manifest(args.bundle)
+    if enrolment is not None:  # an `edgetl-device export` file: verify it and say what it holds
+        from edgetl_runtime.enrolment import read_enrolment
+
+        info = read_enrolment(args.bundle).info
+        print(json.dumps(info, indent=2) if args.json else describe_enrolment(args.bundle, info))
+        return 0
     bundle = Bundle.open(args.bundle)
     print(bundle.manifest.to_json() if args.json else describe(bundle))
     return 0
+
+
+def _enrolment_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of an enrolment file (recognised by its ``format``), else None: a bundle or not a zip."""
+    import zipfile
+
+    from edgetl_runtime.enrolment import ENROLMENT_FORMAT
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = json.loads(archive.read("manifest.json")[: 1 << 20])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return info if isinstance(info, dict) and info.get("format") == ENROLMENT_FORMAT else None
+
+
+def describe_enrolment(path: Path, info: dict[str, Any]) -> str:
+    """A short view of a verified enrolment file: what `edgetl merge` would fold into a bundle."""
+    counts = ", ".join(f"{label} {n}" for label, n in info["counts"].items())
+    removed = info.get("removed_shipped_labels") or []
+    return "\n".join(
+        [
+            f"enrolment   {path}  (format {info['format_version']}, every member verified; merge it with "
+            "`edgetl merge BUNDLE FILE... -o NEW.edgetl`)",
+            f"backbone    {info['backbone']}  precision={info['precision']}  D={info['feature_dim']}",
+            f"samples     {info['samples']} in {len(info['counts'])} classes: {counts}",
+            f"images      {info['images']} attached (features only travel otherwise)",
+            f"removed     shipped classes removed on the device: {', '.join(removed) or 'none'}",
+            f"created     {info['created']}   model digest {str(info['model_digest'])[:16]}…",
+        ]
+    )
 
 
 def describe(bundle: Bundle) -> str:
@@ -162,11 +203,11 @@ def describe(bundle: Bundle) -> str:
         f"bundle      {bundle.path}  (format {m.format_version}, every member verified)",
         f"backbone    {m.backbone.name} [{m.backbone.timm_name}]  weights={m.backbone.weights}",
         f"features    D={m.backbone.feature_dim}  precisions={[p.value for p in m.precisions]}",
-        f"preprocess  {json.dumps(m.preprocess.to_dict())}",
+        f"preprocess  {_preprocess_line(m.preprocess.to_dict())}",
         f"created     {m.created}   versions: " + ", ".join(f"{k} {v}" for k, v in m.versions.items()),
         "members:",
         *[f"  {name:<22} {info.size / 1e6:8.2f} MB  sha256 {info.sha256[:16]}…" for name, info in m.members.items()],
-        f"calibration {json.dumps(m.calibration)}",
+        f"calibration {_calibration_line(m.calibration)}",
     ]
     if m.quantization:
         q = m.quantization
@@ -191,6 +232,20 @@ def describe(bundle: Bundle) -> str:
     return "\n".join(escape(line) for line in lines)  # a newline inside a field must not print a forged line
 
 
+def _preprocess_line(spec: dict[str, Any]) -> str:
+    size = "x".join(str(v) for v in spec["input_size"])
+    return (
+        f"{size} px, crop_pct {spec['crop_pct']}, {spec['interpolation']}, mean {spec['mean']}, std {spec['std']}, "
+        f"{spec['channel_order']} {spec['layout']}"
+    )
+
+
+def _calibration_line(calibration: dict[str, Any]) -> str:
+    if not calibration:
+        return "none (no int8 member)"
+    return f"{calibration.get('count')} images from {calibration.get('source')} ({calibration.get('sampling')})"
+
+
 def _summary(check: object) -> str:
     """One line of the figures a person looks for in a validation entry (``--json`` has everything)."""
     if not isinstance(check, dict):
@@ -200,13 +255,12 @@ def _summary(check: object) -> str:
         parts.append(f"size {check['size_ratio']:.3f}x fp32")
     elif "fp16_bytes" in check and check.get("fp32_bytes"):
         parts.append(f"size {check['fp16_bytes'] / check['fp32_bytes']:.3f}x fp32")
-    for name in ("min_cosine", "cosine_min", "cosine_mean", "mean_cosine", "max_abs_diff"):
-        if isinstance(check.get(name), float):
-            parts.append(f"{name} {check[name]:.5f}")
-    if all(check.get(k) is not None for k in ("accuracy_delta", "accuracy_fp32", "accuracy_int8")):
+    parts += cosine_text(check)
+    drop = drop_points(check)
+    if drop is not None:
         parts.append(
             f"probe accuracy {check['accuracy_fp32']:.1f} -> {check['accuracy_int8']:.1f} "
-            f"({check['accuracy_delta']:+.2f} points, {check.get('eval_count')} held-out images)"
+            f"({drop_text(drop)}, {check.get('eval_count')} held-out images)"
         )
     if "excluded_nodes" in check:
         parts.append(f"{len(check['excluded_nodes'])} node(s) kept in float")
@@ -221,7 +275,7 @@ def _guard_line(guard: dict[str, Any]) -> str:
     conf = float(guard.get("confidence", 0.95))
     verdict = "passed" if guard.get("passed") else "FAILED"
     if "drop" in guard:
-        value = f"drop {guard['drop']:+.2f} points [{low:+.2f}, {high:+.2f}] ({conf:.0%}), max {guard.get('max_drop')}"
+        value = f"{drop_text(guard['drop'])} [{low:+.2f}, {high:+.2f}] ({conf:.0%}), max {guard.get('max_drop')}"
     else:
         mean = float(guard.get("cosine_mean", float("nan")))
         value = f"mean cosine {mean:.4f} [{low:.4f}, {high:.4f}] ({conf:.0%}), min {guard.get('min_cosine')}"

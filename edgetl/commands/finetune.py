@@ -142,6 +142,7 @@ def command_record(args: argparse.Namespace) -> dict[str, Any]:
 def run_finetune(args: argparse.Namespace) -> int:
     from edgetl.backbones import create_backbone
     from edgetl.finetune import finetune
+    from edgetl.finetune.metrics import best_epoch_number
 
     args = resolve_config_file(args)
     main_rank = int(os.environ.get("RANK", "0")) == 0
@@ -165,10 +166,10 @@ def run_finetune(args: argparse.Namespace) -> int:
     if main_rank:
         val_acc = f"{result.val_accuracy:.4f}" if result.val_accuracy is not None else "n/a"
         test_acc = f"{result.test_accuracy:.4f}" if result.test_accuracy is not None else "n/a"
-        tested = len(test) if test is not None else 0
+        tested, best = (len(test) if test is not None else 0), best_epoch_number(result.best_epoch)
         print(
             f"{config.strategy.value}: {result.train_size} train images, {result.epochs_run} epochs "
-            f"(best {result.best_epoch + 1}), val acc {val_acc}, test acc {test_acc} on {tested} images, "
+            f"(best {best}), val acc {val_acc}, test acc {test_acc} on {tested} images, "
             f"{result.wall_time_s:.1f}s wall ({result.cpu_time_s:.1f}s CPU) x {result.world_size} process(es) "
             f"-> {args.output}"
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetl.demo.device import FewShotCell
+from edgetl.demo.story import StoryResult
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class DemoConfig:
     eval_count: int = 300
     shots: tuple[int, ...] = (1, 5, 10)
     seeds: int = 5
+    story_shots: int = 5  # K per new class on the simulated devices (extend and fleet merge)
     pool_per_class: int = 20
     test_per_class: int = 200
     threads: int = 2
@@ -48,9 +50,11 @@ class DemoResult:
     few_shot: list[FewShotCell] = field(default_factory=list)
     latency: dict[str, Any] = field(default_factory=dict)
     machine: dict[str, Any] = field(default_factory=dict)  # the CPU and what the runtime chose on it
+    story: StoryResult | None = None  # out of the box, extended, merged
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "story": None if self.story is None else self.story.to_dict(),
             "config": self.config.to_dict(),
             "timings_s": self.timings_s,
             "finetune": self.finetune,

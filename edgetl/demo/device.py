@@ -46,7 +46,10 @@ def few_shot_curve(
     episode then re-enrols cached images, so the backbone never runs again (``backbone_runs`` = 0):
     exactly what a device sees when classes are re-taught.
     """
-    learner = Learner.load(bundle, None, backend="onnxruntime", precision=precision, threads=threads, head=head)
+    # The shipped head is left out: the curve is the new classes alone, comparable across bundles with and without one.
+    learner = Learner.load(
+        bundle, None, backend="onnxruntime", precision=precision, threads=threads, head=head, shipped_head=False
+    )
     test_labels = [test.classes[i] for i in test.labels]
     test_images = list(test.images)
     pool_images = list(pool.images)

@@ -1,10 +1,12 @@
-"""The demo as a list of named steps: fine-tune on source classes, export, adapt on device, measure, report."""
+"""The demo as a list of named steps: fine-tune on source classes, export with the fine-tuned head, predict out
+of the box on a device, extend it with new classes, merge two devices' enrolments, measure, report."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from edgetl.backbones import create_backbone
 from edgetl.datasets import ImageDataset, balanced_subset, load_fashion_mnist
 from edgetl.demo.config import DemoConfig, DemoResult
 from edgetl.demo.device import few_shot_curve
+from edgetl.demo.story import run_story
 from edgetl.export import BundleConfig, export_bundle
 from edgetl.finetune import FinetuneConfig, finetune
 from edgetl_runtime.errors import QuantizationError
@@ -54,8 +57,9 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
     bundles = {}
     calib = balanced_subset(train.select_classes(config.source_classes), 200, seed=1)  # host data only
     for name, model in (("imagenet", config.backbone), ("finetuned", out / "finetuned")):
+        head = source if name == "finetuned" else None  # the fine-tuned bundle ships its head, fitted on the source
         with step(f"export {name} bundle"):
-            bundles[name], result.exports[name] = _export(config, model, calib, out / f"{name}.edgetl")
+            bundles[name], result.exports[name] = _export(config, model, calib, out / f"{name}.edgetl", head)
     result.machine = _machine(bundles, config.threads)
     target_pool = balanced_subset(train.select_classes(config.target_classes), config.pool_per_class, seed=2)
     target_test = balanced_subset(test.select_classes(config.target_classes), config.test_per_class, seed=0)
@@ -65,6 +69,10 @@ def run_demo(config: DemoConfig | None = None) -> DemoResult:
                 result.few_shot += few_shot_curve(
                     path, precision, target_pool, target_test, config.shots, config.seeds, config.threads
                 )
+    story_precision = "int8" if "int8" in result.exports["finetuned"]["precisions"] else "fp32"
+    with step(f"devices: out of the box, extended, merged ({story_precision})"):
+        result.story = run_story(bundles["finetuned"], story_precision, source_test, target_pool, target_test,
+                                 config.story_shots, config.threads, out)  # fmt: skip
     with step("latency benchmark"):
         result.latency = _latency(config, bundles["finetuned"], out)
     (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
@@ -105,36 +113,51 @@ def _finetune(config: DemoConfig, source: ImageDataset, source_test: ImageDatase
     return {k: v for k, v in outcome.to_dict().items() if k not in {"confusion"}}
 
 
-def _export(config: DemoConfig, model: str | Path, calib: ImageDataset, path: Path) -> tuple[Path, dict[str, Any]]:
+def _export(
+    config: DemoConfig, model: str | Path, calib: ImageDataset, path: Path, head: ImageDataset | None = None
+) -> tuple[Path, dict[str, Any]]:
     """fp32 + int8; when the int8 accuracy guard refuses, ship fp32 alone and say why (never a bad int8)."""
     try:
-        return _export_with(config, model, calib, path, ("fp32", "int8"))
+        return _export_with(config, model, calib, path, ("fp32", "int8"), head)
     except QuantizationError as exc:
         print(f"[demo] int8 refused by the accuracy guard, shipping fp32 only: {exc}", flush=True)
-        bundle_path, info = _export_with(config, model, calib, path, ("fp32",))
+        bundle_path, info = _export_with(config, model, calib, path, ("fp32",), head)
         return bundle_path, {**info, "int8_refused": str(exc)}
 
 
 def _export_with(
-    config: DemoConfig, model: str | Path, calib: ImageDataset, path: Path, precisions: tuple[str, ...]
+    config: DemoConfig,
+    model: str | Path,
+    calib: ImageDataset,
+    path: Path,
+    precisions: tuple[str, ...],
+    head: ImageDataset | None = None,
 ) -> tuple[Path, dict[str, Any]]:
+    import torch
+
     bundle_config = BundleConfig(
         precisions=precisions,  # type: ignore[arg-type]
         calibration_count=config.calibration_count,
         eval_count=config.eval_count,
         crop_pct=config.crop_pct,
     )
-    result = export_bundle(
-        model,
-        path,
-        weights=config.weights,
-        data=calib,
-        data_source="fashion-mnist:train[source]",
-        config=bundle_config,
-        image_size=config.image_size,
-    )
+    with warnings.catch_warnings():  # the tracer's notes on shape arithmetic are for exporter authors, not users
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # type: ignore[attr-defined]
+        result = export_bundle(
+            model,
+            path,
+            weights=config.weights,
+            data=calib,
+            data_source="fashion-mnist:train[source]",
+            config=bundle_config,
+            image_size=config.image_size,
+            head_data=head,
+            head_source=None if head is None else "fashion-mnist:train[source] (the fine-tuning images)",
+        )
     sizes = {name: info.size for name, info in result.bundle.manifest.members.items()}
-    return path, {"path": str(path), "precisions": list(precisions), "member_bytes": sizes, "checks": result.report}
+    manifest = result.bundle.manifest
+    return path, {"path": str(path), "precisions": list(precisions), "member_bytes": sizes, "checks": result.report,
+                  "head": dict(manifest.head), "quantization": dict(manifest.quantization)}  # fmt: skip
 
 
 def _latency(config: DemoConfig, bundle: Path, out: Path) -> dict[str, Any]:

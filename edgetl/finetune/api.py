@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from edgetl.finetune import distributed as D
 from edgetl.finetune.config import FinetuneConfig, Strategy
 from edgetl.finetune.data import TorchImageDataset, eval_loader, train_loader
 from edgetl.finetune.linear_probe import run_linear_probe
-from edgetl.finetune.metrics import FinetuneResult, History
+from edgetl.finetune.metrics import FinetuneResult, History, best_epoch_number
 from edgetl.finetune.optim import build_optimizer, build_scheduler, param_groups
 from edgetl.finetune.stages import FreezePlan
 from edgetl.finetune.trainer import Evaluation, evaluate, fit
@@ -83,7 +84,7 @@ def finetune(
 
         def on_best(epoch: int, history: History) -> None:
             if ctx.is_main:  # only rank 0 touches the disk
-                metrics = {"best_epoch": epoch, "val_accuracy": history.val_acc[epoch]}
+                metrics = {"best_epoch": best_epoch_number(epoch), "val_accuracy": history.val_acc[epoch]}
                 ckpt.save_checkpoint(output_dir, backbone, head, train.classes, config, metrics, provenance)
 
         if config.strategy is Strategy.LINEAR_PROBE:
@@ -105,6 +106,14 @@ def finetune(
 def validate_inputs(train: ImageDataset, val: ImageDataset | None, test: ImageDataset | None) -> None:
     """Refuse empty or single-class training data and splits whose classes disagree (all problems at once)."""
     train.require_trainable("fine-tuning (train split)")
+    counts = train.class_counts()
+    single = [train.classes[c] for c, n in enumerate(counts) if n == 1]
+    if single:
+        warnings.warn(
+            f"class(es) {single[:5]} have 1 training image: one example cannot teach a class, and accuracy measured on "
+            "so few images means little. Fix: give each class 5 or more images.",
+            stacklevel=3,
+        )
     problems = []
     for name, split in (("val", val), ("test", test)):
         if split is None:
@@ -183,4 +192,7 @@ def _result(
 def _summary(result: FinetuneResult) -> dict[str, object]:
     keys = ("best_epoch", "val_accuracy", "test_accuracy", "test_loss", "wall_time_s", "cpu_time_s", "train_size",
             "world_size")  # fmt: skip
-    return {k: getattr(result, k) for k in keys} | {"epochs_run": result.epochs_run}
+    return {k: getattr(result, k) for k in keys} | {
+        "epochs_run": result.epochs_run,
+        "best_epoch": best_epoch_number(result.best_epoch),
+    }

@@ -25,8 +25,13 @@ class History:
     val_acc: list[float] = field(default_factory=list)
     lr: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
-    best_epoch: int = -1
+    best_epoch: int = -1  # index into the lists above; metrics.json and the CLI count epochs from 1 (``epoch``)
     stopped_early: bool = False
+
+
+def best_epoch_number(index: int) -> int | None:
+    """The best epoch as people count it (from 1), None when there was none; one convention for every output."""
+    return index + 1 if index >= 0 else None
 
 
 @dataclass(kw_only=True)
@@ -56,6 +61,7 @@ class FinetuneResult(History):
         d = asdict(self)
         d["confusion"] = None if self.confusion is None else np.asarray(self.confusion).tolist()
         d["epochs_run"] = self.epochs_run
+        d["best_epoch"] = best_epoch_number(self.best_epoch)  # counted from 1, as the log and the CLI print it
         return d
 
     def save(self, output_dir: Path) -> None:

@@ -124,18 +124,23 @@ def train_one_epoch(
     return float(sums[0]) / n, float(sums[1]) / n
 
 
+LOSS_TIE_TOLERANCE = 1e-4  # a tie on accuracy is broken by a loss at least this much lower (relative), not by noise
+
+
 class EarlyStopping:
-    """Stop after ``patience`` epochs without a strictly better validation accuracy."""
+    """Stop after ``patience`` epochs without a better validation result: a higher accuracy, or the same
+    accuracy at a lower loss (on a small validation set accuracy ties often while the loss still falls)."""
 
     def __init__(self, patience: int | None) -> None:
         self.patience = patience
         self.best = -1.0
+        self.best_loss = float("inf")
         self.bad_epochs = 0
 
-    def step(self, accuracy: float) -> tuple[bool, bool]:
+    def step(self, accuracy: float, loss: float = float("inf")) -> tuple[bool, bool]:
         """Returns (improved, should_stop)."""
-        if accuracy > self.best:
-            self.best, self.bad_epochs = accuracy, 0
+        if accuracy > self.best or (accuracy == self.best and loss < self.best_loss * (1 - LOSS_TIE_TOLERANCE)):
+            self.best, self.best_loss, self.bad_epochs = accuracy, loss, 0
             return True, False
         self.bad_epochs += 1
         return False, self.patience is not None and self.bad_epochs >= self.patience
@@ -176,7 +181,7 @@ def fit(
             ev = evaluate(net, val, num_classes, ctx)
             history.val_loss.append(ev.loss)
             history.val_acc.append(ev.accuracy)
-            improved, stop = stopper.step(ev.accuracy)
+            improved, stop = stopper.step(ev.accuracy, ev.loss)
         history.epoch_seconds.append(time.perf_counter() - start)
         _log_epoch(epoch, history, ctx)
         if improved:

@@ -21,6 +21,7 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path: Path) -> None:
         eval_count=40,  # the int8 guard scores a 5-shot probe: > 5 images per class
         shots=(1, 2),
         seeds=2,
+        story_shots=2,
         pool_per_class=3,
         test_per_class=4,
         latency_runs=10,
@@ -39,16 +40,28 @@ def test_demo_runs_end_to_end_at_toy_size(tmp_path: Path) -> None:
     chance = 1 / len(config.target_classes)  # 0.2; measured 0.55-0.78 on 20 test images
     assert all(c["accuracy_mean"] > chance + 0.15 for c in saved["few_shot"]), saved["few_shot"]
     report = (tmp_path / "report.md").read_text()
-    assert "Few-shot accuracy on unseen target classes" in report and (tmp_path / "few_shot.png").stat().st_size > 0
+    assert "Few-shot accuracy on the new classes" in report and (tmp_path / "few_shot.png").stat().st_size > 0
     assert (tmp_path / "imagenet.edgetl").is_file() and (tmp_path / "finetuned.edgetl").is_file()
     assert result.latency["cells"], "the latency step measured nothing"
+    # Issue 21: the whole story, right on its face.
+    story = saved["story"]
+    assert story["out_of_box"]["classes"] == 5 and story["out_of_box"]["accuracy"] > 0.4  # shipped head, no enrolment
+    assert story["extended_all"]["classes"] == story["merged_all"]["classes"] == 10
+    assert story["extended_old"]["accuracy"] > 0.4 and story["merged_all"]["accuracy"] > 0.3
+    assert saved["exports"]["finetuned"]["head"]["labels"] and not saved["exports"]["imagenet"]["head"]
+    for text in ("out of the box", "all classes", "merged.edgetl", "Latency of `finetuned.edgetl`", "drop "):
+        assert text in report, text
+    assert "{" not in report and "accuracy_delta" not in report and "min_cosine" not in report  # no raw dicts
+    assert (tmp_path / "story.png").stat().st_size > 0
 
 
 def test_a_refused_int8_ships_fp32_alone_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgetl.demo import pipeline
     from edgetl_runtime.errors import QuantizationError
 
-    def export_with(config: DemoConfig, model: object, calib: object, path: Path, precisions: tuple[str, ...]) -> tuple:
+    def export_with(
+        config: DemoConfig, model: object, calib: object, path: Path, precisions: tuple[str, ...], head: object = None
+    ) -> tuple:
         if "int8" in precisions:
             raise QuantizationError("int8 stayed significantly beyond max_drop")
         return path, {"path": str(path), "precisions": list(precisions)}

@@ -28,7 +28,7 @@ def _photo(h: int = 215, w: int = 215, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def test_item1_one_hwc_array_is_one_image_not_h_samples(tiny_bundle: Path) -> None:
+def test_one_hwc_array_is_one_image_not_h_samples(tiny_bundle: Path) -> None:
     img = _photo()
     assert len(as_image_list(img)) == 1
     assert preprocess_batch(img, TINY_SPEC).shape == (1, 3, 16, 16)
@@ -43,7 +43,7 @@ def test_item1_one_hwc_array_is_one_image_not_h_samples(tiny_bundle: Path) -> No
     ("shape", "count"),
     [((20, 24), 1), ((20, 24, 1), 1), ((20, 24, 4), 1), ((5, 20, 24), 5), ((5, 20, 24, 3), 5), ((2, 20, 24, 1), 2)],
 )
-def test_item1_documented_array_rule(shape: tuple[int, ...], count: int) -> None:
+def test_documented_array_rule(shape: tuple[int, ...], count: int) -> None:
     arr = np.zeros(shape, np.uint8)
     assert len(as_image_list(arr)) == count
     assert len(preprocess_batch(arr, TINY_SPEC)) == count
@@ -53,7 +53,7 @@ def test_item1_documented_array_rule(shape: tuple[int, ...], count: int) -> None
     ("shape", "fix"),
     [((3, 20, 24), "transpose"), ((1, 20, 24), "list"), ((2, 3, 20, 24), "transpose"), ((2, 2, 20, 24, 3), "list")],
 )
-def test_item1_ambiguous_arrays_are_refused_with_the_way_to_pass_them(shape: tuple[int, ...], fix: str) -> None:
+def test_ambiguous_arrays_are_refused_with_the_way_to_pass_them(shape: tuple[int, ...], fix: str) -> None:
     arr = np.zeros(shape, np.uint8)
     for call in (as_image_list, lambda a: preprocess_batch(a, TINY_SPEC)):
         with pytest.raises(InputError, match=fix):
@@ -69,7 +69,7 @@ def _cluster(center: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["auto", "ridge", "ncm", "logistic"])
-def test_item8_one_enrolled_class_rejects_what_is_unlike_it(kind: str) -> None:
+def test_one_enrolled_class_rejects_what_is_unlike_it(kind: str) -> None:
     from edgetl_runtime.heads import create_head
 
     rng = np.random.default_rng(0)
@@ -108,7 +108,7 @@ def _device(bundle: Path, *argv: str, capsys: pytest.CaptureFixture[str]) -> tup
     return code, (json.loads(out) if code == 0 and out.strip() else {}), err
 
 
-def test_item8_cli_prints_the_thresholded_similarity_and_rejects_with_one_class(
+def test_cli_prints_the_thresholded_similarity_and_rejects_with_one_class(
     tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("PIL")
@@ -128,7 +128,7 @@ def test_item8_cli_prints_the_thresholded_similarity_and_rejects_with_one_class(
 # ------------------------------------------------------------------ item 7: one state for every precision and export
 
 
-def test_item7_enrolled_at_int8_the_cli_predicts_at_fp32_from_the_same_state(
+def test_enrolled_at_int8_the_cli_predicts_at_fp32_from_the_same_state(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("PIL")
@@ -150,7 +150,7 @@ def test_item7_enrolled_at_int8_the_cli_predicts_at_fp32_from_the_same_state(
     assert all(m["samples_with_features"] == 6 for m in out["state"]["models"])
 
 
-def test_item7_a_re_exported_bundle_keeps_the_enrolments_and_forget_images_keeps_features(
+def test_a_re_exported_bundle_keeps_the_enrolments_and_forget_images_keeps_features(
     bundle_factory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("PIL")
@@ -167,7 +167,7 @@ def test_item7_a_re_exported_bundle_keeps_the_enrolments_and_forget_images_keeps
     assert code == 0 and [p["label"] for p in out["predictions"]] == ["red"] * 3  # both models have features
 
 
-def test_item7_cli_re_adding_features_only_images_under_another_precision_restores_them(
+def test_cli_re_adding_features_only_images_under_another_precision_restores_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("PIL")
@@ -198,7 +198,7 @@ def _enrol_red_green(bundle: Path, tmp_path: Path, n: int, capsys: pytest.Captur
         _device(bundle, "add", str(_write_pngs(tmp_path / name, color, n, seed)), "--label", name, capsys=capsys)
 
 
-def test_item11_fit_prints_leave_one_out_quality(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+def test_fit_prints_leave_one_out_quality(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("PIL")
     _enrol_red_green(tiny_bundle, tmp_path, 4, capsys)
     code, out, _ = _device(tiny_bundle, "fit", capsys=capsys)
@@ -207,7 +207,7 @@ def test_item11_fit_prints_leave_one_out_quality(tiny_bundle: Path, tmp_path: Pa
     assert isinstance(out["reject_threshold"], float)
 
 
-def test_item11_predict_accepts_a_folder(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+def test_predict_accepts_a_folder(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("PIL")
     _enrol_red_green(tiny_bundle, tmp_path, 3, capsys)
     folder = _write_pngs(tmp_path / "queries", (220, 30, 30), 3, 2)
@@ -216,7 +216,7 @@ def test_item11_predict_accepts_a_folder(tiny_bundle: Path, tmp_path: Path, caps
     assert [p["label"] for p in out["predictions"]] == ["red"] * 3
 
 
-def test_item11_re_adding_the_same_images_is_reported_or_skipped(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+def test_re_adding_the_same_images_is_reported_or_skipped(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("PIL")
     red = _write_pngs(tmp_path / "r", (220, 30, 30), 3, 0)
     assert _device(tiny_bundle, "add", str(red), "--label", "red", capsys=capsys)[1]["added"] == 3
@@ -240,7 +240,7 @@ def _all_actions(parser):
             yield parser, action
 
 
-def test_item11_every_flag_has_help_and_defaults_show_and_version_exists(capsys) -> None:
+def test_every_flag_has_help_and_defaults_show_and_version_exists(capsys) -> None:
     from edgetl_runtime.cli import build_parser
 
     parser = build_parser()

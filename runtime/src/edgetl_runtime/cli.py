@@ -169,17 +169,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         progress=_print_progress,
     ) as learner:
         if args.command == "add":
-            files, added, restored, already = _image_files(args.dir), 0, 0, 0
+            files, added, restored, already, by_head = _image_files(args.dir), 0, 0, 0, 0
             for start in range(0, len(files), ADD_BATCH):  # decoded a batch at a time, not the whole folder
                 images = as_image_list(files[start : start + ADD_BATCH])
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # reported in the output instead
                     enrolled = learner.enrol(images, args.label, skip_duplicates=args.skip_duplicates)
-                added, restored, already = (
-                    added + enrolled.added,
-                    restored + enrolled.restored,
-                    already + enrolled.duplicates,
-                )
+                added, restored = added + enrolled.added, restored + enrolled.restored
+                already, by_head = already + enrolled.duplicates, by_head + enrolled.counted_by_shipped_head
             out: dict[str, object] = {"added": added, "label": args.label, "classes": learner.counts()}
             if restored:
                 out["restored"] = restored  # enrolled before, kept as features only under another model
@@ -191,6 +188,12 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                     else f"{already} image(s) were enrolled already and now count twice; "
                     "rerun with --skip-duplicates to leave them out (remove --label to start the class again)"
                 )
+            if by_head and not args.skip_duplicates:
+                out["counted_by_shipped_head"] = by_head
+                note = f"{by_head} image(s) are counted by the bundle's shipped head (fitted on them): kept, not again"
+                if already > by_head:
+                    note += f"; {already - by_head} other(s) were enrolled already and count twice (--skip-duplicates)"
+                out["note"] = note
             return out
         if args.command == "remove":
             removed = learner.remove(label=args.label)

@@ -30,14 +30,23 @@ MAX_IMAGE_PIXELS = 24_000_000
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def load_image(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
+def load_image(path: str | os.PathLike[str], *, min_side: int | None = None) -> npt.NDArray[np.uint8]:
     """Read an image file as HxWx3 uint8 RGB, upright (Pillow, imported only when files are used).
 
     The format is identified by content, not name, and must be a raster format in
     :data:`RASTER_FORMATS`: Pillow would hand a PostScript file named ``.jpg`` to Ghostscript. EXIF
     orientation is applied, so a phone photo is seen as it is displayed; 16-bit images are scaled to
     8 bits (``round(v * 255 / 65535)``), not clipped at 255.
+
+    ``min_side``: return the picture :func:`shrink`-ed to that shorter side (a host holding many photos
+    keeps what the model needs, not 12 megapixels each); None keeps the full decode, which is what a
+    device enrols and hashes (:func:`image_digest`).
     """
+    full = _load_full(path)
+    return full if min_side is None else shrink(full, min_side)
+
+
+def _load_full(path: str | os.PathLike[str]) -> npt.NDArray[np.uint8]:
     image_module = require("PIL.Image", "Reading image files")
     image_ops = require("PIL.ImageOps", "Reading image files")
     p = Path(path)
@@ -116,6 +125,23 @@ def as_image_list(images: Images) -> list[npt.NDArray[np.uint8]]:
                 raise InputError(f"image {i} contains NaN or Inf; expected uint8 pixels in 0..255.")
             out.append(as_rgb_uint8(arr, i))
     return out
+
+
+def shrink(image: npt.NDArray[np.uint8], min_side: int) -> npt.NDArray[np.uint8]:
+    """``image`` box-averaged by the largest integer factor that keeps its shorter side >= ``min_side``.
+
+    Pillow's ``reduce`` over the exact decoded pixels, not JPEG ``draft`` (DCT scaling): the result is a
+    deterministic function of the pixels a device decodes, so the host can also hash those pixels first
+    and its features stay within resampling noise of the device's (antialiased resize of either).
+    """
+    if min_side < 1:
+        raise InputError(f"min_side must be >= 1, got {min_side}.")
+    factor = min(image.shape[:2]) // min_side
+    if factor < 2:
+        return image
+    image_module = require("PIL.Image", "Shrinking images")
+    with image_module.fromarray(np.ascontiguousarray(image)) as im:
+        return np.asarray(im.reduce(factor), dtype=np.uint8)  # (H // f, W // f, 3)
 
 
 def image_digest(image: npt.NDArray[np.uint8]) -> str:

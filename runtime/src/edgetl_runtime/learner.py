@@ -41,6 +41,7 @@ class Enrolled:
     added: int
     restored: int  # enrolled before, kept as features only under another model: this model's features added
     duplicates: int  # images enrolled already (same pixels); skipped, or enrolled again, as asked
+    counted_by_shipped_head: int = 0  # of the duplicates, those the shipped head counts under this label
 
 
 class Learner:
@@ -96,17 +97,13 @@ class Learner:
     ) -> Learner:
         """Open a bundle (verifying it), build and golden-check a backend, open or create the state.
 
-        ``state``: the SQLite file of enrolled samples (None: in memory). ``backend``: ``auto``,
-        ``onnxruntime`` or ``tensorrt``. ``precision``: ``best`` (the fastest precision that passes the
-        golden check here, timed once and cached per bundle, CPU and thread count; ``measure=False``
-        skips the timing) or ``int8`` / ``fp16`` / ``fp32``. ``threads``: onnxruntime intra-op threads.
-        ``head``: ``auto`` or a kind from :func:`~edgetl_runtime.heads.create_head`. ``flip_enrolment``:
-        also enrol each image's mirror. ``shipped_head``: start from the bundle's head, if any.
-        ``keep_images``: what the state keeps of each enrolled image so another precision or bundle can
-        re-extract it (``"thumbnail"``, a size in px, ``"original"``, ``"none"``; None: the state's own
-        policy; see :class:`~edgetl_runtime.state.image_policy.ImageKeeping`). ``progress(done, total)``
-        is called while samples are re-extracted for this model: one state serves every precision and
-        re-export of a bundle (features per model, computed once from the kept images; docs/state.md).
+        ``state``: the SQLite file (None: in memory). ``backend``: ``auto``, ``onnxruntime``, ``tensorrt``.
+        ``precision``: ``best`` (the fastest that passes the golden check here, timed once and cached;
+        ``measure=False`` skips the timing) or ``int8`` / ``fp16`` / ``fp32``. ``head``: ``auto`` or a kind
+        of :func:`~edgetl_runtime.heads.create_head`. ``flip_enrolment``: also enrol each mirror image.
+        ``keep_images``: what the state keeps of each image so another model can re-extract it (see
+        :class:`~edgetl_runtime.state.image_policy.ImageKeeping`; None: the state's own policy).
+        ``progress(done, total)`` reports re-extraction for this model (docs/state.md).
         """
         threads = check_threads(threads)
         opened = bundle if isinstance(bundle, Bundle) else Bundle.open(bundle)
@@ -154,17 +151,20 @@ class Learner:
             if restored:
                 self.keeper.changed()  # those samples join the head at the next fit
         dupes = self.store.duplicates(keys) if batch else {}
+        counted = self.keeper.already_counted(keys, names)  # the shipped head was fitted on (or merged) them
+        dupes.update({int(i): [names[i]] for i in np.flatnonzero(counted) if int(i) not in dupes})
         if dupes and skip_duplicates:
             keep = [i for i in range(len(batch)) if i not in dupes]
             batch, names, keys = [batch[i] for i in keep], [names[i] for i in keep], [keys[i] for i in keep]
-        elif dupes:
+        elif set(dupes) - set(np.flatnonzero(counted).tolist()):  # those counted by the head stay out of it
             warnings.warn(
                 f"{len(dupes)} of {len(batch)} image(s) are enrolled already; they were enrolled again and count "
                 "twice. Fix: pass skip_duplicates=True (edgetl-device add --skip-duplicates), or remove them.",
                 stacklevel=stacklevel,
             )
+        by_head = int(counted.sum())
         if not batch:
-            return Enrolled(restored, 0, len(restored), len(dupes))
+            return Enrolled(restored, 0, len(restored), len(dupes), by_head)
         if self.flip_enrolment:
             mirrors = [hflip(img) for img in batch]
             batch, names, keys = batch + mirrors, names + names, keys + self.extractor.keys(mirrors)
@@ -172,7 +172,7 @@ class Learner:
         ids = self.keeper.commit_added(
             lambda: self.store.add_samples(keys, names, features, images=batch), keys, names, features
         )
-        return Enrolled(restored + ids, len(ids), len(restored), len(dupes))
+        return Enrolled(restored + ids, len(ids), len(restored), len(dupes), by_head)
 
     def remove(
         self, *, label: str | None = None, ids: Sequence[int] | npt.NDArray[np.integer[Any]] | None = None
