@@ -308,6 +308,20 @@ class FeatureStore(KeptImages):
         feats = np.frombuffer(flat, dtype="<f4").astype(np.float32).reshape(len(rows), self.feature_dim)  # (N, D)
         return ids, labels, [str(r[3]) for r in rows], feats
 
+    def seen_features(self, limit: int | None = None) -> npt.NDArray[np.float32]:
+        """This model's cached features of images seen but not enrolled (the prediction cache), newest first,
+        at most ``limit`` (default ``max_unenrolled``): ``(M, D)`` float32, the unlabelled pool the head adapts to.
+        """
+        n = self.max_unenrolled if limit is None else int(limit)
+        with self._reading():
+            rows = self._db.execute(
+                "SELECT f.vec FROM features f WHERE f.model = ? AND NOT EXISTS "
+                "(SELECT 1 FROM samples s WHERE s.image = f.image) ORDER BY f.rowid DESC LIMIT ?",
+                (self.model, n),
+            ).fetchall()
+        blobs = [r[0] for r in rows if isinstance(r[0], bytes) and len(r[0]) == 4 * self.feature_dim]
+        return np.frombuffer(b"".join(blobs), dtype="<f4").astype(np.float32).reshape(len(blobs), self.feature_dim)
+
     def labels(self) -> list[str]:
         """Sorted distinct labels of the enrolled samples."""
         with self._reading():
