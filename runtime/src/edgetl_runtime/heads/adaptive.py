@@ -109,7 +109,7 @@ class AdaptiveHead(BaseHead):
         base_loo = base.loo_accuracy_.get(base.kind_, float("nan"))
         need = self.config.min_loo if np.isnan(base_loo) else base_loo - self.config.margin
         keep = bool(adapted_loo >= need)
-        info.update(loo_labelled=base_loo, loo_adapted=adapted_loo, guard_needs=need)
+        info.update(loo_labelled=_or_none(base_loo), loo_adapted=_or_none(adapted_loo), guard_needs=_or_none(need))
         if keep:
             self.head_ = ridge
         return keep
@@ -177,6 +177,11 @@ class AdaptiveHead(BaseHead):
         head.classes_, head.n_features_in_ = head.head_.classes_, head.head_.n_features_in_
         head.adaptation_ = json.loads(str(d["adaptation_"]))
         return head
+
+
+def _or_none(value: float) -> float | None:
+    """JSON-safe: an undefined leave-one-out accuracy (one shot per class) is None, not NaN."""
+    return None if np.isnan(value) else round(float(value), 4)
 
 
 def _inverse_transform(P: FloatArray, power: float) -> FloatArray:
