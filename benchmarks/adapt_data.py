@@ -97,7 +97,10 @@ def zipf_stream(y: np.ndarray, n: int, rng: np.random.Generator, classes: np.nda
     weights = 1.0 / np.arange(1, len(order) + 1)
     counts = np.maximum(1, np.round(n * weights / weights.sum())).astype(int)
     return np.concatenate(
-        [rng.choice(np.flatnonzero(y == c), min(k, int((y == c).sum())), replace=False) for c, k in zip(order, counts)]
+        [
+            rng.choice(np.flatnonzero(y == c), min(k, int((y == c).sum())), replace=False)
+            for c, k in zip(order, counts, strict=True)
+        ]
     )
 
 

@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import adapt_data as data
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-import adapt_data as data
 from edgetl_runtime.cpu import this_cpu
 from edgetl_runtime.fewshot import episode
 from edgetl_runtime.heads import AdaptiveHead, create_head
@@ -135,7 +135,7 @@ def open_set(feats: dict[str, np.ndarray], draws: int = 10) -> dict[str, Any]:
                                     rejected[~is_known].mean()])  # fmt: skip
         out[f"K={k}"] = {
             name: {m: [float(100 * np.mean(col)), float(100 * np.std(col))] for m, col in
-                   zip(("auroc", "known_kept", "unknown_rejected"), np.array(v).T)}
+                   zip(("auroc", "known_kept", "unknown_rejected"), np.array(v).T, strict=True)}
             for name, v in cells.items()
         }  # fmt: skip
     return out

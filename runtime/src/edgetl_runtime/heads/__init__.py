@@ -89,9 +89,9 @@ def fit_with_prior(name: str, X: Any, y: Any, prior: Prior | None) -> BaseHead:
 
 __all__ = [
     "HEADS",
+    "UNKNOWN",
     "AdaptConfig",
     "AdaptiveHead",
-    "UNKNOWN",
     "AutoHead",
     "BaseHead",
     "ClassStats",

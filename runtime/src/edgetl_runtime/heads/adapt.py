@@ -102,26 +102,28 @@ def usable_seen(U: Any, n_features: int, max_seen: int) -> tuple[FloatArray, int
             from edgetl_runtime.errors import InputError
 
             raise InputError(
-                f"unlabelled has shape {arr.shape}, but the head is expecting (M, {n_features}) features of seen images."
+                f"unlabelled has shape {arr.shape}, but the head is expecting (M, {n_features}) features of seen "
+                "images. Fix: pass the seen images' features from the same model (FeatureStore.seen_features())."
             )
         return np.zeros((0, n_features), dtype=arr.dtype), 0, 0
     arr = arr[:max_seen]
     # One pass tells both: a fixed random projection is non-finite iff the row is (or overflows: garbage too),
     # and equal rows project equally while different ones almost surely do not.
-    probe = np.random.default_rng(0).standard_normal(arr.shape[1]).astype(arr.dtype)
+    probe = np.asarray(np.random.default_rng(0).standard_normal(arr.shape[1]), dtype=arr.dtype)
     with np.errstate(all="ignore"):
-        proj = arr @ probe  # (M,)
+        proj = np.asarray(arr @ probe, dtype=np.float64)  # (M,)
     finite = np.isfinite(proj)
     bad = int((~finite).sum())
     _, first = np.unique(np.where(finite, proj, np.nan), return_index=True)  # NaNs sort last, one of them kept
     first = first[finite[first]]
     repeats = int(finite.sum()) - len(first)
-    if bad or repeats:
-        arr = arr[np.sort(first)]
-    return arr, bad, repeats
+    out: FloatArray = np.asarray(arr[np.sort(first)] if bad or repeats else arr)
+    return out, bad, repeats
 
 
-def stream_prototypes(Zs: FloatArray, y_idx: IntArray, n_classes: int, U: FloatArray, config: AdaptConfig) -> StreamPrototypes:
+def stream_prototypes(
+    Zs: FloatArray, y_idx: IntArray, n_classes: int, U: FloatArray, config: AdaptConfig
+) -> StreamPrototypes:
     """Anchored soft k-means (module docstring) of unit seen features ``U`` (M, D) around unit shots ``Zs``."""
     n_shots = len(Zs)
     mu = (Zs.sum(axis=0, dtype=np.float64) + U.sum(axis=0, dtype=np.float64)) / (n_shots + len(U))  # (D,)
@@ -136,7 +138,8 @@ def stream_prototypes(Zs: FloatArray, y_idx: IntArray, n_classes: int, U: FloatA
     log_pi = np.full(n_classes, -np.log(n_classes))
     resp = np.zeros((len(U), n_classes))
     rounds = 0
-    for rounds in range(1, config.rounds + 1):
+    for _ in range(config.rounds):
+        rounds += 1
         pf = protos.astype(U.dtype)
         cos = ((U @ pf.T).astype(np.float64) - (mu @ protos.T)) / u_norm[:, None]  # (M, C) centred cosines
         logits = cos / config.temperature + log_pi

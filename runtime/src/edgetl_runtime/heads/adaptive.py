@@ -95,7 +95,9 @@ class AdaptiveHead(BaseHead):
     ) -> bool:
         protos = stream_prototypes(Zs, y_idx, len(self.classes_), U, self.config)
         has = protos.mass >= self.config.min_mass
-        info.update(rounds=protos.rounds, prototypes=int(has.sum()), proportions=np.round(protos.proportions, 3).tolist())
+        info.update(
+            rounds=protos.rounds, prototypes=int(has.sum()), proportions=np.round(protos.proportions, 3).tolist()
+        )
         if not has.any():
             return False
         extra = _inverse_transform(protos.means[has], self.power).astype(arr.dtype)  # rows the ridge maps back
