@@ -15,7 +15,7 @@ Fashion-MNIST (``benchmarks/bench_adapt.py``). The algorithm, on power-transform
    heads' feature space) and its mass, so that a caller can add it as one extra sample per class and judge
    it on the shots by leave-one-out without the shots having voted for themselves.
 
-Cost: two passes over the ``(M, D)`` seen features per round (``U @ P^T`` and ``R^T @ U``), nothing
+Cost: one pass over the ``(M, D)`` seen features for their sum, then two per round (``U @ P^T``, ``R^T @ U``); nothing
 ``M x M``; rows that repeat (the same image seen twice) count once, and non-finite rows are dropped.
 """
 
@@ -79,13 +79,15 @@ class AdaptConfig:
 @dataclass(frozen=True)
 class StreamPrototypes:
     """Per class: the responsibility-weighted mean of the seen images (``(C, D)``, unit rows, heads' space) and
-    its mass ``(C,)``; ``used`` seen images, ``rounds`` run, ``proportions`` the estimated class shares."""
+    its mass ``(C,)``; ``used`` seen images, ``rounds`` run, ``proportions`` the estimated class shares, and
+    ``seen_mean`` the plain mean of the seen images (the rejection's background)."""
 
     means: FloatArray
     mass: FloatArray
     used: int
     rounds: int
     proportions: FloatArray
+    seen_mean: FloatArray
 
 
 def _unit(A: FloatArray) -> FloatArray:
@@ -126,23 +128,22 @@ def stream_prototypes(
 ) -> StreamPrototypes:
     """Anchored soft k-means (module docstring) of unit seen features ``U`` (M, D) around unit shots ``Zs``."""
     n_shots = len(Zs)
-    mu = (Zs.sum(axis=0, dtype=np.float64) + U.sum(axis=0, dtype=np.float64)) / (n_shots + len(U))  # (D,)
-    mu_f = mu.astype(U.dtype)
-    # |u - mu| without materialising the centred (M, D) copy: rows of U are unit vectors.
-    u_norm = np.sqrt(np.maximum(1.0 - 2.0 * (U @ mu_f).astype(np.float64) + mu @ mu, 1e-12))  # (M,)
+    seen_sum = U.sum(axis=0, dtype=np.float64)  # (D,)
+    mu = (Zs.sum(axis=0, dtype=np.float64) + seen_sum) / (n_shots + len(U))  # (D,)
     onehot = np.zeros((n_classes, n_shots))
     onehot[y_idx, np.arange(n_shots)] = 1.0
     anchors = onehot @ _unit(Zs - mu)  # (C, D) sums of centred unit shots
     counts = onehot.sum(axis=1)
     protos = _unit(anchors)
+    # One pass gives the first round's products and u . mu (|u - mu| without a centred (M, D) copy: |u| = 1).
+    first = (U @ np.vstack([protos, mu]).astype(U.dtype).T).astype(np.float64)  # (M, C + 1)
+    dots, u_norm = first[:, :-1], np.sqrt(np.maximum(1.0 - 2.0 * first[:, -1] + mu @ mu, 1e-12))
     log_pi = np.full(n_classes, -np.log(n_classes))
     resp = np.zeros((len(U), n_classes))
     rounds = 0
-    for _ in range(config.rounds):
+    while True:
         rounds += 1
-        pf = protos.astype(U.dtype)
-        cos = ((U @ pf.T).astype(np.float64) - (mu @ protos.T)) / u_norm[:, None]  # (M, C) centred cosines
-        logits = cos / config.temperature + log_pi
+        logits = (dots - mu @ protos.T) / u_norm[:, None] / config.temperature + log_pi  # centred cosines
         logits -= logits.max(axis=1, keepdims=True)
         new = np.exp(logits)
         new /= new.sum(axis=1, keepdims=True)
@@ -151,9 +152,11 @@ def stream_prototypes(
         share = resp.sum(axis=0) + counts  # (C,) mixing weights, the shots counting as certain members
         log_pi = np.log(np.maximum(share / share.sum(), 1e-6))
         w = resp / u_norm[:, None]  # (M, C): weights of the centred unit seen images
-        protos = _unit(anchors + (w.T.astype(U.dtype) @ U).astype(np.float64) - w.sum(axis=0)[:, None] * mu)
-        if moved < config.tol:
+        both = (np.hstack([w, resp]).T.astype(U.dtype) @ U).astype(np.float64)  # (2C, D): one pass for both
+        protos = _unit(anchors + both[:n_classes] - w.sum(axis=0)[:, None] * mu)
+        means = _unit(both[n_classes:])  # (C, D) uncentred: the heads' space
+        if moved < config.tol or rounds >= config.rounds:
             break
+        dots = (U @ protos.astype(U.dtype).T).astype(np.float64)  # (M, C)
     mass = resp.sum(axis=0)
-    means = _unit((resp.T.astype(U.dtype) @ U).astype(np.float64))  # (C, D) uncentred, the heads' space
-    return StreamPrototypes(means, mass, len(U), rounds, np.exp(log_pi))
+    return StreamPrototypes(means, mass, len(U), rounds, np.exp(log_pi), seen_sum / len(U))

@@ -71,14 +71,15 @@ class AdaptiveHead(BaseHead):
         U = self._transform(seen) if len(seen) else seen  # (M, D) unit rows
         info: dict[str, Any] = {"seen": int(len(seen)), "non_finite_dropped": bad, "repeats_dropped": repeats}
         self.head_: AutoHead | RidgeHead = base
-        kept = False
+        kept, background = False, None
         if len(U) >= max(self.config.min_seen, 2 * n_cls) and n_cls >= 2:
-            kept = self._adapt(base, arr, labels, y_idx, g, Zs, U, info)
+            kept, background = self._adapt(base, arr, labels, y_idx, g, Zs, U, info)
         else:
             info["skipped"] = f"fewer than {max(self.config.min_seen, 2 * n_cls)} distinct seen images, or one class"
+            if len(U) >= self.config.min_seen:
+                background = U.mean(axis=0)
         info["adapted"] = kept
         self.adaptation_ = info
-        background = U.mean(axis=0) if len(U) >= self.config.min_seen else None
         self.rejector_ = BackgroundRejector(self.reject_quantile).fit(Zs, y_idx, n_cls, background)
         return self
 
@@ -92,14 +93,15 @@ class AdaptiveHead(BaseHead):
         Zs: FloatArray,
         U: FloatArray,
         info: dict[str, Any],
-    ) -> bool:
+    ) -> tuple[bool, FloatArray]:
+        """Whether the adapted ridge passed the guard (it is then ``head_``), and the seen images' mean."""
         protos = stream_prototypes(Zs, y_idx, len(self.classes_), U, self.config)
         has = protos.mass >= self.config.min_mass
         info.update(
             rounds=protos.rounds, prototypes=int(has.sum()), proportions=np.round(protos.proportions, 3).tolist()
         )
         if not has.any():
-            return False
+            return False, protos.seen_mean
         extra = _inverse_transform(protos.means[has], self.power).astype(arr.dtype)  # rows the ridge maps back
         X2 = np.vstack([arr, extra])
         y2 = np.concatenate([labels, self.classes_[has]])
@@ -114,7 +116,7 @@ class AdaptiveHead(BaseHead):
         info.update(loo_labelled=_or_none(base_loo), loo_adapted=_or_none(adapted_loo), guard_needs=_or_none(need))
         if keep:
             self.head_ = ridge
-        return keep
+        return keep, protos.seen_mean
 
     def partial_fit(self, X: Any, y: Any) -> AdaptiveHead:
         """Enrol into the head in use (exact rank updates) and the rejector; ``fit`` again to re-adapt."""
