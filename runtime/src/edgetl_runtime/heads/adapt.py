@@ -38,7 +38,11 @@ class AdaptConfig:
     """How the head adapts to the seen images.
 
     Args:
-        rounds: soft k-means rounds (stops earlier when responsibilities move by less than ``tol``).
+        rounds: soft k-means rounds (stops earlier when responsibilities move by less than ``tol``). One round
+            (one EM step from the shots' prototypes) is the default: on Fashion-MNIST (10 seeds) it gains about as
+            much as 2-6 rounds on average (+7.5 / +2.0 points at K = 1 / 5, balanced stream) and is far safer on
+            streams that mislead: the worst episode of an imbalanced stream lost 0.6 points with 1 round, 3.6 with
+            2, 5.2 with 3 and 8.6 with 6 (further rounds let a dominant class capture its neighbours' clusters).
         temperature: of the responsibilities, on centred cosines in [-1, 1].
         min_seen: fewer distinct usable seen images than this (or than 2 per class) and nothing is adapted.
         min_mass: a class whose seen images weigh less than this gets no prototype.
@@ -49,7 +53,7 @@ class AdaptConfig:
         max_seen: at most this many seen images are used (the newest ones, as the caller orders them).
     """
 
-    rounds: int = 3
+    rounds: int = 1
     temperature: float = 0.05
     min_seen: int = 20
     min_mass: float = 1.0
