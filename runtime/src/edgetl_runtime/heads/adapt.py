@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.errors import ConfigError
+from edgetl_runtime.heads.base import power_l2
 
 FloatArray = npt.NDArray[np.floating[Any]]
 IntArray = npt.NDArray[np.int64]
@@ -127,12 +128,24 @@ def usable_seen(U: Any, n_features: int, max_seen: int) -> tuple[FloatArray, int
     return out, bad, repeats
 
 
+def seen_transform(X: FloatArray, power: float) -> tuple[FloatArray, FloatArray]:
+    """The heads' transform of seen features, as rows ``U`` and their inverse norms ``(M,)``: ``U * inv[:, None]``
+    is :func:`~edgetl_runtime.heads.base.power_l2`. For non-negative features at ``power=0.5`` the division is
+    left to the products (a pass over ``(M, D)`` saved); otherwise ``U`` is already unit and ``inv`` ones."""
+    if power == 0.5 and X.min() >= 0:
+        inv = 1.0 / np.sqrt(np.maximum(X.sum(axis=1, dtype=np.float64), 1e-24))
+        return np.sqrt(X), inv
+    return power_l2(X, power), np.ones(len(X))
+
+
 def stream_prototypes(
-    Zs: FloatArray, y_idx: IntArray, n_classes: int, U: FloatArray, config: AdaptConfig
+    Zs: FloatArray, y_idx: IntArray, n_classes: int, U: FloatArray, config: AdaptConfig, inv: FloatArray | None = None
 ) -> StreamPrototypes:
-    """Anchored soft k-means (module docstring) of unit seen features ``U`` (M, D) around unit shots ``Zs``."""
+    """Anchored soft k-means (module docstring) of seen rows ``U`` (M, D) around unit shots ``Zs``; ``inv``: the
+    rows' inverse norms when they are not unit yet (:func:`seen_transform`)."""
     n_shots = len(Zs)
-    seen_sum = (np.ones(len(U), dtype=U.dtype) @ U).astype(np.float64)  # (D,) one BLAS pass, 3x a float64 sum
+    inv = np.ones(len(U)) if inv is None else np.asarray(inv, dtype=np.float64)  # (M,)
+    seen_sum = (inv.astype(U.dtype) @ U).astype(np.float64)  # (D,) one BLAS pass
     mu = (Zs.sum(axis=0, dtype=np.float64) + seen_sum) / (n_shots + len(U))  # (D,)
     onehot = np.zeros((n_classes, n_shots))
     onehot[y_idx, np.arange(n_shots)] = 1.0
@@ -140,7 +153,7 @@ def stream_prototypes(
     counts = onehot.sum(axis=1)
     protos = _unit(anchors)
     # One pass gives the first round's products and u . mu (|u - mu| without a centred (M, D) copy: |u| = 1).
-    first = (U @ np.vstack([protos, mu]).astype(U.dtype).T).astype(np.float64)  # (M, C + 1)
+    first = (U @ np.vstack([protos, mu]).astype(U.dtype).T).astype(np.float64) * inv[:, None]  # (M, C + 1)
     dots, u_norm = first[:, :-1], np.sqrt(np.maximum(1.0 - 2.0 * first[:, -1] + mu @ mu, 1e-12))
     log_pi = np.full(n_classes, -np.log(n_classes))
     resp = np.zeros((len(U), n_classes))
@@ -156,11 +169,11 @@ def stream_prototypes(
         share = resp.sum(axis=0) + counts  # (C,) mixing weights, the shots counting as certain members
         log_pi = np.log(np.maximum(share / share.sum(), 1e-6))
         w = resp / u_norm[:, None]  # (M, C): weights of the centred unit seen images
-        both = (np.hstack([w, resp]).T.astype(U.dtype) @ U).astype(np.float64)  # (2C, D): one pass for both
+        both = ((np.hstack([w, resp]) * inv[:, None]).T.astype(U.dtype) @ U).astype(np.float64)  # (2C, D): one pass
         protos = _unit(anchors + both[:n_classes] - w.sum(axis=0)[:, None] * mu)
         means = _unit(both[n_classes:])  # (C, D) uncentred: the heads' space
         if moved < config.tol or rounds >= config.rounds:
             break
-        dots = (U @ protos.astype(U.dtype).T).astype(np.float64)  # (M, C)
+        dots = (U @ protos.astype(U.dtype).T).astype(np.float64) * inv[:, None]  # (M, C)
     mass = resp.sum(axis=0)
     return StreamPrototypes(means, mass, len(U), rounds, np.exp(log_pi), seen_sum / len(U))

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.errors import InputError
-from edgetl_runtime.heads.adapt import AdaptConfig, stream_prototypes, usable_seen
+from edgetl_runtime.heads.adapt import AdaptConfig, seen_transform, stream_prototypes, usable_seen
 from edgetl_runtime.heads.auto import AutoHead
 from edgetl_runtime.heads.base import BaseHead, FloatArray
 from edgetl_runtime.heads.open_set import BackgroundRejector
@@ -68,16 +68,16 @@ class AdaptiveHead(BaseHead):
         seen, bad, repeats = usable_seen(
             np.zeros((0, arr.shape[1])) if unlabelled is None else unlabelled, arr.shape[1], self.config.max_seen
         )
-        U = self._transform(seen) if len(seen) else seen  # (M, D) unit rows
+        U, inv = seen_transform(seen, self.power) if len(seen) else (seen, np.ones(0))  # U * inv: unit rows
         info: dict[str, Any] = {"seen": int(len(seen)), "non_finite_dropped": bad, "repeats_dropped": repeats}
         self.head_: AutoHead | RidgeHead = base
         kept, background = False, None
         if len(U) >= max(self.config.min_seen, 2 * n_cls) and n_cls >= 2:
-            kept, background = self._adapt(base, arr, labels, y_idx, g, Zs, U, info)
+            kept, background = self._adapt(base, arr, labels, y_idx, g, Zs, (U, inv), info)
         else:
             info["skipped"] = f"fewer than {max(self.config.min_seen, 2 * n_cls)} distinct seen images, or one class"
             if len(U) >= self.config.min_seen:
-                background = U.mean(axis=0)
+                background = (inv.astype(U.dtype) @ U) / len(U)
         info["adapted"] = kept
         self.adaptation_ = info
         self.rejector_ = BackgroundRejector(self.reject_quantile).fit(Zs, y_idx, n_cls, background)
@@ -91,11 +91,11 @@ class AdaptiveHead(BaseHead):
         y_idx: npt.NDArray[np.int64],
         g: npt.NDArray[np.int64],
         Zs: FloatArray,
-        U: FloatArray,
+        seen: tuple[FloatArray, FloatArray],
         info: dict[str, Any],
     ) -> tuple[bool, FloatArray]:
         """Whether the adapted ridge passed the guard (it is then ``head_``), and the seen images' mean."""
-        protos = stream_prototypes(Zs, y_idx, len(self.classes_), U, self.config)
+        protos = stream_prototypes(Zs, y_idx, len(self.classes_), seen[0], self.config, seen[1])
         has = protos.mass >= self.config.min_mass
         info.update(
             rounds=protos.rounds, prototypes=int(has.sum()), proportions=np.round(protos.proportions, 3).tolist()
