@@ -192,3 +192,13 @@ def test_learner_with_the_adaptive_head_uses_what_it_predicted(tiny_bundle: Path
     info = learner.info()["adaptation"]
     assert info is not None and info["seen"] == 30
     assert list(learner.predict(images((220, 30, 30), 2))) == ["red", "red"]
+
+
+def test_seen_transform_is_the_heads_transform_with_the_division_deferred() -> None:
+    from edgetl_runtime.heads.adapt import seen_transform, usable_seen
+    from edgetl_runtime.heads.base import power_l2
+
+    for X in (np.random.default_rng(0).random((6, D)), np.random.default_rng(1).standard_normal((6, D))):
+        rows, _, _, sums = usable_seen(X, D, 100)
+        U, inv = seen_transform(rows, 0.5, sums)
+        np.testing.assert_allclose(U * inv[:, None], power_l2(X, 0.5), rtol=1e-6, atol=1e-9)

@@ -100,9 +100,9 @@ def _unit(A: FloatArray) -> FloatArray:
     return out
 
 
-def usable_seen(U: Any, n_features: int, max_seen: int) -> tuple[FloatArray, int, int]:
-    """Finite, distinct rows of the seen features (at most ``max_seen``); also how many were non-finite and
-    how many repeated an earlier row."""
+def usable_seen(U: Any, n_features: int, max_seen: int) -> tuple[FloatArray, int, int, FloatArray]:
+    """Finite, distinct rows of the seen features (at most ``max_seen``); also how many were non-finite, how
+    many repeated an earlier row, and the kept rows' sums ``(M,)`` (what :func:`seen_transform` normalises by)."""
     arr = np.asarray(U, dtype=np.float32 if getattr(U, "dtype", None) == np.float32 else np.float64)
     if arr.ndim != 2 or arr.shape[1] != n_features or len(arr) == 0:
         if arr.size and (arr.ndim != 2 or arr.shape[1] != n_features):
@@ -112,28 +112,32 @@ def usable_seen(U: Any, n_features: int, max_seen: int) -> tuple[FloatArray, int
                 f"unlabelled has shape {arr.shape}, but the head is expecting (M, {n_features}) features of seen "
                 "images. Fix: pass the seen images' features from the same model (FeatureStore.seen_features())."
             )
-        return np.zeros((0, n_features), dtype=arr.dtype), 0, 0
+        return np.zeros((0, n_features), dtype=arr.dtype), 0, 0, np.zeros(0)
     arr = arr[:max_seen]
-    # One pass tells both: a fixed random projection is non-finite iff the row is (or overflows: garbage too),
-    # and equal rows project equally while different ones almost surely do not.
-    probe = np.asarray(np.random.default_rng(0).standard_normal(arr.shape[1]), dtype=arr.dtype)
+    # One pass tells all: a fixed random projection is non-finite iff the row is (or overflows: garbage too),
+    # equal rows project equally while different ones almost surely do not; the ones column gives row sums.
+    probe = np.ones((arr.shape[1], 2), dtype=arr.dtype)
+    probe[:, 0] = np.random.default_rng(0).standard_normal(arr.shape[1])
     with np.errstate(all="ignore"):
-        proj = np.asarray(arr @ probe, dtype=np.float64)  # (M,)
+        both = np.asarray(arr @ probe, dtype=np.float64)  # (M, 2)
+    proj, sums = both[:, 0], both[:, 1]
     finite = np.isfinite(proj)
     bad = int((~finite).sum())
     _, first = np.unique(np.where(finite, proj, np.nan), return_index=True)  # NaNs sort last, one of them kept
     first = first[finite[first]]
     repeats = int(finite.sum()) - len(first)
-    out: FloatArray = np.asarray(arr[np.sort(first)] if bad or repeats else arr)
-    return out, bad, repeats
+    keep = np.sort(first)
+    out: FloatArray = np.asarray(arr[keep] if bad or repeats else arr)
+    return out, bad, repeats, sums[keep]
 
 
-def seen_transform(X: FloatArray, power: float) -> tuple[FloatArray, FloatArray]:
+def seen_transform(X: FloatArray, power: float, sums: FloatArray) -> tuple[FloatArray, FloatArray]:
     """The heads' transform of seen features, as rows ``U`` and their inverse norms ``(M,)``: ``U * inv[:, None]``
     is :func:`~edgetl_runtime.heads.base.power_l2`. For non-negative features at ``power=0.5`` the division is
-    left to the products (a pass over ``(M, D)`` saved); otherwise ``U`` is already unit and ``inv`` ones."""
+    left to the products (a pass over ``(M, D)`` saved; ``sums`` are the rows' sums, from :func:`usable_seen`);
+    otherwise ``U`` is already unit and ``inv`` ones."""
     if power == 0.5 and X.min() >= 0:
-        inv = 1.0 / np.sqrt(np.maximum(X.sum(axis=1, dtype=np.float64), 1e-24))
+        inv = 1.0 / np.sqrt(np.maximum(sums, 1e-24))  # |sqrt(x)| = sqrt(sum(x))
         return np.sqrt(X), inv
     return power_l2(X, power), np.ones(len(X))
 

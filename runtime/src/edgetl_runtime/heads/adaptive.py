@@ -65,10 +65,10 @@ class AdaptiveHead(BaseHead):
         y_idx = np.searchsorted(self.classes_, labels).astype(np.int64)
         Zs = self._transform(arr)  # (N, D)
         n_cls = len(self.classes_)
-        seen, bad, repeats = usable_seen(
+        seen, bad, repeats, sums = usable_seen(
             np.zeros((0, arr.shape[1])) if unlabelled is None else unlabelled, arr.shape[1], self.config.max_seen
         )
-        U, inv = seen_transform(seen, self.power) if len(seen) else (seen, np.ones(0))  # U * inv: unit rows
+        U, inv = seen_transform(seen, self.power, sums) if len(seen) else (seen, np.ones(0))  # U * inv: unit rows
         info: dict[str, Any] = {"seen": int(len(seen)), "non_finite_dropped": bad, "repeats_dropped": repeats}
         self.head_: AutoHead | RidgeHead = base
         kept, background = False, None
