@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--head",
         default="auto",
-        help="few-shot head: auto, ncm, ridge, logistic or lda (with a shipped head, auto is the host's choice)",
+        help="few-shot head: auto, adaptive (auto + what the device has seen), ncm, ridge, logistic or lda "
+        "(with a shipped head, auto is the host's choice)",
     )
     parser.add_argument(
         "--no-measure",
@@ -138,6 +139,8 @@ def _loo_quality(head: Any) -> dict[str, object]:
     else:
         out["loo_accuracy"] = None
     out["loo_scored_samples"] = int(valid.sum())
+    if getattr(head, "adaptation_", None) is not None:
+        out["adaptation"] = head.adaptation_
     threshold = float(rejector.threshold_)
     out["reject_threshold"] = round(threshold, 4) if np.isfinite(threshold) else None
     if not valid.any():

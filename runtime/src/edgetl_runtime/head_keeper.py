@@ -19,7 +19,7 @@ import numpy.typing as npt
 from edgetl_runtime.arguments import LABEL_RULE, usable_labels
 from edgetl_runtime.blas import single_threaded_blas
 from edgetl_runtime.errors import NotFittedError
-from edgetl_runtime.heads import AutoHead, BaseHead, Prior, create_head, fit_with_prior, head_for_prior
+from edgetl_runtime.heads import AdaptiveHead, AutoHead, BaseHead, Prior, create_head, fit_with_prior, head_for_prior
 from edgetl_runtime.state.store import FeatureStore
 from edgetl_runtime.warn import warn
 
@@ -109,7 +109,10 @@ class HeadKeeper:
                         "under another model, or their kept images are damaged: see the warnings at load)"
                     )
                 raise NotFittedError(f"No samples are enrolled{why}; call add(images, label) for a class first.")
-            head = fit_with_prior(self.kind, features, labels, prior)
+            if self.kind == AdaptiveHead.kind and prior is None:  # adapts to the images predicted so far
+                head: Head = AdaptiveHead().fit(features, labels, unlabelled=self.store.seen_features())
+            else:
+                head = fit_with_prior(self.kind, features, labels, prior)
             self._fitted = (self._changes, head)
             return head
 
@@ -130,6 +133,11 @@ class HeadKeeper:
                         fitted[1].partial_fit(features[fresh], np.asarray(names)[fresh])
                 self._fitted = (self._changes, fitted[1])
             return ids
+
+    def adaptation(self) -> dict[str, Any] | None:
+        """What the fitted head learned from the seen images (``head="adaptive"``), or None."""
+        fitted = self._fitted
+        return None if fitted is None else getattr(fitted[1], "adaptation_", None)
 
     def shipped_info(self, section: dict[str, Any]) -> dict[str, Any] | None:
         """The shipped head as ``Learner.info()`` reports it (None without one)."""

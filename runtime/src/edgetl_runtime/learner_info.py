@@ -35,6 +35,7 @@ def learner_info(learner: Learner) -> dict[str, Any]:
         "unavailable_to_this_model": learner.unavailable,
         "state": learner.store.storage(),
         "head": learner.head_kind,
+        "adaptation": learner.keeper.adaptation(),
         "shipped_head": learner.keeper.shipped_info(m.head),
     }
 

@@ -16,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.errors import ConfigError, InputError, NotFittedError
+from edgetl_runtime.heads.adapt import AdaptConfig
+from edgetl_runtime.heads.adaptive import AdaptiveHead
 from edgetl_runtime.heads.auto import AutoHead
 from edgetl_runtime.heads.base import UNKNOWN, BaseHead
 from edgetl_runtime.heads.lda import LDAHead
@@ -30,11 +32,13 @@ HEADS: dict[str, type[BaseHead]] = {cls.kind: cls for cls in (NearestClassMean, 
 
 
 def create_head(name: str = "auto", **params: Any) -> BaseHead | AutoHead:
-    """A head by name: ``"auto"``, ``"ncm"``, ``"ridge"`` or ``"logistic"``, with its parameters."""
+    """A head by name: ``"auto"``, ``"adaptive"``, ``"ncm"``, ``"ridge"`` or ``"logistic"``, with its parameters."""
     if name == AutoHead.kind:
         return AutoHead(**params)
+    if name == AdaptiveHead.kind:
+        return AdaptiveHead(**params)
     if name not in HEADS:
-        raise InputError(f"Unknown head {name!r}; choose one of {['auto', *sorted(HEADS)]}.")
+        raise InputError(f"Unknown head {name!r}; choose one of {['auto', 'adaptive', *sorted(HEADS)]}.")
     return HEADS[name](**params)
 
 
@@ -45,6 +49,8 @@ def head_from_npz_dict(d: dict[str, npt.NDArray[Any]] | Any) -> BaseHead | AutoH
     kind = str(d["kind"])
     if kind == AutoHead.kind:
         return AutoHead.from_npz_dict(d)
+    if kind == AdaptiveHead.kind:
+        return AdaptiveHead.from_npz_dict(d)
     if kind not in HEADS:
         raise InputError(f"Saved head has unknown kind {kind!r}; this edgetl_runtime knows {['auto', *sorted(HEADS)]}.")
     return HEADS[kind].from_npz_dict(d)
@@ -93,6 +99,8 @@ def fit_with_prior(name: str, X: Any, y: Any, prior: Prior | None) -> BaseHead:
 __all__ = [
     "HEADS",
     "UNKNOWN",
+    "AdaptConfig",
+    "AdaptiveHead",
     "AutoHead",
     "BaseHead",
     "ClassStats",

@@ -99,3 +99,19 @@ class FeatureCache:
             db.execute(
                 f"DELETE FROM features WHERE rowid IN (SELECT f.rowid {unenrolled} ORDER BY f.rowid LIMIT ?)", (excess,)
             )
+
+    def seen(self, limit: int | None = None) -> npt.NDArray[np.float32]:
+        """This model's cached features of images seen but not enrolled (the prediction cache), newest first,
+        at most ``limit`` (default ``max_unenrolled``): ``(M, D)`` float32, the unlabelled pool the head adapts to.
+        """
+        n = self.max_unenrolled if limit is None else int(limit)
+        with self.connection.reading():
+            rows = self.connection.db.execute(
+                "SELECT f.vec FROM features f WHERE f.model = ? AND NOT EXISTS "
+                "(SELECT 1 FROM samples s WHERE s.image = f.image) ORDER BY f.rowid DESC LIMIT ?",
+                (self.space.key, n),
+            ).fetchall()
+        blobs = [r[0] for r in rows if isinstance(r[0], bytes) and len(r[0]) == 4 * self.space.feature_dim]
+        return (
+            np.frombuffer(b"".join(blobs), dtype="<f4").astype(np.float32).reshape(len(blobs), self.space.feature_dim)
+        )

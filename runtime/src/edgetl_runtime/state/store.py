@@ -273,6 +273,10 @@ class FeatureStore:
         feats = np.frombuffer(flat, dtype="<f4").astype(np.float32).reshape(len(rows), self.feature_dim)  # (N, D)
         return ids, labels, [str(r[3]) for r in rows], feats
 
+    def seen_features(self, limit: int | None = None) -> npt.NDArray[np.float32]:
+        """Features of images seen but not enrolled, newest first (see :meth:`FeatureCache.seen`)."""
+        return self.cache.seen(limit)
+
     def labels(self) -> list[str]:
         """Sorted distinct labels of the enrolled samples."""
         with self.connection.reading():
