@@ -38,7 +38,7 @@ import numpy as np
 from edgetl.datasets import ImageDataset, load_fashion_mnist
 from edgetl.export import BundleConfig, export_bundle
 from edgetl.merge import merge_enrolments
-from edgetl.shipped_head import HeadConfig, bundle_features
+from edgetl.shipped_head import HeadConfig, member_features
 from edgetl_exporters.quantization import QuantizeConfig
 from edgetl_runtime.backends.cpu import this_cpu
 from edgetl_runtime.bundle.manifest import Precision
@@ -120,7 +120,7 @@ def out_of_box(bundle: Path, test: ImageDataset, devices: Devices, args: argpars
     head = LDAHead().fit(None, None, prior=prior)  # the host scoring its own shipped head
     out: dict[str, Any] = {"images": int(mask.sum()), "manifest_accuracy": b.manifest.head["accuracy"]}
     for precision in b.manifest.precisions:
-        feats = bundle_features(b.model_bytes(precision), b.manifest.preprocess, images)
+        feats = member_features(b.model_bytes(precision), b.manifest.preprocess, images)
         out[f"host_{precision.value}"] = accuracy(head.predict(feats), truth[mask])
     with devices.load(bundle) as device:
         out["device_precision"], out["device_kernel"] = devices.precision, devices.kernel

@@ -14,10 +14,9 @@ import numpy as np
 
 from edgetl_runtime.errors import DatasetError, InputError
 from edgetl_runtime.fewshot import support_indices
-from edgetl_runtime.images import image_digest, load_image, shrink
+from edgetl_runtime.images import IMAGE_SUFFIXES, image_digest, load_image, shrink
 from edgetl_runtime.preprocess import as_rgb_uint8
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
     "Trouser",

@@ -76,7 +76,7 @@ class ShippedHead:
     arrays: dict[str, npt.NDArray[Any]]
 
 
-def bundle_features(model: bytes, spec: PreprocessSpec, images: Any, batch: int = 64) -> npt.NDArray[np.float32]:
+def member_features(model: bytes, spec: PreprocessSpec, images: Any, batch: int = 64) -> npt.NDArray[np.float32]:
     """``(N, D)`` features of ``images`` from an ONNX member (onnxruntime, the device's own preprocessing)."""
     from edgetl_runtime.backends.onnxruntime import make_session
 
@@ -252,7 +252,7 @@ def head_for_bundle(
     subset = data.subset(idx)  # folders load as lists of differently sized images
     images, labels = list(subset.images), [data.classes[int(i)] for i in subset.labels]
     keys = subset.image_keys()
-    features = bundle_features(members[Precision.FP32.member], spec, images)
+    features = member_features(members[Precision.FP32.member], spec, images)
     others = {
         p.value: _member_features(members[p.member], spec, images)
         for p in (Precision.INT8, Precision.FP16)
@@ -269,6 +269,6 @@ def _member_features(
     model: bytes, spec: PreprocessSpec, images: list[npt.NDArray[np.uint8]]
 ) -> Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float32]]:
     def features_of(rows: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        return bundle_features(model, spec, [images[int(r)] for r in rows])
+        return member_features(model, spec, [images[int(r)] for r in rows])
 
     return features_of

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgetl.datasets import (
-    IMAGE_SUFFIXES,
     ImageDataset,
     balanced_subset,
     folder_layout,
@@ -27,6 +26,7 @@ from edgetl.datasets import (
 )
 from edgetl_runtime.bundle.manifest import Precision
 from edgetl_runtime.errors import ConfigError, DatasetError
+from edgetl_runtime.images import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
     from edgetl.backbones import Backbone

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sklearn_baseline import BASELINES
 
-from edgetl.bench.fewshot import FewShotBenchConfig, accuracy_table
+from edgetl.bench.fewshot import FewShotBenchConfig, accuracy_table, bundle_features
 from edgetl.datasets import ImageDataset, balanced_subset, load_fashion_mnist
 from edgetl_runtime._optional import require
 from edgetl_runtime.fewshot import episode, summarise
@@ -140,26 +140,6 @@ def extract_features(
         feats = bundle_features(bundle, precision, images, config.threads, progress=desc)  # (N, D) float32
         out[name] = (feats[: len(pool)], feats[len(pool) :])
     return out
-
-
-def bundle_features(
-    bundle: Path, precision: str, images: list[np.ndarray], threads: int | None, progress: str | None = None
-) -> np.ndarray:
-    """Features through the device runtime, as a device computes them; ``progress`` names a progress bar."""
-    from tqdm import tqdm
-
-    from edgetl_runtime.learner import Learner
-
-    chunk = 256  # progress granularity only: the extractor batches by its own batch size inside
-    starts = range(0, len(images), chunk)
-    with Learner.load(bundle, None, backend="onnxruntime", precision=precision, threads=threads) as learner:
-        bar = tqdm(total=len(images), desc=progress, disable=progress is None, leave=False, dynamic_ncols=True)
-        parts = []
-        for start in starts:
-            parts.append(learner.features(images[start : start + chunk]))  # (n, D) float32
-            bar.update(len(parts[-1]))
-        bar.close()
-        return np.concatenate(parts) if parts else learner.features(images)
 
 
 def measure_size(bundle: Path) -> dict[str, Any]:

@@ -150,12 +150,23 @@ def _fit(name: str, x: np.ndarray, y: np.ndarray) -> object:
     return create_head(name).fit(x, y)
 
 
-def bundle_features(bundle: Path, precision: str, images: list[np.ndarray], threads: int | None) -> np.ndarray:
-    """Features ``(N, D)`` through the device runtime, as a device computes them."""
+def bundle_features(
+    bundle: Path, precision: str, images: list[np.ndarray], threads: int | None, progress: str | None = None
+) -> np.ndarray:
+    """Features ``(N, D)`` through the device runtime, as a device computes them; ``progress`` names a bar."""
+    from tqdm import tqdm
+
     from edgetl_runtime.learner import Learner
 
+    chunk = 256  # progress granularity only: the extractor batches by its own batch size inside
     with Learner.load(bundle, None, backend="onnxruntime", precision=precision, threads=threads) as learner:
-        return learner.features(images)
+        bar = tqdm(total=len(images), desc=progress, disable=progress is None, leave=False, dynamic_ncols=True)
+        parts = []
+        for start in range(0, len(images), chunk):
+            parts.append(learner.features(images[start : start + chunk]))  # (n, D) float32
+            bar.update(len(parts[-1]))
+        bar.close()
+        return np.concatenate(parts) if parts else learner.features(images)
 
 
 def drawable_shots(pool: ImageDataset, shots: tuple[int, ...]) -> tuple[tuple[int, ...], list[str]]:

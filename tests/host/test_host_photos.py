@@ -125,7 +125,7 @@ def shipped(tricky: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def test_host_and_device_features_of_the_tricky_files_agree(tricky: dict[str, Any], shipped: Path) -> None:
-    from edgetl.shipped_head import bundle_features
+    from edgetl.shipped_head import member_features
     from edgetl.sources import load_data
     from edgetl_runtime.bundle import Bundle
     from edgetl_runtime.bundle.manifest import Precision
@@ -133,7 +133,7 @@ def test_host_and_device_features_of_the_tricky_files_agree(tricky: dict[str, An
 
     bundle = Bundle.open(shipped)
     host = load_data(str(tricky["photos"]))
-    host_features = bundle_features(bundle.members[Precision.FP32.member], bundle.manifest.preprocess, host.images)
+    host_features = member_features(bundle.members[Precision.FP32.member], bundle.manifest.preprocess, host.images)
     paths = [tricky["device"][k] for k in host.image_keys()]
     with Learner.load(shipped, backend="onnxruntime", precision="fp32", measure=False) as learner:
         device_features = learner.features(paths)
