@@ -31,6 +31,8 @@ ALIASES: dict[str, str] = {
     "efficientnet_b0": "efficientnet_b0",
     "efficientnet_lite0": "efficientnet_lite0",
     "tf_efficientnet_lite0": "tf_efficientnet_lite0",
+    "tf_efficientnet_lite1": "tf_efficientnet_lite1",
+    "tf_efficientnet_lite2": "tf_efficientnet_lite2",
 }
 FINETUNED_CONFIG = "edgetl_config.json"
 FINETUNED_WEIGHTS = "model.safetensors"

@@ -32,9 +32,14 @@ def test_unknown_name_suggests_close_matches() -> None:
         resolve_name("definitely-not-a-model")
 
 
-def test_bundled_weights_classify_a_real_cat_photo() -> None:
+LITES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_bundled_weights_classify_a_real_cat_photo(name: str) -> None:
+    """Each offline checkpoint (loaded by position onto timm's names) is the real ImageNet model: a cat is a cat."""
     skimage_data = pytest.importorskip("skimage.data")
-    backbone = create_backbone("tf_efficientnet_lite0", weights="bundled", num_classes=1000)
+    backbone = create_backbone(name, weights="bundled", num_classes=1000)
     image = eval_transform(to_tensor_uint8(skimage_data.chelsea()), backbone.spec)
     with torch.no_grad():
         probs = backbone.model(image[None]).softmax(-1)[0]
