@@ -81,3 +81,14 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path: Path) -> None:
 def test_not_a_finetune_directory(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a fine-tuned checkpoint"):
         create_backbone(tmp_path)
+
+
+def test_tf_lite_default_sizes_are_exportable() -> None:
+    """Lite1/Lite2 train at 240/260 px, where TF 'same' padding does not export exactly: the default rounds."""
+    sizes = {name: create_backbone(name, weights="none").spec.input_size for name in LITES}
+    assert sizes == {
+        "tf_efficientnet_lite0": (224, 224),
+        "tf_efficientnet_lite1": (224, 224),
+        "tf_efficientnet_lite2": (256, 256),
+    }
+    assert create_backbone("efficientnet_b0", weights="none").spec.input_size == (224, 224)
