@@ -12,8 +12,8 @@ from edgetl_runtime.cli_args import PRECISIONS, add_backend_argument, add_thread
 from edgetl_runtime.compare.config import CompareConfig
 
 
-def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
-    """The comparison's options (shared with ``edgetl bench backbones``, which adds its own candidates)."""
+def add_compare_arguments(parser: argparse.ArgumentParser, with_precisions: bool = True) -> None:
+    """The comparison's options (shared with ``edgetl bench backbones``, which names its own precisions)."""
     parser.add_argument("--data", type=Path, required=True, help="labelled folder: one subfolder of images per class")
     parser.add_argument("--budget-ms", type=float, default=None, help="batch-1 p50 latency budget on this device")
     parser.add_argument("--shots", type=comma_list(positive_int), default="1,5", help="K: images enrolled per class")
@@ -21,8 +21,9 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-all-but-one", action="store_true", help="skip the all-but-one (leave-one-out) column")
     parser.add_argument("--head", default="auto", help="device head fitted per split: auto, ncm, ridge, logistic, lda")
     parser.add_argument("--rank-shots", type=positive_int, default=None, help="K to rank by (default: largest K)")
-    parser.add_argument("--precisions", type=comma_list(str, PRECISIONS), default=None,
-                        help="precisions to compare (default: every one each bundle ships)")  # fmt: skip
+    if with_precisions:
+        parser.add_argument("--precisions", type=comma_list(str, PRECISIONS), default=None,
+                            help="precisions to compare (default: every one each bundle ships)")  # fmt: skip
     parser.add_argument("--batch-size", type=positive_int, default=8, help="batch size for images per second")
     parser.add_argument("--runs", type=positive_int, default=100, help="timed batch-1 runs per option")
     parser.add_argument("--max-seconds", type=float, default=4.0, help="timing cap per option (after 10 runs)")
@@ -37,8 +38,8 @@ def config_from(args: argparse.Namespace) -> CompareConfig:
     return CompareConfig(
         budget_ms=args.budget_ms, shots=args.shots, all_but_one=not args.no_all_but_one, splits=args.splits,
         head=args.head, rank_shots=args.rank_shots, batch_size=args.batch_size, runs=args.runs,
-        max_seconds=args.max_seconds, threads=args.threads, precisions=args.precisions, backend=args.backend,
-        probe=not args.no_probe, seed=args.seed,
+        max_seconds=args.max_seconds, threads=args.threads, precisions=getattr(args, "precisions", None),
+        backend=args.backend, probe=not args.no_probe, seed=args.seed,
     )  # fmt: skip
 
 
