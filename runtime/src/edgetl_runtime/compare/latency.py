@@ -66,6 +66,7 @@ def measure_latency(
     batch_times, batch_warm = round_robin_times(
         [_batched_runner(o, config) for o in options], np.zeros(1), batched_budget
     )
+    report("latency", len(options), len(options))
     out = {}
     for i, option in enumerate(options):
         batch1 = summarize(times[i], warmup=warm[i])
@@ -76,7 +77,7 @@ def measure_latency(
         for i, option in enumerate(options):
             report("memory", i, len(options))
             out[option.name] = _with_probe(out[option.name], option, config)
-    report("memory", len(options), len(options))
+        report("memory", len(options), len(options))
     return out
 
 
