@@ -3,6 +3,7 @@ for every option), all-but-one by the head's exact leave-one-out, each with a 95
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -69,8 +70,12 @@ def extract_features(
         if not images:
             continue
         kept += indices
+        prepared: dict[str, npt.NDArray[np.float32]] = {}  # one preprocessing per spec: a bundle's precisions share it
         for option in options:
-            parts[option.name].append(option.backend.run(preprocess_batch(images, option.spec)))  # (B, D)
+            key = json.dumps(option.spec.to_dict(), sort_keys=True)
+            if key not in prepared:
+                prepared[key] = preprocess_batch(images, option.spec)  # (B, 3, H, W)
+            parts[option.name].append(option.backend.run(prepared[key]))  # (B, D)
     report("features", total, total)
     dims = {o.name: o.feature_dim for o in options}
     features = {n: np.concatenate(p) if p else np.zeros((0, dims[n]), np.float32) for n, p in parts.items()}
