@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgetl_runtime.compare.accuracy import AccuracyCell
+from edgetl_runtime.compare.recommend import recommend
 from edgetl_runtime.cpu import this_cpu
 
 
@@ -53,10 +55,33 @@ def agreement(results: dict[str, Any], runs: int) -> list[dict[str, Any]]:
     return rows
 
 
+def budget_sweep(loaded: list[dict[str, Any]], budgets: list[float]) -> list[dict[str, Any]]:
+    """Each run's recommendation recomputed at each budget (and none) from its own results: stable when every
+    run picks the same option, or every run calls it a tie."""
+    rows = []
+    for budget in [*budgets, None]:
+        picks = []
+        for results in loaded:
+            options = results["options"]
+            p50 = {o["name"]: o["latency"]["batch1"]["p50_ms"] for o in options}
+            cells = {o["name"]: {k: AccuracyCell(**v) for k, v in o["accuracy"].items()} for o in options}
+            rec = recommend(p50, cells, results["ranked_by"], budget)
+            picks.append(
+                {"choice": rec.choice, "tie": rec.tie, "tied": list(rec.tied), "fastest_tied": rec.fastest_tied}
+            )
+        stable = len({p["choice"] for p in picks}) == 1 or all(p["tie"] for p in picks)
+        rows.append({"budget_ms": budget, "runs": picks, "stable": stable})
+        shown = "; ".join(f"{p['choice']}{' (tie: ' + ', '.join(p['tied']) + ')' if p['tie'] else ''}" for p in picks)
+        print(f"budget {budget if budget is not None else 'none'} ms: {shown} -> stable {stable}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=Path, help="results.json of one or more compare runs")
     parser.add_argument("--runs", type=int, default=100, help="edgetl-device bench --runs")
+    parser.add_argument("--budgets", type=float, nargs="*", default=[15, 30, 45, 70],
+                        help="latency budgets (ms) at which every run's recommendation is recomputed")  # fmt: skip
     parser.add_argument("--output", type=Path, default=Path("runs/bench/compare_agreement.json"))
     args = parser.parse_args(argv)
     cpu = this_cpu().describe()
@@ -68,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{rec['results']}: choice {rec['choice']} (tie: {rec['tie']}, tied {rec['tied']}), {rec['wall_s']:.0f} s"
         )
+    sweep = budget_sweep(loaded, args.budgets)
     choices = {r["choice"] for r in recommendations}
     stable = len(choices) == 1 or all(r["tie"] for r in recommendations)
     print(f"recommendation stable across runs: {stable}")
@@ -75,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     inside = sum(r["inside_interval"] for r in rows)
     print(f"edgetl-device bench p50 inside the comparison's p50 interval: {inside} of {len(rows)}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"cpu": cpu, "recommendations": recommendations, "stable": stable, "agreement": rows,
-               "inside_interval": inside}  # fmt: skip
+    summary = {"cpu": cpu, "recommendations": recommendations, "stable": stable, "budget_sweep": sweep,
+               "agreement": rows, "inside_interval": inside}  # fmt: skip
     args.output.write_text(json.dumps(summary, indent=2))
     print(f"wrote {args.output}")
     return 0

@@ -7,7 +7,6 @@ device with ``edgetl-device compare <output>/bundles/*.edgetl --data photos/``.
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -104,7 +103,7 @@ def _export(name: str, size: int, path: Path, images: Any, source: str, config: 
         warnings.simplefilter("always")
         export_bundle(name, path, weights=config.weights, data=images, data_source=source, config=bundle_config,
                       image_size=size)  # fmt: skip
-    own = (w for w in caught if not w.filename.startswith(("/usr", sys.prefix)) and "site-packages" not in w.filename)
+    own = (w for w in caught if w.category is UserWarning)  # edgetl's notes; not torch's tracer / deprecation noise
     return list(dict.fromkeys(" ".join(str(w.message).split()) for w in own))
 
 
