@@ -81,15 +81,6 @@ def time_round_robin(group: Sequence[Runner], images: np.ndarray, budget: Budget
     Each chunk starts with one untimed call: switching backends leaves cold caches and sleeping (or still
     spinning) thread pools, which belong to the switch, not to the backend.
     """
-    times, warm = round_robin_times(group, images, budget)
-    return [summarize(t, warmup=w, items_per_call=len(images)) for t, w in zip(times, warm, strict=True)]
-
-
-def round_robin_times(
-    group: Sequence[Runner], images: np.ndarray, budget: Budget
-) -> tuple[list[list[float]], list[int]]:
-    """:func:`time_round_robin`'s raw per-call times in seconds and warm-up counts, for callers that report
-    the noise of a percentile (``edgetl_runtime.compare``)."""
     inputs = [r.to_input(images) for r in group]
     warm = [_warm_up(r, x, budget) for r, x in zip(group, inputs, strict=True)]
     times: list[list[float]] = [[] for _ in group]
@@ -105,7 +96,7 @@ def round_robin_times(
                 if len(times[i]) >= budget.runs or (len(times[i]) >= MIN_RUNS and sum(times[i]) > budget.max_seconds):
                     active.remove(i)
                     break
-    return times, warm
+    return [summarize(t, warmup=w, items_per_call=len(images)) for t, w in zip(times, warm, strict=True)]
 
 
 def _warm_up(runner: Runner, inputs: Any, budget: Budget) -> int:

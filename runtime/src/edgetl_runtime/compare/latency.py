@@ -1,13 +1,15 @@
-"""Latency of every option on this device, timed round-robin in one process (a shared machine's drift hits
-all alike): batch-1 p50/p90/p99 of preprocessing + backbone, the p50's own 95 % interval, images per second
-at a batch size, and, in a fresh process each, cold start and peak memory."""
+"""Latency of every option on this device, in one process, in blocks over two rounds of alternating order (a
+shared machine's drift hits all alike): batch-1 p50/p90/p99 of preprocessing + backbone, the p50's own 95 %
+interval, images per second at a batch size, and, in a fresh process each, cold start and peak memory."""
 
 from __future__ import annotations
 
 import math
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,6 @@ from edgetl_runtime.compare.config import CompareConfig
 from edgetl_runtime.compare.options import Option
 from edgetl_runtime.latency import LatencyStats, run_probe, summarize
 from edgetl_runtime.preprocess import preprocess_batch
-from edgetl_runtime.timing import Budget, Runner, round_robin_times
 
 Progress = Callable[[str, int, int], None]
 
@@ -52,6 +53,9 @@ def median_interval(times_ms: Sequence[float], z: float = 1.96) -> tuple[float, 
     return float(ordered[low]), float(ordered[high])
 
 
+ROUNDS = 2  # each option is timed in this many blocks, the order reversed each round, so drift is shared
+
+
 def measure_latency(
     options: Sequence[Option], config: CompareConfig, progress: Progress | None = None
 ) -> dict[str, OptionLatency]:
@@ -60,19 +64,16 @@ def measure_latency(
         return {}
     report = progress or (lambda stage, done, total: None)
     report("latency", 0, len(options))
-    budget = Budget(config.runs, config.warmup, config.max_seconds)
-    times, warm = round_robin_times([_batch1_runner(o, config) for o in options], np.zeros(1), budget)
-    batched_budget = Budget(max(10, config.runs // 4), min(config.warmup, 2), config.max_seconds / 2)
-    batch_times, batch_warm = round_robin_times(
-        [_batched_runner(o, config) for o in options], np.zeros(1), batched_budget
-    )
+    batch1 = [_batch1_call(o) for o in options]
+    times = time_blocks(batch1, config.runs, config.warmup, config.max_seconds)
+    batched = [partial(o.backend.run, _batch(o, config.batch_size)) for o in options]
+    batch_times = time_blocks(batched, max(10, config.runs // 4), min(config.warmup, 2), config.max_seconds / 2)
     report("latency", len(options), len(options))
     out = {}
     for i, option in enumerate(options):
-        batch1 = summarize(times[i], warmup=warm[i])
-        batched = summarize(batch_times[i], warmup=batch_warm[i], items_per_call=config.batch_size)
-        interval = median_interval([t * 1e3 for t in times[i]])
-        out[option.name] = OptionLatency(batch1, interval, batched)
+        stats = summarize(times[i], warmup=config.warmup * ROUNDS)
+        throughput = summarize(batch_times[i], warmup=min(config.warmup, 2) * ROUNDS, items_per_call=config.batch_size)
+        out[option.name] = OptionLatency(stats, median_interval([t * 1e3 for t in times[i]]), throughput)
     if config.probe:
         for i, option in enumerate(options):
             report("memory", i, len(options))
@@ -81,25 +82,41 @@ def measure_latency(
     return out
 
 
-def _batch1_runner(option: Option, config: CompareConfig) -> Runner:
+def time_blocks(calls: Sequence[Callable[[], object]], runs: int, warmup: int, max_seconds: float) -> list[list[float]]:
+    """Per-call seconds of each call, timed in contiguous blocks after ``warmup`` untimed calls, as
+    ``edgetl-device bench`` times one bundle, over :data:`ROUNDS` rounds in alternating order.
+
+    Not call-by-call round-robin: switching among a dozen onnxruntime sessions every few calls measured
+    1.5-2x slower per call than a block on this 2-core machine (same process, same minute), so a round-robin
+    p50 would not be the latency a device running one model sees.
+    """
+    per_round = max(5, -(-runs // ROUNDS))
+    times: list[list[float]] = [[] for _ in calls]
+    for round_index in range(ROUNDS):
+        order = range(len(calls)) if round_index % 2 == 0 else range(len(calls) - 1, -1, -1)
+        for i in order:
+            for _ in range(warmup):
+                calls[i]()
+            start = time.perf_counter()
+            for count in range(per_round):
+                t0 = time.perf_counter()
+                calls[i]()
+                times[i].append(time.perf_counter() - t0)
+                if count + 1 >= 5 and time.perf_counter() - start > max_seconds / ROUNDS:
+                    break
+    return times
+
+
+def _batch1_call(option: Option) -> Callable[[], object]:
     """What ``edgetl-device bench`` times: one uint8 image at the bundle's size, preprocessed, then the backbone."""
-    size = option.spec.input_size
-    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    image = np.random.default_rng(0).integers(0, 256, (*option.spec.input_size, 3), dtype=np.uint8)
     backend, spec = option.backend, option.spec
-
-    def call(img: np.ndarray) -> object:
-        return backend.run(preprocess_batch([img], spec))
-
-    return Runner(option.backend_name, option.precision, config.threads, call, lambda _: image, option.model_bytes)
+    return lambda: backend.run(preprocess_batch([image], spec))
 
 
-def _batched_runner(option: Option, config: CompareConfig) -> Runner:
+def _batch(option: Option, size: int) -> np.ndarray:
     height, width = option.spec.input_size
-    shape = (config.batch_size, 3, height, width)
-    batch = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
-    return Runner(
-        option.backend_name, option.precision, config.threads, option.backend.run, lambda _: batch, option.model_bytes
-    )
+    return np.random.default_rng(0).standard_normal((size, 3, height, width), dtype=np.float32)
 
 
 def _with_probe(latency: OptionLatency, option: Option, config: CompareConfig) -> OptionLatency:

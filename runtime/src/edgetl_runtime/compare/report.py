@@ -77,9 +77,9 @@ def markdown(comparison: Comparison) -> str:
     lines += ["", f"Data: `{c.data.root}`, {len(counts)} classes, {sum(counts.values())} images "
               f"({min(counts.values())} to {max(counts.values())} per class). K-shot columns: {cfg.splits} random "
               "splits per K (K images per class enrolled, the rest queried), the same splits for every option; "
-              "all-but-one: exact leave-one-out. Latency: every option timed round-robin in one process "
-              f"({cfg.runs} runs max, {cfg.max_seconds:g} s cap each); the p50's interval is from order "
-              "statistics. Cold start and peak RSS: a fresh process per option.", ""]  # fmt: skip
+              "all-but-one: exact leave-one-out. Latency: every option timed in one process, in blocks over two "
+              f"rounds of alternating order ({cfg.runs} runs max, {cfg.max_seconds:g} s cap each); the p50's "
+              "interval is from order statistics. Cold start and peak RSS: a fresh process each.", ""]  # fmt: skip
     if "png" in c.files:
         lines += [f"![accuracy vs latency]({Path(c.files['png']).name})", ""]
     elif c.accuracy:
