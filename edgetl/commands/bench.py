@@ -52,7 +52,7 @@ def run_backbones(args: argparse.Namespace) -> int:
     print(result.comparison.recommendation.text)
     print(f"exports {result.export_seconds:.0f} s, comparison {result.comparison.wall_s:.0f} s, "
           f"total {result.wall_s:.0f} s")  # fmt: skip
-    print(f"on the device: edgetl-device compare {args.output_dir / 'bundles'}/*.edgetl --data PHOTOS -o cmp/")
+    print(f"on the device: edgetl-device compare {args.output_dir / 'bundles'} --data {args.data} -o cmp-device/")
     for kind, path in result.comparison.files.items():
         print(f"wrote {kind}: {path}")
     return 0

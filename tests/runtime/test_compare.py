@@ -159,11 +159,11 @@ def test_device_cli_compare_prints_the_recommendation(
     tmp_path: Path, two_bundles: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = photos(tmp_path / "photos", {"red": 6, "blue": 6})
-    argv = ["compare", *map(str, two_bundles), "--data", str(data), "--splits", "2", "--runs", "10"]
+    argv = ["compare", str(two_bundles[0].parent), "--data", str(data), "--splits", "2", "--runs", "10"]  # a folder
     argv += ["--max-seconds", "0.1", "--no-probe", "--budget-ms", "1000", "-o", str(tmp_path / "cmp")]
     assert device_main(argv) == 0
     out = capsys.readouterr().out
-    assert "within 1000 ms" in out and "wrote md:" in out
+    assert "within 1000 ms" in out and "wrote md:" in out and "3 options compared" in out
     assert (tmp_path / "cmp" / "results.json").is_file()
 
 

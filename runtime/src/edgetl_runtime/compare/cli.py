@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgetl-device compare", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("bundles", nargs="+", type=Path, help=".edgetl bundles (each at every precision it ships)")
+    parser.add_argument(
+        "bundles", nargs="+", type=Path, help=".edgetl bundles or folders of them (each at every precision it ships)"
+    )
     add_compare_arguments(parser)
     return parser
 

@@ -59,8 +59,7 @@ def discover(paths: Sequence[str | Path], config: CompareConfig) -> tuple[list[O
     options: list[Option] = []
     problems: list[Problem] = []
     seen: set[str] = set()
-    for raw in paths:
-        path = Path(raw)
+    for path in _bundle_files(paths):
         if str(path.resolve()) in seen:
             problems.append(Problem(str(path), "given twice; compared once"))
             continue
@@ -78,6 +77,15 @@ def discover(paths: Sequence[str | Path], config: CompareConfig) -> tuple[list[O
             if option is not None:
                 options.append(option)
     return options, problems
+
+
+def _bundle_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The paths as given, a folder replaced by the ``*.edgetl`` files in it (sorted)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        out += sorted(path.glob("*.edgetl")) if path.is_dir() else [path]
+    return out
 
 
 def _wanted(bundle: Bundle, config: CompareConfig, problems: list[Problem]) -> list[Precision]:
