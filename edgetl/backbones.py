@@ -31,6 +31,8 @@ ALIASES: dict[str, str] = {
     "efficientnet_b0": "efficientnet_b0",
     "efficientnet_lite0": "efficientnet_lite0",
     "tf_efficientnet_lite0": "tf_efficientnet_lite0",
+    "tf_efficientnet_lite1": "tf_efficientnet_lite1",
+    "tf_efficientnet_lite2": "tf_efficientnet_lite2",
 }
 FINETUNED_CONFIG = "edgetl_config.json"
 FINETUNED_WEIGHTS = "model.safetensors"
@@ -125,7 +127,7 @@ def create_backbone(
             assert spec.path is not None
             load_by_name(model, read_state_dict(spec.path), str(spec.path))
     model.eval()
-    preprocess = preprocess_spec_for(model)
+    preprocess = exportable_default(preprocess_spec_for(model), model)
     if image_size is not None:
         check_image_size(model, timm_name, image_size)
         preprocess = preprocess.with_size(image_size)
@@ -142,13 +144,30 @@ def check_image_size(model: nn.Module, timm_name: str, size: int) -> None:
     into ONNX exactly only at multiples of the network stride, so another size trains fine and then
     fails the export's parity check.
     """
-    if size % STRIDE and any(type(m).__name__.endswith("Same") for m in model.modules()):
+    if size % STRIDE and _has_same_padding(model):
         lower, upper = max(STRIDE, size // STRIDE * STRIDE), (size // STRIDE + 1) * STRIDE
         raise ConfigError(
             f"--image-size {size} does not suit {timm_name}: its TF 'same' padding exports exactly only at "
             f"multiples of {STRIDE}. Fix: use {lower} or {upper}, or a symmetric-padding model (e.g. "
             f"{timm_name.removeprefix('tf_')})."
         )
+
+
+def _has_same_padding(model: nn.Module) -> bool:
+    return any(type(m).__name__.endswith("Same") for m in model.modules())
+
+
+def exportable_default(spec: PreprocessSpec, model: nn.Module) -> PreprocessSpec:
+    """The model's own input size, rounded to the nearest multiple of the stride (ties down) where TF 'same'
+    padding would not export exactly at it: tf_efficientnet_lite1 trains at 240 px -> 224, lite2 at 260 -> 256.
+
+    Without this, exporting Lite1/Lite2 at their default size fails the ONNX parity check.
+    """
+    height, width = spec.input_size
+    if height != width or not height % STRIDE or not _has_same_padding(model):
+        return spec
+    lower = max(STRIDE, height // STRIDE * STRIDE)
+    return spec.with_size(lower if height - lower <= lower + STRIDE - height else lower + STRIDE)
 
 
 def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:

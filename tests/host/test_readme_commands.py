@@ -36,7 +36,16 @@ BUDGET: dict[tuple[str, str], dict[str, str]] = {
     ("edgetl", "bench fewshot"): {"--seeds": "1", "--shots": "1", "--test-count": "40", "--pool-per-class": "2"},
     ("edgetl", "bench latency"): {"--runs": "3", "--warmup": "1", "--batch-sizes": "1"},
     ("edgetl", "demo"): {"--image-size": "64", "--seeds": "1", "--epochs": "1"},
+    ("edgetl", "bench backbones"): {
+        "--backbones": "tf_efficientnet_lite0",
+        "--sizes": "32",
+        "--export-precisions": "fp32",
+        "--splits": "2",
+        "--runs": "10",
+        "--max-seconds": "0.1",
+    },
     ("edgetl-device", "bench"): {"--runs": "3"},
+    ("edgetl-device", "compare"): {"--splits": "2", "--runs": "10", "--max-seconds": "0.1"},
 }
 NOT_RUN = {
     "make": "make targets set up the venv and run the whole demo or test suite (minutes; the demo has its own test)",

@@ -34,7 +34,13 @@ ADD_BATCH = 256
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="edgetl-device", description=__doc__, formatter_class=fmt)
+    parser = argparse.ArgumentParser(
+        prog="edgetl-device",
+        description=__doc__,
+        formatter_class=fmt,
+        epilog="Compare several bundles on this device: edgetl-device compare A.edgetl B.edgetl --data photos/ "
+        "[--budget-ms 15] -o cmp/ (see edgetl-device compare --help).",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {distribution_version()}")
     parser.add_argument("--bundle", required=True, type=Path, help="the .edgetl bundle written by `edgetl export`")
     parser.add_argument("--state", type=Path, default=None, help="enrolment database (None: BUNDLE.state.sqlite)")
@@ -268,6 +274,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:  # several bundles, no state: its own parser (edgetl_runtime.compare.cli)
+        from edgetl_runtime.compare.cli import main as compare_main
+
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
 
     def one_line(message: Warning | str, *_: object, **__: object) -> None:  # not Python's file:line form

@@ -1,0 +1,194 @@
+"""``edgetl-device compare``: bundles verified, timed and scored on this device; every bad input named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import tiny_onnx, write_tiny_bundle
+
+from edgetl_runtime.cli import main as device_main
+from edgetl_runtime.compare import CompareConfig, compare_bundles
+from edgetl_runtime.compare.accuracy import AccuracyCell
+from edgetl_runtime.compare.latency import median_interval
+from edgetl_runtime.compare.recommend import pareto_front, recommend
+from edgetl_runtime.errors import BundleError, ConfigError, DatasetError
+
+pytestmark = pytest.mark.runtime
+FAST = CompareConfig(splits=3, runs=10, warmup=1, max_seconds=0.2, probe=False)
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+@pytest.fixture(autouse=True)
+def _x86_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int8 kernel choice depends on the CPU: every test here sees the same one."""
+    monkeypatch.setenv("EDGETL_SIMULATE_CPU", "x86-vnni")
+
+
+def photos(root: Path, per_class: dict[str, int]) -> Path:
+    """A labelled folder: each class a colour plus noise, so the tiny backbone's features separate them."""
+    image_module = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    for name, count in per_class.items():
+        (root / name).mkdir(parents=True)
+        for i in range(count):
+            pixels = np.clip(np.array(COLOURS[name]) + rng.normal(0, 25, (12, 12, 3)), 0, 255).astype(np.uint8)
+            image_module.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def two_bundles(tmp_path: Path) -> list[Path]:
+    return [
+        write_tiny_bundle(tmp_path / "a.edgetl", int8_model=tiny_onnx(scale=1.01)),  # fp32 + int8
+        write_tiny_bundle(tmp_path / "b.edgetl", seed=3),  # fp32 only
+    ]
+
+
+def test_compare_scores_every_option_and_writes_the_report(tmp_path: Path, two_bundles: list[Path]) -> None:
+    data = photos(tmp_path / "photos", {"red": 8, "green": 8, "blue": 8})
+    stages: list[str] = []
+    result = compare_bundles(two_bundles, data, FAST, tmp_path / "cmp", lambda s, d, t: stages.append(s))
+    names = [o.name for o in result.options]
+    assert names == ["a:fp32", "a:int8", "b:fp32"]
+    assert result.columns == ["K=1", "K=5", "all-but-one"] and result.ranked_by == "K=5"
+    for name in names:
+        lat = result.latency[name]
+        assert lat.batch1.runs >= 10 and lat.p50_interval_ms[0] <= lat.p50_ms <= lat.p50_interval_ms[1]
+        assert lat.batched.items_per_call == 8
+        for cell in result.accuracy[name].values():
+            assert cell.low <= cell.mean <= cell.high
+        assert result.accuracy[name]["K=5"].mean > 90  # colours are easy, even for a 1x1 conv
+    assert result.recommendation.choice in names and result.recommendation.text
+    assert {"verify", "latency", "features", "accuracy"} <= set(stages)
+    saved = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert [o["name"] for o in saved["options"]] == names and saved["recommendation"]["choice"]
+    assert saved["options"][1]["kernel"] == "fast"  # the kernel this (simulated) CPU would run
+    report = (tmp_path / "cmp" / "report.md").read_text()
+    assert result.recommendation.text in report and "| a:int8 |" in report
+    plot = tmp_path / "cmp" / "pareto.png"
+    assert plot.is_file() == ("png" in result.files)
+
+
+def test_fresh_process_probe_reports_cold_start_and_peak_memory(tmp_path: Path) -> None:
+    data = photos(tmp_path / "photos", {"red": 3, "blue": 3})
+    bundle = write_tiny_bundle(tmp_path / "a.edgetl")
+    config = CompareConfig(splits=2, runs=10, max_seconds=0.1, shots=(1,), probe=True)
+    lat = compare_bundles([bundle], data, config).latency["a:fp32"]
+    assert lat.probe_error is None and lat.cold_start_ms is not None and lat.cold_start_ms > 0
+    assert lat.peak_rss_mb is not None and lat.peak_rss_mb > 10
+
+
+def test_bundle_failing_verification_is_named_and_the_rest_compared(tmp_path: Path, two_bundles: list[Path]) -> None:
+    data = photos(tmp_path / "photos", {"red": 6, "blue": 6})
+    broken = tmp_path / "broken.edgetl"
+    broken.write_bytes(two_bundles[1].read_bytes()[:-200])
+    result = compare_bundles([two_bundles[0], broken], data, FAST, tmp_path / "cmp")
+    assert [o.name for o in result.options] == ["a:fp32", "a:int8"]
+    assert [p.subject for p in result.problems] == [str(broken)]
+    assert "fails verification" in result.problems[0].reason
+    assert str(broken) in (tmp_path / "cmp" / "report.md").read_text()
+
+
+def test_precision_failing_its_golden_check_is_named(tmp_path: Path) -> None:
+    data = photos(tmp_path / "photos", {"red": 6, "blue": 6})
+    bad = write_tiny_bundle(tmp_path / "bad.edgetl", int8_model=tiny_onnx(seed=1))  # int8 is another model
+    result = compare_bundles([bad], data, FAST)
+    assert [o.name for o in result.options] == ["bad:fp32"]
+    assert [p.subject for p in result.problems] == ["bad:int8"]
+    assert "golden" in result.problems[0].reason
+
+
+def test_one_class_folder_measures_latency_and_names_why_there_is_no_accuracy(
+    tmp_path: Path, two_bundles: list[Path]
+) -> None:
+    data = photos(tmp_path / "photos", {"red": 6})
+    result = compare_bundles(two_bundles, data, FAST)
+    assert result.accuracy == {} and len(result.latency) == 3
+    assert any("one class" in p.reason for p in result.problems)
+    assert result.recommendation.choice is None and "No recommendation" in result.recommendation.text
+
+
+def test_class_with_too_few_images_for_k_is_named_and_ranking_falls_back(
+    tmp_path: Path, two_bundles: list[Path]
+) -> None:
+    data = photos(tmp_path / "photos", {"red": 8, "blue": 3})  # K=5 needs 6 per class
+    result = compare_bundles(two_bundles, data, FAST)
+    assert result.columns == ["K=1", "all-but-one"] and result.ranked_by == "K=1"
+    reasons = " ".join(p.reason for p in result.problems)
+    assert "K=5 not scored" in reasons and "'blue' has 3" in reasons and "ranked by K=1" in reasons
+    assert result.recommendation.choice is not None
+
+
+def test_budget_no_option_meets_is_named(tmp_path: Path, two_bundles: list[Path]) -> None:
+    data = photos(tmp_path / "photos", {"red": 6, "blue": 6})
+    config = CompareConfig(splits=3, runs=10, max_seconds=0.1, probe=False, budget_ms=1e-6)
+    result = compare_bundles(two_bundles, data, config, tmp_path / "cmp")
+    assert result.recommendation.choice is None
+    assert "No option meets the 1e-06 ms budget" in result.recommendation.text
+    assert set(result.recommendation.over_budget) == {"a:fp32", "a:int8", "b:fp32"}
+    assert "Over the budget" in (tmp_path / "cmp" / "report.md").read_text()
+
+
+def test_nothing_comparable_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = photos(tmp_path / "photos", {"red": 3, "blue": 3})
+    broken = tmp_path / "broken.edgetl"
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(BundleError, match="Nothing to compare"):
+        compare_bundles([broken], data, FAST)
+    assert device_main(["compare", str(broken), "--data", str(data), "-o", str(tmp_path / "cmp")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if ": error:" in line]  # beside progress lines
+    assert len(errors) == 1 and errors[0].startswith("edgetl-device compare: error: Nothing to compare")
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty", "loose images"])
+def test_folder_without_class_folders_is_a_one_line_error(layout: str, tmp_path: Path) -> None:
+    bundle = write_tiny_bundle(tmp_path / "a.edgetl")
+    folder = tmp_path / "photos"
+    if layout != "missing":
+        folder.mkdir()
+    if layout == "loose images":
+        (folder / "x.png").write_bytes(b"")
+    with pytest.raises(DatasetError, match="--data"):
+        compare_bundles([bundle], folder, FAST)
+
+
+def test_device_cli_compare_prints_the_recommendation(
+    tmp_path: Path, two_bundles: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = photos(tmp_path / "photos", {"red": 6, "blue": 6})
+    argv = ["compare", str(two_bundles[0].parent), "--data", str(data), "--splits", "2", "--runs", "10"]  # a folder
+    argv += ["--max-seconds", "0.1", "--no-probe", "--budget-ms", "1000", "-o", str(tmp_path / "cmp")]
+    assert device_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "within 1000 ms" in out and "wrote md:" in out and "3 options compared" in out
+    assert (tmp_path / "cmp" / "results.json").is_file()
+
+
+def test_config_validation_names_every_problem() -> None:
+    with pytest.raises(ConfigError, match=r"4 problems") as info:
+        CompareConfig(shots=(0,), splits=1, budget_ms=-1, head="nope")
+    assert "splits must be >= 2" in str(info.value)
+
+
+def _cell(mean: float, half: float) -> AccuracyCell:
+    return AccuracyCell("K=5", mean, mean - half, mean + half, 20, 100, "test")
+
+
+def test_recommendation_calls_overlapping_intervals_a_tie_and_names_the_fastest() -> None:
+    p50 = {"big": 20.0, "mid": 9.0, "small": 4.0}
+    tied = recommend(p50, {"big": {"K=5": _cell(80, 1)}, "mid": {"K=5": _cell(79, 1.5)},
+                           "small": {"K=5": _cell(70, 1)}}, "K=5", 15)  # fmt: skip
+    assert tied.choice == "mid" and not tied.tie and tied.over_budget == ("big",)
+    level = recommend(p50, {"big": {"K=5": _cell(80, 1)}, "mid": {"K=5": _cell(79, 1.5)},
+                            "small": {"K=5": _cell(77, 0.5)}}, "K=5", None)  # fmt: skip
+    assert level.choice == "big" and level.tie and set(level.tied) == {"big", "mid"}
+    assert level.fastest_tied == "mid" and "A tie" in level.text
+
+
+def test_pareto_front_and_median_interval() -> None:
+    assert pareto_front({"a": (1.0, 60.0), "b": (2.0, 70.0), "c": (3.0, 65.0)}) == ["a", "b"]
+    low, high = median_interval(list(range(1, 101)))
+    assert low < 50.5 < high and high - low < 25
