@@ -4,6 +4,7 @@ the box, enrolments extend it, a removed shipped class stays removed, and enrolm
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import unicodedata
 import zipfile
@@ -304,3 +305,31 @@ def _last(capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     start = text.rfind("\n{") + 1
     result: dict[str, Any] = json.loads(text[start:])
     return result
+
+
+def test_a_head_merged_before_counted_keys_had_labels_still_loads_and_says_to_merge_again(
+    host: dict[str, Any], tmp_path: Path
+) -> None:
+    """Old merged bundles load and predict as before; their unlabelled counted keys are not trusted."""
+    from edgetl_exporters.bundle_writer import npz_bytes, write_bundle
+    from edgetl_runtime.heads.prior import key_prefixes
+
+    state = tmp_path / "device.sqlite"
+    with load(host["shipped"], state, precision="int8") as device:
+        device.add(images("blue", 3, 3), "green")
+        keys = device.export_enrolment(tmp_path / "d.enrol").keys
+    merged = ship(
+        host["plain"],
+        tmp_path / "m.edgetl",
+        dataclasses.replace(host["prior"], counted_keys=key_prefixes(keys), counted_class=np.zeros(3, np.int64)),
+    )
+    original = Bundle.open(merged)
+    arrays = dict(np.load(io.BytesIO(original.members[HEAD_NAME]), allow_pickle=False))
+    del arrays["counted_class"]  # what an edgetl before the labelled counted keys wrote
+    old = tmp_path / "old.edgetl"
+    write_bundle(old, original.manifest, {**original.members, HEAD_NAME: npz_bytes(arrays)})
+    with pytest.warns(UserWarning, match=r"merged by an older edgetl.*3 counted key\(s\) carry no label.*merge again"):
+        device = load(old, tmp_path / "fresh.sqlite", precision="int8")
+    with device:
+        assert sorted(device.classes_) == sorted(str(c) for c in host["prior"].classes)
+        assert len(device.predict(images("blue", 2, 9))) == 2

@@ -53,6 +53,6 @@ def class_stats_problems(headers: dict[str, ArrayHeader], manifest: Manifest) ->
     if count is not None and count > MAX_CLASSES:  # before any array is read: 40k classes ran out of memory
         problems.append(f"the head has {count} classes, more than the {MAX_CLASSES} a device holds. {_FIX}")
     if not problems:
-        for key, (kinds, shape) in expected.items():  # a head with no counted keys may predate counted_class
-            problems += expect_array(headers, key, kinds, shape, required=key != "counted_class" or bool(n_counted))
+        for key, (kinds, shape) in expected.items():  # a head merged before counted_class existed lacks it
+            problems += expect_array(headers, key, kinds, shape, required=key != "counted_class")
     return problems + [f"array {h.describe()} is not a head array" for key, h in headers.items() if key not in expected]

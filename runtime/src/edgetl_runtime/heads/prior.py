@@ -19,6 +19,7 @@ from edgetl_runtime.errors import ConfigError, InputError
 from edgetl_runtime.heads.base import BaseHead, FloatArray, IntArray
 from edgetl_runtime.heads.rejection import SimilarityRejector, class_sums, loo_cosines
 from edgetl_runtime.heads.stats import ClassStats
+from edgetl_runtime.warn import warn
 
 PRIOR_KINDS = ("lda", "ncm")
 KEY_BYTES = 16  # 128 bits of a sample key's SHA-256: collision-free at fleet scale, 16 bytes per sample
@@ -160,6 +161,15 @@ class Prior:
             known = {"alpha", "temperature", "kind", "class_weight"}
             if not isinstance(settings, dict) or set(settings) != known:
                 raise InputError(f"settings must be a JSON object with exactly {sorted(known)}")
+            counted_keys = np.asarray(d["counted_keys"], dtype=np.uint8) if "counted_keys" in d else _empty_keys()
+            if "counted_class" not in d and len(counted_keys):
+                # Merged by an edgetl that did not record the label of each counted key: without it a device
+                # cannot tell its own sample from another's claim on the same image, so none is skipped.
+                warn(
+                    f"The shipped head was merged by an older edgetl: its {len(counted_keys)} counted key(s) carry no "
+                    "label, so this device's own samples may count twice in it. Fix: merge again with this edgetl."
+                )
+                counted_keys = _empty_keys()
             return cls(
                 ClassStats.from_npz_dict(d),
                 float(settings["alpha"]),
@@ -168,7 +178,7 @@ class Prior:
                 None if settings["class_weight"] is None else str(settings["class_weight"]),
                 np.asarray(d["calib_scores"], dtype=np.float64),
                 np.asarray(d["calib_class"], dtype=np.int64),
-                np.asarray(d["counted_keys"], dtype=np.uint8) if "counted_keys" in d else _empty_keys(),
+                counted_keys,
                 np.asarray(d["counted_class"], dtype=np.int64) if "counted_class" in d else _empty_i64(),
             )
         except InputError:
