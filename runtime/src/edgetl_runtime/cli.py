@@ -18,6 +18,7 @@ from edgetl_runtime.cli_args import (
     add_threads_argument,
     positive_int,
 )
+from edgetl_runtime.cli_output import reader_gone
 from edgetl_runtime.errors import EdgeTLError, InputError
 from edgetl_runtime.images import IMAGE_SUFFIXES, as_image_list
 from edgetl_runtime.learner import Learner
@@ -289,10 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with escaped_output():  # labels, file names and manifest strings reach a terminal
             try:
-                print(json.dumps(run(args), indent=2))
+                print(json.dumps(run(args), indent=2), flush=True)
             except EdgeTLError as exc:
                 print(f"edgetl-device {args.command}: error: {escape(joined(str(exc)))}", file=sys.stderr)
                 return 2
+    except BrokenPipeError:  # `predict ... | head`: the reader left; stop quietly, like other Unix tools
+        return reader_gone()
     finally:
         warnings.showwarning = shown
     return 0
