@@ -259,7 +259,7 @@ def test_device_add_decodes_a_folder_a_batch_at_a_time(
 ) -> None:
     from PIL import Image
 
-    from edgetl_runtime import cli
+    from edgetl_runtime import cli, cli_add
 
     from ._support import COLORS, class_images
 
@@ -268,9 +268,9 @@ def test_device_add_decodes_a_folder_a_batch_at_a_time(
     for i, img in enumerate(class_images(COLORS["red"], 5, 0)):
         Image.fromarray(img).save(folder / f"{i}.png")
     seen: list[int] = []
-    decode = cli.as_image_list
-    monkeypatch.setattr(cli, "as_image_list", lambda files: seen.append(len(files)) or decode(files))
-    monkeypatch.setattr(cli, "ADD_BATCH", 2)
+    decode = cli_add.decode_each
+    monkeypatch.setattr(cli_add, "decode_each", lambda files: seen.append(len(files)) or decode(files))
+    monkeypatch.setattr(cli_add, "ADD_BATCH", 2)
     argv = ["--bundle", str(reliability_bundle), "--state", str(tmp_path / "s.sqlite"), "--backend", "onnxruntime"]
     assert cli.main([*argv, "add", str(folder), "--label", "red"]) == 0
-    assert seen == [2, 2, 1]
+    assert seen == [2, 2, 1, 2, 1]  # every file checked first, then enrolled; the first batch is not decoded twice

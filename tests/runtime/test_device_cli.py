@@ -65,3 +65,59 @@ def test_item1_predict_into_a_closed_pipe_exits_quietly_without_a_traceback(
     code = proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert code == 141  # 128 + SIGPIPE, what a shell reports for `yes | head`
+
+
+# ------------------------------------------------------------------ item 3: errors a new user meets
+
+
+def test_item3_predict_before_any_add_names_the_cli_command(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("PIL")
+    queries = _write_pngs(tmp_path / "q", (220, 30, 30), 1, 0)
+    code, _, err = _device(tiny_bundle, "predict", str(queries), capsys=capsys)
+    assert code == 2
+    assert "edgetl-device --bundle" in err and "add DIR --label NAME" in err
+    assert "add(images, label)" not in err  # the Python call is no fix on the command line
+
+
+def test_item3_one_bad_image_is_named_the_others_predicted_and_the_run_fails(
+    tiny_bundle: Path, tmp_path: Path, capsys
+) -> None:
+    pytest.importorskip("PIL")
+    _red_green(tiny_bundle, tmp_path, capsys)
+    queries = _write_pngs(tmp_path / "q", (220, 30, 30), 2, 5)
+    (queries / "broken.png").write_bytes(b"not a png")
+    code, out, err = _device(tiny_bundle, "predict", str(queries), capsys=capsys)
+    assert code == 1
+    assert [Path(p["file"]).name for p in out["predictions"]] == ["0.png", "1.png"]
+    assert [p["label"] for p in out["predictions"]] == ["red", "red"]
+    assert [Path(f["file"]).name for f in out["failed"]] == ["broken.png"]
+    assert "broken.png" in out["failed"][0]["error"] and "broken.png" in err
+
+
+def test_item3_add_names_every_bad_file_and_enrols_nothing(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("PIL")
+    _red_green(tiny_bundle, tmp_path, capsys)
+    folder = _write_pngs(tmp_path / "blue", (30, 30, 220), 3, 2)
+    (folder / "a_bad.png").write_bytes(b"junk")
+    (folder / "z_bad.jpg").write_bytes(b"junk")
+    code, _, err = _device(tiny_bundle, "add", str(folder), "--label", "blue", capsys=capsys)
+    assert code == 2
+    assert "a_bad.png" in err and "z_bad.jpg" in err and "2 of 5" in err and "Nothing was enrolled" in err
+    assert _device(tiny_bundle, "info", capsys=capsys)[1]["classes"] == {"green": 3, "red": 3}
+
+
+def test_item3_a_failed_first_add_leaves_no_state_file(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("PIL")
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "0.png").write_bytes(b"junk")
+    state = tiny_bundle.with_suffix(".state.sqlite")
+    code, _, err = _device(tiny_bundle, "add", str(folder), "--label", "cat", capsys=capsys)
+    assert code == 2 and "0.png" in err
+    assert sorted(p.name for p in tiny_bundle.parent.iterdir() if p.name.startswith(state.name)) == []
+    code, _, _ = _device(tiny_bundle, "add", str(tmp_path / "missing"), "--label", "cat", capsys=capsys)
+    assert code == 2 and not state.exists()
+    # A state that holds enrolments is never deleted by a later failure.
+    _red_green(tiny_bundle, tmp_path, capsys)
+    assert _device(tiny_bundle, "add", str(folder), "--label", "cat", capsys=capsys)[0] == 2
+    assert state.exists()

@@ -12,25 +12,23 @@ from typing import Any
 
 import numpy as np
 
+from edgetl_runtime.cli_add import add_folder
 from edgetl_runtime.cli_args import (
     add_backend_argument,
     add_precision_argument,
     add_threads_argument,
     positive_int,
 )
-from edgetl_runtime.cli_output import reader_gone
-from edgetl_runtime.errors import EdgeTLError, InputError
-from edgetl_runtime.images import IMAGE_SUFFIXES, as_image_list
+from edgetl_runtime.cli_images import files_and_folders, image_files
+from edgetl_runtime.cli_output import discard_state, for_the_cli, reader_gone
+from edgetl_runtime.cli_predict import predict_files
+from edgetl_runtime.errors import EdgeTLError
 from edgetl_runtime.learner import Learner
 from edgetl_runtime.measure.latency import cpu_info, measure
 from edgetl_runtime.outputs import check_output
 from edgetl_runtime.terminal import escape, escaped_output
 from edgetl_runtime.terminal import one_line as joined
 from edgetl_runtime.versions import distribution_version
-
-# `add DIR` decodes and enrols this many files at a time: a folder of 100k small files decoded at once cost
-# +131 MiB before the first enrolment (issue 24, item 10); each batch is one transaction.
-ADD_BATCH = 256
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "fit", help="refit the head and print its leave-one-out accuracy and rejection threshold", formatter_class=fmt
     )
-    predict = sub.add_parser("predict", help="classify image files, or every image in a folder", formatter_class=fmt)
+    predict = sub.add_parser(
+        "predict",
+        help="classify image files, or every image in a folder; an unreadable file is listed under 'failed' and "
+        "the others predicted (exit 1; 2 when none could be read)",
+        formatter_class=fmt,
+    )
     predict.add_argument("files", nargs="+", type=Path, help="image files and/or folders of images")
     predict.add_argument(
         "--reject",
@@ -113,20 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--force", action="store_true", help="replace OUTPUT if it exists (never the bundle or state)")
     return parser
-
-
-def _image_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise InputError(f"{folder} is not a folder; pass a folder of images for `add`.")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise InputError(f"No image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}.")
-    return files
-
-
-def _files_and_folders(paths: Sequence[Path]) -> list[Path]:
-    """Image files as given, folders replaced by the image files inside them (sorted)."""
-    return [f for p in paths for f in (_image_files(p) if p.is_dir() else [p])]
 
 
 def _loo_quality(head: Any) -> dict[str, object]:
@@ -167,111 +156,80 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     state = args.state or args.bundle.with_suffix(".state.sqlite")
     if args.command == "export":  # before anything opens: the output must not be an input or a stranger's file
         check_output(args.output, [args.bundle, state, *(args.images or [])], force=args.force)
-    with Learner.load(
-        args.bundle,
-        state,
-        backend=args.backend,
-        precision=args.precision,
-        threads=args.threads,
-        head=args.head,
-        measure=not args.no_measure,
-        keep_images=args.keep_images,
-        progress=_print_progress,
-    ) as learner:
-        if args.command == "add":
-            files, added, restored, already, by_head = _image_files(args.dir), 0, 0, 0, 0
-            for start in range(0, len(files), ADD_BATCH):  # decoded a batch at a time, not the whole folder
-                images = as_image_list(files[start : start + ADD_BATCH])
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # reported in the output instead
-                    enrolled = learner.enrol(images, args.label, skip_duplicates=args.skip_duplicates)
-                added, restored = added + enrolled.added, restored + enrolled.restored
-                already, by_head = already + enrolled.duplicates, by_head + enrolled.counted_by_shipped_head
-            out: dict[str, object] = {"added": added, "label": args.label, "classes": learner.counts()}
-            if restored:
-                out["restored"] = restored  # enrolled before, kept as features only under another model
-            if already > 0:
-                out["already_enrolled"] = already
-                out["note"] = (
-                    f"{already} image(s) were enrolled already and were skipped"
-                    if args.skip_duplicates
-                    else f"{already} image(s) were enrolled already and now count twice; "
-                    "rerun with --skip-duplicates to leave them out (remove --label to start the class again)"
-                )
-            if by_head and not args.skip_duplicates:
-                out["counted_by_shipped_head"] = by_head
-                note = f"{by_head} image(s) are counted by the bundle's shipped head (fitted on them): kept, not again"
-                if already > by_head:
-                    note += f"; {already - by_head} other(s) were enrolled already and count twice (--skip-duplicates)"
-                out["note"] = note
-            return out
-        if args.command == "remove":
-            removed = learner.remove(label=args.label)
-            out = {"removed": removed, "classes": learner.counts()}
-            if args.label in learner.removed_shipped_classes():
-                out["removed_shipped_class"] = args.label  # the shipped head's class, forgotten on this device
-            return out
-        if args.command == "forget-images":
-            forgotten = learner.forget_images()
-            return {"images_deleted": forgotten, "samples": len(learner), "state": learner.storage()}
-        if args.command == "export":
-            attach = _files_and_folders(args.images) if args.images else None
-            enrolment = learner.export_enrolment(args.output, images=attach)
-            return {
-                "wrote": str(args.output),
-                "samples": int(enrolment.info["samples"]),
-                "classes": enrolment.counts(),
-                "precision": enrolment.info["precision"],
-                "model_digest": enrolment.model_digest,
-                "images": int(enrolment.info["images"]),
-            }
-        if args.command == "fit":
-            learner.fit()
-            head = learner.head
-            return {
-                "classes": list(learner.classes_),
-                "samples": len(learner),
-                "head": repr(head),
-                **_loo_quality(head),
-            }
-        if args.command == "predict":
-            files = _files_and_folders(args.files)
-            features = learner.features(files)  # once: labels, probabilities and similarities share it
-            head = learner.head
-            labels = head.predict(features, reject=args.reject)
-            proba = head.predict_proba(features).max(axis=1)
-            similarity = head.similarity(features)
-            threshold = float(head.reject_threshold_)
-            out = {
-                "reject_threshold": round(threshold, 4) if np.isfinite(threshold) else None,
-                "predictions": [
-                    {
-                        "file": str(f),
-                        "label": str(lbl),
-                        "probability": round(float(p), 4),
-                        "similarity": round(float(c), 4),
-                    }
-                    for f, lbl, p, c in zip(files, labels, proba, similarity, strict=True)
-                ],
-            }
-            if args.reject and not np.isfinite(threshold):
-                out["note"] = "nothing can be rejected yet: enrol at least 2 images of a class to calibrate rejection"
-            return out
-        if args.command == "bench":
-            size = learner.bundle.manifest.preprocess.input_size
-            image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-            stats = measure(lambda: learner.backbone([image]), runs=args.runs, warmup=10)
-            selection = learner.selection.to_dict() if learner.selection else None
-            return {
-                "backend": learner.backend.name,
-                "precision": learner.backend.precision.value,
-                "int8_kernel": learner.selection.kernel if learner.selection else None,
-                "latency_ms": stats.to_dict(),  # preprocessing + backbone, batch 1, the chosen precision
-                "chosen_because": learner.selection.reason if learner.selection else None,
-                "candidates_at_load": selection["candidates"] if selection else [],
-                "cpu": cpu_info(),
-            }
-        return learner.info()
+    files = image_files(args.dir) if args.command == "add" else []  # a wrong folder creates no state
+    fresh, learner, emptied = not state.exists(), None, False
+    try:
+        with Learner.load(
+            args.bundle,
+            state,
+            backend=args.backend,
+            precision=args.precision,
+            threads=args.threads,
+            head=args.head,
+            measure=not args.no_measure,
+            keep_images=args.keep_images,
+            progress=_print_progress,
+        ) as learner:
+            try:
+                return _command(args, learner, files)
+            except EdgeTLError:
+                emptied = len(learner) == 0
+                raise
+    except EdgeTLError as exc:
+        if fresh and (learner is None or emptied):  # a failed first command leaves no empty state behind
+            discard_state(state)
+        raise for_the_cli(exc, args.bundle) from None
+
+
+def _command(args: argparse.Namespace, learner: Learner, files: list[Path]) -> dict[str, object]:
+    if args.command == "add":
+        return add_folder(learner, files, args)
+    if args.command == "remove":
+        removed = learner.remove(label=args.label)
+        out = {"removed": removed, "classes": learner.counts()}
+        if args.label in learner.removed_shipped_classes():
+            out["removed_shipped_class"] = args.label  # the shipped head's class, forgotten on this device
+        return out
+    if args.command == "forget-images":
+        forgotten = learner.forget_images()
+        return {"images_deleted": forgotten, "samples": len(learner), "state": learner.storage()}
+    if args.command == "export":
+        attach = files_and_folders(args.images) if args.images else None
+        enrolment = learner.export_enrolment(args.output, images=attach)
+        return {
+            "wrote": str(args.output),
+            "samples": int(enrolment.info["samples"]),
+            "classes": enrolment.counts(),
+            "precision": enrolment.info["precision"],
+            "model_digest": enrolment.model_digest,
+            "images": int(enrolment.info["images"]),
+        }
+    if args.command == "fit":
+        learner.fit()
+        head = learner.head
+        return {
+            "classes": list(learner.classes_),
+            "samples": len(learner),
+            "head": repr(head),
+            **_loo_quality(head),
+        }
+    if args.command == "predict":
+        return predict_files(learner, args)
+    if args.command == "bench":
+        size = learner.bundle.manifest.preprocess.input_size
+        image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+        stats = measure(lambda: learner.backbone([image]), runs=args.runs, warmup=10)
+        selection = learner.selection.to_dict() if learner.selection else None
+        return {
+            "backend": learner.backend.name,
+            "precision": learner.backend.precision.value,
+            "int8_kernel": learner.selection.kernel if learner.selection else None,
+            "latency_ms": stats.to_dict(),  # preprocessing + backbone, batch 1, the chosen precision
+            "chosen_because": learner.selection.reason if learner.selection else None,
+            "candidates_at_load": selection["candidates"] if selection else [],
+            "cpu": cpu_info(),
+        }
+    return learner.info()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -290,7 +248,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with escaped_output():  # labels, file names and manifest strings reach a terminal
             try:
-                print(json.dumps(run(args), indent=2), flush=True)
+                result = run(args)
+                print(json.dumps(result, indent=2), flush=True)
+                if result.get("failed"):  # predict: the others were predicted; the run still failed
+                    failed = [str(f["file"]) for f in result["failed"]]  # type: ignore[attr-defined]
+                    print(
+                        f"edgetl-device {args.command}: error: {len(failed)} file(s) could not be read "
+                        f"(see 'failed' in the output): {', '.join(escape(f) for f in failed[:20])}",
+                        file=sys.stderr,
+                    )
+                    return 1 if result.get("predictions") else 2  # 1: some predicted; 2: none
             except EdgeTLError as exc:
                 print(f"edgetl-device {args.command}: error: {escape(joined(str(exc)))}", file=sys.stderr)
                 return 2

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+
+from edgetl_runtime.errors import EdgeTLError
 
 # A shell reports a tool killed by SIGPIPE as 128 + 13: what `yes | head` leaves in PIPESTATUS.
 BROKEN_PIPE_EXIT = 141
@@ -19,3 +22,31 @@ def reader_gone() -> int:
     except OSError:  # stdout was never a file descriptor (an embedding host): nothing left to flush
         pass
     return BROKEN_PIPE_EXIT
+
+
+def discard_state(state: Path) -> None:
+    """Delete a state file this command created and left empty (with its SQLite side files): a failed first
+    ``add`` must not leave a database that later commands mistake for an enrolment."""
+    for path in (state, *(state.with_name(state.name + side) for side in ("-wal", "-shm", "-journal"))):
+        path.unlink(missing_ok=True)
+
+
+# The library's errors name the Python call; on the command line the fix is a command.
+_PYTHON_TO_CLI = (
+    (
+        "call add(images, label) for a class first",
+        "enrol a class first: edgetl-device --bundle {bundle} add DIR --label NAME",
+    ),
+    (
+        "call add(images, label) for at least one class first",
+        "enrol a class first: edgetl-device --bundle {bundle} add DIR --label NAME",
+    ),
+)
+
+
+def for_the_cli(exc: EdgeTLError, bundle: Path) -> EdgeTLError:
+    """``exc``, its fix worded as the ``edgetl-device`` command to run where it named a Python call."""
+    message = str(exc)
+    for python, cli in _PYTHON_TO_CLI:
+        message = message.replace(python, cli.format(bundle=bundle))
+    return exc if message == str(exc) else type(exc)(message)

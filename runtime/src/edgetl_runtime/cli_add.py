@@ -1,0 +1,54 @@
+"""``edgetl-device add DIR --label NAME``: enrol a folder, a batch at a time, after checking every file."""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+from edgetl_runtime.cli_images import bad_files_error, decode_each
+from edgetl_runtime.learner import Learner
+
+# `add DIR` decodes and enrols this many files at a time: a folder of 100k small files decoded at once cost
+# +131 MiB before the first enrolment (issue 24, item 10); each batch is one transaction.
+ADD_BATCH = 256
+
+
+def add_folder(learner: Learner, files: list[Path], args: argparse.Namespace) -> dict[str, object]:
+    """Enrol ``files`` under ``args.label``. Every file is decoded before anything is enrolled, so a folder
+    with bad files is refused whole, naming each of them (the first batch's pixels are kept, not decoded twice)."""
+    batches = [files[start : start + ADD_BATCH] for start in range(0, len(files), ADD_BATCH)]
+    bad: dict[str, str] = {}
+    first: list = []
+    for i, batch in enumerate(batches):
+        images, _, failed = decode_each(batch)
+        bad.update(failed)
+        first = images if i == 0 else first
+    if bad:
+        raise bad_files_error(bad, len(files), "Nothing was enrolled.")
+    added, restored, already, by_head = 0, 0, 0, 0
+    for i, batch in enumerate(batches):  # decoded a batch at a time, not the whole folder
+        images = first if i == 0 else decode_each(batch)[0]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reported in the output instead
+            enrolled = learner.enrol(images, args.label, skip_duplicates=args.skip_duplicates)
+        added, restored = added + enrolled.added, restored + enrolled.restored
+        already, by_head = already + enrolled.duplicates, by_head + enrolled.counted_by_shipped_head
+    out: dict[str, object] = {"added": added, "label": args.label, "classes": learner.counts()}
+    if restored:
+        out["restored"] = restored  # enrolled before, kept as features only under another model
+    if already > 0:
+        out["already_enrolled"] = already
+        out["note"] = (
+            f"{already} image(s) were enrolled already and were skipped"
+            if args.skip_duplicates
+            else f"{already} image(s) were enrolled already and now count twice; "
+            "rerun with --skip-duplicates to leave them out (remove --label to start the class again)"
+        )
+    if by_head and not args.skip_duplicates:
+        out["counted_by_shipped_head"] = by_head
+        note = f"{by_head} image(s) are counted by the bundle's shipped head (fitted on them): kept, not again"
+        if already > by_head:
+            note += f"; {already - by_head} other(s) were enrolled already and count twice (--skip-duplicates)"
+        out["note"] = note
+    return out
