@@ -6,6 +6,9 @@ import argparse
 import warnings
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from edgetl_runtime.cli_images import bad_files_error, decode_each
 from edgetl_runtime.learner import Learner
 
@@ -19,7 +22,7 @@ def add_folder(learner: Learner, files: list[Path], args: argparse.Namespace) ->
     with bad files is refused whole, naming each of them (the first batch's pixels are kept, not decoded twice)."""
     batches = [files[start : start + ADD_BATCH] for start in range(0, len(files), ADD_BATCH)]
     bad: dict[str, str] = {}
-    first: list = []
+    first: list[npt.NDArray[np.uint8]] = []
     for i, batch in enumerate(batches):
         images, _, failed = decode_each(batch)
         bad.update(failed)
