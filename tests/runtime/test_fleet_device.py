@@ -333,3 +333,50 @@ def test_a_head_merged_before_counted_keys_had_labels_still_loads_and_says_to_me
     with device:
         assert sorted(device.classes_) == sorted(str(c) for c in host["prior"].classes)
         assert len(device.predict(images("blue", 2, 9))) == 2
+
+
+# ------------------------------------------------------------------ issue 21, item 2: restore a shipped class
+
+
+def test_issue21_item2_restore_shipped_brings_a_removed_shipped_class_back(
+    host: dict[str, Any], tmp_path: Path
+) -> None:
+    state = tmp_path / "device.sqlite"
+    with load(host["shipped"], state) as device:
+        device.remove(label="red")
+        assert list(device.classes_) == ["green"]
+    with load(host["shipped"], state) as again:
+        again.restore_shipped("red")
+        assert again.removed_shipped_classes() == [] and list(again.classes_) == ["green", "red"]
+        assert list(again.predict(images("red", 2, 9))) == ["red", "red"]
+        with pytest.raises(InputError, match="not a shipped class removed"):
+            again.restore_shipped("red")  # not removed (any more): nothing to restore
+    with load(host["shipped"], state) as later:  # the restore is recorded, not only in this process
+        assert later.head.stats_.counts_by_label() == {"green": 20, "red": 20}
+
+
+def test_issue21_item2_cli_remove_says_what_it_did_and_restore_undoes_it(
+    host: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    base = ["--bundle", str(host["shipped"]), "--state", str(tmp_path / "s.sqlite"), "--no-measure"]
+    folder = tmp_path / "reds"
+    folder.mkdir()
+    for i, img in enumerate(images("red", 2, 4)):
+        Image.fromarray(img).save(folder / f"{i}.png")
+    assert device_main([*base, "add", str(folder), "--label", "red"]) == 0
+    assert device_main([*base, "add", str(folder), "--label", "red"]) == 0  # the same images again
+    note = _last(capsys)["note"]
+    assert "--skip-duplicates" in note and "restore --label red" in note and "shipped" in note
+    assert device_main([*base, "remove", "--label", "red"]) == 0
+    out = _last(capsys)
+    assert out["removed"] == 4 and out["removed_shipped_class"] == "red"
+    assert "no longer predicted on this device" in out["note"] and "edgetl-device restore --label red" in out["note"]
+    assert device_main([*base, "restore", "--label", "red"]) == 0
+    out = _last(capsys)
+    assert out["restored_shipped_class"] == "red" and out["shipped_classes"] == ["green", "red"]
+    assert device_main([*base, "info"]) == 0
+    assert _last(capsys)["shipped_head"]["removed_here"] == []
+    assert device_main([*base, "restore", "--label", "green"]) == 2  # never removed: a one-line error
+    assert "not a shipped class removed" in capsys.readouterr().err

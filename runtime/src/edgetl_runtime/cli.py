@@ -22,6 +22,7 @@ from edgetl_runtime.cli_args import (
 from edgetl_runtime.cli_images import files_and_folders, image_files
 from edgetl_runtime.cli_output import discard_state, for_the_cli, reader_gone
 from edgetl_runtime.cli_predict import predict_files
+from edgetl_runtime.cli_remove import remove_class, restore_class
 from edgetl_runtime.errors import EdgeTLError
 from edgetl_runtime.learner import Learner
 from edgetl_runtime.measure.latency import cpu_info, measure
@@ -94,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=positive_int, default=100, help="timed runs")
     remove = sub.add_parser("remove", help="forget a class (enrolled or shipped with the bundle)", formatter_class=fmt)
     remove.add_argument("--label", required=True, help="class to forget")
+    restore = sub.add_parser(
+        "restore", help="predict a shipped class again that remove forgot on this device", formatter_class=fmt
+    )
+    restore.add_argument("--label", required=True, help="shipped class to bring back")
     sub.add_parser(
         "forget-images",
         help="delete every kept image from the state (overwritten on disk) and keep features only from now on; "
@@ -185,11 +190,9 @@ def _command(args: argparse.Namespace, learner: Learner, files: list[Path]) -> d
     if args.command == "add":
         return add_folder(learner, files, args)
     if args.command == "remove":
-        removed = learner.remove(label=args.label)
-        out = {"removed": removed, "classes": learner.counts()}
-        if args.label in learner.removed_shipped_classes():
-            out["removed_shipped_class"] = args.label  # the shipped head's class, forgotten on this device
-        return out
+        return remove_class(learner, args.label)
+    if args.command == "restore":
+        return restore_class(learner, args.label)
     if args.command == "forget-images":
         forgotten = learner.forget_images()
         return {"images_deleted": forgotten, "samples": len(learner), "state": learner.storage()}

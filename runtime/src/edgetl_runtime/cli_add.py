@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.cli_images import bad_files_error, decode_each
+from edgetl_runtime.cli_remove import duplicate_note
 from edgetl_runtime.learner import Learner
 
 # `add DIR` decodes and enrols this many files at a time: a folder of 100k small files decoded at once cost
@@ -45,8 +46,7 @@ def add_folder(learner: Learner, files: list[Path], args: argparse.Namespace) ->
         out["note"] = (
             f"{already} image(s) were enrolled already and were skipped"
             if args.skip_duplicates
-            else f"{already} image(s) were enrolled already and now count twice; "
-            "rerun with --skip-duplicates to leave them out (remove --label to start the class again)"
+            else duplicate_note(learner, args.label, already)
         )
     if by_head and not args.skip_duplicates:
         out["counted_by_shipped_head"] = by_head

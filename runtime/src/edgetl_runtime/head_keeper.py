@@ -48,8 +48,8 @@ class HeadKeeper:
         self._data_version = store.data_version()
         self._samples_token = self._token()
 
-    def _token(self) -> tuple[int, ...]:
-        return (*self.store.samples_token(), len(self.store.removed_shipped_labels()))
+    def _token(self) -> tuple[object, ...]:
+        return (*self.store.samples_token(), tuple(self.store.removed_shipped_labels()))  # remove, restore
 
     def changed(self) -> None:
         """A change this process committed: the head is stale until refit or updated."""

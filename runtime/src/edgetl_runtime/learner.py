@@ -50,7 +50,7 @@ class Learner:
     The SQLite state (:mod:`edgetl_runtime.state`) holds samples and features; the head is derived from
     it and kept current across threads and processes by a :class:`~edgetl_runtime.head_keeper.HeadKeeper`.
     A bundle's shipped head is the prior every fit starts from: its classes are predicted with nothing
-    enrolled, enrolments extend them, and ``remove(label=...)`` forgets a shipped class for good.
+    enrolled, enrolments extend them, ``remove(label=...)`` forgets a shipped class, ``restore_shipped`` undoes it.
     """
 
     def __init__(
@@ -135,10 +135,9 @@ class Learner:
     ) -> Enrolled:
         """Enrol images with their labels in one transaction (each hashed once, its features written once).
 
-        An image enrolled already would count twice: ``skip_duplicates`` leaves it out, otherwise it is
-        enrolled again with a warning. An image whose sample this model cannot use (features only, under
-        another model) restores that sample under the same label instead of adding a second one.
-        """
+        An image enrolled already would count twice: ``skip_duplicates`` leaves it out, otherwise it is enrolled
+        again with a warning. An image whose sample this model cannot use (features only, under another model)
+        restores that sample under the same label instead of adding a second one."""
         batch = as_image_list(images)
         names = check_labels(labels, len(batch))  # refused, never str()-converted: see arguments.LABEL_RULE
         if not self.keeper.knows(names):  # a new class: count them before anything is stored
@@ -187,9 +186,8 @@ class Learner:
     def export_enrolment(
         self, path: str | os.PathLike[str], *, images: Sequence[str | os.PathLike[str]] | None = None
     ) -> Enrolment:
-        """Write every enrolled sample (features, labels, keys) to one verified file for ``edgetl merge``,
-        bound to this precision's model digest (see :func:`edgetl_runtime.enrolment.export_samples`). No image
-        leaves the device unless ``images`` names files whose pixels match an enrolled sample."""
+        """Write every enrolled sample (features, labels, keys) to one verified file for ``edgetl merge`` (see
+        :func:`~edgetl_runtime.enrolment.export_samples`); only ``images`` whose pixels match a sample leave."""
         from edgetl_runtime.enrolment import export_samples
         from edgetl_runtime.outputs import check_output
 
@@ -200,16 +198,13 @@ class Learner:
         return export_samples(self.store, self.extractor, manifest, precision, path, images, runtime_versions())
 
     def forget_images(self) -> int:
-        """Delete every kept image and keep features only from now on; returns how many. Enrolments stay for the
-        precisions that have their features; another precision or bundle can no longer re-extract them."""
+        """Delete every kept image, keep features only from now on; returns how many (no re-extraction then)."""
         with self.keeper.lock:
             return self.store.forget_images()
 
     def fit(self) -> Learner:
-        """Refit the head from every enrolled sample (milliseconds: features come from the cache).
-
-        A full fit also re-runs model selection (``auto``), which incremental adds keep fixed.
-        """
+        """Refit the head from every enrolled sample (milliseconds, from the cache); also re-runs ``auto``'s
+        model selection, which incremental adds keep fixed."""
         self.keeper.fit()
         return self
 
@@ -264,6 +259,12 @@ class Learner:
         """Shipped classes this device removed (they stay removed across reloads)."""
         return self.store.removed_shipped_labels()
 
+    def restore_shipped(self, label: str) -> None:
+        """Predict a shipped class again that ``remove(label=...)`` forgot (its enrolled samples stay deleted)."""
+        with self.keeper.lock:
+            self.store.restore_shipped(label)
+            self.keeper.changed()
+
     def __len__(self) -> int:
         """Enrolled samples."""
         return len(self.store)
@@ -278,8 +279,7 @@ class Learner:
         return self.extractor.backbone_runs
 
     def checkpoint(self) -> bool:
-        """Move the write-ahead log into the state file and truncate it; False when another connection's
-        read kept part of it. Every ``add`` is durable when it returns: this only tidies the log."""
+        """Fold the write-ahead log into the state file (False: a reader kept part). Every add is durable already."""
         return self.store.checkpoint()
 
     save = checkpoint  # the former name: it never saved anything an add had not already made durable

@@ -180,10 +180,9 @@ class FeatureStore:
     ) -> int:
         """Remove every sample of ``label``, or the samples with ``ids``; returns how many were removed.
 
-        A ``label`` among ``shipped`` (the bundle's head classes) is also recorded as removed in ``meta``, in
-        the same transaction, so every later load forgets the shipped class too (see
-        :meth:`removed_shipped_labels`). The kept pixels of images no sample uses any more are deleted (and
-        overwritten: ``secure_delete``); their features stay as a cache that eviction ages out.
+        A ``label`` among ``shipped`` (the bundle's head classes) is also recorded as removed in ``meta``, in the
+        same transaction, so later loads forget it too until :meth:`restore_shipped`. The kept pixels of images
+        no sample uses any more are deleted (and overwritten: ``secure_delete``); their features stay as a cache.
         """
         if (label is None) == (ids is None):
             raise InputError(f"remove() needs exactly one of label= or ids=, got label={label!r}, ids={ids!r}")
@@ -233,6 +232,16 @@ class FeatureStore:
         if not isinstance(labels, list) or any(label_problem(v, lookup=True) for v in labels):
             raise StateError(f"meta {REMOVED_SHIPPED_KEY!r} is damaged ({str(row[0])[:80]!r}). Fix: {_FIX_CORRUPT}.")
         return [str(v) for v in labels]
+
+    def restore_shipped(self, label: str) -> None:
+        """Undo ``remove(label=..., shipped=...)`` of a shipped class: later loads predict it again."""
+        name = check_label(label, lookup=True)
+        with self.connection.writing("Restoring in") as db:
+            gone = self.removed_shipped_labels()
+            if name not in gone:
+                raise InputError(f"{name!r} is not a shipped class removed on this device; removed: {gone}.")
+            kept = json.dumps([g for g in gone if g != name])
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (REMOVED_SHIPPED_KEY, kept))
 
     def samples(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.str_], npt.NDArray[np.float32]]:
         """All enrolled samples in id order: (ids (N,) int64, labels (N,) str, features (N, D) float32)."""
