@@ -121,3 +121,36 @@ def test_item3_a_failed_first_add_leaves_no_state_file(tiny_bundle: Path, tmp_pa
     _red_green(tiny_bundle, tmp_path, capsys)
     assert _device(tiny_bundle, "add", str(folder), "--label", "cat", capsys=capsys)[0] == 2
     assert state.exists()
+
+
+# ------------------------------------------------------------------ item 5: class folders, recursion, output formats
+
+
+def test_item5_add_without_label_enrols_one_class_per_subfolder(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("PIL")
+    photos = tmp_path / "photos"
+    _write_pngs(photos / "red", (220, 30, 30), 3, 0)
+    _write_pngs(photos / "green", (30, 220, 30), 2, 1)
+    code, out, err = _device(tiny_bundle, "add", str(photos), capsys=capsys)
+    assert code == 0, err
+    assert out["added"] == {"green": 2, "red": 3} and out["classes"] == {"green": 2, "red": 3}
+    assert "one class per subfolder" in out["note"]
+    code, _, err = _device(tiny_bundle, "add", str(photos / "red"), capsys=capsys)  # no subfolders, no label
+    assert code == 2 and "--label" in err
+
+
+def test_item5_predict_recurses_and_writes_csv_with_top_k(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("PIL")
+    _red_green(tiny_bundle, tmp_path, capsys)
+    queries = tmp_path / "q"
+    _write_pngs(queries / "inner", (220, 30, 30), 2, 5)
+    code, out, _ = _device(tiny_bundle, "predict", str(queries), "--top-k", "2", capsys=capsys)
+    assert code == 0 and [p["label"] for p in out["predictions"]] == ["red", "red"]
+    assert [t["label"] for t in out["predictions"][0]["top_k"]] == ["red", "green"]
+    from edgetl_runtime.cli import main
+
+    argv = ["--bundle", str(tiny_bundle), "--backend", "onnxruntime", "predict", str(queries), "--format", "csv"]
+    assert main([*argv, "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "file,label,probability,similarity,top_k,error"
+    assert len(lines) == 3 and all(",red," in row and "red:" in row and "green:" in row for row in lines[1:])

@@ -12,15 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from edgetl_runtime.cli_add import add_folder
+from edgetl_runtime.cli_add import add_classes
 from edgetl_runtime.cli_args import (
     add_backend_argument,
     add_precision_argument,
     add_threads_argument,
     positive_int,
 )
-from edgetl_runtime.cli_images import files_and_folders, image_files
-from edgetl_runtime.cli_output import discard_state, for_the_cli, reader_gone
+from edgetl_runtime.cli_images import class_folders, files_and_folders
+from edgetl_runtime.cli_output import discard_state, for_the_cli, predictions_csv, reader_gone
 from edgetl_runtime.cli_predict import predict_files
 from edgetl_runtime.cli_remove import remove_class, restore_class
 from edgetl_runtime.errors import EdgeTLError
@@ -68,9 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="bundle, backend and enrolled classes", formatter_class=fmt)
-    add = sub.add_parser("add", help="enrol every image in DIR under one label", formatter_class=fmt)
+    add = sub.add_parser(
+        "add", help="enrol every image in DIR under one label, or each subfolder of DIR as a class", formatter_class=fmt
+    )
     add.add_argument("dir", type=Path, help="folder of image files (.png, .jpg, ...)")
-    add.add_argument("--label", required=True, help="class name for every image in DIR")
+    add.add_argument(
+        "--label",
+        default=None,
+        help="class name for every image in DIR (None: one class per subfolder of DIR, named by the subfolder)",
+    )
     add.add_argument(
         "--skip-duplicates",
         action="store_true",
@@ -85,7 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the others predicted (exit 1; 2 when none could be read)",
         formatter_class=fmt,
     )
-    predict.add_argument("files", nargs="+", type=Path, help="image files and/or folders of images")
+    predict.add_argument("files", nargs="+", type=Path, help="image files and/or folders of images (recursed into)")
+    predict.add_argument(
+        "--format", choices=["json", "csv"], default="json", help="output: one JSON object or CSV rows"
+    )
+    predict.add_argument(
+        "--top-k", type=positive_int, default=1, help="also list the K most probable classes per image"
+    )
     predict.add_argument(
         "--reject",
         action="store_true",
@@ -161,7 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     state = args.state or args.bundle.with_suffix(".state.sqlite")
     if args.command == "export":  # before anything opens: the output must not be an input or a stranger's file
         check_output(args.output, [args.bundle, state, *(args.images or [])], force=args.force)
-    files = image_files(args.dir) if args.command == "add" else []  # a wrong folder creates no state
+    groups = class_folders(args.dir, args.label) if args.command == "add" else []  # a wrong folder: no state
     fresh, learner, emptied = not state.exists(), None, False
     try:
         with Learner.load(
@@ -176,7 +188,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             progress=_print_progress,
         ) as learner:
             try:
-                return _command(args, learner, files)
+                return _command(args, learner, groups)
             except EdgeTLError:
                 emptied = len(learner) == 0
                 raise
@@ -186,9 +198,9 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         raise for_the_cli(exc, args.bundle) from None
 
 
-def _command(args: argparse.Namespace, learner: Learner, files: list[Path]) -> dict[str, object]:
+def _command(args: argparse.Namespace, learner: Learner, groups: list[tuple[str, list[Path]]]) -> dict[str, object]:
     if args.command == "add":
-        return add_folder(learner, files, args)
+        return add_classes(learner, groups, args)
     if args.command == "remove":
         return remove_class(learner, args.label)
     if args.command == "restore":
@@ -252,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with escaped_output():  # labels, file names and manifest strings reach a terminal
             try:
                 result = run(args)
-                print(json.dumps(result, indent=2), flush=True)
+                csv_out = getattr(args, "format", "json") == "csv"
+                print(predictions_csv(result) if csv_out else json.dumps(result, indent=2), flush=True)
                 if result.get("failed"):  # predict: the others were predicted; the run still failed
                     failed = [str(f["file"]) for f in result["failed"]]  # type: ignore[attr-defined]
                     print(

@@ -18,6 +18,29 @@ from edgetl_runtime.learner import Learner
 ADD_BATCH = 256
 
 
+def add_classes(learner: Learner, groups: list[tuple[str, list[Path]]], args: argparse.Namespace) -> dict[str, object]:
+    """Enrol each ``(label, files)``; every file of every class is checked before anything is enrolled."""
+    if args.label is not None:
+        return add_folder(learner, groups[0][1], args)
+    everything = [f for _, files in groups for f in files]
+    bad = {
+        k: v
+        for start in range(0, len(everything), ADD_BATCH)
+        for k, v in decode_each(everything[start : start + ADD_BATCH])[2].items()
+    }
+    if bad:
+        raise bad_files_error(bad, len(everything), "Nothing was enrolled.")
+    out: dict[str, object] = {"added": {}, "classes": {}}
+    notes = [f"no --label: one class per subfolder of {args.dir} ({len(groups)}: {', '.join(g for g, _ in groups)})"]
+    for label, files in groups:
+        one = add_folder(learner, files, argparse.Namespace(label=label, skip_duplicates=args.skip_duplicates))
+        out["added"][label] = one["added"]  # type: ignore[index]
+        notes += [f"{label}: {one['note']}"] if "note" in one else []
+    out["classes"] = learner.counts()
+    out["note"] = "; ".join(notes)
+    return out
+
+
 def add_folder(learner: Learner, files: list[Path], args: argparse.Namespace) -> dict[str, object]:
     """Enrol ``files`` under ``args.label``. Every file is decoded before anything is enrolled, so a folder
     with bad files is refused whole, naming each of them (the first batch's pixels are kept, not decoded twice)."""

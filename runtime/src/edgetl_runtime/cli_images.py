@@ -16,19 +16,39 @@ from edgetl_runtime.terminal import one_line
 MAX_LISTED = 20  # bad files named in one error message; the rest are counted
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The image files directly in ``folder``, sorted."""
+def image_files(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """The image files in ``folder`` (and, ``recursive``, in its subfolders), sorted."""
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; pass a folder of images for `add`.")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"No image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}.")
     return files
 
 
+def class_folders(folder: Path, label: str | None) -> list[tuple[str, list[Path]]]:
+    """``(label, files)`` to enrol: ``folder``'s images under ``label``, or, without a label, one class per
+    subfolder that holds images (``photos/cat/*.jpg`` -> ``cat``), like torchvision's ImageFolder."""
+    if label is not None or not folder.is_dir():
+        return [(label or "", image_files(folder))]
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
+    groups = [(p.name, image_files(p)) for p in subfolders if any(_images_in(p))]
+    if not groups:
+        raise InputError(
+            f"{folder} has no subfolder of images to name the classes by. Fix: pass --label NAME for the images "
+            "in it, or arrange them as one subfolder per class (photos/cat/, photos/dog/)."
+        )
+    return groups
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+
+
 def files_and_folders(paths: Sequence[Path]) -> list[Path]:
-    """Image files as given, folders replaced by the image files inside them (sorted)."""
-    return [f for p in paths for f in (image_files(p) if p.is_dir() else [p])]
+    """Image files as given, folders replaced by the image files in them and their subfolders (sorted)."""
+    return [f for p in paths for f in (image_files(p, recursive=True) if p.is_dir() else [p])]
 
 
 def decode_each(files: Sequence[Path]) -> tuple[list[npt.NDArray[np.uint8]], list[Path], dict[str, str]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import sys
 from pathlib import Path
@@ -50,3 +52,16 @@ def for_the_cli(exc: EdgeTLError, bundle: Path) -> EdgeTLError:
     for python, cli in _PYTHON_TO_CLI:
         message = message.replace(python, cli.format(bundle=bundle))
     return exc if message == str(exc) else type(exc)(message)
+
+
+def predictions_csv(result: dict[str, object]) -> str:
+    """``predict``'s result as CSV: one row per file (failed files with their error), top-k as ``label:p;...``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["file", "label", "probability", "similarity", "top_k", "error"])
+    for p in result["predictions"]:  # type: ignore[attr-defined]
+        top = ";".join(f"{t['label']}:{t['probability']}" for t in p.get("top_k", []))
+        writer.writerow([p["file"], p["label"], p["probability"], p["similarity"], top, ""])
+    for f in result.get("failed", []):  # type: ignore[attr-defined]
+        writer.writerow([f["file"], "", "", "", "", f["error"]])
+    return buffer.getvalue().rstrip("\n")

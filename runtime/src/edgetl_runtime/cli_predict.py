@@ -21,12 +21,18 @@ def predict_files(learner: Learner, args: argparse.Namespace) -> dict[str, objec
         head = learner.head
         threshold = float(head.reject_threshold_)
         labels = head.predict(features, reject=args.reject)
-        proba = head.predict_proba(features).max(axis=1)
+        all_proba = head.predict_proba(features)  # (N, C)
+        proba = all_proba.max(axis=1)
         similarity = head.similarity(features)
         predictions = [
             {"file": str(f), "label": str(lbl), "probability": round(float(p), 4), "similarity": round(float(c), 4)}
             for f, lbl, p, c in zip(files, labels, proba, similarity, strict=True)
         ]
+        if args.top_k > 1:
+            classes = [str(c) for c in head.classes_]
+            for row, p in zip(predictions, all_proba, strict=True):
+                best = np.argsort(-p, kind="stable")[: args.top_k]
+                row["top_k"] = [{"label": classes[i], "probability": round(float(p[i]), 4)} for i in best]
     out["reject_threshold"] = round(threshold, 4) if np.isfinite(threshold) else None
     out["predictions"] = predictions
     if bad:
