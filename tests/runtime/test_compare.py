@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_onnx, write_tiny_bundle
+from tiny_bundles import tiny_onnx, write_tiny_bundle
 
 from edgetl_runtime.cli import main as device_main
 from edgetl_runtime.compare import CompareConfig, compare_bundles
