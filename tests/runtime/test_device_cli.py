@@ -1,7 +1,5 @@
-"""Issue 21 on the device CLI: what a new user's first hour hits, round 2 (pipes, errors, restore, output).
-
-Each test fails on the code before the fix it covers; items are named in the test names.
-"""
+"""The device CLI as a user meets it: pipes, errors naming their files, restoring a shipped class, class
+subfolders, CSV and top-k output, and the latency figures of `bench`."""
 
 from __future__ import annotations
 
@@ -44,10 +42,10 @@ def _red_green(bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         assert _device(bundle, "add", str(folder), "--label", name, capsys=capsys)[0] == 0
 
 
-# ------------------------------------------------------------------ item 1: `predict ... | head`
+# ---- `predict ... | head`
 
 
-def test_item1_predict_into_a_closed_pipe_exits_quietly_without_a_traceback(
+def test_predict_into_a_closed_pipe_exits_quietly_without_a_traceback(
     tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("PIL")
@@ -67,10 +65,10 @@ def test_item1_predict_into_a_closed_pipe_exits_quietly_without_a_traceback(
     assert code == 141  # 128 + SIGPIPE, what a shell reports for `yes | head`
 
 
-# ------------------------------------------------------------------ item 3: errors a new user meets
+# ---- errors a new user meets
 
 
-def test_item3_predict_before_any_add_names_the_cli_command(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+def test_predict_before_any_add_names_the_cli_command(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("PIL")
     queries = _write_pngs(tmp_path / "q", (220, 30, 30), 1, 0)
     code, _, err = _device(tiny_bundle, "predict", str(queries), capsys=capsys)
@@ -79,7 +77,7 @@ def test_item3_predict_before_any_add_names_the_cli_command(tiny_bundle: Path, t
     assert "add(images, label)" not in err  # the Python call is no fix on the command line
 
 
-def test_item3_one_bad_image_is_named_the_others_predicted_and_the_run_fails(
+def test_one_bad_image_is_named_the_others_predicted_and_the_run_fails(
     tiny_bundle: Path, tmp_path: Path, capsys
 ) -> None:
     pytest.importorskip("PIL")
@@ -94,7 +92,7 @@ def test_item3_one_bad_image_is_named_the_others_predicted_and_the_run_fails(
     assert "broken.png" in out["failed"][0]["error"] and "broken.png" in err
 
 
-def test_item3_add_names_every_bad_file_and_enrols_nothing(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+def test_add_names_every_bad_file_and_enrols_nothing(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("PIL")
     _red_green(tiny_bundle, tmp_path, capsys)
     folder = _write_pngs(tmp_path / "blue", (30, 30, 220), 3, 2)
@@ -106,7 +104,7 @@ def test_item3_add_names_every_bad_file_and_enrols_nothing(tiny_bundle: Path, tm
     assert _device(tiny_bundle, "info", capsys=capsys)[1]["classes"] == {"green": 3, "red": 3}
 
 
-def test_item3_a_failed_first_add_leaves_no_state_file(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+def test_a_failed_first_add_leaves_no_state_file(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("PIL")
     folder = tmp_path / "bad"
     folder.mkdir()
@@ -123,10 +121,10 @@ def test_item3_a_failed_first_add_leaves_no_state_file(tiny_bundle: Path, tmp_pa
     assert state.exists()
 
 
-# ------------------------------------------------------------------ item 5: class folders, recursion, output formats
+# ---- class folders, recursion, output formats
 
 
-def test_item5_add_without_label_enrols_one_class_per_subfolder(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+def test_add_without_label_enrols_one_class_per_subfolder(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("PIL")
     photos = tmp_path / "photos"
     _write_pngs(photos / "red", (220, 30, 30), 3, 0)
@@ -139,7 +137,7 @@ def test_item5_add_without_label_enrols_one_class_per_subfolder(tiny_bundle: Pat
     assert code == 2 and "--label" in err
 
 
-def test_item5_predict_recurses_and_writes_csv_with_top_k(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+def test_predict_recurses_and_writes_csv_with_top_k(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("PIL")
     _red_green(tiny_bundle, tmp_path, capsys)
     queries = tmp_path / "q"
@@ -154,3 +152,22 @@ def test_item5_predict_recurses_and_writes_csv_with_top_k(tiny_bundle: Path, tmp
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "file,label,probability,similarity,top_k,error"
     assert len(lines) == 3 and all(",red," in row and "red:" in row and "green:" in row for row in lines[1:])
+
+
+def test_bench_reports_a_batch_and_the_spread_and_where_a_photos_time_goes(
+    tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """trtexec-like figures: --batch, --warmup, p95/max/std and images/s; --image times decode, preprocess,
+    backbone and head apart and end to end."""
+    _red_green(tiny_bundle, tmp_path, capsys)
+    photo = sorted((tmp_path / "red").iterdir())[0]
+    code, out, _ = _device(tiny_bundle, "bench", "--runs", "5", "--warmup", "2", "--batch", "4", "--image", str(photo),
+                           capsys=capsys)  # fmt: skip
+    assert code == 0 and out["batch"] == 4 and out["input"] == str(photo)
+    latency = out["latency_ms"]
+    assert latency["runs"] == 5 and latency["warmup"] == 2 and latency["items_per_call"] == 4
+    assert latency["min_ms"] <= latency["p50_ms"] <= latency["p95_ms"] <= latency["max_ms"] and latency["std_ms"] >= 0
+    assert latency["throughput_per_s"] > 0
+    e2e = out["end_to_end_ms"]
+    assert set(e2e["stages_p50"]) == {"decode", "preprocess", "backbone", "head"} and e2e["note"] is None
+    assert abs(sum(e2e["share"].values()) - 1) < 0.01 and e2e["total"]["p50_ms"] > 0

@@ -25,7 +25,6 @@ from edgetl_runtime.cli_predict import predict_files
 from edgetl_runtime.cli_remove import remove_class, restore_class
 from edgetl_runtime.errors import EdgeTLError
 from edgetl_runtime.learner import Learner
-from edgetl_runtime.measure.latency import cpu_info, measure
 from edgetl_runtime.outputs import check_output
 from edgetl_runtime.terminal import escape, escaped_output
 from edgetl_runtime.terminal import one_line as joined
@@ -103,8 +102,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="answer 'unknown' when an image's similarity to every class is below reject_threshold (both printed)",
     )
-    bench = sub.add_parser("bench", help="backbone latency on this device (batch 1)", formatter_class=fmt)
-    bench.add_argument("--runs", type=positive_int, default=100, help="timed runs")
+    bench = sub.add_parser(
+        "bench",
+        help="latency of the chosen backend on this device, and where an image's time goes",
+        formatter_class=fmt,
+    )
+    bench.add_argument("--runs", type=positive_int, default=100, help="timed calls")
+    bench.add_argument("--warmup", type=positive_int, default=10, help="untimed calls first")
+    bench.add_argument("--batch", type=positive_int, default=1, help="images per call")
+    bench.add_argument(
+        "--image", type=Path, default=None, help="time this photo end to end: decode, preprocess, backbone, head"
+    )
     remove = sub.add_parser("remove", help="forget a class (enrolled or shipped with the bundle)", formatter_class=fmt)
     remove.add_argument("--label", required=True, help="class to forget")
     restore = sub.add_parser(
@@ -231,19 +239,9 @@ def _command(args: argparse.Namespace, learner: Learner, groups: list[tuple[str,
     if args.command == "predict":
         return predict_files(learner, args)
     if args.command == "bench":
-        size = learner.bundle.manifest.preprocess.input_size
-        image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-        stats = measure(lambda: learner.backbone([image]), runs=args.runs, warmup=10)
-        selection = learner.selection.to_dict() if learner.selection else None
-        return {
-            "backend": learner.backend.name,
-            "precision": learner.backend.precision.value,
-            "int8_kernel": learner.selection.kernel if learner.selection else None,
-            "latency_ms": stats.to_dict(),  # preprocessing + backbone, batch 1, the chosen precision
-            "chosen_because": learner.selection.reason if learner.selection else None,
-            "candidates_at_load": selection["candidates"] if selection else [],
-            "cpu": cpu_info(),
-        }
+        from edgetl_runtime.cli_bench import bench
+
+        return bench(learner, runs=args.runs, warmup=args.warmup, batch=args.batch, image=args.image)
     return learner.info()
 
 

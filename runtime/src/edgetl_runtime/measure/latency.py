@@ -32,6 +32,9 @@ class LatencyStats:
     mean_ms: float
     min_ms: float
     items_per_call: int = 1
+    p95_ms: float = float("nan")
+    max_ms: float = float("nan")
+    std_ms: float = float("nan")  # the spread a trtexec / onnxruntime_perf_test user compares runs by
 
     @property
     def throughput(self) -> float:
@@ -100,9 +103,19 @@ def summarize(times_s: Sequence[float], *, warmup: int, items_per_call: int = 1)
     if len(times_s) == 0:
         raise ValueError("summarize() needs at least one timed call.")
     ms = np.asarray(times_s, dtype=np.float64) * 1e3
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    p50, p90, p95, p99 = np.percentile(ms, [50, 90, 95, 99])
     return LatencyStats(
-        len(ms), warmup, float(p50), float(p90), float(p99), float(ms.mean()), float(ms.min()), items_per_call
+        len(ms),
+        warmup,
+        float(p50),
+        float(p90),
+        float(p99),
+        float(ms.mean()),
+        float(ms.min()),
+        items_per_call,
+        float(p95),
+        float(ms.max()),
+        float(ms.std()),
     )
 
 
