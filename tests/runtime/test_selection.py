@@ -112,6 +112,35 @@ def test_best_is_the_fastest_verified_precision_and_says_why(tmp_path: Path) -> 
     assert sel.cpu and sel.cpu_family in {f.value for f in CpuFamily}
 
 
+@pytest.mark.parametrize(
+    ("first", "then", "timings", "chosen", "said"),
+    [
+        ({"int8": 7.28, "fp32": 7.30}, {"int8": 7.29, "fp32": 7.31}, 2, "fp32", "within noise they tie"),
+        ({"int8": 7.00, "fp32": 7.40}, {"int8": 6.00, "fp32": 7.40}, 2, "int8", "too close to call"),
+        ({"int8": 4.00, "fp32": 8.00}, {}, 1, "int8", "fastest verified precision"),
+    ],
+)
+def test_a_timing_too_close_to_call_is_measured_again_and_a_tie_is_said(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    first: dict[str, float],
+    then: dict[str, float],
+    timings: int,
+    chosen: str,
+    said: str,
+) -> None:
+    """7.28 vs 7.30 ms is no reason to choose: the timing runs again, and a tie keeps exact fp32, saying so."""
+    calls: list[int] = []
+
+    def timed(self: object, built: dict[Precision, object]) -> dict[Precision, float]:
+        calls.append(1)
+        return {p: (first if len(calls) == 1 else then)[p.value] for p in built}
+
+    monkeypatch.setattr(_OrtChooser, "time", timed)
+    _, sel = select_backend(_bundle(tmp_path), "onnxruntime", "best", threads=1, cache=ChoiceCache(tmp_path / "c"))
+    assert len(calls) == timings and sel.precision == chosen and said in sel.reason
+
+
 def test_second_load_reuses_the_cached_choice_without_timing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bundle, cache = _bundle(tmp_path), ChoiceCache(tmp_path / "c")
     _, first = select_backend(bundle, "onnxruntime", threads=1, cache=cache)

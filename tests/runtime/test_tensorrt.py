@@ -387,7 +387,7 @@ def test_auto_falls_back_to_onnxruntime_when_tensorrt_cannot_build(
     def refuse(bundle: Bundle, precision: Precision, config: Any = None) -> TensorRTBackend:
         raise BackendError("TensorRT could not parse the ONNX model")
 
-    monkeypatch.setattr(base, "_tensorrt_usable", lambda: True)
+    monkeypatch.setattr(base, "tensorrt_usable", lambda: True)
     monkeypatch.setattr(trt_mod, "_trt", lambda: type("trt", (), {"BuilderFlag": type("F", (), {"FP16": 0})}))
     monkeypatch.setattr(TensorRTBackend, "from_bundle", classmethod(lambda cls, *a, **k: refuse(*a, **k)))
     with pytest.warns(UserWarning, match="using onnxruntime: BackendError: TensorRT could not parse"):
@@ -413,7 +413,7 @@ def test_best_retries_fp16_when_the_int8_engine_fails_and_auto_survives_any_tens
             raise BackendError("TensorRT failed to build the int8 engine")
         return OrtBackend.from_bundle(bundle, precision)  # stands in for the engine: same model, same golden
 
-    monkeypatch.setattr(base, "_tensorrt_usable", lambda: True)
+    monkeypatch.setattr(base, "tensorrt_usable", lambda: True)
     monkeypatch.setattr(trt_mod, "_trt", lambda: type("trt", (), {"BuilderFlag": type("F", (), {"FP16": 0})}))
     monkeypatch.setattr(TensorRTBackend, "from_bundle", classmethod(only_fp16))
     with pytest.warns(UserWarning, match="trying TensorRT fp16"):
