@@ -137,3 +137,34 @@ def test_predict_while_another_thread_enrols(tiny_bundle: Path) -> None:
         t.join()
     assert not errors, errors[0]
     assert learner.counts()["blue"] == 10
+
+
+def test_an_add_hashes_each_image_once_writes_its_features_once_and_a_load_opens_the_state_once(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One hash, one transaction, one open: counted, not timed (timings on a shared machine cannot show it)."""
+    import sqlite3
+
+    from edgetl_runtime import features
+
+    rng = np.random.default_rng(3)
+    new = [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(3)]
+    state = tmp_path / "s.sqlite"
+    with Learner.load(tiny_bundle, state, backend="onnxruntime", precision="fp32") as learner:
+        learner.add([rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)], "a")  # the state exists now
+    opened: list[str] = []
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(sqlite3, "connect", lambda *a, **k: opened.append(str(a[0])) or real_connect(*a, **k))
+    with Learner.load(tiny_bundle, state, backend="onnxruntime", precision="fp32") as learner:
+        # the state file once: not a peek first and then the store (":memory:" is the schema check's reference)
+        assert [name for name in opened if name != ":memory:"] == [str(state)], opened
+        hashed: list[int] = []
+        real_digest = features.image_digest
+        monkeypatch.setattr(features, "image_digest", lambda img: hashed.append(1) or real_digest(img))
+        statements: list[str] = []
+        learner.store.connection.db.set_trace_callback(statements.append)
+        enrolled = learner.enrol(new, "b")
+        learner.store.connection.db.set_trace_callback(None)
+    assert enrolled.added == 3 and len(hashed) == 3
+    writes = [s for s in statements if s.lstrip().upper().startswith("INSERT INTO FEATURES")]
+    assert len(writes) == 3 and statements.count("BEGIN IMMEDIATE") == 1, statements
