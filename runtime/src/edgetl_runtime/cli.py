@@ -262,16 +262,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         with escaped_output():  # labels, file names and manifest strings reach a terminal
             try:
                 result = run(args)
+                listed = result.get("failed")  # predict: the files that could not be read
+                failed: list[dict[str, str]] = listed if isinstance(listed, list) else []
+                if failed and not result.get("predictions"):  # nothing to print but why: one error line, exit 2
+                    why = "; ".join(f"{f['file']}: {f['error']}" for f in failed[:20])
+                    print(f"edgetl-device {args.command}: error: {escape(joined(why))}", file=sys.stderr)
+                    return 2
                 csv_out = getattr(args, "format", "json") == "csv"
                 print(predictions_csv(result) if csv_out else json.dumps(result, indent=2), flush=True)
-                if result.get("failed"):  # predict: the others were predicted; the run still failed
-                    failed = [str(f["file"]) for f in result["failed"]]  # type: ignore[attr-defined]
+                if failed:  # the others were predicted; the run still failed
+                    names = ", ".join(escape(str(f["file"])) for f in failed[:20])
                     print(
                         f"edgetl-device {args.command}: error: {len(failed)} file(s) could not be read "
-                        f"(see 'failed' in the output): {', '.join(escape(f) for f in failed[:20])}",
+                        f"(see 'failed' in the output): {names}",
                         file=sys.stderr,
                     )
-                    return 1 if result.get("predictions") else 2  # 1: some predicted; 2: none
+                    return 1
             except EdgeTLError as exc:
                 print(f"edgetl-device {args.command}: error: {escape(joined(str(exc)))}", file=sys.stderr)
                 return 2
