@@ -98,3 +98,15 @@ def write_tiny_bundle(
 
 def _portable(precisions: list[Precision]) -> dict[str, object]:
     return {"targets": list(ALL_CPU_FAMILIES)} if Precision.INT8 in precisions else {}
+
+
+def write_pngs(folder: Path, color: tuple[int, int, int], n: int, seed: int) -> Path:
+    """``n`` noisy PNGs of one colour (sizes differ by a row each), as a user's class folder."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        pixels = np.clip(np.array(color) + rng.integers(-25, 26, size=(18 + i, 22, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    return folder

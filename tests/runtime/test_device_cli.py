@@ -9,23 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from tiny_bundles import write_pngs
 
 import edgetl_runtime
 
 pytestmark = pytest.mark.runtime
-
-
-def _write_pngs(folder: Path, color: tuple[int, int, int], n: int, seed: int) -> Path:
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        pixels = np.clip(np.array(color) + rng.integers(-25, 26, size=(18 + i, 22, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i}.png")
-    return folder
 
 
 def _device(bundle: Path, *argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
@@ -38,7 +27,7 @@ def _device(bundle: Path, *argv: str, capsys: pytest.CaptureFixture[str]) -> tup
 
 def _red_green(bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], n: int = 3) -> None:
     for name, color, seed in (("red", (220, 30, 30), 0), ("green", (30, 220, 30), 1)):
-        folder = _write_pngs(tmp_path / name, color, n, seed)
+        folder = write_pngs(tmp_path / name, color, n, seed)
         assert _device(bundle, "add", str(folder), "--label", name, capsys=capsys)[0] == 0
 
 
@@ -70,7 +59,7 @@ def test_predict_into_a_closed_pipe_exits_quietly_without_a_traceback(
 
 def test_predict_before_any_add_names_the_cli_command(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("PIL")
-    queries = _write_pngs(tmp_path / "q", (220, 30, 30), 1, 0)
+    queries = write_pngs(tmp_path / "q", (220, 30, 30), 1, 0)
     code, _, err = _device(tiny_bundle, "predict", str(queries), capsys=capsys)
     assert code == 2
     assert "edgetl-device --bundle" in err and "add DIR --label NAME" in err
@@ -82,7 +71,7 @@ def test_one_bad_image_is_named_the_others_predicted_and_the_run_fails(
 ) -> None:
     pytest.importorskip("PIL")
     _red_green(tiny_bundle, tmp_path, capsys)
-    queries = _write_pngs(tmp_path / "q", (220, 30, 30), 2, 5)
+    queries = write_pngs(tmp_path / "q", (220, 30, 30), 2, 5)
     (queries / "broken.png").write_bytes(b"not a png")
     code, out, err = _device(tiny_bundle, "predict", str(queries), capsys=capsys)
     assert code == 1
@@ -95,7 +84,7 @@ def test_one_bad_image_is_named_the_others_predicted_and_the_run_fails(
 def test_add_names_every_bad_file_and_enrols_nothing(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("PIL")
     _red_green(tiny_bundle, tmp_path, capsys)
-    folder = _write_pngs(tmp_path / "blue", (30, 30, 220), 3, 2)
+    folder = write_pngs(tmp_path / "blue", (30, 30, 220), 3, 2)
     (folder / "a_bad.png").write_bytes(b"junk")
     (folder / "z_bad.jpg").write_bytes(b"junk")
     code, _, err = _device(tiny_bundle, "add", str(folder), "--label", "blue", capsys=capsys)
@@ -127,8 +116,8 @@ def test_a_failed_first_add_leaves_no_state_file(tiny_bundle: Path, tmp_path: Pa
 def test_add_without_label_enrols_one_class_per_subfolder(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("PIL")
     photos = tmp_path / "photos"
-    _write_pngs(photos / "red", (220, 30, 30), 3, 0)
-    _write_pngs(photos / "green", (30, 220, 30), 2, 1)
+    write_pngs(photos / "red", (220, 30, 30), 3, 0)
+    write_pngs(photos / "green", (30, 220, 30), 2, 1)
     code, out, err = _device(tiny_bundle, "add", str(photos), capsys=capsys)
     assert code == 0, err
     assert out["added"] == {"green": 2, "red": 3} and out["classes"] == {"green": 2, "red": 3}
@@ -141,7 +130,7 @@ def test_predict_recurses_and_writes_csv_with_top_k(tiny_bundle: Path, tmp_path:
     pytest.importorskip("PIL")
     _red_green(tiny_bundle, tmp_path, capsys)
     queries = tmp_path / "q"
-    _write_pngs(queries / "inner", (220, 30, 30), 2, 5)
+    write_pngs(queries / "inner", (220, 30, 30), 2, 5)
     code, out, _ = _device(tiny_bundle, "predict", str(queries), "--top-k", "2", capsys=capsys)
     assert code == 0 and [p["label"] for p in out["predictions"]] == ["red", "red"]
     assert [t["label"] for t in out["predictions"][0]["top_k"]] == ["red", "green"]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_bundles import write_pngs
 
 from edgetl_runtime.errors import InputError
 from edgetl_runtime.images import as_image_list
@@ -89,17 +90,6 @@ def test_one_enrolled_class_rejects_what_is_unlike_it(kind: str) -> None:
     assert list(head.predict(_cluster(dog, 3, 5), reject=True)) == ["dog"] * 3
 
 
-def _write_pngs(folder: Path, color: tuple[int, int, int], n: int, seed: int) -> Path:
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        pixels = np.clip(np.array(color) + rng.integers(-25, 26, size=(18 + i, 22, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i}.png")
-    return folder
-
-
 def _device(bundle: Path, *argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict, str]:
     from edgetl_runtime.cli import main
 
@@ -112,9 +102,9 @@ def test_cli_prints_the_thresholded_similarity_and_rejects_with_one_class(
     tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("PIL")
-    red = _write_pngs(tmp_path / "red", (220, 30, 30), 6, 0)
-    blue = _write_pngs(tmp_path / "blue", (30, 30, 220), 2, 1)
-    more_red = _write_pngs(tmp_path / "more_red", (220, 30, 30), 2, 2)
+    red = write_pngs(tmp_path / "red", (220, 30, 30), 6, 0)
+    blue = write_pngs(tmp_path / "blue", (30, 30, 220), 2, 1)
+    more_red = write_pngs(tmp_path / "more_red", (220, 30, 30), 2, 2)
     assert _device(tiny_bundle, "add", str(red), "--label", "cat", capsys=capsys)[0] == 0
     code, out, _ = _device(tiny_bundle, "predict", str(blue), str(more_red), "--reject", capsys=capsys)
     assert code == 0
@@ -135,11 +125,11 @@ def test_enrolled_at_int8_the_cli_predicts_at_fp32_from_the_same_state(
     from tiny_bundles import tiny_onnx, write_tiny_bundle
 
     bundle = write_tiny_bundle(tmp_path / "m.edgetl", int8_model=tiny_onnx(scale=1.01))  # int8: another model
-    red = _write_pngs(tmp_path / "red", (220, 30, 30), 3, 0)
-    green = _write_pngs(tmp_path / "green", (30, 220, 30), 3, 1)
+    red = write_pngs(tmp_path / "red", (220, 30, 30), 3, 0)
+    green = write_pngs(tmp_path / "green", (30, 220, 30), 3, 1)
     for folder, label in ((red, "red"), (green, "green")):
         assert _device(bundle, "--precision", "int8", "add", str(folder), "--label", label, capsys=capsys)[0] == 0
-    queries = _write_pngs(tmp_path / "q", (220, 30, 30), 2, 5)
+    queries = write_pngs(tmp_path / "q", (220, 30, 30), 2, 5)
     code, out, err = _device(bundle, "--precision", "fp32", "predict", str(queries), capsys=capsys)
     assert code == 0, err
     assert [p["label"] for p in out["predictions"]] == ["red", "red"]
@@ -156,7 +146,7 @@ def test_a_re_exported_bundle_keeps_the_enrolments_and_forget_images_keeps_featu
     pytest.importorskip("PIL")
     old, new, state = bundle_factory(seed=0), bundle_factory(seed=1), tmp_path / "device.sqlite"
     for name, colour, seed in (("red", (220, 30, 30), 0), ("green", (30, 220, 30), 1)):
-        folder = str(_write_pngs(tmp_path / name, colour, 3, seed))
+        folder = str(write_pngs(tmp_path / name, colour, 3, seed))
         _device(old, "--state", str(state), "add", folder, "--label", name, capsys=capsys)
     code, out, err = _device(new, "--state", str(state), "info", capsys=capsys)
     assert code == 0, err
@@ -174,8 +164,8 @@ def test_cli_re_adding_features_only_images_under_another_precision_restores_the
     from tiny_bundles import tiny_onnx, write_tiny_bundle
 
     bundle = write_tiny_bundle(tmp_path / "m.edgetl", int8_model=tiny_onnx(scale=1.01))
-    red = _write_pngs(tmp_path / "red", (220, 30, 30), 3, 0)
-    green = _write_pngs(tmp_path / "green", (30, 220, 30), 3, 1)
+    red = write_pngs(tmp_path / "red", (220, 30, 30), 3, 0)
+    green = write_pngs(tmp_path / "green", (30, 220, 30), 3, 1)
     assert (
         _device(
             bundle, "--precision", "int8", "--keep-images", "none", "add", str(red), "--label", "red", capsys=capsys
@@ -195,7 +185,7 @@ def test_cli_re_adding_features_only_images_under_another_precision_restores_the
 
 def _enrol_red_green(bundle: Path, tmp_path: Path, n: int, capsys: pytest.CaptureFixture[str]) -> None:
     for name, color, seed in (("red", (220, 30, 30), 0), ("green", (30, 220, 30), 1)):
-        _device(bundle, "add", str(_write_pngs(tmp_path / name, color, n, seed)), "--label", name, capsys=capsys)
+        _device(bundle, "add", str(write_pngs(tmp_path / name, color, n, seed)), "--label", name, capsys=capsys)
 
 
 def test_fit_prints_leave_one_out_quality(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
@@ -210,7 +200,7 @@ def test_fit_prints_leave_one_out_quality(tiny_bundle: Path, tmp_path: Path, cap
 def test_predict_accepts_a_folder(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("PIL")
     _enrol_red_green(tiny_bundle, tmp_path, 3, capsys)
-    folder = _write_pngs(tmp_path / "queries", (220, 30, 30), 3, 2)
+    folder = write_pngs(tmp_path / "queries", (220, 30, 30), 3, 2)
     code, out, err = _device(tiny_bundle, "predict", str(folder), capsys=capsys)
     assert code == 0, err
     assert [p["label"] for p in out["predictions"]] == ["red"] * 3
@@ -218,7 +208,7 @@ def test_predict_accepts_a_folder(tiny_bundle: Path, tmp_path: Path, capsys) -> 
 
 def test_re_adding_the_same_images_is_reported_or_skipped(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     pytest.importorskip("PIL")
-    red = _write_pngs(tmp_path / "r", (220, 30, 30), 3, 0)
+    red = write_pngs(tmp_path / "r", (220, 30, 30), 3, 0)
     assert _device(tiny_bundle, "add", str(red), "--label", "red", capsys=capsys)[1]["added"] == 3
     code, out, _ = _device(tiny_bundle, "add", str(red), "--label", "red", "--skip-duplicates", capsys=capsys)
     assert code == 0 and out["added"] == 0 and out["already_enrolled"] == 3 and out["classes"] == {"red": 3}

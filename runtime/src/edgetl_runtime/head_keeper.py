@@ -117,15 +117,19 @@ class HeadKeeper:
             return head
 
     def commit_added(
-        self, commit: Callable[[], list[int]], keys: Sequence[str], names: Sequence[str], features: npt.NDArray[Any]
+        self,
+        commit: Callable[[], list[int]],
+        names: Sequence[str],
+        features: npt.NDArray[Any],
+        fresh: npt.NDArray[np.bool_],
     ) -> list[int]:
-        """Run ``commit`` (the enrolment transaction) under the lock and fold its samples into a current head."""
+        """Run ``commit`` (the enrolment transaction) under the lock and fold its samples into a current head;
+        ``fresh`` marks those the shipped head does not count already (see :meth:`already_counted`)."""
         with self.lock:
             self._sync_external()  # another process's enrolment since the last fit: refit, do not update
             ids = commit()
             fitted, self._changes = self._fitted, self._changes + 1
             if fitted is not None and fitted[0] == self._changes - 1:  # current head: update it in place
-                fresh = ~self.already_counted(keys, names)
                 if fresh.any():
                     # Small products: BLAS threads spinning on a busy 2-core device cost more than they save
                     # (benchmarks/bench_fleet.py times it).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +21,7 @@ from edgetl_runtime.features import FeatureExtractor
 from edgetl_runtime.head_keeper import Head, HeadKeeper
 from edgetl_runtime.heads import Prior
 from edgetl_runtime.images import Images, as_image_list, hflip
+from edgetl_runtime.learner_info import Enrolled
 from edgetl_runtime.loading import open_backend_and_state
 from edgetl_runtime.reextract import FeatureCompletion, Progress, restore_unusable, warn_images_still_kept
 from edgetl_runtime.state.image_policy import ImageKeeping
@@ -31,17 +32,6 @@ if TYPE_CHECKING:
     from edgetl_runtime.enrolment import Enrolment
 
 __all__ = ["Enrolled", "Learner"]
-
-
-@dataclass(frozen=True)
-class Enrolled:
-    """What one :meth:`Learner.enrol` did: the sample ids, and how many were new, restored or duplicates."""
-
-    ids: list[int]
-    added: int
-    restored: int  # enrolled before, kept as features only under another model: this model's features added
-    duplicates: int  # images enrolled already (same pixels); skipped, or enrolled again, as asked
-    counted_by_shipped_head: int = 0  # of the duplicates, those the shipped head counts under this label
 
 
 class Learner:
@@ -152,24 +142,27 @@ class Learner:
         dupes = self.store.duplicates(keys) if batch else {}
         counted = self.keeper.already_counted(keys, names)  # the shipped head was fitted on (or merged) them
         dupes.update({int(i): [names[i]] for i in np.flatnonzero(counted) if int(i) not in dupes})
+        by_head = int(counted.sum())
         if dupes and skip_duplicates:
             keep = [i for i in range(len(batch)) if i not in dupes]
             batch, names, keys = [batch[i] for i in keep], [names[i] for i in keep], [keys[i] for i in keep]
+            counted = counted[keep]
         elif set(dupes) - set(np.flatnonzero(counted).tolist()):  # those counted by the head stay out of it
             warnings.warn(
                 f"{len(dupes)} of {len(batch)} image(s) are enrolled already; they were enrolled again and count "
                 "twice. Fix: pass skip_duplicates=True (edgetl-device add --skip-duplicates), or remove them.",
                 stacklevel=stacklevel,
             )
-        by_head = int(counted.sum())
         if not batch:
             return Enrolled(restored, 0, len(restored), len(dupes), by_head)
         if self.flip_enrolment:
             mirrors = [hflip(img) for img in batch]
-            batch, names, keys = batch + mirrors, names + names, keys + self.extractor.keys(mirrors)
+            mirror_keys = self.extractor.keys(mirrors)
+            counted = np.concatenate([counted, self.keeper.already_counted(mirror_keys, names)])
+            batch, names, keys = batch + mirrors, names + names, keys + mirror_keys
         features = self.extractor.extract(batch, keys, cache=False)[1]  # the slow part: outside the head lock
         ids = self.keeper.commit_added(
-            lambda: self.store.add_samples(keys, names, features, images=batch), keys, names, features
+            partial(self.store.add_samples, keys, names, features, batch), names, features, ~counted
         )
         return Enrolled(restored + ids, len(ids), len(restored), len(dupes), by_head)
 

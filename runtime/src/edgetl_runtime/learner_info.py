@@ -1,8 +1,9 @@
-"""What ``Learner.info()`` and ``edgetl-device info`` report: bundle, backend choice, state, head."""
+"""What the Learner reports: ``info()`` (bundle, backend choice, state, head), an enrolment, an evaluation."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,7 +14,18 @@ from edgetl_runtime.errors import InputError
 if TYPE_CHECKING:
     from edgetl_runtime.learner import Learner
 
-__all__ = ["accuracy_report", "learner_info"]
+__all__ = ["Enrolled", "accuracy_report", "learner_info"]
+
+
+@dataclass(frozen=True)
+class Enrolled:
+    """What one :meth:`Learner.enrol` did: the sample ids, and how many were new, restored or duplicates."""
+
+    ids: list[int]
+    added: int
+    restored: int  # enrolled before, kept as features only under another model: this model's features added
+    duplicates: int  # images enrolled already (same pixels); skipped, or enrolled again, as asked
+    counted_by_shipped_head: int = 0  # of the duplicates, those the shipped head counts under this label
 
 
 def learner_info(learner: Learner) -> dict[str, Any]:

@@ -7,18 +7,12 @@ import os
 
 from edgetl_runtime.backends.base import Backend
 from edgetl_runtime.backends.selection import Selection, select_backend
-from edgetl_runtime.bundle.manifest import Manifest
 from edgetl_runtime.bundle.reader import Bundle
 from edgetl_runtime.state.image_policy import ImageKeeping
 from edgetl_runtime.state.peek import ranked_precisions
 from edgetl_runtime.state.store import FeatureStore
 
-__all__ = ["known_models", "open_backend_and_state"]
-
-
-def known_models(manifest: Manifest) -> dict[str, tuple[str, str]]:
-    """Model digest -> (precision, backbone) of each precision of a bundle: the models a state may name."""
-    return {manifest.model_digest(p): (p.value, manifest.backbone.name) for p in manifest.precisions}
+__all__ = ["open_backend_and_state"]
 
 
 def open_backend_and_state(
@@ -34,7 +28,7 @@ def open_backend_and_state(
     so the precisions it has features for decide ``best``, and the store then adopts the chosen model."""
     manifest, policy = bundle.manifest, None if keep_images is None else ImageKeeping.parse(keep_images)
     exists = state is not None and os.path.isfile(state)
-    existing = FeatureStore.open_state(state, policy, known_models(manifest)) if exists else None
+    existing = FeatureStore.open_state(state, policy, manifest.known_models()) if exists else None
     try:
         keep = ranked_precisions(existing.feature_counts(), manifest) if existing else ()
         built, selection = select_backend(bundle, backend, precision, threads, measure=measure, keep=keep)

@@ -85,6 +85,10 @@ class Manifest:
         """SHA-256 of the model at ``precision``: features are only comparable under the same digest."""
         return self.members[self.model_member(precision)].sha256
 
+    def known_models(self) -> dict[str, tuple[str, str]]:
+        """Model digest -> (precision, backbone) of each precision: the models a state may have features of."""
+        return {self.model_digest(p): (p.value, self.backbone.name) for p in self.precisions}
+
     def to_json(self) -> str:
         data = {
             "format_version": self.format_version,

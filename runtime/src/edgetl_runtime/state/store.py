@@ -67,7 +67,6 @@ class FeatureStore:
             raise InputError(f"feature_dim must be a positive int, got {feature_dim!r}")
         if not isinstance(max_unenrolled, int) or max_unenrolled < 0:
             raise InputError(f"max_unenrolled must be an int >= 0, got {max_unenrolled!r}")
-        self.max_unenrolled = max_unenrolled
         self.space = ModelSpace(model_digest, preprocess_key, feature_dim, precision, backbone)
         if opened is not None:  # opened already (a load read which models it has features for)
             self.database, self.connection = opened, opened.connection
@@ -118,7 +117,7 @@ class FeatureStore:
             precision=precision.value,
             backbone=name,
             keep_images=keep_images,
-            known_models={manifest.model_digest(p): (p.value, name) for p in manifest.precisions},
+            known_models=manifest.known_models(),
         )
 
     def get_features(self, keys: Sequence[str]) -> dict[str, npt.NDArray[np.float32]]:
