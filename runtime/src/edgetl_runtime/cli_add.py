@@ -33,7 +33,9 @@ def add_classes(learner: Learner, groups: list[tuple[str, list[Path]]], args: ar
     out: dict[str, object] = {"added": {}, "classes": {}}
     notes = [f"no --label: one class per subfolder of {args.dir} ({len(groups)}: {', '.join(g for g, _ in groups)})"]
     for label, files in groups:
-        one = add_folder(learner, files, argparse.Namespace(label=label, skip_duplicates=args.skip_duplicates))
+        one = add_folder(
+            learner, files, argparse.Namespace(label=label, skip_duplicates=args.skip_duplicates), checked=True
+        )
         out["added"][label] = one["added"]  # type: ignore[index]
         notes += [f"{label}: {one['note']}"] if "note" in one else []
     out["classes"] = learner.counts()
@@ -41,13 +43,16 @@ def add_classes(learner: Learner, groups: list[tuple[str, list[Path]]], args: ar
     return out
 
 
-def add_folder(learner: Learner, files: list[Path], args: argparse.Namespace) -> dict[str, object]:
+def add_folder(
+    learner: Learner, files: list[Path], args: argparse.Namespace, *, checked: bool = False
+) -> dict[str, object]:
     """Enrol ``files`` under ``args.label``. Every file is decoded before anything is enrolled, so a folder
-    with bad files is refused whole, naming each of them (the first batch's pixels are kept, not decoded twice)."""
+    with bad files is refused whole, naming each of them (the first batch's pixels are kept, not decoded twice);
+    ``checked``: the caller has decoded every file already, so that check is not run again."""
     batches = [files[start : start + ADD_BATCH] for start in range(0, len(files), ADD_BATCH)]
     bad: dict[str, str] = {}
-    first: list[npt.NDArray[np.uint8]] = []
-    for i, batch in enumerate(batches):
+    first: list[npt.NDArray[np.uint8]] | None = None
+    for i, batch in enumerate(batches if not checked else []):
         images, _, failed = decode_each(batch)
         bad.update(failed)
         first = images if i == 0 else first
@@ -55,7 +60,7 @@ def add_folder(learner: Learner, files: list[Path], args: argparse.Namespace) ->
         raise bad_files_error(bad, len(files), "Nothing was enrolled.")
     added, restored, already, by_head = 0, 0, 0, 0
     for i, batch in enumerate(batches):  # decoded a batch at a time, not the whole folder
-        images = first if i == 0 else decode_each(batch)[0]
+        images = first if i == 0 and first is not None else decode_each(batch)[0]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reported in the output instead
             enrolled = learner.enrol(images, args.label, skip_duplicates=args.skip_duplicates)
