@@ -9,6 +9,7 @@ import pytest
 
 from edgetl_runtime.errors import ConfigError, InputError
 from edgetl_runtime.heads import AdaptConfig, AdaptiveHead, AutoHead, create_head, head_from_npz_dict
+from edgetl_runtime.heads.seen_pool import SeenPool
 from edgetl_runtime.learner import Learner
 from edgetl_runtime.state.store import FeatureStore
 
@@ -194,11 +195,79 @@ def test_learner_with_the_adaptive_head_uses_what_it_predicted(tiny_bundle: Path
     assert list(learner.predict(images((220, 30, 30), 2))) == ["red", "red"]
 
 
-def test_seen_transform_is_the_heads_transform_with_the_division_deferred() -> None:
-    from edgetl_runtime.heads.adapt import seen_transform, usable_seen
+def test_seen_pool_rows_are_the_heads_transform_and_its_sum_is_kept() -> None:
     from edgetl_runtime.heads.base import power_l2
 
     for X in (np.random.default_rng(0).random((6, D)), np.random.default_rng(1).standard_normal((6, D))):
-        rows, _, _, sums = usable_seen(X, D, 100)
-        U, inv = seen_transform(rows, 0.5, sums)
-        np.testing.assert_allclose(U * inv[:, None], power_l2(X, 0.5), rtol=1e-6, atol=1e-9)
+        pool = SeenPool(D)
+        assert pool.add(X[:4]) == 4 and pool.add(X[4:]) == 2
+        np.testing.assert_allclose(pool.rows, power_l2(X, 0.5), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(pool.sum, power_l2(X, 0.5).sum(axis=0), rtol=1e-5, atol=1e-6)
+        assert list(pool.ids) == list(range(6))
+
+
+def test_seen_pool_counts_repeats_and_non_finite_rows_once_and_leaves_them_out() -> None:
+    X = np.random.default_rng(0).random((5, D)).astype(np.float32)
+    pool = SeenPool(D)
+    bad = X.copy()
+    bad[1, 3] = np.nan
+    assert pool.add(np.vstack([X[:3], X[0:1], bad[1:2]])) == 3  # a repeat within, and a NaN row
+    assert pool.add(X[2:5]) == 2  # X[2] repeats a row already held
+    assert len(pool) == 5 and pool.repeats == 2 and pool.non_finite == 1
+
+
+def test_seen_pool_sync_drops_rows_the_state_no_longer_has_and_reads_only_new_ones() -> None:
+    X = np.random.default_rng(0).random((6, D)).astype(np.float32)
+    reads: list[int] = []
+
+    def read_after(rowid: int) -> tuple[np.ndarray, np.ndarray]:
+        reads.append(rowid)
+        ids = np.array([i for i in (10, 11, 12, 13, 14, 15) if i > rowid], dtype=np.int64)
+        return ids, X[ids - 10]
+
+    pool = SeenPool(D)
+    assert pool.sync(np.arange(10, 16), read_after) == 6
+    assert pool.sync(np.array([10, 12, 13, 14, 15]), read_after) == 0  # 11 evicted: gone, nothing re-read
+    assert reads == [-1, 15] and list(pool.ids) == [10, 12, 13, 14, 15]
+    np.testing.assert_allclose(pool.sum, pool.rows.sum(axis=0), rtol=1e-6)
+
+
+def test_adaptive_head_fits_the_same_from_an_array_and_from_a_pool() -> None:
+    centres, _ = _clusters()
+    X, y = _labelled(centres, 1, seed=1)
+    seen = _draw(centres, np.arange(C), 30, seed=2)
+    pool = SeenPool(D)
+    pool.add(seen[::-1])  # an array is newest first; the pool oldest first
+    a = AdaptiveHead().fit(X, y, unlabelled=seen)
+    b = AdaptiveHead().fit(X, y, unlabelled=pool)
+    test = _draw(centres, np.arange(C), 20, seed=3)
+    np.testing.assert_allclose(a.decision_function(test), b.decision_function(test), rtol=1e-5, atol=1e-6)
+    assert a.adaptation_ == b.adaptation_
+
+
+def test_learner_adaptive_head_re_adapts_as_images_stream_in_from_one_kept_pool(tiny_bundle: Path) -> None:
+    from edgetl_runtime import head_keeper
+
+    rng = np.random.default_rng(0)
+
+    def images(color: tuple[int, int, int], n: int) -> list[np.ndarray]:
+        base = np.array(color, dtype=np.int16)
+        return [np.clip(base + rng.integers(-20, 21, size=(18, 22, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
+
+    learner = Learner.load(tiny_bundle, backend="onnxruntime", head="adaptive")
+    learner.add(images((220, 30, 30), 1), "red")
+    learner.add(images((30, 220, 30), 1), "green")
+    learner.fit()
+    learner.predict(images((220, 30, 30), 2))
+    assert learner.info()["adaptation"]["seen"] == 0  # fitted before these were seen; 2 are too few to re-adapt
+    learner.predict(images((220, 30, 30), 12) + images((30, 220, 30), 12))  # 26 new >= READAPT_MIN: re-adapts
+    assert learner.info()["adaptation"]["seen"] == 26
+    pool = learner.keeper._seen
+    assert pool is not None and len(pool) == 26
+    few = head_keeper.READAPT_MIN - 1
+    learner.predict(images((30, 220, 30), few))  # too few new ones: the head stays as it was
+    assert learner.info()["adaptation"]["seen"] == 26
+    learner.add(images((30, 30, 220), 1), "blue")  # an enrolment refits, and the refit reads only the new rows
+    learner.predict(images((30, 30, 220), 1))  # cached before the refit it triggers: it counts too
+    assert learner.info()["adaptation"]["seen"] == 26 + few + 1
+    assert learner.keeper._seen is pool and list(pool.ids) == sorted(pool.ids)

@@ -20,10 +20,15 @@ from edgetl_runtime.arguments import LABEL_RULE, usable_labels
 from edgetl_runtime.blas import single_threaded_blas
 from edgetl_runtime.errors import NotFittedError
 from edgetl_runtime.heads import AdaptiveHead, AutoHead, BaseHead, Prior, create_head, fit_with_prior, head_for_prior
+from edgetl_runtime.heads.seen_pool import SeenPool
 from edgetl_runtime.state.store import FeatureStore
 from edgetl_runtime.warn import warn
 
 __all__ = ["HeadKeeper"]
+
+# head="adaptive" re-adapts as images stream in, once this many new ones and this share of the pool arrived.
+READAPT_MIN = 20
+READAPT_GROWTH = 0.1
 
 Head = BaseHead | AutoHead
 
@@ -47,6 +52,8 @@ class HeadKeeper:
         self._fitted: tuple[int, Head] | None = None  # published with the change count it reflects
         self._data_version = store.data_version()
         self._samples_token = self._token()
+        self._seen: SeenPool | None = None  # head="adaptive": the seen images, transformed once each
+        self._adapted_on, self._unadapted = 0, 0  # seen images at the last fit, and cached since
 
     def _token(self) -> tuple[object, ...]:
         return (*self.store.samples_token(), tuple(self.store.removed_shipped_labels()))  # remove, restore
@@ -110,11 +117,33 @@ class HeadKeeper:
                     )
                 raise NotFittedError(f"No samples are enrolled{why}; call add(images, label) for a class first.")
             if self.kind == AdaptiveHead.kind and prior is None:  # adapts to the images predicted so far
-                head: Head = AdaptiveHead().fit(features, labels, unlabelled=self.store.seen_features())
+                head: Head = AdaptiveHead().fit(features, labels, unlabelled=self._seen_now(features.shape[1]))
             else:
                 head = fit_with_prior(self.kind, features, labels, prior)
             self._fitted = (self._changes, head)
             return head
+
+    def saw(self, new_images: int) -> None:
+        """``new_images`` images were just seen (and cached). ``head="adaptive"`` goes stale once they number
+        :data:`READAPT_MIN` and :data:`READAPT_GROWTH` of the pool it adapted to, so it re-adapts at the next
+        prediction (a refit reads and transforms only the new images: ~30 ms for a 1000-image pool)."""
+        if self.kind != AdaptiveHead.kind or new_images <= 0 or self.prior is not None:
+            return
+        with self.lock:
+            self._unadapted += new_images
+            if self._unadapted >= max(READAPT_MIN, READAPT_GROWTH * self._adapted_on):
+                self._unadapted = 0
+                self._changes += 1
+
+    def _seen_now(self, n_features: int) -> SeenPool:
+        """The seen pool, brought up to date: only the images cached since the last fit are read and transformed
+        (:class:`~edgetl_runtime.heads.seen_pool.SeenPool`); rows evicted or enrolled since leave it."""
+        if self._seen is None or self._seen.n_features != n_features:
+            self._seen = SeenPool(n_features)
+        cache = self.store.cache
+        self._seen.sync(cache.seen_ids(), cache.seen_after)
+        self._adapted_on, self._unadapted = len(self._seen), 0
+        return self._seen
 
     def commit_added(
         self,

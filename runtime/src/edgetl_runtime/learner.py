@@ -219,8 +219,11 @@ class Learner:
         return np.asarray(self.head.classes_, dtype=str)
 
     def features(self, images: Images) -> npt.NDArray[np.float32]:
-        """Backbone features ``(N, D)`` of ``images`` (cached)."""
-        return self.extractor(images)
+        """Backbone features ``(N, D)`` of ``images`` (cached: ``head="adaptive"`` learns from them)."""
+        runs = self.extractor.backbone_runs
+        features = self.extractor(images)
+        self.keeper.saw(self.extractor.backbone_runs - runs)
+        return features
 
     def predict(self, images: Images, *, reject: bool = False) -> npt.NDArray[np.str_]:
         """Labels for ``images``; with ``reject`` low-confidence ones become ``"unknown"``."""

@@ -15,8 +15,10 @@ Fashion-MNIST (``benchmarks/bench_adapt.py``). The algorithm, on power-transform
    heads' feature space) and its mass, so that a caller can add it as one extra sample per class and judge
    it on the shots by leave-one-out without the shots having voted for themselves.
 
-Cost: one pass over the ``(M, D)`` seen features for their sum, then two per round (``U @ P^T``, ``R^T @ U``); nothing
-``M x M``; rows that repeat (the same image seen twice) count once, and non-finite rows are dropped.
+Cost: two passes over the ``(M, D)`` seen rows per round (``U @ P^T``, ``R^T @ U``; the last round's second
+pass forms only the means), nothing ``M x M``: the
+rows arrive transformed, distinct and finite, with their sum, from a
+:class:`~edgetl_runtime.heads.seen_pool.SeenPool`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.errors import ConfigError
-from edgetl_runtime.heads.base import power_l2
 
 FloatArray = npt.NDArray[np.floating[Any]]
 IntArray = npt.NDArray[np.int64]
@@ -100,56 +101,13 @@ def _unit(A: FloatArray) -> FloatArray:
     return out
 
 
-def usable_seen(U: Any, n_features: int, max_seen: int) -> tuple[FloatArray, int, int, FloatArray]:
-    """Finite, distinct rows of the seen features (at most ``max_seen``); also how many were non-finite, how
-    many repeated an earlier row, and the kept rows' sums ``(M,)`` (what :func:`seen_transform` normalises by)."""
-    arr = np.asarray(U, dtype=np.float32 if getattr(U, "dtype", None) == np.float32 else np.float64)
-    if arr.ndim != 2 or arr.shape[1] != n_features or len(arr) == 0:
-        if arr.size and (arr.ndim != 2 or arr.shape[1] != n_features):
-            from edgetl_runtime.errors import InputError
-
-            raise InputError(
-                f"unlabelled has shape {arr.shape}, but the head is expecting (M, {n_features}) features of seen "
-                "images. Fix: pass the seen images' features from the same model (FeatureStore.seen_features())."
-            )
-        return np.zeros((0, n_features), dtype=arr.dtype), 0, 0, np.zeros(0)
-    arr = arr[:max_seen]
-    # One pass tells all: a fixed random projection is non-finite iff the row is (or overflows: garbage too),
-    # equal rows project equally while different ones almost surely do not; the ones column gives row sums.
-    probe = np.ones((arr.shape[1], 2), dtype=arr.dtype)
-    probe[:, 0] = np.random.default_rng(0).standard_normal(arr.shape[1])
-    with np.errstate(all="ignore"):
-        both = np.asarray(arr @ probe, dtype=np.float64)  # (M, 2)
-    proj, sums = both[:, 0], both[:, 1]
-    finite = np.isfinite(proj)
-    bad = int((~finite).sum())
-    _, first = np.unique(np.where(finite, proj, np.nan), return_index=True)  # NaNs sort last, one of them kept
-    first = first[finite[first]]
-    repeats = int(finite.sum()) - len(first)
-    keep = np.sort(first)
-    out: FloatArray = np.asarray(arr[keep] if bad or repeats else arr)
-    return out, bad, repeats, sums[keep]
-
-
-def seen_transform(X: FloatArray, power: float, sums: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """The heads' transform of seen features, as rows ``U`` and their inverse norms ``(M,)``: ``U * inv[:, None]``
-    is :func:`~edgetl_runtime.heads.base.power_l2`. For non-negative features at ``power=0.5`` the division is
-    left to the products (a pass over ``(M, D)`` saved; ``sums`` are the rows' sums, from :func:`usable_seen`);
-    otherwise ``U`` is already unit and ``inv`` ones."""
-    if power == 0.5 and X.min() >= 0:
-        inv = 1.0 / np.sqrt(np.maximum(sums, 1e-24))  # |sqrt(x)| = sqrt(sum(x))
-        return np.sqrt(X), inv
-    return power_l2(X, power), np.ones(len(X))
-
-
 def stream_prototypes(
-    Zs: FloatArray, y_idx: IntArray, n_classes: int, U: FloatArray, config: AdaptConfig, inv: FloatArray | None = None
+    Zs: FloatArray, y_idx: IntArray, n_classes: int, U: FloatArray, seen_sum: FloatArray, config: AdaptConfig
 ) -> StreamPrototypes:
-    """Anchored soft k-means (module docstring) of seen rows ``U`` (M, D) around unit shots ``Zs``; ``inv``: the
-    rows' inverse norms when they are not unit yet (:func:`seen_transform`)."""
+    """Anchored soft k-means (module docstring) of unit seen rows ``U`` (M, D), whose sum is ``seen_sum``
+    (:class:`~edgetl_runtime.heads.seen_pool.SeenPool` keeps it), around unit shots ``Zs``."""
     n_shots = len(Zs)
-    inv = np.ones(len(U)) if inv is None else np.asarray(inv, dtype=np.float64)  # (M,)
-    seen_sum = (inv.astype(U.dtype) @ U).astype(np.float64)  # (D,) one BLAS pass
+    seen_sum = np.asarray(seen_sum, dtype=np.float64)
     mu = (Zs.sum(axis=0, dtype=np.float64) + seen_sum) / (n_shots + len(U))  # (D,)
     onehot = np.zeros((n_classes, n_shots))
     onehot[y_idx, np.arange(n_shots)] = 1.0
@@ -157,7 +115,7 @@ def stream_prototypes(
     counts = onehot.sum(axis=1)
     protos = _unit(anchors)
     # One pass gives the first round's products and u . mu (|u - mu| without a centred (M, D) copy: |u| = 1).
-    first = (U @ np.vstack([protos, mu]).astype(U.dtype).T).astype(np.float64) * inv[:, None]  # (M, C + 1)
+    first = (U @ np.vstack([protos, mu]).astype(U.dtype).T).astype(np.float64)  # (M, C + 1)
     dots, u_norm = first[:, :-1], np.sqrt(np.maximum(1.0 - 2.0 * first[:, -1] + mu @ mu, 1e-12))
     log_pi = np.full(n_classes, -np.log(n_classes))
     resp = np.zeros((len(U), n_classes))
@@ -172,12 +130,12 @@ def stream_prototypes(
         resp = new
         share = resp.sum(axis=0) + counts  # (C,) mixing weights, the shots counting as certain members
         log_pi = np.log(np.maximum(share / share.sum(), 1e-6))
-        w = resp / u_norm[:, None]  # (M, C): weights of the centred unit seen images
-        both = ((np.hstack([w, resp]) * inv[:, None]).T.astype(U.dtype) @ U).astype(np.float64)  # (2C, D): one pass
-        protos = _unit(anchors + both[:n_classes] - w.sum(axis=0)[:, None] * mu)
-        means = _unit(both[n_classes:])  # (C, D) uncentred: the heads' space
-        if moved < config.tol or rounds >= config.rounds:
+        if moved < config.tol or rounds >= config.rounds:  # the last round needs the means alone
+            means = _unit((resp.T.astype(U.dtype) @ U).astype(np.float64))  # (C, D) uncentred: the heads' space
             break
-        dots = (U @ protos.astype(U.dtype).T).astype(np.float64) * inv[:, None]  # (M, C)
+        w = resp / u_norm[:, None]  # (M, C): weights of the centred unit seen images
+        both = (np.hstack([w, resp]).T.astype(U.dtype) @ U).astype(np.float64)  # (2C, D): one pass
+        protos = _unit(anchors + both[:n_classes] - w.sum(axis=0)[:, None] * mu)
+        dots = (U @ protos.astype(U.dtype).T).astype(np.float64)  # (M, C)
     mass = resp.sum(axis=0)
-    return StreamPrototypes(means, mass, len(U), rounds, np.exp(log_pi), seen_sum / len(U))
+    return StreamPrototypes(means, mass, len(U), rounds, np.exp(log_pi), seen_sum / max(len(U), 1))

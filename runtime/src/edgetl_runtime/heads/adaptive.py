@@ -26,12 +26,13 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetl_runtime.errors import InputError
-from edgetl_runtime.heads.adapt import AdaptConfig, seen_transform, stream_prototypes, usable_seen
+from edgetl_runtime.heads.adapt import AdaptConfig, stream_prototypes
 from edgetl_runtime.heads.auto import AutoHead
 from edgetl_runtime.heads.base import BaseHead, FloatArray
 from edgetl_runtime.heads.open_set import BackgroundRejector
 from edgetl_runtime.heads.ridge import RidgeHead
 from edgetl_runtime.heads.ridge_loo import DEFAULT_ALPHAS, _group_index
+from edgetl_runtime.heads.seen_pool import SeenPool
 
 
 class AdaptiveHead(BaseHead):
@@ -57,7 +58,8 @@ class AdaptiveHead(BaseHead):
         return {**super().get_params(), "config": asdict(self.config)}
 
     def fit(self, X: Any, y: Any, groups: Any = None, unlabelled: Any = None) -> AdaptiveHead:
-        """Fit on labelled ``X`` (N, D), ``y`` and the seen images' features ``unlabelled`` (M, D) (optional)."""
+        """Fit on labelled ``X`` (N, D), ``y`` and the seen images: ``unlabelled`` is their features (M, D) or a
+        :class:`~edgetl_runtime.heads.seen_pool.SeenPool` that keeps them transformed (optional)."""
         arr, labels = self._check_fit_inputs(X, y)
         g = _group_index(groups, len(arr))
         base = AutoHead(alphas=self.alphas, power=self.power, reject_quantile=self.reject_quantile).fit(arr, labels, g)
@@ -65,19 +67,21 @@ class AdaptiveHead(BaseHead):
         y_idx = np.searchsorted(self.classes_, labels).astype(np.int64)
         Zs = self._transform(arr)  # (N, D)
         n_cls = len(self.classes_)
-        seen, bad, repeats, sums = usable_seen(
-            np.zeros((0, arr.shape[1])) if unlabelled is None else unlabelled, arr.shape[1], self.config.max_seen
-        )
-        U, inv = seen_transform(seen, self.power, sums) if len(seen) else (seen, np.ones(0))  # U * inv: unit rows
-        info: dict[str, Any] = {"seen": int(len(seen)), "non_finite_dropped": bad, "repeats_dropped": repeats}
+        pool = SeenPool.of(unlabelled, arr.shape[1], self.power)
+        U, seen_sum = pool.newest(self.config.max_seen)
+        info: dict[str, Any] = {
+            "seen": int(len(U)),
+            "non_finite_dropped": pool.non_finite,
+            "repeats_dropped": pool.repeats,
+        }
         self.head_: AutoHead | RidgeHead = base
         kept, background = False, None
         if len(U) >= max(self.config.min_seen, 2 * n_cls) and n_cls >= 2:
-            kept, background = self._adapt(base, arr, labels, y_idx, g, Zs, (U, inv), info)
+            kept, background = self._adapt(base, arr, labels, y_idx, g, Zs, (U, seen_sum), info)
         else:
             info["skipped"] = f"fewer than {max(self.config.min_seen, 2 * n_cls)} distinct seen images, or one class"
             if len(U) >= self.config.min_seen:
-                background = (inv.astype(U.dtype) @ U) / len(U)
+                background = seen_sum / len(U)
         info["adapted"] = kept
         self.adaptation_ = info
         self.rejector_ = BackgroundRejector(self.reject_quantile).fit(Zs, y_idx, n_cls, background)
@@ -95,7 +99,7 @@ class AdaptiveHead(BaseHead):
         info: dict[str, Any],
     ) -> tuple[bool, FloatArray]:
         """Whether the adapted ridge passed the guard (it is then ``head_``), and the seen images' mean."""
-        protos = stream_prototypes(Zs, y_idx, len(self.classes_), seen[0], self.config, seen[1])
+        protos = stream_prototypes(Zs, y_idx, len(self.classes_), seen[0], seen[1], self.config)
         has = protos.mass >= self.config.min_mass
         info.update(
             rounds=protos.rounds, prototypes=int(has.sum()), proportions=np.round(protos.proportions, 3).tolist()
