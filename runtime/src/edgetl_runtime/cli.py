@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_threads_argument(parser)
     parser.add_argument(
         "--head",
-        default="auto",
-        help="few-shot head: auto, adaptive (auto + what the device has seen), ncm, ridge, logistic or lda "
-        "(with a shipped head, auto is the host's choice)",
+        default="adaptive",
+        help="few-shot head: adaptive (default: auto, adapted to the images predicted so far where its guard allows), "
+        "auto (labelled samples only), ncm, ridge, logistic or lda (with a shipped head, adaptive and auto are the "
+        "host's choice)",
     )
     parser.add_argument(
         "--no-measure",

@@ -48,7 +48,7 @@ class Learner:
         bundle: Bundle,
         backend: Backend,
         store: FeatureStore,
-        head: str = "auto",
+        head: str = "adaptive",
         flip_enrolment: bool = False,
         selection: Selection | None = None,
         prior: Prior | None = None,
@@ -78,7 +78,7 @@ class Learner:
         backend: str = "auto",
         precision: str = "best",
         threads: int | None = None,
-        head: str = "auto",
+        head: str = "adaptive",
         flip_enrolment: bool = False,
         measure: bool = True,
         shipped_head: bool = True,
@@ -89,8 +89,9 @@ class Learner:
 
         ``state``: the SQLite file (None: in memory). ``backend``: ``auto``, ``onnxruntime``, ``tensorrt``.
         ``precision``: ``best`` (the fastest that passes the golden check here, timed once and cached;
-        ``measure=False`` skips the timing) or ``int8`` / ``fp16`` / ``fp32``. ``head``: ``auto`` or a kind
-        of :func:`~edgetl_runtime.heads.create_head`. ``flip_enrolment``: also enrol each mirror image.
+        ``measure=False`` skips the timing) or ``int8`` / ``fp16`` / ``fp32``. ``head``: ``adaptive`` (``auto``
+        adapted to the images predicted so far, where that passes its guard), ``auto`` (labelled samples only) or a
+        kind of :func:`~edgetl_runtime.heads.create_head`. ``flip_enrolment``: also enrol each mirror image.
         ``keep_images``: what the state keeps of each image so another model can re-extract it (see
         :class:`~edgetl_runtime.state.image_policy.ImageKeeping`; None: the state's own policy).
         ``progress(done, total)`` reports re-extraction for this model (docs/state.md).

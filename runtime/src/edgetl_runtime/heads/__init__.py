@@ -65,7 +65,7 @@ def head_for_prior(name: str, prior: Prior, **params: Any) -> BaseHead:
     the enrolled ones, solved in the primal over their statistics (``LDAHead(class_weight=None)``).
     ``logistic`` is iterative over individual samples and cannot continue from statistics.
     """
-    kind = prior.kind if name == "auto" else name
+    kind = prior.kind if name in ("auto", AdaptiveHead.kind) else name  # a shipped head: no adaptation (yet)
     if kind == "lda":
         return LDAHead(**{"class_weight": prior.class_weight, "power": prior.stats.power, **params})
     if kind == "ridge":

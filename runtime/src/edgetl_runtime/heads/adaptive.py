@@ -62,10 +62,11 @@ class AdaptiveHead(BaseHead):
         :class:`~edgetl_runtime.heads.seen_pool.SeenPool` that keeps them transformed (optional)."""
         arr, labels = self._check_fit_inputs(X, y)
         g = _group_index(groups, len(arr))
-        base = AutoHead(alphas=self.alphas, power=self.power, reject_quantile=self.reject_quantile).fit(arr, labels, g)
+        Zs = self._transform(arr)  # (N, D), shared with the labelled-only head
+        base = AutoHead(alphas=self.alphas, power=self.power, reject_quantile=self.reject_quantile)
+        base._fit_transformed(arr, Zs, labels, g)
         self.classes_, self.n_features_in_ = base.classes_, base.n_features_in_
         y_idx = np.searchsorted(self.classes_, labels).astype(np.int64)
-        Zs = self._transform(arr)  # (N, D)
         n_cls = len(self.classes_)
         pool = SeenPool.of(unlabelled, arr.shape[1], self.power)
         U, seen_sum = pool.newest(self.config.max_seen)

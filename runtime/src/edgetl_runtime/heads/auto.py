@@ -69,11 +69,14 @@ class AutoHead(BaseHead):
                 f"AutoHead candidates must be within {CANDIDATES} and contain prefer; got {self.get_params()}."
             )
         arr, labels = self._check_fit_inputs(X, y)
-        g = _group_index(groups, len(arr))
+        return self._fit_transformed(arr, self._transform(arr), labels, _group_index(groups, len(arr)))
+
+    def _fit_transformed(self, arr: FloatArray, Z: FloatArray, labels: Any, g: npt.NDArray[np.int64]) -> AutoHead:
+        """:meth:`fit` once the features ``arr`` are checked and transformed to ``Z`` (a caller that has ``Z``
+        already, :class:`~edgetl_runtime.heads.adaptive.AdaptiveHead`, saves a pass over them)."""
         classes, y_idx = np.unique(labels, return_inverse=True)  # encoded once, shared by the candidates
         y_idx = y_idx.ravel().astype(np.int64)
         scored = loo_scorable(y_idx, g, len(classes))  # samples whose class survives their removal
-        Z = self._transform(arr)  # (N, D) shared by the candidates (same power transform)
         self.loo_accuracy_: dict[str, float] = {}
         heads: dict[str, RidgeHead | NearestClassMean] = {}
         if "ridge" in self.candidates:
