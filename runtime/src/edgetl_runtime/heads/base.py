@@ -44,19 +44,21 @@ def power_l2(X: FloatArray, power: float) -> FloatArray:
     stays float32 (see :func:`check_features`).
     """
     X = np.asarray(X, dtype=_working_dtype(X))
-    if X.size and np.abs(X).max() > _RESCALE_ABOVE:  # squares would overflow: the result is scale-free, so rescale
+    low, high = (float(X.min()), float(X.max())) if X.size else (0.0, 0.0)  # two reductions, no |X| temporary
+    if max(-low, high) > _RESCALE_ABOVE:  # squares would overflow: the result is scale-free, so rescale
         X = X / np.maximum(np.abs(X).max(axis=1, keepdims=True), np.finfo(X.dtype).tiny)
-    if power == 0.5 and X.min() >= 0:  # sqrt is much faster than **, and |sqrt(x)|^2 is the row sum of x
+        low = float(X.min())
+    if power == 0.5 and low >= 0:  # sqrt is much faster than **, and |sqrt(x)|^2 is the row sum of x
         Z = np.sqrt(X)  # (N, D)
-        norms = np.sqrt(X.sum(axis=1, keepdims=True))
+        Z *= (1.0 / np.maximum(np.sqrt(X.sum(axis=1, keepdims=True)), 1e-12)).astype(Z.dtype)
+        return Z
+    if power == 1.0:
+        Z = X.copy()
+    elif power == 0.5:
+        Z = np.sign(X) * np.sqrt(np.abs(X))
     else:
-        if power == 1.0:
-            Z = X.copy()
-        elif power == 0.5:
-            Z = np.sign(X) * np.sqrt(np.abs(X))
-        else:
-            Z = np.sign(X) * np.abs(X) ** power
-        norms = np.sqrt(np.einsum("nd,nd->n", Z, Z))[:, None]
+        Z = np.sign(X) * np.abs(X) ** power
+    norms = np.sqrt(np.einsum("nd,nd->n", Z, Z))[:, None]
     Z /= np.maximum(norms, 1e-12)
     out: FloatArray = Z
     return out
