@@ -9,9 +9,9 @@ Fashion-MNIST calibration; features through the device runtime, cached by ``adap
   the test images): balanced (1000), imbalanced (Zipf, 10x between the most and least frequent class),
   30 % of classes never enrolled (7 enrolled, 3 not; scored on the 7), drifting (class mix shifting, the
   latest 1000 kept), tiny (5 images), none;
-- open set: 5 known / 5 unknown classes (10 draws), K = 1 / 5 / 20, a balanced 1000-image stream of all 10
-  classes seen: AUROC of the rejection score, % known kept and % unknown rejected by ``predict(reject=True)``,
-  for the old ``auto`` score and the new one;
+- open set: 5 known / 5 unknown classes (10 draws), K = 1 / 5 / 20, a balanced stream of all 10 classes
+  seen (1000 images, 20 and 100 of them drawn at random, and none): AUROC of the rejection score, % known
+  kept and % unknown rejected by ``predict(reject=True)``, for the old ``auto`` score and the new one;
 - cost (1 BLAS thread): ``AdaptiveHead.fit`` with 1000 seen images at the default width (from the
   ``SeenPool`` the Learner keeps, and from a plain array), ``Learner.fit()`` on a state holding them (first
   fit and refit), ``add`` of one sample, and fit-ready-for-``predict_proba`` of ``auto`` and of ``adaptive``
@@ -120,7 +120,9 @@ def open_set(feats: dict[str, np.ndarray], draws: int = 10) -> dict[str, Any]:
     pool, py, test, ty, st, sy = (feats[k] for k in ("pool", "pool_y", "test", "test_y", "stream", "stream_y"))
     out: dict[str, Any] = {}
     for k in (1, 5, 20):
-        cells: dict[str, list[list[float]]] = {"auto": [], "adaptive_nostream": [], "adaptive": []}
+        cells: dict[str, list[list[float]]] = {
+            "auto": [], "adaptive_nostream": [], "adaptive_20_seen": [], "adaptive_100_seen": [], "adaptive": []
+        }  # fmt: skip
         for draw in range(draws):
             rng = np.random.default_rng(500 + draw)
             known = np.sort(rng.permutation(CLASSES)[:5])
@@ -131,6 +133,8 @@ def open_set(feats: dict[str, np.ndarray], draws: int = 10) -> dict[str, Any]:
             heads = {
                 "auto": create_head("auto").fit(pool[sup], py[sup]),
                 "adaptive_nostream": AdaptiveHead().fit(pool[sup], py[sup]),
+                "adaptive_20_seen": AdaptiveHead().fit(pool[sup], py[sup], unlabelled=st[rng.permutation(si)[:20]]),
+                "adaptive_100_seen": AdaptiveHead().fit(pool[sup], py[sup], unlabelled=st[rng.permutation(si)[:100]]),
                 "adaptive": AdaptiveHead().fit(pool[sup], py[sup], unlabelled=st[si]),
             }
             for name, h in heads.items():
