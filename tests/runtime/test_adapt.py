@@ -271,3 +271,18 @@ def test_learner_adaptive_head_re_adapts_as_images_stream_in_from_one_kept_pool(
     learner.predict(images((30, 30, 220), 1))  # cached before the refit it triggers: it counts too
     assert learner.info()["adaptation"]["seen"] == 26 + few + 1
     assert learner.keeper._seen is pool and list(pool.ids) == sorted(pool.ids)
+
+
+def test_adaptation_is_the_default_of_the_learner_and_of_edgetl_device(tiny_bundle: Path) -> None:
+    import inspect
+
+    from edgetl_runtime.cli import build_parser
+
+    assert inspect.signature(Learner.load).parameters["head"].default == "adaptive"
+    args = build_parser().parse_args(["--bundle", str(tiny_bundle), "info"])
+    assert args.head == "adaptive"
+    learner = Learner.load(tiny_bundle, backend="onnxruntime")
+    learner.add([np.full((18, 22, 3), 200, np.uint8)], "a")
+    learner.add([np.full((18, 22, 3), 20, np.uint8)], "b")
+    learner.fit()
+    assert learner.info()["head"] == "adaptive" and learner.info()["adaptation"]["adapted"] is False  # none seen

@@ -128,6 +128,7 @@ def test_heads_refuse_a_prior_they_cannot_continue() -> None:
     X, y = _data()
     prior = Prior(ClassStats.from_features(X, y), alpha=0.05, temperature=0.1)
     assert head_for_prior("auto", prior).kind == "lda"
+    assert head_for_prior("adaptive", prior).kind == "lda"  # the default head continues the host's choice too
     ridge = head_for_prior("ridge", prior)
     assert isinstance(ridge, LDAHead) and ridge.class_weight is None
     with pytest.raises(ConfigError, match="cannot continue"):
