@@ -204,9 +204,16 @@ def learner_refit(bundle: Path, feats: dict[str, np.ndarray], idx: np.ndarray, r
         times.append(1e3 * (time.perf_counter() - t))
     reference = AdaptiveHead().fit(pool[idx], py[idx].astype(str), unlabelled=st[::-1])  # arrays: newest first
     same = bool(np.array_equal(learner.head.predict(test), reference.predict(test)))
+    shifted = []  # 100 newer seen images each time: as many of the oldest leave the newest-1000 window
+    for start in range(1000, 1500, 100):
+        learner.store.put_features({f"seen{i:06d}": feats["stream"][i] for i in range(start, start + 100)})
+        t = time.perf_counter()
+        learner.fit()
+        shifted.append(1e3 * (time.perf_counter() - t))
     stream = stream_predict(learner)
     learner.close()
     return {"learner_first_fit_1000_seen": times[0], "learner_refit_1000_seen": float(np.median(times[1:])),
+            "learner_refit_100_new_100_out": float(np.median(shifted)),
             "learner_head_equals_adaptive_head": same, "learner_head": learner.head_kind, **stream}  # fmt: skip
 
 
@@ -230,6 +237,7 @@ def stream_predict(learner: Any, n: int = 200) -> dict[str, Any]:
             seen = learner.keeper.adaptation()
         out[f"predict_one_{name}_p50_ms"] = float(np.median(times))
         out[f"predict_one_{name}_mean_ms"] = float(np.mean(times))
+        out[f"predict_one_{name}_max_ms"] = float(np.max(times))
         out[f"refits_in_stream_{name}"] = refits
         out[f"seen_after_stream_{name}"] = (seen or {}).get("seen")
     return out

@@ -203,7 +203,6 @@ def test_seen_pool_rows_are_the_heads_transform_and_its_sum_is_kept() -> None:
         assert pool.add(X[:4]) == 4 and pool.add(X[4:]) == 2
         np.testing.assert_allclose(pool.rows, power_l2(X, 0.5), rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(pool.sum, power_l2(X, 0.5).sum(axis=0), rtol=1e-5, atol=1e-6)
-        assert list(pool.ids) == list(range(6))
 
 
 def test_seen_pool_counts_repeats_and_non_finite_rows_once_and_leaves_them_out() -> None:
@@ -211,25 +210,59 @@ def test_seen_pool_counts_repeats_and_non_finite_rows_once_and_leaves_them_out()
     pool = SeenPool(D)
     bad = X.copy()
     bad[1, 3] = np.nan
-    assert pool.add(np.vstack([X[:3], X[0:1], bad[1:2]])) == 3  # a repeat within, and a NaN row
-    assert pool.add(X[2:5]) == 2  # X[2] repeats a row already held
+    assert pool.add(np.vstack([X[:3], X[0:1], bad[1:2]]), ["a", "b", "c", "a2", "bad"]) == 3  # a repeat, a NaN
+    assert pool.add(X[2:5], ["c2", "d", "e"]) == 2  # X[2] repeats a row already held
     assert len(pool) == 5 and pool.repeats == 2 and pool.non_finite == 1
+    reads: list[list[str]] = []
+    current = ["a", "b", "c", "a2", "bad", "c2", "d", "e"]
+    pool.sync(current, lambda keys: reads.append(keys) or {})
+    assert reads == [] and pool.repeats == 2 and pool.non_finite == 1  # refused rows are not read or counted again
+    pool.sync(["a", "b", "d"], lambda keys: {})
+    assert pool.keys == ["a", "b", "d"] and pool.repeats == 0 and pool.non_finite == 0
 
 
-def test_seen_pool_sync_drops_rows_the_state_no_longer_has_and_reads_only_new_ones() -> None:
-    X = np.random.default_rng(0).random((6, D)).astype(np.float32)
-    reads: list[int] = []
+def test_seen_pool_drops_the_oldest_by_moving_its_start_and_keeps_an_exact_sum() -> None:
+    X = np.random.default_rng(0).random((12, D)).astype(np.float32)
+    pool = SeenPool(D)
+    pool.add(X[:8], [f"k{i}" for i in range(8)])
+    buffer = pool._buf
+    assert pool.keep_only({f"k{i}" for i in range(3, 8)}) == 3  # the oldest three leave: no copy
+    assert pool._buf is buffer and pool.keys == [f"k{i}" for i in range(3, 8)]
+    pool.keep_only({"k3", "k5", "k6", "k7"})  # one from the middle: compacted
+    pool.add(X[8:], [f"k{i}" for i in range(8, 12)])
+    np.testing.assert_allclose(pool.sum, pool.rows.sum(axis=0), rtol=1e-5)
+    assert pool.keys == ["k3", "k5", "k6", "k7", "k8", "k9", "k10", "k11"]
 
-    def read_after(rowid: int) -> tuple[np.ndarray, np.ndarray]:
-        reads.append(rowid)
-        ids = np.array([i for i in (10, 11, 12, 13, 14, 15) if i > rowid], dtype=np.int64)
-        return ids, X[ids - 10]
+
+def test_seen_pool_follows_the_state_through_enrolment_removal_and_eviction() -> None:
+    store = FeatureStore(None, model_digest="d", feature_dim=D, preprocess_key="p", max_unenrolled=6)
+    rng = np.random.default_rng(0)
+    vec = {f"k{i}": rng.random(D).astype(np.float32) for i in range(9)}
+    reads: list[list[str]] = []
+
+    def read(keys: list[str]) -> dict[str, np.ndarray]:
+        reads.append(list(keys))
+        return store.cache.get(keys)
+
+    def sync() -> set[str]:
+        pool.sync(store.cache.seen_keys(100), read)
+        return set(pool.keys)
 
     pool = SeenPool(D)
-    assert pool.sync(np.arange(10, 16), read_after) == 6
-    assert pool.sync(np.array([10, 12, 13, 14, 15]), read_after) == 0  # 11 evicted: gone, nothing re-read
-    assert reads == [-1, 15] and list(pool.ids) == [10, 12, 13, 14, 15]
-    np.testing.assert_allclose(pool.sum, pool.rows.sum(axis=0), rtol=1e-6)
+    store.put_features({k: vec[k] for k in ("k0", "k1", "k2", "k3", "k4")})
+    assert sync() == {"k0", "k1", "k2", "k3", "k4"}
+    store.add_samples(["k2"], ["a"], vec["k2"][None])  # enrolled: no longer a seen image
+    store.put_features({"k5": vec["k5"]})
+    assert sync() == {"k0", "k1", "k3", "k4", "k5"} and reads[-1] == ["k5"]  # only the new one is read
+    store.remove(label="a")  # its image is a seen one again, whatever row number SQLite gave it
+    assert sync() == {"k0", "k1", "k2", "k3", "k4", "k5"} and reads[-1] == ["k2"]
+    store.put_features({k: vec[k] for k in ("k6", "k7", "k8")})  # beyond max_unenrolled=6: the oldest go
+    seen = set(store.cache.seen_keys(100))
+    assert len(seen) == 6 and sync() == seen
+    np.testing.assert_allclose(pool.sum, pool.rows.sum(axis=0), rtol=1e-5)
+    assert sync() == seen and reads[-1] == ["k6", "k7", "k8"]  # nothing new: nothing read
+    other = FeatureStore(None, model_digest="d2", feature_dim=D, preprocess_key="p")
+    assert other.cache.seen_keys(100) == []  # another model's cache is its own
 
 
 def test_adaptive_head_fits_the_same_from_an_array_and_from_a_pool() -> None:
@@ -245,32 +278,49 @@ def test_adaptive_head_fits_the_same_from_an_array_and_from_a_pool() -> None:
     assert a.adaptation_ == b.adaptation_
 
 
-def test_learner_adaptive_head_re_adapts_as_images_stream_in_from_one_kept_pool(tiny_bundle: Path) -> None:
+def _colour_images(rng: np.random.Generator, color: tuple[int, int, int], n: int) -> list[np.ndarray]:
+    base = np.array(color, dtype=np.int16)
+    return [np.clip(base + rng.integers(-20, 21, size=(18, 22, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+def test_learner_adaptive_head_re_adapts_after_enough_new_images_never_during_a_prediction(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from edgetl_runtime import head_keeper
 
     rng = np.random.default_rng(0)
+    red, green = (220, 30, 30), (30, 220, 30)
+    learner = Learner.load(tiny_bundle, backend="onnxruntime", head="adaptive")
+    learner.add(_colour_images(rng, red, 1), "red")
+    learner.add(_colour_images(rng, green, 1), "green")
+    learner.fit()
+    learner.predict(_colour_images(rng, red, 2))
+    assert learner.info()["adaptation"]["seen"] == 0  # 2 new: fewer than READAPT_MIN
+    before = learner.head
+    learner.predict(_colour_images(rng, red, 12) + _colour_images(rng, green, 12))  # 26 new: re-adapts after it
+    assert learner.info()["adaptation"]["seen"] == 26 and learner.head is not before
+    monkeypatch.setattr(head_keeper, "READAPT_MIN", 1)
+    learner.predict(_colour_images(rng, green, 2))  # 2 < 10 % of 26: no re-adaptation
+    assert learner.info()["adaptation"]["seen"] == 26
+    learner.predict(_colour_images(rng, green, 1))  # 3 >= 2.6: re-adapts
+    assert learner.info()["adaptation"]["seen"] == 29
+    learner.evaluate(_colour_images(rng, red, 25), ["red"] * 25)  # a test set is not seen: nothing changes
+    assert learner.info()["adaptation"]["seen"] == 29 and len(learner.store.seen_features()) == 29
 
-    def images(color: tuple[int, int, int], n: int) -> list[np.ndarray]:
-        base = np.array(color, dtype=np.int16)
-        return [np.clip(base + rng.integers(-20, 21, size=(18, 22, 3)), 0, 255).astype(np.uint8) for _ in range(n)]
+
+def test_a_shipped_head_is_continued_and_seen_images_never_refit_it(tiny_bundle: Path) -> None:
+    from edgetl_runtime.heads import Prior
+    from edgetl_runtime.heads.stats import ClassStats
 
     learner = Learner.load(tiny_bundle, backend="onnxruntime", head="adaptive")
-    learner.add(images((220, 30, 30), 1), "red")
-    learner.add(images((30, 220, 30), 1), "green")
-    learner.fit()
-    learner.predict(images((220, 30, 30), 2))
-    assert learner.info()["adaptation"]["seen"] == 0  # fitted before these were seen; 2 are too few to re-adapt
-    learner.predict(images((220, 30, 30), 12) + images((30, 220, 30), 12))  # 26 new >= READAPT_MIN: re-adapts
-    assert learner.info()["adaptation"]["seen"] == 26
-    pool = learner.keeper._seen
-    assert pool is not None and len(pool) == 26
-    few = head_keeper.READAPT_MIN - 1
-    learner.predict(images((30, 220, 30), few))  # too few new ones: the head stays as it was
-    assert learner.info()["adaptation"]["seen"] == 26
-    learner.add(images((30, 30, 220), 1), "blue")  # an enrolment refits, and the refit reads only the new rows
-    learner.predict(images((30, 30, 220), 1))  # cached before the refit it triggers: it counts too
-    assert learner.info()["adaptation"]["seen"] == 26 + few + 1
-    assert learner.keeper._seen is pool and list(pool.ids) == sorted(pool.ids)
+    rng = np.random.default_rng(0)
+    X = learner.features(_colour_images(rng, (220, 30, 30), 4) + _colour_images(rng, (30, 220, 30), 4))
+    prior = Prior(ClassStats.from_features(X, np.array(["red"] * 4 + ["green"] * 4)), alpha=0.05, temperature=0.1)
+    shipped = Learner(learner.bundle, learner.backend, learner.store, "adaptive", prior=prior)
+    head = shipped.head
+    assert head.kind == "lda"
+    shipped.predict(_colour_images(rng, (220, 30, 30), 40))
+    assert shipped.head is head  # 40 new seen images: no re-adaptation of a shipped head
 
 
 def test_adaptation_is_the_default_of_the_learner_and_of_edgetl_device(tiny_bundle: Path) -> None:

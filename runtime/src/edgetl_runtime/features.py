@@ -25,6 +25,7 @@ class FeatureExtractor:
     store: FeatureStore
     batch_size: int = 32
     backbone_runs: int = 0  # images the backbone actually ran on: cache misses
+    cached_rows: int = 0  # features this extractor wrote to the prediction cache (the images a device has seen)
     _count_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def keys(self, images: list[npt.NDArray[np.uint8]]) -> list[str]:
@@ -47,8 +48,13 @@ class FeatureExtractor:
         cached = self.store.get_features(keys)
         missing = [i for i, k in enumerate(keys) if k not in cached]
         computed = self.run_backbone([images[i] for i in missing]) if missing else None
-        if computed is not None and cache:
-            self.store.put_features({keys[i]: computed[j] for j, i in enumerate(missing)})
+        if (
+            computed is not None
+            and cache
+            and self.store.put_features({keys[i]: computed[j] for j, i in enumerate(missing)})
+        ):
+            with self._count_lock:
+                self.cached_rows += len(missing)
         out = np.empty((len(images), self.store.feature_dim), dtype=np.float32)  # (N, D)
         for i, key in enumerate(keys):
             if key in cached:

@@ -117,31 +117,37 @@ class HeadKeeper:
                     )
                 raise NotFittedError(f"No samples are enrolled{why}; call add(images, label) for a class first.")
             if self.kind == AdaptiveHead.kind and prior is None:  # adapts to the images predicted so far
-                head: Head = AdaptiveHead().fit(features, labels, unlabelled=self._seen_now(features.shape[1]))
+                adaptive = AdaptiveHead()
+                seen = self._seen_now(features.shape[1], adaptive.config.max_seen)
+                head: Head = adaptive.fit(features, labels, unlabelled=seen)
             else:
                 head = fit_with_prior(self.kind, features, labels, prior)
             self._fitted = (self._changes, head)
             return head
 
     def saw(self, new_images: int) -> None:
-        """``new_images`` images were just seen (and cached). ``head="adaptive"`` goes stale once they number
-        :data:`READAPT_MIN` and :data:`READAPT_GROWTH` of the pool it adapted to, so it re-adapts at the next
-        prediction (a refit reads and transforms only the new images: ~30 ms for a 1000-image pool)."""
+        """``new_images`` seen images were just cached. ``head="adaptive"`` re-adapts now once this process has
+        cached :data:`READAPT_MIN` of them and :data:`READAPT_GROWTH` of the pool it adapted to (a refit reads and
+        transforms only the new ones: ~30 ms with 1000 seen at the default width); other processes' predictions
+        join at the next refit."""
         if self.kind != AdaptiveHead.kind or new_images <= 0 or self.prior is not None:
             return
         with self.lock:
             self._unadapted += new_images
-            if self._unadapted >= max(READAPT_MIN, READAPT_GROWTH * self._adapted_on):
+            if self._fitted is None or self._unadapted < max(READAPT_MIN, READAPT_GROWTH * self._adapted_on):
+                return
+            try:
+                self.fit()
+            except NotFittedError:  # nothing enrolled any more: the next use says so
                 self._unadapted = 0
-                self._changes += 1
 
-    def _seen_now(self, n_features: int) -> SeenPool:
-        """The seen pool, brought up to date: only the images cached since the last fit are read and transformed
-        (:class:`~edgetl_runtime.heads.seen_pool.SeenPool`); rows evicted or enrolled since leave it."""
+    def _seen_now(self, n_features: int, limit: int) -> SeenPool:
+        """The newest ``limit`` seen images, brought up to date: only those new since the last fit are read and
+        transformed (:class:`~edgetl_runtime.heads.seen_pool.SeenPool`); those evicted or enrolled since leave."""
         if self._seen is None or self._seen.n_features != n_features:
             self._seen = SeenPool(n_features)
         cache = self.store.cache
-        self._seen.sync(cache.seen_ids(), cache.seen_after)
+        self._seen.sync(cache.seen_keys(limit), cache.get)
         self._adapted_on, self._unadapted = len(self._seen), 0
         return self._seen
 

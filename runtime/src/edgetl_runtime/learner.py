@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from edgetl_runtime.features import FeatureExtractor
 from edgetl_runtime.head_keeper import Head, HeadKeeper
 from edgetl_runtime.heads import Prior
 from edgetl_runtime.images import Images, as_image_list, hflip
-from edgetl_runtime.learner_info import Enrolled
+from edgetl_runtime.learner_info import Enrolled, accuracy_report
 from edgetl_runtime.loading import open_backend_and_state
 from edgetl_runtime.reextract import FeatureCompletion, Progress, restore_unusable, warn_images_still_kept
 from edgetl_runtime.state.image_policy import ImageKeeping
@@ -197,8 +197,7 @@ class Learner:
             return self.store.forget_images()
 
     def fit(self) -> Learner:
-        """Refit the head from every enrolled sample (milliseconds, from the cache); also re-runs ``auto``'s
-        model selection, which incremental adds keep fixed."""
+        """Refit the head from every enrolled sample and the seen images (from the cache); re-runs ``auto``'s choice."""
         self.keeper.fit()
         return self
 
@@ -220,29 +219,33 @@ class Learner:
         return np.asarray(self.head.classes_, dtype=str)
 
     def features(self, images: Images) -> npt.NDArray[np.float32]:
-        """Backbone features ``(N, D)`` of ``images`` (cached: ``head="adaptive"`` learns from them)."""
-        runs = self.extractor.backbone_runs
-        features = self.extractor(images)
-        self.keeper.saw(self.extractor.backbone_runs - runs)
-        return features
+        """Backbone features ``(N, D)`` of ``images`` (cached: the default head learns from them)."""
+        return np.asarray(self._seen(images, None))
 
     def predict(self, images: Images, *, reject: bool = False) -> npt.NDArray[np.str_]:
         """Labels for ``images``; with ``reject`` low-confidence ones become ``"unknown"``."""
-        features = self.features(images)
-        with self.keeper.lock:
-            return np.asarray(self.keeper.current().predict(features, reject=reject), dtype=str)
+        return np.asarray(self._seen(images, lambda head, z: head.predict(z, reject=reject)), dtype=str)
 
     def predict_proba(self, images: Images) -> npt.NDArray[np.float64]:
         """Class probabilities ``(N, C)``, columns in ``classes_`` order."""
-        features = self.features(images)
-        with self.keeper.lock:
-            return np.asarray(self.keeper.current().predict_proba(features), dtype=np.float64)
+        return np.asarray(self._seen(images, lambda head, z: head.predict_proba(z)), dtype=np.float64)
+
+    def _seen(self, images: Images, use: Callable[[Head, Any], Any] | None) -> Any:
+        """``use(head, features)`` by the head as it stands, then the newly cached images count as seen toward its
+        next re-adaptation (``head="adaptive"``): the head predicting an image was fitted before it was seen."""
+        before = self.extractor.cached_rows
+        out = features = self.extractor(images)
+        if use is not None:
+            with self.keeper.lock:
+                out = use(self.keeper.current(), features)
+        self.keeper.saw(self.extractor.cached_rows - before)
+        return out
 
     def evaluate(self, images: Images, labels: Sequence[Any]) -> dict[str, Any]:
-        """Accuracy and per-class recall on labelled images."""
-        from edgetl_runtime.learner_info import accuracy_report
-
-        return accuracy_report(self.predict(images), labels)
+        """Accuracy and per-class recall on labelled images (not cached as seen: no head adapts to a test set)."""
+        features = self.extractor.extract(as_image_list(images), cache=False)[1]
+        with self.keeper.lock:
+            return accuracy_report(np.asarray(self.keeper.current().predict(features), dtype=str), labels)
 
     def counts(self) -> dict[str, int]:
         """Enrolled samples per label (shipped classes are in ``info()["shipped_head"]``)."""

@@ -52,7 +52,9 @@ class AdaptConfig:
             this much and still be kept (LOO on ~50 shots has a standard error of ~6 points).
         min_loo: with one shot per class the labelled-only head has no leave-one-out accuracy; the adapted head
             is kept when its own (each shot classified with the shot held out) reaches this.
-        max_seen: at most this many seen images are used (the newest ones, as the caller orders them).
+        max_seen: at most this many seen images are used, the newest (the Learner keeps no more in memory: 1000
+            x D x 4 bytes, 46 MB for the default Lite0 export; 1000 seen images gave the figures of
+            ``benchmarks/bench_adapt.py``).
     """
 
     rounds: int = 1
@@ -61,7 +63,7 @@ class AdaptConfig:
     min_mass: float = 1.0
     margin: float = 0.02
     min_loo: float = 0.5
-    max_seen: int = 5000
+    max_seen: int = 1000
     tol: float = 1e-3
 
     def __post_init__(self) -> None:

@@ -68,7 +68,7 @@ class AdaptiveHead(BaseHead):
         self.classes_, self.n_features_in_ = base.classes_, base.n_features_in_
         y_idx = np.searchsorted(self.classes_, labels).astype(np.int64)
         n_cls = len(self.classes_)
-        pool = SeenPool.of(unlabelled, arr.shape[1], self.power)
+        pool = SeenPool.of(unlabelled, arr.shape[1], self.power, self.config.max_seen)
         U, seen_sum = pool.newest(self.config.max_seen)
         info: dict[str, Any] = {
             "seen": int(len(U)),

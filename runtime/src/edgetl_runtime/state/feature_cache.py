@@ -100,25 +100,17 @@ class FeatureCache:
                 f"DELETE FROM features WHERE rowid IN (SELECT f.rowid {unenrolled} ORDER BY f.rowid LIMIT ?)", (excess,)
             )
 
-    _SEEN = "FROM features f WHERE f.model = ? AND NOT EXISTS (SELECT 1 FROM samples s WHERE s.image = f.image)"
-
-    def seen_ids(self) -> npt.NDArray[np.int64]:
-        """Row ids (ascending: arrival order) of this model's cached features of images not enrolled."""
-        with self.connection.reading():
-            rows = self.connection.db.execute(f"SELECT f.rowid {self._SEEN} ORDER BY f.rowid", (self.space.key,))
-            return np.fromiter((r[0] for r in rows), dtype=np.int64)
-
-    def seen_after(self, rowid: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Row ids and features ``(m, D)`` of the seen images cached after row ``rowid``, oldest first: what a
-        :class:`~edgetl_runtime.heads.seen_pool.SeenPool` has not read yet (rows of the wrong size are left out)."""
-        dim = self.space.feature_dim
+    def seen_keys(self, limit: int) -> list[str]:
+        """Image keys of the newest ``limit`` seen images (cached under this model, not enrolled), oldest first:
+        what a :class:`~edgetl_runtime.heads.seen_pool.SeenPool` syncs to (it reads the features it lacks with
+        :meth:`get`)."""
         with self.connection.reading():
             rows = self.connection.db.execute(
-                f"SELECT f.rowid, f.vec {self._SEEN} AND f.rowid > ? ORDER BY f.rowid", (self.space.key, int(rowid))
+                "SELECT image FROM (SELECT f.rowid AS r, f.image FROM features f WHERE f.model = ? AND NOT EXISTS "
+                "(SELECT 1 FROM samples s WHERE s.image = f.image) ORDER BY f.rowid DESC LIMIT ?) ORDER BY r",
+                (self.space.key, int(limit)),
             ).fetchall()
-        rows = [r for r in rows if isinstance(r[1], bytes) and len(r[1]) == 4 * dim]
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        return ids, np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+        return [str(r[0]) for r in rows]
 
     def seen(self, limit: int | None = None) -> npt.NDArray[np.float32]:
         """This model's cached features of images seen but not enrolled (the prediction cache), newest first,
