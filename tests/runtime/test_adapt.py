@@ -234,6 +234,20 @@ def test_seen_pool_drops_the_oldest_by_moving_its_start_and_keeps_an_exact_sum()
     assert pool.keys == ["k3", "k5", "k6", "k7", "k8", "k9", "k10", "k11"]
 
 
+def test_seen_pool_slides_its_window_in_place_when_it_reaches_the_end_of_its_buffer() -> None:
+    from edgetl_runtime.heads.base import power_l2
+
+    X = np.random.default_rng(0).random((170, D)).astype(np.float32)
+    pool = SeenPool(D)
+    pool.add(X[:100], [f"k{i}" for i in range(100)])
+    buffer, capacity = pool._buf, len(pool._buf)
+    pool.keep_only({f"k{i}" for i in range(80, 100)})
+    pool.add(X[100:], [f"k{i}" for i in range(100, 170)])  # past the end: the 20 kept rows slide to the front
+    assert pool._buf is buffer and len(pool._buf) == capacity and len(pool) == 90
+    np.testing.assert_allclose(pool.rows, power_l2(X[80:], 0.5), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(pool.sum, pool.rows.sum(axis=0), rtol=1e-5)
+
+
 def test_seen_pool_follows_the_state_through_enrolment_removal_and_eviction() -> None:
     store = FeatureStore(None, model_digest="d", feature_dim=D, preprocess_key="p", max_unenrolled=6)
     rng = np.random.default_rng(0)

@@ -103,11 +103,21 @@ class SeenPool:
 
     def _append(self, rows: F32, keys: list[str], prints: npt.NDArray[np.float64]) -> None:
         n, m = len(self), len(rows)
-        if self._end + m > len(self._buf):  # move the window to the front, growing (doubling) if that is not enough
-            cap = len(self._buf) if n + m <= len(self._buf) else max(2 * len(self._buf), n + m, 64)
-            buf, pr = np.zeros((cap, self.n_features), dtype=np.float32), np.zeros(cap)
-            buf[:n], pr[:n] = self.rows, self._prints[self._start : self._end]
-            self._buf, self._prints, self._start, self._end = buf, pr, 0, n
+        if self._end + m > len(self._buf):
+            if n + m <= len(self._buf):  # slide the window to the front in place, in blocks that do not overlap
+                step = max(self._start, 1)
+                for i in range(0, n, step):
+                    j = min(i + step, n)
+                    self._buf[i:j], self._prints[i:j] = (
+                        self._buf[self._start + i : self._start + j],
+                        self._prints[self._start + i : self._start + j],
+                    )
+            else:  # grow, with a quarter to spare (the window then slides that far before it moves)
+                cap = n + m + max((n + m) // 4, 64)
+                buf, pr = np.empty((cap, self.n_features), dtype=np.float32), np.empty(cap)
+                buf[:n], pr[:n] = self.rows, self._prints[self._start : self._end]
+                self._buf, self._prints = buf, pr
+            self._start, self._end = 0, n
         self._buf[self._end : self._end + m], self._prints[self._end : self._end + m] = rows, prints
         self._end += m
         self._keys.extend(keys)
