@@ -245,17 +245,24 @@ def run_concurrency(
             errors.append(f"enrol: {type(exc).__name__}: {exc}")
 
     def predict(t: int) -> None:
+        calls = 0
         try:
             while not stop.is_set():
+                images = probe
+                if head == "adaptive":  # new images each call: the head re-adapts while others predict and enrol
+                    calls += 1
+                    images = class_images(COLORS["red"], 1, 10_000 + 1000 * t + calls) + class_images(
+                        COLORS["blue"], 1, 500_000 + 1000 * t + calls
+                    )
                 if t % 2:
-                    labels = learner.predict(probe)
+                    labels = learner.predict(images)
                     with lock:
                         torn = any(str(v) not in known for v in labels)
                     bump("predict_calls")
                 else:
                     with lock:
                         before = len(returned)
-                    proba = learner.predict_proba(probe)
+                    proba = learner.predict_proba(images)
                     with lock:
                         after = len(known)
                     rows_ok = np.allclose(proba.sum(axis=1), 1.0, atol=1e-6) and np.isfinite(proba).all()
@@ -284,6 +291,7 @@ def run_concurrency(
         problems.append(f"{len(store_ids)} samples in the store, {len(ids)} ids returned by add")
     if sorted(learner.classes_) != sorted(returned):
         problems.append(f"the head knows {len(learner.classes_)} classes, {len(returned)} were enrolled")
+    seen = (learner.keeper.adaptation() or {}).get("seen", 0)  # the adaptive head's pool when it last refit
     learner.close()
     problems += state_problems(bundle, state)
     return {
@@ -295,6 +303,7 @@ def run_concurrency(
         "n_errors": len(errors),
         "corrupt": int(bool(problems)),
         "problems": problems[:5],
+        "seen": seen,
     }
 
 
