@@ -212,17 +212,21 @@ def backend_unavailable(bundle: Bundle, backend: str, precision: Precision) -> s
     return None
 
 
-def open_backend(bundle: Bundle, backend: str, precision: Precision, threads: int | None = None) -> Backend:
+def open_backend(
+    bundle: Bundle, backend: str, precision: Precision, threads: int | None = None, kernel: str | None = None
+) -> Backend:
     """``backend`` (one of :data:`TIMED_BACKENDS`) at exactly ``precision``, not golden-checked: a timing
-    tool reports the golden check beside the time instead of refusing to time."""
+    tool reports the golden check beside the time instead of refusing to time. ``kernel``: onnxruntime's int8
+    kernel (``fast`` / ``exact``; None: the host's exact one), to time what a device chose."""
     from edgetl_runtime.backends import create_backend
-    from edgetl_runtime.backends.onnxruntime import OrtBackend
+    from edgetl_runtime.backends.onnxruntime import HOST_KERNEL, Int8Kernel, OrtBackend
 
     if backend == "tensorrt":
         return create_backend(bundle, "tensorrt", precision, verify=False)
     if backend not in ORT_PROVIDERS:
         raise ConfigError(f"Unknown backend {backend!r} to time; choose one of {list(TIMED_BACKENDS)}.")
-    return OrtBackend.from_bundle(bundle, precision, threads=threads, providers=[ORT_PROVIDERS[backend]])
+    chosen = Int8Kernel(kernel) if kernel else HOST_KERNEL
+    return OrtBackend.from_bundle(bundle, precision, threads=threads, providers=[ORT_PROVIDERS[backend]], kernel=chosen)
 
 
 @dataclass(frozen=True)
