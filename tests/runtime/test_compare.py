@@ -12,13 +12,14 @@ from tiny_bundles import tiny_onnx, write_tiny_bundle
 
 from edgetl_runtime.cli import main as device_main
 from edgetl_runtime.compare import CompareConfig, compare_bundles
-from edgetl_runtime.compare.accuracy import AccuracyCell
 from edgetl_runtime.compare import latency as latency_module
+from edgetl_runtime.compare.accuracy import AccuracyCell
 from edgetl_runtime.compare.latency import FRESH, HERE, median_stats, timed_backend
 from edgetl_runtime.compare.probe import ProbeRequest
 from edgetl_runtime.compare.recommend import pareto_front, recommend
 from edgetl_runtime.compare.spread import median, pooled_log_sd, prediction_interval, t_quantile
 from edgetl_runtime.errors import BundleError, ConfigError, DatasetError
+from edgetl_runtime.measure.latency import others_share
 
 pytestmark = pytest.mark.runtime
 FAST = CompareConfig(splits=3, processes=2, runs=10, warmup=1, max_seconds=0.2, probe=False)
@@ -92,6 +93,7 @@ def test_fresh_processes_time_each_option_as_bench_does_with_cold_start_and_peak
         assert lat.cold_start_ms is not None and lat.cold_start_ms > 0
         assert lat.peak_rss_mb is not None and lat.peak_rss_mb > 10
         assert lat.batch1.runs >= 20 and lat.batched.items_per_call == 8
+        assert len(lat.others_cpu_share) == 2 and all(x is None or 0 <= x <= 1 for x in lat.others_cpu_share)
     assert not result.problems
 
 
@@ -104,8 +106,9 @@ def _fake_probe(p50s: dict[str, list[float]], calls: list[str]) -> object:
         if not p50s[name]:
             return {"error": "RuntimeError: no interpreter here"}
         p50 = p50s[name].pop(0)
-        stats = {"runs": 10, "warmup": 1, "p50_ms": p50, "p90_ms": p50 * 1.1, "p99_ms": p50 * 1.2, "mean_ms": p50,
-                 "min_ms": p50 * 0.9, "items_per_call": 1, "p95_ms": p50 * 1.15, "max_ms": p50 * 1.3, "std_ms": 0.1}  # fmt: skip
+        stats = {"runs": 10, "warmup": 1, "p50_ms": p50, "p90_ms": p50 * 1.1, "p99_ms": p50 * 1.2,
+                 "mean_ms": p50, "min_ms": p50 * 0.9, "items_per_call": 1, "p95_ms": p50 * 1.15,
+                 "max_ms": p50 * 1.3, "std_ms": 0.1}  # fmt: skip
         batched = {**stats, "items_per_call": 8, "p50_ms": 4 * p50}
         return {"batch1": stats, "batched": batched, "cold_start_ms": 50.0, "peak_rss_mb": 100.0 + p50,
                 "kernel": "fast" if request.precision == "int8" else None}  # fmt: skip
@@ -148,6 +151,12 @@ def test_a_kernel_other_than_the_golden_checks_choice_is_named(
     result = compare_bundles(two_bundles, data, config)
     assert "ran int8 kernel ['exact']" in (result.latency["a:int8"].probe_error or "")
     assert result.latency["a:fp32"].probe_error is None
+
+
+def test_others_cpu_share_is_the_busy_time_that_was_not_ours() -> None:
+    # (machine busy s, machine total s, our CPU s): 2 cores x 10 s, 12 s busy of which 4 s ours
+    assert others_share((100.0, 1000.0, 5.0), (112.0, 1020.0, 9.0)) == 0.4
+    assert others_share(None, (1.0, 2.0, 3.0)) is None and others_share((1.0, 2.0, 0.0), (1.0, 2.0, 0.0)) is None
 
 
 def test_backend_names_map_to_what_the_probe_times() -> None:

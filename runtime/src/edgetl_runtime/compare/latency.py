@@ -16,7 +16,7 @@ from edgetl_runtime.compare.config import CompareConfig
 from edgetl_runtime.compare.options import Option
 from edgetl_runtime.compare.probe import ProbeRequest, time_backend
 from edgetl_runtime.compare.spread import median, pooled_log_sd, prediction_interval
-from edgetl_runtime.measure.latency import LatencyStats
+from edgetl_runtime.measure.latency import LatencyStats, cpu_snapshot, others_share
 
 Progress = Callable[[str, int, int], None]
 FRESH = "fresh processes"
@@ -33,6 +33,7 @@ class OptionLatency:
     p50_interval_ms: tuple[float, float]  # 95 % prediction interval of one more process's p50 (one bench run)
     batched: LatencyStats  # backbone only, ``items_per_call`` images per call, medians over processes
     process_p50_ms: tuple[float, ...] = ()  # each process's batch-1 p50, in the order they ran
+    others_cpu_share: tuple[float | None, ...] = ()  # machine CPU share other processes took during each
     method: str = FRESH  # FRESH, or HERE (--no-probe, or every fresh process failed)
     spread_sd: float = float("nan")  # process-to-process SD of log p50, pooled over the options timed alike
     kernel: str | None = None  # the int8 kernel the timed processes ran
@@ -50,6 +51,7 @@ class OptionLatency:
         out["p50_ms"] = self.p50_ms
         out["p50_interval_ms"] = list(self.p50_interval_ms)
         out["process_p50_ms"] = list(self.process_p50_ms)
+        out["others_cpu_share"] = list(self.others_cpu_share)
         return out
 
 
@@ -113,7 +115,9 @@ def timed_backend(backend_name: str) -> str:
 
 
 def run_probe(request: ProbeRequest) -> dict[str, Any]:
-    """``python -m edgetl_runtime.compare.probe`` in a fresh interpreter; ``{"error": ...}`` when it fails."""
+    """``python -m edgetl_runtime.compare.probe`` in a fresh interpreter, with the CPU share other processes
+    took meanwhile; ``{"error": ...}`` when it fails."""
+    before = cpu_snapshot()
     try:
         done = subprocess.run(request.command(), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -122,12 +126,14 @@ def run_probe(request: ProbeRequest) -> dict[str, Any]:
     if done.returncode != 0 or not lines:
         return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
     out: dict[str, Any] = json.loads(lines[-1])
-    return out
+    return {**out, "others_cpu_share": others_share(before, cpu_snapshot())}
 
 
 def time_here(option: Option, config: CompareConfig) -> dict[str, Any]:
     """The probe's timing on the option's backend already loaded in this process (no cold start, no memory)."""
-    return {**time_backend(option.backend, option.spec, request_for(option, config)), "kernel": option.kernel}
+    before = cpu_snapshot()
+    out = time_backend(option.backend, option.spec, request_for(option, config))
+    return {**out, "kernel": option.kernel, "others_cpu_share": others_share(before, cpu_snapshot())}
 
 
 def _summary(
@@ -143,6 +149,7 @@ def _summary(
         p50_interval_ms=prediction_interval(p50s, *spread),
         batched=median_stats([r["batched"] for r in runs]),
         process_p50_ms=p50s,
+        others_cpu_share=tuple(r.get("others_cpu_share") for r in runs),
         method=method,
         spread_sd=spread[0],
         kernel=option.kernel,

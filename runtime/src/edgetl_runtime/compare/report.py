@@ -136,9 +136,15 @@ def _loads(env: dict[str, object]) -> str:
 
 
 def _spread(c: Comparison) -> str:
-    """The pooled SD of log p50 as a percentage (one SD of one process's p50 about the typical)."""
+    """The pooled SD of log p50 as a percentage (one SD of one process's p50 about the typical), and how busy
+    other processes kept the machine meanwhile."""
     sds = {lat.spread_sd for lat in c.latency.values() if lat.spread_sd == lat.spread_sd}
-    return ", ".join(f"+-{100 * (math.exp(sd) - 1):.1f} % (1 SD)" for sd in sorted(sds)) or "not estimated"
+    spread = ", ".join(f"+-{100 * (math.exp(sd) - 1):.1f} % (1 SD)" for sd in sorted(sds)) or "not estimated"
+    shares = sorted(x for lat in c.latency.values() for x in lat.others_cpu_share if x is not None)
+    if shares:
+        spread += (f"; other processes took {100 * shares[len(shares) // 2]:.0f} % of the CPU (median; "
+                   f"{100 * shares[0]:.0f} to {100 * shares[-1]:.0f} %) while it was timed")  # fmt: skip
+    return spread
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -125,6 +125,29 @@ def peak_rss_mb() -> float:
     return peak / 1024 / (1024 if platform.system() == "Darwin" else 1)
 
 
+def cpu_snapshot() -> tuple[float, float, float] | None:
+    """(machine busy s, machine total s, this process's and its children's CPU s) now, for :func:`others_share`
+    (Linux ``/proc/stat``; None elsewhere)."""
+    try:
+        with open("/proc/stat") as fh:
+            ticks = [int(x) for x in fh.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    ours = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))  # fmt: skip
+    return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz, ours
+
+
+def others_share(before: tuple[float, float, float] | None, after: tuple[float, float, float] | None) -> float | None:
+    """The share of the machine's CPU that other processes (and the hypervisor's steal) took between two
+    snapshots: what a latency measured then competed with."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    others = (after[0] - before[0]) - (after[2] - before[2])
+    return round(min(1.0, max(0.0, others / (after[1] - before[1]))), 3)
+
+
 def current_rss_mb() -> float:
     """Resident memory right now (Linux ``/proc/self/statm``); falls back to the peak elsewhere."""
     try:
