@@ -66,7 +66,8 @@ def markdown(comparison: Comparison) -> str:
     ort = env.get("versions", {}).get("onnxruntime", "?")
     threads = cfg.threads or "onnxruntime default"
     lines += [f"CPU: {env.get('cpu_line', '?')}; onnxruntime {ort}, threads {threads}; {len(c.options)} options "
-              f"in {c.wall_s:.0f} s; load average {_loads(env)} (before / after the latency timing).", ""]  # fmt: skip
+              f"in {c.wall_s:.0f} s ({c.latency_s:.0f} s of latency timing); load average {_loads(env)} (before / "
+              "after the latency timing).", ""]  # fmt: skip
     lines += ["## Recommendation", "", c.recommendation.text, ""]
     budget = "none" if cfg.budget_ms is None else f"{cfg.budget_ms:g} ms"
     lines += [f"Budget (batch-1 p50, preprocessing + backbone): {budget}. Ranked by few-shot accuracy at "

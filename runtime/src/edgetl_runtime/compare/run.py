@@ -38,6 +38,7 @@ class Comparison:
     problems: list[Problem]
     environment: dict[str, Any]
     wall_s: float = 0.0
+    latency_s: float = 0.0  # of wall_s, the latency timing (every option's processes)
     files: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,6 +61,7 @@ class Comparison:
             "problems": [p.to_dict() for p in self.problems],
             "environment": self.environment,
             "wall_s": self.wall_s,
+            "latency_wall_s": self.latency_s,
         }
 
 
@@ -87,9 +89,9 @@ def compare_bundles(
         reasons = "; ".join(f"{p.subject}: {p.reason}" for p in problems) or "no bundle was given"
         raise BundleError(f"Nothing to compare: {reasons}")
     problems += [Problem("--data", p) for p in folder.problems]
-    loads = {"load_average_before_latency": _load_average()}
+    loads, timing = {"load_average_before_latency": _load_average()}, time.perf_counter()
     latency = measure_latency(options, config, progress)
-    loads["load_average_after_latency"] = _load_average()
+    loads["load_average_after_latency"], timing = _load_average(), time.perf_counter() - timing
     problems += [Problem(n, f"latency: {lat.probe_error}") for n, lat in latency.items() if lat.probe_error]
     accuracy, columns = _accuracy(options, folder, config, problems, report)
     p50 = {o.name: latency[o.name].p50_ms for o in options}
@@ -100,7 +102,7 @@ def compare_bundles(
         config, folder, options, latency, accuracy, columns, recommendation, ranked_by, pareto_front(scored),
         problems, {**_environment(), **loads},
     )  # fmt: skip
-    comparison.wall_s = time.perf_counter() - start
+    comparison.wall_s, comparison.latency_s = time.perf_counter() - start, timing
     if output_dir is not None:
         from edgetl_runtime.compare.report import write_report
 
