@@ -15,7 +15,7 @@ from typing import Any
 from edgetl_runtime.compare.config import CompareConfig
 from edgetl_runtime.compare.options import Option
 from edgetl_runtime.compare.probe import ProbeRequest, time_backend
-from edgetl_runtime.compare.spread import median, pooled_log_sd, prediction_interval
+from edgetl_runtime.compare.spread import interval, log_half_widths, median
 from edgetl_runtime.measure.latency import LatencyStats, cpu_snapshot, others_share
 
 Progress = Callable[[str, int, int], None]
@@ -35,7 +35,7 @@ class OptionLatency:
     process_p50_ms: tuple[float, ...] = ()  # each process's batch-1 p50, in the order they ran
     others_cpu_share: tuple[float | None, ...] = ()  # machine CPU share other processes took during each
     method: str = FRESH  # FRESH, or HERE (--no-probe, or every fresh process failed)
-    spread_sd: float = float("nan")  # process-to-process SD of log p50, pooled over the options timed alike
+    interval_rule: str = ""  # spread.CONFORMAL or spread.STUDENT_T: how p50_interval_ms was drawn
     kernel: str | None = None  # the int8 kernel the timed processes ran
     cold_start_ms: float | None = None  # fresh process: build the backend + first batch-1 call (median)
     peak_rss_mb: float | None = None  # fresh process, after the batch-1 and batched timing (median)
@@ -78,10 +78,11 @@ def measure_latency(
         if not runs[option.name]:
             runs[option.name] = [time_here(option, config) for _ in range(config.processes)]
     p50s = {name: [r["batch1"]["p50_ms"] for r in timed] for name, timed in runs.items()}
-    spread = {m: pooled_log_sd([p50s[n] for n in p50s if method[n] == m]) for m in (FRESH, HERE)}
-    return {
-        o.name: _summary(o, runs[o.name], method[o.name], spread[method[o.name]], errors.get(o.name)) for o in options
-    }
+    halves: dict[str, tuple[float, str]] = {}
+    for how in (FRESH, HERE):  # pooled among the options timed alike only
+        widths, rule = log_half_widths({n: v for n, v in p50s.items() if method[n] == how})
+        halves.update({n: (w, rule) for n, w in widths.items()})
+    return {o.name: _summary(o, runs[o.name], method[o.name], halves[o.name], errors.get(o.name)) for o in options}
 
 
 def method_text(config: CompareConfig) -> str:
@@ -91,9 +92,9 @@ def method_text(config: CompareConfig) -> str:
         f"batch-1 p50 (preprocessing + backbone, as edgetl-device bench times it: up to {config.runs} runs after "
         f"{config.warmup} warm-up calls, {config.max_seconds:g} s cap) is the median of the p50s of {where} per "
         "option, interleaved across options in alternating order; p90/p99 and images per second are medians over "
-        "them too. Its interval is a 95 % prediction interval for the p50 of one more such run (log-normal "
-        "spread pooled over every option's runs, Student t): where one edgetl-device bench run should fall "
-        "while the machine stays as busy as it was."
+        "them too. Its interval is a 95 % prediction interval for the p50 of one more such run, from every "
+        "option's runs pooled in log space (split-conformal on leave-one-out residuals; Student t below 19 "
+        "runs): where one edgetl-device bench run should fall while the machine stays as busy as it was."
     )
 
 
@@ -137,7 +138,7 @@ def time_here(option: Option, config: CompareConfig) -> dict[str, Any]:
 
 
 def _summary(
-    option: Option, runs: list[dict[str, Any]], method: str, spread: tuple[float, int], error: str | None
+    option: Option, runs: list[dict[str, Any]], method: str, half: tuple[float, str], error: str | None
 ) -> OptionLatency:
     p50s = tuple(float(r["batch1"]["p50_ms"]) for r in runs)
     kernels = {r.get("kernel") for r in runs}
@@ -146,12 +147,12 @@ def _summary(
         error = error or f"the timed processes ran int8 kernel {ran}; the golden check here chose {option.kernel}"
     return OptionLatency(
         batch1=median_stats([r["batch1"] for r in runs]),
-        p50_interval_ms=prediction_interval(p50s, *spread),
+        p50_interval_ms=interval(p50s, half[0]),
         batched=median_stats([r["batched"] for r in runs]),
         process_p50_ms=p50s,
         others_cpu_share=tuple(r.get("others_cpu_share") for r in runs),
         method=method,
-        spread_sd=spread[0],
+        interval_rule=half[1],
         kernel=option.kernel,
         cold_start_ms=_median_of(runs, "cold_start_ms"),
         peak_rss_mb=_median_of(runs, "peak_rss_mb"),

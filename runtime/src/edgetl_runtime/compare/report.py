@@ -82,7 +82,7 @@ def markdown(comparison: Comparison) -> str:
     lines += ["", f"Data: `{c.data.root}`, {len(counts)} classes, {sum(counts.values())} images "
               f"({min(counts.values())} to {max(counts.values())} per class). K-shot columns: {cfg.splits} random "
               "splits per K (K images per class enrolled, the rest queried), the same splits for every option; "
-              "all-but-one: exact leave-one-out.", "", f"Latency: {method_text(cfg)} Process-to-process spread here: "
+              "all-but-one: exact leave-one-out.", "", f"Latency: {method_text(cfg)} The interval here: "
               f"{_spread(c)}. Cold start and peak RSS: medians over the fresh processes.", ""]  # fmt: skip
     if "png" in c.files:
         lines += [f"![accuracy vs latency]({Path(c.files['png']).name})", ""]
@@ -137,10 +137,14 @@ def _loads(env: dict[str, object]) -> str:
 
 
 def _spread(c: Comparison) -> str:
-    """The pooled SD of log p50 as a percentage (one SD of one process's p50 about the typical), and how busy
-    other processes kept the machine meanwhile."""
-    sds = {lat.spread_sd for lat in c.latency.values() if lat.spread_sd == lat.spread_sd}
-    spread = ", ".join(f"+-{100 * (math.exp(sd) - 1):.1f} % (1 SD)" for sd in sorted(sds)) or "not estimated"
+    """The intervals' half-width as a percentage and their rule, and how busy other processes kept the machine."""
+    widths = {
+        (round(100 * (math.sqrt(high / low) - 1), 1), lat.interval_rule)
+        for lat in c.latency.values()
+        for low, high in [lat.p50_interval_ms]
+        if math.isfinite(low) and math.isfinite(high) and low > 0
+    }
+    spread = ", ".join(f"the p50 ×/÷ {1 + w / 100:.2f} ({rule})" for w, rule in sorted(widths)) or "not estimated"
     shares = sorted(x for lat in c.latency.values() for x in lat.others_cpu_share if x is not None)
     if shares:
         spread += (f"; other processes took {100 * shares[len(shares) // 2]:.0f} % of the CPU (median; "
