@@ -162,10 +162,24 @@ def test_a_kernel_other_than_the_golden_checks_choice_is_named(
     assert result.latency["a:fp32"].probe_error is None
 
 
+def test_a_machine_other_processes_kept_busy_is_named(
+    tmp_path: Path, two_bundles: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = photos(tmp_path / "photos", {"red": 6, "blue": 6})
+    fake = _fake_probe({"a:fp32": [1.0, 1.0], "a:int8": [1.0, 1.0], "b:fp32": [1.0, 1.0]}, [])
+    monkeypatch.setattr(latency_module, "run_probe", lambda r: {**fake(r), "others_cpu_share": 0.45})  # type: ignore[operator]
+    config = CompareConfig(splits=2, processes=2, runs=10, max_seconds=0.1, probe=True)
+    result = compare_bundles(two_bundles, data, config, tmp_path / "cmp")
+    assert result.latency["a:fp32"].others_cpu_share == (0.45, 0.45)
+    busy = [p.reason for p in result.problems if p.subject == "latency"]
+    assert len(busy) == 1 and "took 45 % of the CPU" in busy[0]
+    assert "took 45 % of the CPU (median" in (tmp_path / "cmp" / "report.md").read_text()
+
+
 def test_others_cpu_share_is_the_busy_time_that_was_not_ours() -> None:
     # (machine busy s, machine total s, our CPU s): 2 cores x 10 s, 12 s busy of which 4 s ours
     assert others_share((100.0, 1000.0, 5.0), (112.0, 1020.0, 9.0)) == 0.4
-    assert others_share(None, (1.0, 2.0, 3.0)) is None and others_share((1.0, 2.0, 0.0), (1.0, 2.0, 0.0)) is None
+    assert others_share(None, (1.0, 2.0, 3.0)) is None and others_share((1.0, 2.0, 0.0), (1.0, 2.3, 0.0)) is None
 
 
 def test_backend_names_map_to_what_the_probe_times() -> None:

@@ -93,6 +93,7 @@ def compare_bundles(
     latency = measure_latency(options, config, progress)
     loads["load_average_after_latency"], timing = _load_average(), time.perf_counter() - timing
     problems += [Problem(n, f"latency: {lat.probe_error}") for n, lat in latency.items() if lat.probe_error]
+    problems += _busy(latency)
     accuracy, columns = _accuracy(options, folder, config, problems, report)
     p50 = {o.name: latency[o.name].p50_ms for o in options}
     ranked_by = _ranked_by(config, columns, problems)
@@ -143,6 +144,20 @@ def _ranked_by(config: CompareConfig, columns: list[str], problems: list[Problem
     fallback = max((c for c in columns if c.startswith("K=")), key=lambda c: int(c[2:]), default=columns[-1])
     problems.append(Problem("--data", f"ranked by {fallback}: {config.ranked_by} could not be scored on this folder"))
     return fallback
+
+
+BUSY_SHARE = 0.1  # other processes' median CPU share above which the latency is said to be a busy machine's
+
+
+def _busy(latency: dict[str, OptionLatency]) -> list[Problem]:
+    """A problem when other processes took a tenth of the CPU or more while the options were timed."""
+    shares = sorted(x for lat in latency.values() for x in lat.others_cpu_share if x is not None)
+    if not shares or shares[len(shares) // 2] < BUSY_SHARE:
+        return []
+    share = shares[len(shares) // 2]
+    return [Problem("latency", f"other processes took {100 * share:.0f} % of the CPU (median) while it was timed: "
+                    "these are a busy machine's latencies; compare them with a bench run while it is as busy, or "
+                    "rerun when it is idle")]  # fmt: skip
 
 
 def _load_average() -> list[float] | None:

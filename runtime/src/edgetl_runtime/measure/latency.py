@@ -141,8 +141,9 @@ def cpu_snapshot() -> tuple[float, float, float] | None:
 
 def others_share(before: tuple[float, float, float] | None, after: tuple[float, float, float] | None) -> float | None:
     """The share of the machine's CPU that other processes (and the hypervisor's steal) took between two
-    snapshots: what a latency measured then competed with."""
-    if before is None or after is None or after[1] <= before[1]:
+    snapshots: what a latency measured then competed with. None below half a CPU-second between them, where
+    ``/proc/stat``'s 10 ms ticks are too coarse to tell."""
+    if before is None or after is None or after[1] - before[1] < 0.5:
         return None
     others = (after[0] - before[0]) - (after[2] - before[2])
     return round(min(1.0, max(0.0, others / (after[1] - before[1]))), 3)
