@@ -153,6 +153,7 @@ def test_bench_reports_a_batch_and_the_spread_and_where_a_photos_time_goes(
     code, out, _ = _device(tiny_bundle, "bench", "--runs", "5", "--warmup", "2", "--batch", "4", "--image", str(photo),
                            capsys=capsys)  # fmt: skip
     assert code == 0 and out["batch"] == 4 and out["input"] == str(photo)
+    assert out["cpu_line"] and "int8_kernel" in out  # what edgetl-device compare's report names, to compare by
     latency = out["latency_ms"]
     assert latency["runs"] == 5 and latency["warmup"] == 2 and latency["items_per_call"] == 4
     assert latency["min_ms"] <= latency["p50_ms"] <= latency["p95_ms"] <= latency["max_ms"] and latency["std_ms"] >= 0

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgetl_runtime.backends.cpu import this_cpu
 from edgetl_runtime.errors import NotFittedError
 from edgetl_runtime.images import load_image
 from edgetl_runtime.measure.latency import cpu_info, measure
@@ -40,6 +41,7 @@ def bench(learner: Learner, *, runs: int, warmup: int, batch: int, image: Path |
         "latency_ms": backbone.to_dict(),  # preprocessing + backbone per call of `batch` images
         "chosen_because": learner.selection.reason if learner.selection else None,
         "candidates_at_load": selection["candidates"] if selection else [],
+        "cpu_line": this_cpu().describe(),  # as edgetl-device compare's report names it
         "cpu": cpu_info(),
     }
     if image is not None:

@@ -25,9 +25,12 @@ def add_compare_arguments(parser: argparse.ArgumentParser, with_precisions: bool
         parser.add_argument("--precisions", type=comma_list(str, PRECISIONS), default=None,
                             help="precisions to compare (default: every one each bundle ships)")  # fmt: skip
     parser.add_argument("--batch-size", type=positive_int, default=8, help="batch size for images per second")
-    parser.add_argument("--runs", type=positive_int, default=100, help="timed batch-1 runs per option")
-    parser.add_argument("--max-seconds", type=float, default=4.0, help="timing cap per option (after 10 runs)")
-    parser.add_argument("--no-probe", action="store_true", help="skip fresh-process cold start and peak memory")
+    parser.add_argument("--processes", type=positive_int, default=4,
+                        help="fresh processes per option (interleaved): the p50 and its interval")  # fmt: skip
+    parser.add_argument("--runs", type=positive_int, default=100, help="timed batch-1 runs per process (as bench)")
+    parser.add_argument("--max-seconds", type=float, default=4.0, help="timing cap per process (after 10 runs)")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="time in this process: quicker, no cold start or memory, not bench's")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of the random splits")
     add_backend_argument(parser)
     add_threads_argument(parser)
@@ -37,7 +40,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser, with_precisions: bool
 def config_from(args: argparse.Namespace) -> CompareConfig:
     return CompareConfig(
         budget_ms=args.budget_ms, shots=args.shots, all_but_one=not args.no_all_but_one, splits=args.splits,
-        head=args.head, rank_shots=args.rank_shots, batch_size=args.batch_size, runs=args.runs,
+        head=args.head, rank_shots=args.rank_shots, batch_size=args.batch_size,
+        processes=args.processes, runs=args.runs,
         max_seconds=args.max_seconds, threads=args.threads, precisions=getattr(args, "precisions", None),
         backend=args.backend, probe=not args.no_probe, seed=args.seed,
     )  # fmt: skip
@@ -80,6 +84,7 @@ def main(argv: Sequence[str]) -> int:
         warnings.showwarning = shown
     for problem in comparison.problems:
         print(f"edgetl-device compare: warning: {problem.subject}: {problem.reason}", file=sys.stderr)
+    print(f"CPU: {comparison.environment.get('cpu_line', '?')}")
     print(comparison.recommendation.text)
     print(f"{len(comparison.options)} options compared in {comparison.wall_s:.0f} s")
     for kind, path in comparison.files.items():

@@ -25,11 +25,15 @@ class CompareConfig:
         head: the device head fitted on each split (``auto``: what ``edgetl-device`` uses).
         rank_shots: the K whose accuracy the recommendation ranks by (None: the largest of ``shots``).
         batch_size: images per call for the images-per-second figure.
-        runs, warmup, max_seconds: batch-1 timing per option (fewer runs, never under 10, past max_seconds).
+        processes: fresh processes each option is timed in, interleaved across options; the p50 is the median
+            of theirs and its interval comes from their spread (>= 2; 4 is ~1 s per process on a small model).
+        runs, warmup, max_seconds: batch-1 timing in each process, as ``edgetl-device bench --runs --warmup``
+            (fewer runs, never under 10, past max_seconds).
         threads: onnxruntime intra-op threads (None: its own default, like ``edgetl-device``).
         precisions: the precisions to compare where a bundle ships them (None: every shipped one).
         backend: as ``edgetl-device --backend``; ``auto`` takes TensorRT where a GPU and tensorrt are present.
-        probe: measure cold start and peak memory of each option in a fresh process.
+        probe: time in fresh processes (also giving cold start and peak memory); False times ``processes``
+            repeats in this process instead: quicker, but not what ``edgetl-device bench`` sees (no memory).
         seed: the splits' random seed.
     """
 
@@ -40,6 +44,7 @@ class CompareConfig:
     head: str = "auto"
     rank_shots: int | None = None
     batch_size: int = 8
+    processes: int = 4
     runs: int = 100
     warmup: int = 10
     max_seconds: float = 4.0
@@ -64,6 +69,8 @@ class CompareConfig:
             problems.append(f"head {self.head!r} is not one of {['auto', *sorted(HEADS)]}")
         if self.batch_size < 1 or self.runs < 10 or self.warmup < 0 or self.max_seconds <= 0:
             problems.append("batch_size >= 1, runs >= 10, warmup >= 0 and max_seconds > 0 are required")
+        if self.processes < 2:
+            problems.append(f"processes must be >= 2 (the interval needs a spread), got {self.processes}")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             problems.append(f"threads must be 1..{MAX_THREADS}, got {self.threads}")
         if self.backend not in BACKENDS:

@@ -1,36 +1,44 @@
-"""Latency of every option on this device, in one process, in blocks over two rounds of alternating order (a
-shared machine's drift hits all alike): batch-1 p50/p90/p99 of preprocessing + backbone, the p50's own 95 %
-interval, images per second at a batch size, and, in a fresh process each, cold start and peak memory."""
+"""Latency of every option on this device, as ``edgetl-device bench`` measures it: each option timed in
+``processes`` fresh processes (``compare.probe``: batch-1 preprocessing + backbone with ``measure()``), the
+processes interleaved across options in alternating order so a shared machine's drift hits all alike. The p50
+is the median of the processes' p50s and its interval a 95 % prediction interval for one more process's p50
+(``compare.spread``); the same processes give images per second, cold start and peak memory."""
 
 from __future__ import annotations
 
-import math
-import sys
-import time
+import json
+import subprocess
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
-from functools import partial
+from dataclasses import asdict, dataclass, fields
 from typing import Any
-
-import numpy as np
 
 from edgetl_runtime.compare.config import CompareConfig
 from edgetl_runtime.compare.options import Option
-from edgetl_runtime.measure.latency import LatencyStats, run_probe, summarize
-from edgetl_runtime.preprocess import preprocess_batch
+from edgetl_runtime.compare.probe import ProbeRequest, time_backend
+from edgetl_runtime.compare.spread import interval, log_half_widths, median
+from edgetl_runtime.measure.latency import LatencyStats, cpu_snapshot, others_share
 
 Progress = Callable[[str, int, int], None]
+FRESH = "fresh processes"
+HERE = "this process"
+PROBE_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
 class OptionLatency:
-    """What one option costs here. ``batch1`` is what ``edgetl-device bench`` times (preprocessing + backbone)."""
+    """What one option costs here. ``batch1`` is what ``edgetl-device bench`` times (preprocessing + backbone):
+    each of its figures is the median over processes of that process's figure (``runs``: all timed calls)."""
 
     batch1: LatencyStats
-    p50_interval_ms: tuple[float, float]  # 95 % interval of the median (order statistics, no distribution assumed)
-    batched: LatencyStats  # backbone only, ``items_per_call`` images per call
-    cold_start_ms: float | None = None  # fresh process: load the backend + first batch-1 run
-    peak_rss_mb: float | None = None  # fresh process, after a batch-1 and a batched run
+    p50_interval_ms: tuple[float, float]  # 95 % prediction interval of one more process's p50 (one bench run)
+    batched: LatencyStats  # backbone only, ``items_per_call`` images per call, medians over processes
+    process_p50_ms: tuple[float, ...] = ()  # each process's batch-1 p50, in the order they ran
+    others_cpu_share: tuple[float | None, ...] = ()  # machine CPU share other processes took during each
+    method: str = FRESH  # FRESH, or HERE (--no-probe, or every fresh process failed)
+    interval_rule: str = ""  # spread.CONFORMAL or spread.STUDENT_T: how p50_interval_ms was drawn
+    kernel: str | None = None  # the int8 kernel the timed processes ran
+    cold_start_ms: float | None = None  # fresh process: build the backend + first batch-1 call (median)
+    peak_rss_mb: float | None = None  # fresh process, after the batch-1 and batched timing (median)
     probe_error: str | None = None
 
     @property
@@ -40,94 +48,130 @@ class OptionLatency:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["batch1"], out["batched"] = self.batch1.to_dict(), self.batched.to_dict()
+        out["p50_ms"] = self.p50_ms
         out["p50_interval_ms"] = list(self.p50_interval_ms)
+        out["process_p50_ms"] = list(self.process_p50_ms)
+        out["others_cpu_share"] = list(self.others_cpu_share)
         return out
-
-
-def median_interval(times_ms: Sequence[float], z: float = 1.96) -> tuple[float, float]:
-    """A distribution-free ~95 % interval of the median: the order statistics ``n/2 -+ z*sqrt(n)/2``."""
-    ordered = np.sort(np.asarray(times_ms, dtype=np.float64))
-    n = len(ordered)
-    half = z * math.sqrt(n) / 2
-    low, high = max(0, math.floor(n / 2 - half) - 1), min(n - 1, math.ceil(n / 2 + half))
-    return float(ordered[low]), float(ordered[high])
-
-
-ROUNDS = 2  # each option is timed in this many blocks, the order reversed each round, so drift is shared
 
 
 def measure_latency(
     options: Sequence[Option], config: CompareConfig, progress: Progress | None = None
 ) -> dict[str, OptionLatency]:
     """Every option's :class:`OptionLatency`, keyed by option name."""
-    if not options:
-        return {}
     report = progress or (lambda stage, done, total: None)
-    report("latency", 0, len(options))
-    batch1 = [_batch1_call(o) for o in options]
-    times = time_blocks(batch1, config.runs, config.warmup, config.max_seconds)
-    batched = [partial(o.backend.run, _batch(o, config.batch_size)) for o in options]
-    batch_times = time_blocks(batched, max(10, config.runs // 4), min(config.warmup, 2), config.max_seconds / 2)
-    report("latency", len(options), len(options))
-    out = {}
-    for i, option in enumerate(options):
-        stats = summarize(times[i], warmup=config.warmup * ROUNDS)
-        throughput = summarize(batch_times[i], warmup=min(config.warmup, 2) * ROUNDS, items_per_call=config.batch_size)
-        out[option.name] = OptionLatency(stats, median_interval([t * 1e3 for t in times[i]]), throughput)
-    if config.probe:
-        for i, option in enumerate(options):
-            report("memory", i, len(options))
-            out[option.name] = _with_probe(out[option.name], option, config)
-        report("memory", len(options), len(options))
-    return out
+    runs: dict[str, list[dict[str, Any]]] = {o.name: [] for o in options}
+    errors: dict[str, str] = {}
+    total, done = len(options) * config.processes, 0
+    report("latency", 0, total)
+    for round_index in range(config.processes):
+        for option in options if round_index % 2 == 0 else list(reversed(options)):
+            out = run_probe(request_for(option, config)) if config.probe else time_here(option, config)
+            if "error" in out:
+                errors[option.name] = out["error"]
+            else:
+                runs[option.name].append(out)
+            done += 1
+            report("latency", done, total)
+    method = {o.name: FRESH if config.probe and runs[o.name] else HERE for o in options}
+    for option in options:  # not one fresh process ran: time it here rather than not at all, and say why
+        if not runs[option.name]:
+            runs[option.name] = [time_here(option, config) for _ in range(config.processes)]
+    p50s = {name: [r["batch1"]["p50_ms"] for r in timed] for name, timed in runs.items()}
+    halves: dict[str, tuple[float, str]] = {}
+    for how in (FRESH, HERE):  # pooled among the options timed alike only
+        widths, rule = log_half_widths({n: v for n, v in p50s.items() if method[n] == how})
+        halves.update({n: (w, rule) for n, w in widths.items()})
+    return {o.name: _summary(o, runs[o.name], method[o.name], halves[o.name], errors.get(o.name)) for o in options}
 
 
-def time_blocks(calls: Sequence[Callable[[], object]], runs: int, warmup: int, max_seconds: float) -> list[list[float]]:
-    """Per-call seconds of each call, timed in contiguous blocks after ``warmup`` untimed calls, as
-    ``edgetl-device bench`` times one bundle, over :data:`ROUNDS` rounds in alternating order.
-
-    Not call-by-call round-robin: switching among a dozen onnxruntime sessions every few calls measured
-    1.5-2x slower per call than a block on this 2-core machine (same process, same minute), so a round-robin
-    p50 would not be the latency a device running one model sees.
-    """
-    per_round = max(5, -(-runs // ROUNDS))
-    times: list[list[float]] = [[] for _ in calls]
-    for round_index in range(ROUNDS):
-        order = range(len(calls)) if round_index % 2 == 0 else range(len(calls) - 1, -1, -1)
-        for i in order:
-            for _ in range(warmup):
-                calls[i]()
-            start = time.perf_counter()
-            for count in range(per_round):
-                t0 = time.perf_counter()
-                calls[i]()
-                times[i].append(time.perf_counter() - t0)
-                if count + 1 >= 5 and time.perf_counter() - start > max_seconds / ROUNDS:
-                    break
-    return times
+def method_text(config: CompareConfig) -> str:
+    """How the latency columns were measured, for ``report.md`` and ``results.json``."""
+    where = f"{config.processes} fresh processes" if config.probe else f"{config.processes} repeats in one process"
+    return (
+        f"batch-1 p50 (preprocessing + backbone, as edgetl-device bench times it: up to {config.runs} runs after "
+        f"{config.warmup} warm-up calls, {config.max_seconds:g} s cap) is the median of the p50s of {where} per "
+        "option, interleaved across options in alternating order; p90/p99 and images per second are medians over "
+        "them too. Its interval is a 95 % prediction interval for the p50 of one more such run, from every "
+        "option's runs pooled in log space (split-conformal on leave-one-out residuals; Student t below 19 "
+        "runs): where one edgetl-device bench run should fall while the machine stays as busy as it was."
+    )
 
 
-def _batch1_call(option: Option) -> Callable[[], object]:
-    """What ``edgetl-device bench`` times: one uint8 image at the bundle's size, preprocessed, then the backbone."""
-    image = np.random.default_rng(0).integers(0, 256, (*option.spec.input_size, 3), dtype=np.uint8)
-    backend, spec = option.backend, option.spec
-    return lambda: backend.run(preprocess_batch([image], spec))
+def request_for(option: Option, config: CompareConfig) -> ProbeRequest:
+    return ProbeRequest(
+        bundle=str(option.path), backend=timed_backend(option.backend_name), precision=option.precision,
+        kernel=option.kernel, threads=config.threads, runs=config.runs, warmup=config.warmup,
+        max_seconds=config.max_seconds, batch_size=config.batch_size,
+        batched_runs=max(3, -(-max(10, config.runs // 4) // config.processes)),
+    )  # fmt: skip
 
 
-def _batch(option: Option, size: int) -> np.ndarray:
-    height, width = option.spec.input_size
-    return np.random.default_rng(0).standard_normal((size, 3, height, width), dtype=np.float32)
+def timed_backend(backend_name: str) -> str:
+    """The probe's name (``measure.latency.TIMED_BACKENDS``) of a built backend: ``onnxruntime-cpu`` ->
+    ``onnxruntime``, execution providers and TensorRT as they are."""
+    if backend_name.startswith("tensorrt"):
+        return "tensorrt"
+    return "onnxruntime" if backend_name in ("onnxruntime", "onnxruntime-cpu") else backend_name
 
 
-def _with_probe(latency: OptionLatency, option: Option, config: CompareConfig) -> OptionLatency:
-    """Cold start and peak RSS of this option alone, from a fresh ``python -m edgetl_runtime.measure.latency``."""
-    backend = "tensorrt" if option.backend_name.startswith("tensorrt") else "onnxruntime"
-    command = [sys.executable, "-m", "edgetl_runtime.measure.latency", str(option.path), "--backend", backend]
-    command += ["--precision", option.precision, "--batches", f"1,{config.batch_size}"]
-    if config.threads is not None:
-        command += ["--threads", str(config.threads)]
-    probe = run_probe(command)
-    if probe.error is not None:
-        return replace(latency, probe_error=probe.error)
-    peak = max(probe.peak_rss_mb.values()) if probe.peak_rss_mb else None
-    return replace(latency, cold_start_ms=probe.cold_start_ms, peak_rss_mb=peak)
+def run_probe(request: ProbeRequest) -> dict[str, Any]:
+    """``python -m edgetl_runtime.compare.probe`` in a fresh interpreter, with the CPU share other processes
+    took meanwhile; ``{"error": ...}`` when it fails."""
+    before = cpu_snapshot()
+    try:
+        done = subprocess.run(request.command(), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"error": f"the timing process could not run: {exc}"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    out: dict[str, Any] = json.loads(lines[-1])
+    return {**out, "others_cpu_share": others_share(before, cpu_snapshot())}
+
+
+def time_here(option: Option, config: CompareConfig) -> dict[str, Any]:
+    """The probe's timing on the option's backend already loaded in this process (no cold start, no memory)."""
+    before = cpu_snapshot()
+    out = time_backend(option.backend, option.spec, request_for(option, config))
+    return {**out, "kernel": option.kernel, "others_cpu_share": others_share(before, cpu_snapshot())}
+
+
+def _summary(
+    option: Option, runs: list[dict[str, Any]], method: str, half: tuple[float, str], error: str | None
+) -> OptionLatency:
+    p50s = tuple(float(r["batch1"]["p50_ms"]) for r in runs)
+    kernels = {r.get("kernel") for r in runs}
+    if kernels != {option.kernel}:
+        ran = sorted(map(str, kernels))
+        error = error or f"the timed processes ran int8 kernel {ran}; the golden check here chose {option.kernel}"
+    return OptionLatency(
+        batch1=median_stats([r["batch1"] for r in runs]),
+        p50_interval_ms=interval(p50s, half[0]),
+        batched=median_stats([r["batched"] for r in runs]),
+        process_p50_ms=p50s,
+        others_cpu_share=tuple(r.get("others_cpu_share") for r in runs),
+        method=method,
+        interval_rule=half[1],
+        kernel=option.kernel,
+        cold_start_ms=_median_of(runs, "cold_start_ms"),
+        peak_rss_mb=_median_of(runs, "peak_rss_mb"),
+        probe_error=error,
+    )
+
+
+def median_stats(stats: Sequence[dict[str, Any]]) -> LatencyStats:
+    """One :class:`LatencyStats` from several processes': percentiles, mean and SD the median of theirs, min and
+    max over all, ``runs`` the total timed calls."""
+    counts = {"runs", "warmup", "items_per_call", "min_ms", "max_ms"}
+    mid = {f.name: median([float(s[f.name]) for s in stats]) for f in fields(LatencyStats) if f.name not in counts}
+    return LatencyStats(
+        runs=sum(int(s["runs"]) for s in stats), warmup=int(stats[0]["warmup"]),
+        items_per_call=int(stats[0]["items_per_call"]), min_ms=min(float(s["min_ms"]) for s in stats),
+        max_ms=max(float(s["max_ms"]) for s in stats), **mid,
+    )  # fmt: skip
+
+
+def _median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [float(r[key]) for r in runs if r.get(key) is not None]
+    return median(values) if values else None

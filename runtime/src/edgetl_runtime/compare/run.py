@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ import numpy as np
 from edgetl_runtime.compare.accuracy import AccuracyCell, extract_features, score, split_masks
 from edgetl_runtime.compare.config import CompareConfig
 from edgetl_runtime.compare.data import LabelledFolder, read_folder, scorable_shots
-from edgetl_runtime.compare.latency import OptionLatency, measure_latency
+from edgetl_runtime.compare.latency import OptionLatency, measure_latency, method_text
 from edgetl_runtime.compare.options import Option, Problem, discover
 from edgetl_runtime.compare.recommend import Recommendation, pareto_front, recommend
 from edgetl_runtime.errors import BundleError
@@ -37,6 +38,7 @@ class Comparison:
     problems: list[Problem]
     environment: dict[str, Any]
     wall_s: float = 0.0
+    latency_s: float = 0.0  # of wall_s, the latency timing (every option's processes)
     files: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,10 +56,12 @@ class Comparison:
                 }
                 for o in self.options
             ],
+            "latency_method": method_text(self.config),
             "recommendation": self.recommendation.to_dict(),
             "problems": [p.to_dict() for p in self.problems],
             "environment": self.environment,
             "wall_s": self.wall_s,
+            "latency_wall_s": self.latency_s,
         }
 
 
@@ -85,7 +89,11 @@ def compare_bundles(
         reasons = "; ".join(f"{p.subject}: {p.reason}" for p in problems) or "no bundle was given"
         raise BundleError(f"Nothing to compare: {reasons}")
     problems += [Problem("--data", p) for p in folder.problems]
+    loads, timing = {"load_average_before_latency": _load_average()}, time.perf_counter()
     latency = measure_latency(options, config, progress)
+    loads["load_average_after_latency"], timing = _load_average(), time.perf_counter() - timing
+    problems += [Problem(n, f"latency: {lat.probe_error}") for n, lat in latency.items() if lat.probe_error]
+    problems += _busy(latency)
     accuracy, columns = _accuracy(options, folder, config, problems, report)
     p50 = {o.name: latency[o.name].p50_ms for o in options}
     ranked_by = _ranked_by(config, columns, problems)
@@ -93,9 +101,9 @@ def compare_bundles(
     scored = {n: (p50[n], accuracy[n][ranked_by].mean) for n in p50 if ranked_by in accuracy.get(n, {})}
     comparison = Comparison(
         config, folder, options, latency, accuracy, columns, recommendation, ranked_by, pareto_front(scored),
-        problems, _environment(),
+        problems, {**_environment(), **loads},
     )  # fmt: skip
-    comparison.wall_s = time.perf_counter() - start
+    comparison.wall_s, comparison.latency_s = time.perf_counter() - start, timing
     if output_dir is not None:
         from edgetl_runtime.compare.report import write_report
 
@@ -136,6 +144,28 @@ def _ranked_by(config: CompareConfig, columns: list[str], problems: list[Problem
     fallback = max((c for c in columns if c.startswith("K=")), key=lambda c: int(c[2:]), default=columns[-1])
     problems.append(Problem("--data", f"ranked by {fallback}: {config.ranked_by} could not be scored on this folder"))
     return fallback
+
+
+BUSY_SHARE = 0.1  # other processes' median CPU share above which the latency is said to be a busy machine's
+
+
+def _busy(latency: dict[str, OptionLatency]) -> list[Problem]:
+    """A problem when other processes took a tenth of the CPU or more while the options were timed."""
+    shares = sorted(x for lat in latency.values() for x in lat.others_cpu_share if x is not None)
+    if not shares or shares[len(shares) // 2] < BUSY_SHARE:
+        return []
+    share = shares[len(shares) // 2]
+    return [Problem("latency", f"other processes took {100 * share:.0f} % of the CPU (median) while it was timed: "
+                    "these are a busy machine's latencies; compare them with a bench run while it is as busy, or "
+                    "rerun when it is idle")]  # fmt: skip
+
+
+def _load_average() -> list[float] | None:
+    """1/5/15-minute load averages: a shared machine's other work, which every latency figure depends on."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _environment() -> dict[str, Any]:

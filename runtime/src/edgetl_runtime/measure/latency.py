@@ -125,6 +125,30 @@ def peak_rss_mb() -> float:
     return peak / 1024 / (1024 if platform.system() == "Darwin" else 1)
 
 
+def cpu_snapshot() -> tuple[float, float, float] | None:
+    """(machine busy s, machine total s, this process's and its children's CPU s) now, for :func:`others_share`
+    (Linux ``/proc/stat``; None elsewhere)."""
+    try:
+        with open("/proc/stat") as fh:
+            ticks = [int(x) for x in fh.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    ours = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))  # fmt: skip
+    return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz, ours
+
+
+def others_share(before: tuple[float, float, float] | None, after: tuple[float, float, float] | None) -> float | None:
+    """The share of the machine's CPU that other processes (and the hypervisor's steal) took between two
+    snapshots: what a latency measured then competed with. None below half a CPU-second between them, where
+    ``/proc/stat``'s 10 ms ticks are too coarse to tell."""
+    if before is None or after is None or after[1] - before[1] < 0.5:
+        return None
+    others = (after[0] - before[0]) - (after[2] - before[2])
+    return round(min(1.0, max(0.0, others / (after[1] - before[1]))), 3)
+
+
 def current_rss_mb() -> float:
     """Resident memory right now (Linux ``/proc/self/statm``); falls back to the peak elsewhere."""
     try:
@@ -212,17 +236,21 @@ def backend_unavailable(bundle: Bundle, backend: str, precision: Precision) -> s
     return None
 
 
-def open_backend(bundle: Bundle, backend: str, precision: Precision, threads: int | None = None) -> Backend:
+def open_backend(
+    bundle: Bundle, backend: str, precision: Precision, threads: int | None = None, kernel: str | None = None
+) -> Backend:
     """``backend`` (one of :data:`TIMED_BACKENDS`) at exactly ``precision``, not golden-checked: a timing
-    tool reports the golden check beside the time instead of refusing to time."""
+    tool reports the golden check beside the time instead of refusing to time. ``kernel``: onnxruntime's int8
+    kernel (``fast`` / ``exact``; None: the host's exact one), to time what a device chose."""
     from edgetl_runtime.backends import create_backend
-    from edgetl_runtime.backends.onnxruntime import OrtBackend
+    from edgetl_runtime.backends.onnxruntime import HOST_KERNEL, Int8Kernel, OrtBackend
 
     if backend == "tensorrt":
         return create_backend(bundle, "tensorrt", precision, verify=False)
     if backend not in ORT_PROVIDERS:
         raise ConfigError(f"Unknown backend {backend!r} to time; choose one of {list(TIMED_BACKENDS)}.")
-    return OrtBackend.from_bundle(bundle, precision, threads=threads, providers=[ORT_PROVIDERS[backend]])
+    chosen = Int8Kernel(kernel) if kernel else HOST_KERNEL
+    return OrtBackend.from_bundle(bundle, precision, threads=threads, providers=[ORT_PROVIDERS[backend]], kernel=chosen)
 
 
 @dataclass(frozen=True)
