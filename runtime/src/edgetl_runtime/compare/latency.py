@@ -6,7 +6,6 @@ is the median of the processes' p50s and its interval a 95 % prediction interval
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -16,7 +15,7 @@ from edgetl_runtime.compare.config import CompareConfig
 from edgetl_runtime.compare.options import Option
 from edgetl_runtime.compare.probe import ProbeRequest, time_backend
 from edgetl_runtime.compare.spread import interval, log_half_widths, median
-from edgetl_runtime.measure.latency import LatencyStats, cpu_snapshot, others_share
+from edgetl_runtime.measure.latency import LatencyStats, cpu_snapshot, others_share, run_json_process
 
 Progress = Callable[[str, int, int], None]
 FRESH = "fresh processes"
@@ -120,14 +119,10 @@ def run_probe(request: ProbeRequest) -> dict[str, Any]:
     took meanwhile; ``{"error": ...}`` when it fails."""
     before = cpu_snapshot()
     try:
-        done = subprocess.run(request.command(), capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False)
+        out = run_json_process(request.command(), PROBE_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"error": f"the timing process could not run: {exc}"}
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
-    out: dict[str, Any] = json.loads(lines[-1])
-    return {**out, "others_cpu_share": others_share(before, cpu_snapshot())}
+    return out if "error" in out else {**out, "others_cpu_share": others_share(before, cpu_snapshot())}
 
 
 def time_here(option: Option, config: CompareConfig) -> dict[str, Any]:

@@ -266,14 +266,21 @@ class Probe:
 def run_probe(command: list[str], timeout: float = 600.0) -> Probe:
     """Run a probe (``python -m edgetl_runtime.measure.latency ...``, or any command printing a probe's JSON on its last
     line) in a fresh interpreter, so the memory measured is that backend's alone."""
+    return Probe(**run_json_process(command, timeout))
+
+
+def run_json_process(command: list[str], timeout: float) -> dict[str, Any]:
+    """A fresh process's last stdout line as JSON, or ``{"error": its last stderr line}`` when it failed (every
+    probe of this package prints its result so)."""
     import json
     import subprocess
 
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
-        return Probe(error=(done.stderr.strip().splitlines() or ["no output"])[-1])
-    return Probe(**json.loads(lines[-1]))
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    out: dict[str, Any] = json.loads(lines[-1])
+    return out
 
 
 def probe_backend(

@@ -18,6 +18,9 @@ from edgetl_runtime.state.images import KeptImages, as_float32, in_chunks
 
 __all__ = ["FeatureCache"]
 
+_UNENROLLED = "NOT EXISTS (SELECT 1 FROM samples s WHERE s.image = f.image)"  # a cached image no sample uses
+_SEEN = f"FROM features f WHERE f.model = ? AND {_UNENROLLED}"  # this model's seen images (bind the model key)
+
 
 class FeatureCache:
     """This model's features by image hash, read and cached on the state's connection."""
@@ -92,7 +95,7 @@ class FeatureCache:
         """
         self._cached_since_eviction = 0
         db = self.connection.db
-        unenrolled = "FROM features f WHERE NOT EXISTS (SELECT 1 FROM samples s WHERE s.image = f.image)"
+        unenrolled = f"FROM features f WHERE {_UNENROLLED}"
         (count,) = db.execute(f"SELECT count(*) {unenrolled}").fetchone()
         excess = count - self.max_unenrolled
         if excess > 0:
@@ -106,8 +109,7 @@ class FeatureCache:
         :meth:`get`)."""
         with self.connection.reading():
             rows = self.connection.db.execute(
-                "SELECT image FROM (SELECT f.rowid AS r, f.image FROM features f WHERE f.model = ? AND NOT EXISTS "
-                "(SELECT 1 FROM samples s WHERE s.image = f.image) ORDER BY f.rowid DESC LIMIT ?) ORDER BY r",
+                f"SELECT image FROM (SELECT f.rowid AS r, f.image {_SEEN} ORDER BY f.rowid DESC LIMIT ?) ORDER BY r",
                 (self.space.key, int(limit)),
             ).fetchall()
         return [str(r[0]) for r in rows]
@@ -119,8 +121,7 @@ class FeatureCache:
         n = self.max_unenrolled if limit is None else int(limit)
         with self.connection.reading():
             rows = self.connection.db.execute(
-                "SELECT f.vec FROM features f WHERE f.model = ? AND NOT EXISTS "
-                "(SELECT 1 FROM samples s WHERE s.image = f.image) ORDER BY f.rowid DESC LIMIT ?",
+                f"SELECT f.vec {_SEEN} ORDER BY f.rowid DESC LIMIT ?",
                 (self.space.key, n),
             ).fetchall()
         blobs = [r[0] for r in rows if isinstance(r[0], bytes) and len(r[0]) == 4 * self.space.feature_dim]
